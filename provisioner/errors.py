@@ -1,0 +1,99 @@
+"""The project's one error tree.
+
+Every failure that leaves an adapter is one of these; library exceptions are
+mapped at the boundary (``raise ... from exc``) and never escape raw.
+
+    ProvisionerError
+    ├── ConfigError            bad configuration (exit code 2); names the variable
+    │   └── QueryError         a search query that does not parse
+    ├── VastError              anything the Vast.ai API did to us; carries ``call``
+    │   ├── AuthError          401/403, or 404 with ``error: auth_error``
+    │   ├── OfferGone          404 ``no_such_ask`` / 410 on rent: try the next offer
+    │   ├── RateLimited        429; ``retry_after_s`` when the server said so
+    │   │   └── SearchQuotaExceeded   the daily search quota: never retried
+    │   ├── VastUnavailable    5xx, timeouts, connection errors (transient)
+    │   ├── RentOutcomeUnknown a rent whose outcome is unknown: list by label first
+    │   ├── VastRejected       any other 4xx: the request itself is wrong
+    │   └── VastBadResponse    not JSON, or JSON of the wrong shape
+    ├── StoreError             Redis failed or is unreachable
+    └── NginxError             nginx would not start, test or reload
+"""
+
+from __future__ import annotations
+
+
+class ProvisionerError(Exception):
+    """Base of every error the provisioner raises on purpose."""
+
+
+class ConfigError(ProvisionerError):
+    """The configuration is invalid; ``variable`` names the env var at fault."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        self.variable = variable
+        self.problem = problem
+        super().__init__(f"{variable}: {problem}")
+
+
+class QueryError(ConfigError):
+    """A search query does not parse; the message names the bad part."""
+
+    def __init__(self, problem: str, variable: str = "VAST_SEARCH_QUERY") -> None:
+        super().__init__(variable, problem)
+
+
+class VastError(ProvisionerError):
+    """A Vast.ai API call failed; ``call`` says which one, ``status`` the HTTP status if any."""
+
+    def __init__(self, call: str, reason: str, *, status: int | None = None) -> None:
+        self.call = call
+        self.reason = reason
+        self.status = status
+        where = f"{call}: HTTP {status}: " if status is not None else f"{call}: "
+        super().__init__(where + reason)
+
+
+class AuthError(VastError):
+    """The API key was refused."""
+
+
+class OfferGone(VastError):
+    """The offer was taken or withdrawn between search and rent."""
+
+
+class RateLimited(VastError):
+    """The API said 429; ``retry_after_s`` is the server's hint, capped, or None."""
+
+    def __init__(
+        self, call: str, reason: str, *, status: int | None = 429, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(call, reason, status=status)
+        self.retry_after_s = retry_after_s
+
+
+class SearchQuotaExceeded(RateLimited):
+    """The daily search quota is spent; ``retry_after_s`` points at its reset."""
+
+
+class VastUnavailable(VastError):
+    """A transient failure: 5xx, a timeout or a connection error."""
+
+
+class RentOutcomeUnknown(VastError):
+    """A rent may or may not have happened; list by label before renting again."""
+
+
+class VastRejected(VastError):
+    """The API rejected the request (a 4xx that is not one of the above)."""
+
+
+class VastBadResponse(VastError):
+    """The API answered something that is not the documented shape."""
+
+
+class StoreError(ProvisionerError):
+    """The shared store (Redis) failed."""
+
+
+class NginxError(ProvisionerError):
+    """nginx failed to start, to accept a config, or to reload."""

@@ -1,0 +1,1 @@
+"""Everything that speaks the Vast.ai wire format: the query language and the HTTP client."""
