@@ -1,0 +1,334 @@
+"""Table-driven tests of the pure planner: every instance case and every rental case."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from provisioner import model, planning
+from provisioner.planning import Ban, Destroy, Observation, Phase, Policy, Rent, Serve, Unserve
+
+IMAGE = "ghcr.io/acme/whisper:1.2"
+HASH = "a" * 32
+LABEL = "k8s_pod=vast-pod-0"
+NOW = 10_000.0
+POLICY = Policy(boot_timeout_s=1200, unhealthy_timeout_s=300, steady_interval_s=60, boot_interval_s=5)
+
+DESIRED = model.DesiredSpec(
+    label=LABEL,
+    image=IMAGE,
+    template=model.TemplateSpec(
+        name="t", image="ghcr.io/acme/whisper", tag="1.2", env="-p 8000:8000", onstart=None, disk_gb=20
+    ),
+    ports=(model.PortMap(3000, 8000),),
+    env={},
+    onstart=None,
+    disk_gb=20,
+)
+
+
+def inst(iid: int, status: str | None = "running", **kw: object) -> model.Instance:
+    """An instance of ours; running ones have their port mapped unless told otherwise."""
+    base = model.Instance(
+        id=iid,
+        label=LABEL,
+        actual_status=status,
+        image_uuid=IMAGE,
+        template_hash_id=HASH,
+        host_id=100 + iid,
+        machine_id=200 + iid,
+        public_ipaddr="203.0.113.7" if status == "running" else None,
+        ports={8000: 40000 + iid} if status == "running" else {},
+        start_date=NOW - 60,
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def obs(*instances: model.Instance, **kw: object) -> Observation:
+    """An observation at NOW where every running instance passed its health check."""
+    healthy = {i.id: True for i in instances if i.actual_status == "running"}
+    fields: dict[str, object] = {"now": NOW, "instances": instances, "template_hash": HASH, "healthy": healthy}
+    fields.update(kw)
+    return Observation(**fields)  # type: ignore[arg-type]
+
+
+def kinds(plan: planning.Plan) -> list[str]:
+    """A compact, readable form of a plan's actions."""
+    out = []
+    for a in plan.actions:
+        if isinstance(a, Serve):
+            out.append(f"serve:{a.instance.id}")
+        elif isinstance(a, Unserve):
+            out.append(f"unserve:{a.reason}")
+        elif isinstance(a, Destroy):
+            out.append(f"destroy:{a.instance.id}:{a.reason}")
+        elif isinstance(a, Ban):
+            out.append(f"ban:{a.instance.id}:{a.reason}")
+        elif isinstance(a, Rent):
+            out.append(f"rent:{a.reason}")
+    return out
+
+
+CASES = [
+    pytest.param(obs(), ["unserve:renting", "rent:none"], Phase.RENTING, id="none-rents"),
+    pytest.param(obs(inst(1)), ["serve:1"], Phase.SERVING, id="healthy-match-serves"),
+    pytest.param(
+        obs(inst(1), healthy={}), ["unserve:health-check"], Phase.BOOTING, id="running-unchecked-waits"
+    ),
+    pytest.param(obs(inst(1, "loading")), ["unserve:booting"], Phase.BOOTING, id="loading-waits"),
+    pytest.param(obs(inst(1, None)), ["unserve:booting"], Phase.BOOTING, id="null-status-waits"),
+    pytest.param(
+        obs(inst(1, "running", ports={})), ["unserve:booting"], Phase.BOOTING, id="running-without-port-waits"
+    ),
+    pytest.param(
+        obs(inst(1, "running", public_ipaddr=None)),
+        ["unserve:booting"],
+        Phase.BOOTING,
+        id="running-without-ip-waits",
+    ),
+    pytest.param(
+        obs(inst(1, image_uuid="ghcr.io/acme/whisper:1.1")),
+        ["serve:1", "rent:image-drift"],
+        Phase.RENTING,
+        id="image-drift-serving-bridges-and-rents",
+    ),
+    pytest.param(
+        obs(inst(1, template_hash_id="b" * 32)),
+        ["serve:1", "rent:template-drift"],
+        Phase.RENTING,
+        id="template-drift-serving-bridges-and-rents",
+    ),
+    pytest.param(
+        obs(inst(1, "loading", template_hash_id="b" * 32)),
+        ["unserve:renting", "destroy:1:template-drift", "rent:template-drift"],
+        Phase.RENTING,
+        id="template-drift-booting-destroyed",
+    ),
+    pytest.param(
+        obs(inst(1, template_hash_id="b" * 32), inst(2, "loading")),
+        ["serve:1"],
+        Phase.BOOTING,
+        id="drift-keeps-serving-while-replacement-boots",
+    ),
+    pytest.param(
+        obs(inst(1, template_hash_id="b" * 32), inst(2)),
+        ["serve:2", "destroy:1:template-drift"],
+        Phase.SERVING,
+        id="drift-switches-then-destroys-old",
+    ),
+    pytest.param(
+        obs(inst(1, image_uuid="docker.io/library/nginx")),
+        ["serve:1", "rent:image-drift"],
+        Phase.RENTING,
+        id="other-image-is-drift",
+    ),
+    pytest.param(
+        obs(inst(1, "exited")),
+        ["unserve:renting", "destroy:1:dead", "rent:status-exited"],
+        Phase.RENTING,
+        id="exited-replaced",
+    ),
+    pytest.param(
+        obs(inst(1, "offline")),
+        ["unserve:renting", "destroy:1:dead", "rent:status-offline"],
+        Phase.RENTING,
+        id="offline-replaced",
+    ),
+    pytest.param(
+        obs(inst(1, "unknown")),
+        ["unserve:renting", "destroy:1:dead", "rent:status-unknown"],
+        Phase.RENTING,
+        id="unknown-replaced",
+    ),
+    pytest.param(
+        obs(inst(1, "created", status_msg="Error response from daemon: OCI runtime create failed: x")),
+        ["unserve:renting", "destroy:1:dead", "rent:oci-failure"],
+        Phase.RENTING,
+        id="oci-failure-replaced",
+    ),
+    pytest.param(
+        obs(inst(1, "created", status_msg="pulling image")),
+        ["unserve:booting"],
+        Phase.BOOTING,
+        id="created-without-failure-waits",
+    ),
+    pytest.param(
+        obs(inst(1, "stopped")),
+        ["unserve:renting", "destroy:1:dead", "rent:status-stopped"],
+        Phase.RENTING,
+        id="stopped-replaced",
+    ),
+    pytest.param(
+        obs(inst(1), inst(2)),
+        ["serve:1", "destroy:2:duplicate"],
+        Phase.SERVING,
+        id="two-healthy-keep-oldest",
+    ),
+    pytest.param(
+        obs(inst(1), inst(2), serving_id=2),
+        ["serve:2", "destroy:1:duplicate"],
+        Phase.SERVING,
+        id="two-healthy-keep-the-served-one",
+    ),
+    pytest.param(
+        obs(inst(1, "loading"), inst(2)),
+        ["serve:2", "destroy:1:duplicate"],
+        Phase.SERVING,
+        id="healthy-beats-booting",
+    ),
+    pytest.param(
+        obs(inst(1, "loading"), inst(2, "loading"), inst(3, "exited")),
+        ["unserve:booting", "destroy:2:duplicate", "destroy:3:dead"],
+        Phase.BOOTING,
+        id="several-mixed-keep-one",
+    ),
+    pytest.param(
+        obs(inst(1, "loading"), first_seen={1: NOW - 1300}),
+        ["unserve:renting", "ban:1:boot-timeout", "destroy:1:boot-timeout", "rent:boot-timeout"],
+        Phase.RENTING,
+        id="boot-timeout-bans-destroys-rents",
+    ),
+    pytest.param(
+        obs(inst(1, "loading", start_date=NOW - 5000)),
+        ["unserve:renting", "ban:1:boot-timeout", "destroy:1:boot-timeout", "rent:boot-timeout"],
+        Phase.RENTING,
+        id="boot-timeout-from-start-date",
+    ),
+    pytest.param(
+        obs(inst(1, "loading", start_date=NOW - 5000), first_seen={1: NOW - 10}),
+        ["unserve:booting"],
+        Phase.BOOTING,
+        id="first-seen-wins-over-start-date",
+    ),
+    pytest.param(
+        obs(inst(1), healthy={1: False}, unhealthy_since={1: NOW - 400}),
+        ["unserve:renting", "ban:1:unhealthy", "destroy:1:unhealthy", "rent:health failing for 400s"],
+        Phase.RENTING,
+        id="long-unhealthy-replaced",
+    ),
+    pytest.param(
+        obs(inst(1), healthy={1: False}, unhealthy_since={1: NOW - 30}),
+        ["unserve:health-check"],
+        Phase.BOOTING,
+        id="briefly-unhealthy-unserved-not-replaced",
+    ),
+    pytest.param(
+        obs(rent_hold_until=NOW + 30),
+        ["unserve:confirming-rental"],
+        Phase.WAITING,
+        id="ambiguous-rent-holds-off",
+    ),
+    pytest.param(
+        obs(rent_hold_until=NOW - 1),
+        ["unserve:renting", "rent:none"],
+        Phase.RENTING,
+        id="hold-expired-rents",
+    ),
+    pytest.param(
+        obs(inst(1), condemned={1: "restart-threshold"}),
+        ["unserve:renting", "destroy:1:restart-threshold", "rent:restart-threshold"],
+        Phase.RENTING,
+        id="condemned-replaced",
+    ),
+    pytest.param(
+        obs(inst(1, template_hash_id=None), template_hash=None),
+        ["serve:1"],
+        Phase.SERVING,
+        id="unknown-template-hash-is-not-drift",
+    ),
+]
+
+
+@pytest.mark.parametrize(("observation", "expected", "phase"), CASES)
+def test_plan_cases(observation: Observation, expected: list[str], phase: Phase) -> None:
+    """Each named situation produces exactly these actions, in this order, and this phase."""
+    result = planning.plan(DESIRED, observation, POLICY)
+    assert kinds(result) == expected
+    assert result.phase is phase
+
+
+def test_steady_interval_only_when_serving_cleanly() -> None:
+    """The slow poll applies only when serving with nothing to clean up; otherwise the quick one."""
+    assert planning.plan(DESIRED, obs(inst(1)), POLICY).next_check_s == 60
+    assert planning.plan(DESIRED, obs(inst(1), inst(2)), POLICY).next_check_s == 5
+    assert planning.plan(DESIRED, obs(inst(1, "loading")), POLICY).next_check_s == 5
+
+
+def test_never_two_rentals_or_rent_beside_a_match() -> None:
+    """No plan rents more than once, and none rents while a matching live instance exists."""
+    for case in CASES:
+        observation = case.values[0]
+        assert isinstance(observation, Observation)
+        result = planning.plan(DESIRED, observation, POLICY)
+        rents = [a for a in result.actions if isinstance(a, Rent)]
+        assert len(rents) <= 1
+        verdicts = {v for v, _ in result.verdicts.values()}
+        if verdicts & {"healthy", "ready", "booting"}:
+            assert not rents, case.id
+
+
+def test_never_destroys_the_served_instance_in_the_same_plan() -> None:
+    """A plan never both serves and destroys the same instance."""
+    for case in CASES:
+        observation = case.values[0]
+        assert isinstance(observation, Observation)
+        result = planning.plan(DESIRED, observation, POLICY)
+        served = {a.instance.id for a in result.actions if isinstance(a, Serve)}
+        destroyed = {a.instance.id for a in result.actions if isinstance(a, Destroy)}
+        assert not served & destroyed, case.id
+
+
+def test_image_comparison_is_tolerant() -> None:
+    """`nginx` and `docker.io/library/nginx:latest` are the same image; another tag is not."""
+    desired = replace(DESIRED, image="nginx")
+    same = inst(1, image_uuid="docker.io/library/nginx:latest")
+    other = inst(2, image_uuid="nginx:1.25")
+    assert planning.drift_of(same, desired, HASH) is None
+    assert planning.drift_of(other, desired, HASH) == "image-drift"
+
+
+def _apply(world: list[model.Instance], result: planning.Plan, next_id: int) -> tuple[list[model.Instance], int]:
+    """A tiny simulated world: destroys remove, rents add a healthy matching instance."""
+    gone = {a.instance.id for a in result.actions if isinstance(a, Destroy)}
+    world = [i for i in world if i.id not in gone]
+    for a in result.actions:
+        if isinstance(a, Rent):
+            world.append(inst(next_id))
+            next_id += 1
+    return world, next_id
+
+
+@pytest.mark.parametrize("observation", [c.values[0] for c in CASES], ids=[c.id for c in CASES])
+def test_plans_converge(observation: Observation) -> None:
+    """Applying plans to a simulated world reaches one healthy served instance within three ticks."""
+    world = list(observation.instances)
+    next_id = 100
+    for _ in range(3):
+        current = replace(
+            observation,
+            instances=tuple(world),
+            healthy={i.id: True for i in world},
+            unhealthy_since={},
+            first_seen={},
+            condemned={},
+            rent_hold_until=0.0,
+            now=NOW,
+        )
+        world = [replace(i, start_date=NOW - 1) if i.actual_status == "loading" else i for i in world]
+        result = planning.plan(DESIRED, current, POLICY)
+        world, next_id = _apply(world, result, next_id)
+        # whatever was booting has come up by the next tick
+        world = [inst(i.id) if not i.is_dead and not planning.has_endpoints(i, DESIRED) else i for i in world]
+    final = planning.plan(
+        DESIRED,
+        Observation(
+            now=NOW,
+            instances=tuple(world),
+            template_hash=observation.template_hash,
+            healthy={i.id: True for i in world},
+        ),
+        POLICY,
+    )
+    assert final.phase is Phase.SERVING
+    assert len(world) == 1
