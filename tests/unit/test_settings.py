@@ -1,0 +1,162 @@
+"""Settings: defaults, derived values, and one clear error naming the variable for bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from provisioner import errors, model
+from provisioner.settings import load_settings, parse_docker_login, parse_proxy_ports, split_image
+
+BASE = {
+    "POD_NAME": "vast-pod-0",
+    "VAST_API_KEY": "k3y-abcdef",
+    "VAST_TEMPLATE_NAME": "whisper",
+    "VAST_TEMPLATE_IMAGE": "ghcr.io/acme/whisper:1.2",
+}
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """A clean environment holding only the required variables."""
+    import os
+
+    for key in list(os.environ):
+        if key.startswith(("VAST_", "NGINX_", "BLACKLIST_", "PROXY_", "ADMIN_", "POD_", "DOCKER_", "RECONCILE")):
+            monkeypatch.delenv(key)
+    for key in ("DEBUG", "LOG_FORMAT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in BASE.items():
+        monkeypatch.setenv(key, value)
+    return monkeypatch
+
+
+def test_defaults(env: pytest.MonkeyPatch) -> None:
+    """With only the required variables, the documented defaults apply."""
+    s = load_settings()
+    assert s.nginx_listen_port == 3000
+    assert s.vast_container_port == 8000
+    assert s.nginx_max_body_size == "10M"
+    assert s.label == "k8s_pod=vast-pod-0"
+    assert s.port_maps == (model.PortMap(3000, 8000),)
+    assert s.vast_api_url == "https://console.vast.ai"
+    assert s.boot_timeout_seconds == 1200
+
+
+def test_remote_env_and_template_spec(env: pytest.MonkeyPatch) -> None:
+    """VAST_ENV_<NAME> becomes env NAME remotely and lands, with the ports, in the template's env string."""
+    env.setenv("VAST_ENV_MODEL", "large v3")
+    env.setenv("VAST_ENV_HF_HOME", "/data")
+    env.setenv("PROXY_PORTS", "3000:8000,3001:8001")
+    s = load_settings()
+    spec = s.desired_spec()
+    assert spec.env == {"MODEL": "large v3", "HF_HOME": "/data"}
+    assert spec.template.env == "-p 8000:8000 -p 8001:8001 -e HF_HOME=/data -e MODEL='large v3'"
+    assert spec.template.image == "ghcr.io/acme/whisper"
+    assert spec.template.tag == "1.2"
+    assert spec.container_ports == (8000, 8001)
+
+
+def test_secrets_do_not_print(env: pytest.MonkeyPatch) -> None:
+    """Neither the API key nor the registry password appears in the settings' repr."""
+    env.setenv("DOCKER_LOGIN", "-u bob -p hunter2secret ghcr.io")
+    s = load_settings()
+    assert "k3y-abcdef" not in repr(s)
+    assert "hunter2secret" not in repr(s)
+    login = s.parsed_docker_login
+    assert login is not None
+    assert login.as_vast_string() == "-u bob -p hunter2secret ghcr.io"
+    assert "hunter2secret" not in repr(login)
+
+
+def test_old_blacklist_deadline_name_sets_boot_timeout(env: pytest.MonkeyPatch) -> None:
+    """BLACKLIST_BAN_AFTER_SECONDS is the boot deadline, as in the earlier provisioner."""
+    env.setenv("BLACKLIST_BAN_AFTER_SECONDS", "600")
+    assert load_settings().boot_timeout_seconds == 600
+
+
+BAD = [
+    pytest.param({"POD_NAME": None}, "POD_NAME", id="pod-name-missing"),
+    pytest.param({"POD_NAME": ""}, "POD_NAME", id="pod-name-empty"),
+    pytest.param({"POD_NAME": "Vast_Pod"}, "POD_NAME", id="pod-name-not-dns"),
+    pytest.param({"VAST_API_KEY": None}, "VAST_API_KEY", id="api-key-missing"),
+    pytest.param({"VAST_API_KEY": "   "}, "VAST_API_KEY", id="api-key-blank"),
+    pytest.param({"VAST_API_KEY": "ab cd"}, "VAST_API_KEY", id="api-key-space"),
+    pytest.param({"VAST_TEMPLATE_NAME": None}, "VAST_TEMPLATE_NAME", id="template-name-missing"),
+    pytest.param({"VAST_TEMPLATE_NAME": "a;b"}, "VAST_TEMPLATE_NAME", id="template-name-bad"),
+    pytest.param({"VAST_TEMPLATE_IMAGE": None}, "VAST_TEMPLATE_IMAGE", id="image-missing"),
+    pytest.param({"VAST_TEMPLATE_IMAGE": "my image"}, "VAST_TEMPLATE_IMAGE", id="image-space"),
+    pytest.param({"VAST_API_URL": "console.vast.ai"}, "VAST_API_URL", id="url-no-scheme"),
+    pytest.param({"VAST_API_URL": "ftp://x"}, "VAST_API_URL", id="url-ftp"),
+    pytest.param({"VAST_API_URL": "https://u:p@x"}, "VAST_API_URL", id="url-credentials"),
+    pytest.param({"NGINX_LISTEN_PORT": "0"}, "NGINX_LISTEN_PORT", id="listen-port-zero"),
+    pytest.param({"NGINX_LISTEN_PORT": "70000"}, "NGINX_LISTEN_PORT", id="listen-port-big"),
+    pytest.param({"NGINX_LISTEN_PORT": "http"}, "NGINX_LISTEN_PORT", id="listen-port-text"),
+    pytest.param({"VAST_CONTAINER_PORT": "-1"}, "VAST_CONTAINER_PORT", id="container-port-negative"),
+    pytest.param({"ADMIN_PORT": "3000"}, "ADMIN_PORT", id="admin-port-clash"),
+    pytest.param({"ADMIN_PORT": "3001", "PROXY_PORTS": "3000:8000,3001:8001"}, "ADMIN_PORT", id="admin-clash-proxy"),
+    pytest.param({"PROXY_PORTS": "3000"}, "PROXY_PORTS", id="proxy-ports-no-colon"),
+    pytest.param({"PROXY_PORTS": "3000:8000,3000:8001"}, "PROXY_PORTS", id="proxy-ports-duplicate"),
+    pytest.param({"PROXY_PORTS": "a:b"}, "PROXY_PORTS", id="proxy-ports-text"),
+    pytest.param({"PROXY_PORTS": "3000:99999"}, "PROXY_PORTS", id="proxy-ports-range"),
+    pytest.param({"NGINX_MAX_BODY_SIZE": "10MB"}, "NGINX_MAX_BODY_SIZE", id="body-size-unit"),
+    pytest.param({"NGINX_MAX_BODY_SIZE": "10M; include x"}, "NGINX_MAX_BODY_SIZE", id="body-size-injection"),
+    pytest.param({"VAST_LABEL": "x" * 300}, "VAST_LABEL", id="label-too-long"),
+    pytest.param({"VAST_DISK_GB": "2"}, "VAST_DISK_GB", id="disk-too-small"),
+    pytest.param({"VAST_DISK_GB": "lots"}, "VAST_DISK_GB", id="disk-text"),
+    pytest.param({"DOCKER_LOGIN": "bob:secret"}, "DOCKER_LOGIN", id="docker-login-malformed"),
+    pytest.param({"DOCKER_LOGIN": "-u bob"}, "DOCKER_LOGIN", id="docker-login-no-password"),
+    pytest.param({"VAST_SEARCH_QUERY": "gpu_name=RTX 3060"}, "VAST_SEARCH_QUERY", id="query-unquoted-space"),
+    pytest.param({"VAST_SEARCH_QUERY": "{not json"}, "VAST_SEARCH_QUERY", id="query-bad-json"),
+    pytest.param({"VAST_HEALTH_PATH": "health"}, "VAST_HEALTH_PATH", id="health-path-relative"),
+    pytest.param({"VAST_HEALTH_PATH": "/h;x"}, "VAST_HEALTH_PATH", id="health-path-injection"),
+    pytest.param({"RECONCILE_INTERVAL_SECONDS": "-5"}, "RECONCILE_INTERVAL_SECONDS", id="interval-negative"),
+    pytest.param({"BLACKLIST_BAN_AFTER_SECONDS": "-1"}, "BLACKLIST_BAN_AFTER_SECONDS", id="ban-after-negative"),
+    pytest.param({"DEBUG": "maybe"}, "DEBUG", id="debug-not-bool"),
+    pytest.param({"LOG_FORMAT": "xml"}, "LOG_FORMAT", id="log-format-unknown"),
+    pytest.param({"VAST_ENV_BAD-NAME": "x"}, "VAST_ENV_BAD-NAME", id="remote-env-bad-name"),
+]
+
+
+@pytest.mark.parametrize(("changes", "variable"), BAD)
+def test_bad_configuration_names_the_variable(
+    env: pytest.MonkeyPatch, changes: dict[str, str | None], variable: str
+) -> None:
+    """Each invalid configuration raises ConfigError naming the variable, with a one-line message."""
+    for key, value in changes.items():
+        if value is None:
+            env.delenv(key, raising=False)
+        else:
+            env.setenv(key, value)
+    with pytest.raises(errors.ConfigError) as caught:
+        load_settings()
+    assert caught.value.variable == variable
+    assert "\n" not in str(caught.value)
+    assert str(caught.value).startswith(variable + ": ")
+    assert "k3y-abcdef" not in str(caught.value)
+
+
+def test_docker_login_error_never_echoes_the_password() -> None:
+    """A malformed DOCKER_LOGIN error does not contain the password it was given."""
+    with pytest.raises(ValueError, match="registry") as caught:
+        parse_docker_login("-u bob -p s3cretpass not/a/host!")
+    assert "s3cretpass" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        pytest.param("nginx", ("nginx", None), id="bare"),
+        pytest.param("nginx:1.25", ("nginx", "1.25"), id="tag"),
+        pytest.param("localhost:5000/app", ("localhost:5000/app", None), id="registry-port"),
+        pytest.param("localhost:5000/app:2", ("localhost:5000/app", "2"), id="registry-port-tag"),
+        pytest.param("app@sha256:abc", ("app@sha256:abc", None), id="digest"),
+    ],
+)
+def test_split_image(ref: str, expected: tuple[str, str | None]) -> None:
+    """Image references split into repository and tag the way docker reads them."""
+    assert split_image(ref) == expected
+
+
+def test_parse_proxy_ports() -> None:
+    """PROXY_PORTS lists listen:container pairs in order."""
+    assert parse_proxy_ports("3000:8000, 3001:8001") == (model.PortMap(3000, 8000), model.PortMap(3001, 8001))
