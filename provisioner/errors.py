@@ -62,7 +62,7 @@ class OfferGone(VastError):
 
 
 class RateLimited(VastError):
-    """The API said 429; ``retry_after_s`` is the server's hint, capped, or None."""
+    """The API said 429; ``retry_after_s`` is the server's hint (uncapped: what to wait), or None."""
 
     def __init__(
         self, call: str, reason: str, *, status: int | None = 429, retry_after_s: float | None = None

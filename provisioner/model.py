@@ -132,17 +132,24 @@ class Offer:
 #: actual_status values from which an instance never reaches ``running`` (vast-api.md §6.5).
 DEAD_STATUSES = frozenset({"exited", "offline", "unknown", "destroyed", "terminated", "stopped", "frozen"})
 #: actual_status values of an instance that is still on its way up.
-BOOTING_STATUSES = frozenset({None, "created", "loading", "rebooting", "recycling", "restarting", "scheduling"})
+BOOTING_STATUSES = frozenset(
+    {None, "created", "loading", "rebooting", "recycling", "restarting", "scheduling"}
+)
 #: words in ``status_msg`` that mean the container failed to start.
-FAILURE_MARKERS = ("oci runtime", "error response from daemon", "failed to", "no such image", "manifest unknown")
+FAILURE_MARKERS = (
+    "oci runtime",
+    "error response from daemon",
+    "failed to",
+    "no such image",
+    "manifest unknown",
+)
 
 
-def _parse_ports(raw: Any, call: str) -> dict[int, int]:
+def _parse_ports(raw: Any) -> dict[int, int]:
     """``{"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "41234"}]}`` -> ``{8000: 41234}`` (tcp only)."""
-    if raw is None or raw == "":
-        return {}
     if not isinstance(raw, Mapping):
-        raise errors.VastBadResponse(call, "field 'ports' is not an object")
+        # null/absent until running; the docs' schema even types it as an array: no ports yet
+        return {}
     result: dict[int, int] = {}
     for key, bindings in raw.items():
         container, _, proto = str(key).partition("/")
@@ -215,7 +222,7 @@ class Instance:
             host_id=_int(raw, "host_id", call),
             machine_id=_int(raw, "machine_id", call),
             public_ipaddr=_str(raw, "public_ipaddr"),
-            ports=_parse_ports(raw.get("ports"), call),
+            ports=_parse_ports(raw.get("ports")),
             dph_total=_num(raw, "dph_total", call),
             start_date=_num(raw, "start_date", call),
             gpu_name=_str(raw, "gpu_name"),
@@ -270,7 +277,7 @@ class Template:
 
 @dataclass(frozen=True, slots=True)
 class PortMap:
-    """One proxied port: nginx listens on ``listen_port`` and forwards to ``container_port`` in the instance."""
+    """One proxied port: nginx listens on ``listen_port``, forwarding to ``container_port`` remotely."""
 
     listen_port: int
     container_port: int

@@ -87,8 +87,8 @@ def parse_docker_login(value: str) -> DockerLogin:
 def parse_proxy_ports(value: str) -> tuple[model.PortMap, ...]:
     """``"3000:8000,3001:8001"`` -> port maps; rejects duplicates and bad numbers."""
     maps: list[model.PortMap] = []
-    for item in value.split(","):
-        item = item.strip()
+    for raw in value.split(","):
+        item = raw.strip()
         if not item:
             continue
         listen, sep, container = item.partition(":")
@@ -283,6 +283,8 @@ class Settings(BaseSettings):
             raise ValueError(f"VAST_LABEL: is {len(label)} characters; Vast allows {MAX_LABEL_LEN}")
         if any(not c.isprintable() for c in label):
             raise ValueError("VAST_LABEL: contains control characters")
+        if label != label.strip() or not label:
+            raise ValueError("VAST_LABEL: must not be empty or start or end with white space")
         listens = [p.listen_port for p in self.port_maps]
         if self.admin_port in listens:
             raise ValueError(f"ADMIN_PORT: {self.admin_port} is also a proxy listen port")
@@ -409,5 +411,3 @@ def load_settings(**overrides: Any) -> Settings:
         raise errors.ConfigError(_env_name(loc, Settings.model_fields), message) from None
     settings.remote_env = remote_env
     return settings
-
-

@@ -48,7 +48,12 @@ def inst(iid: int, status: str | None = "running", **kw: object) -> model.Instan
 def obs(*instances: model.Instance, **kw: object) -> Observation:
     """An observation at NOW where every running instance passed its health check."""
     healthy = {i.id: True for i in instances if i.actual_status == "running"}
-    fields: dict[str, object] = {"now": NOW, "instances": instances, "template_hash": HASH, "healthy": healthy}
+    fields: dict[str, object] = {
+        "now": NOW,
+        "instances": instances,
+        "template_hash": HASH,
+        "healthy": healthy,
+    }
     fields.update(kw)
     return Observation(**fields)  # type: ignore[arg-type]
 
@@ -288,7 +293,9 @@ def test_image_comparison_is_tolerant() -> None:
     assert planning.drift_of(other, desired, HASH) == "image-drift"
 
 
-def _apply(world: list[model.Instance], result: planning.Plan, next_id: int) -> tuple[list[model.Instance], int]:
+def _apply(
+    world: list[model.Instance], result: planning.Plan, next_id: int
+) -> tuple[list[model.Instance], int]:
     """A tiny simulated world: destroys remove, rents add a healthy matching instance."""
     gone = {a.instance.id for a in result.actions if isinstance(a, Destroy)}
     world = [i for i in world if i.id not in gone]

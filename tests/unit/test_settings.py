@@ -21,7 +21,9 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     import os
 
     for key in list(os.environ):
-        if key.startswith(("VAST_", "NGINX_", "BLACKLIST_", "PROXY_", "ADMIN_", "POD_", "DOCKER_", "RECONCILE")):
+        if key.startswith(
+            ("VAST_", "NGINX_", "BLACKLIST_", "PROXY_", "ADMIN_", "POD_", "DOCKER_", "RECONCILE")
+        ):
             monkeypatch.delenv(key)
     for key in ("DEBUG", "LOG_FORMAT"):
         monkeypatch.delenv(key, raising=False)
@@ -93,7 +95,9 @@ BAD = [
     pytest.param({"NGINX_LISTEN_PORT": "http"}, "NGINX_LISTEN_PORT", id="listen-port-text"),
     pytest.param({"VAST_CONTAINER_PORT": "-1"}, "VAST_CONTAINER_PORT", id="container-port-negative"),
     pytest.param({"ADMIN_PORT": "3000"}, "ADMIN_PORT", id="admin-port-clash"),
-    pytest.param({"ADMIN_PORT": "3001", "PROXY_PORTS": "3000:8000,3001:8001"}, "ADMIN_PORT", id="admin-clash-proxy"),
+    pytest.param(
+        {"ADMIN_PORT": "3001", "PROXY_PORTS": "3000:8000,3001:8001"}, "ADMIN_PORT", id="admin-clash-proxy"
+    ),
     pytest.param({"PROXY_PORTS": "3000"}, "PROXY_PORTS", id="proxy-ports-no-colon"),
     pytest.param({"PROXY_PORTS": "3000:8000,3000:8001"}, "PROXY_PORTS", id="proxy-ports-duplicate"),
     pytest.param({"PROXY_PORTS": "a:b"}, "PROXY_PORTS", id="proxy-ports-text"),
@@ -110,7 +114,9 @@ BAD = [
     pytest.param({"VAST_HEALTH_PATH": "health"}, "VAST_HEALTH_PATH", id="health-path-relative"),
     pytest.param({"VAST_HEALTH_PATH": "/h;x"}, "VAST_HEALTH_PATH", id="health-path-injection"),
     pytest.param({"RECONCILE_INTERVAL_SECONDS": "-5"}, "RECONCILE_INTERVAL_SECONDS", id="interval-negative"),
-    pytest.param({"BLACKLIST_BAN_AFTER_SECONDS": "-1"}, "BLACKLIST_BAN_AFTER_SECONDS", id="ban-after-negative"),
+    pytest.param(
+        {"BLACKLIST_BAN_AFTER_SECONDS": "-1"}, "BLACKLIST_BAN_AFTER_SECONDS", id="ban-after-negative"
+    ),
     pytest.param({"DEBUG": "maybe"}, "DEBUG", id="debug-not-bool"),
     pytest.param({"LOG_FORMAT": "xml"}, "LOG_FORMAT", id="log-format-unknown"),
     pytest.param({"VAST_ENV_BAD-NAME": "x"}, "VAST_ENV_BAD-NAME", id="remote-env-bad-name"),

@@ -1,0 +1,558 @@
+"""The Vast.ai HTTP client: every request the provisioner sends to the Vast.ai API.
+
+This module owns the calls and their wire format (paths with trailing slashes, Bearer auth, JSON bodies,
+query values JSON-encoded then form-encoded; ``vast-api.md`` §1, §3-§9) and the retry rules: idempotent
+calls are retried with exponential backoff, jitter and a capped ``Retry-After``; a rent is never retried,
+and an ambiguous rent answer becomes ``RentOutcomeUnknown`` so that the caller lists by label before
+renting again. HTTP answers and httpx errors become ``provisioner.errors`` in one place, the pure helper
+``wire.map_failure``. The ``httpx.AsyncClient`` is injected; this module builds no clients, reads no settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+import tenacity
+from pydantic import SecretStr
+
+from provisioner import errors, model
+from provisioner.vast import wire
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL: Final = "https://console.vast.ai"
+USER_AGENT: Final = "vast-pod-provisioner/0.1"
+#: the v1 instance list serves at most 25 rows a page (vast-api.md §6.1).
+PAGE_LIMIT: Final = 25
+#: more pages than this (10 000 instances) means ``next_token`` is looping.
+MAX_PAGES: Final = 400
+_LOG_FETCH_TIMEOUT_S: Final = 10.0
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries of idempotent calls: ``attempts`` in total, exponential backoff, ``Retry-After`` up to a cap.
+
+    ``jitter`` is a fraction in [0, 1]: each backoff is shortened by a random part of at most that fraction.
+    A server ``Retry-After`` above ``retry_after_cap_s`` is not waited for: ``RateLimited`` is raised at once.
+    """
+
+    attempts: int = 4
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+    retry_after_cap_s: float = 30.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        if min(self.initial_backoff_s, self.max_backoff_s, self.retry_after_cap_s) < 0:
+            raise ValueError("backoff and cap must not be negative")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("jitter must be between 0 and 1")
+
+    def backoff_s(self, retry_number: int) -> float:
+        """The wait before retry ``retry_number`` (1-based) when the server gave no ``Retry-After``."""
+        base = min(self.max_backoff_s, self.initial_backoff_s * 2.0 ** (retry_number - 1))
+        return base * (1 - self.jitter * random.random())
+
+
+DEFAULT_RETRY: Final = RetryPolicy()
+
+
+class CallObserver(Protocol):
+    """Hooks for metrics: one ``request_done`` per HTTP request, one ``rate_limit_wait`` per 429 backoff."""
+
+    def request_done(self, call: str, status: int | None, elapsed_s: float) -> None: ...
+
+    def rate_limit_wait(self, call: str, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class RentRequest:
+    """What to put on a rented offer: ``ports`` become ``-p P:P`` env keys, ``bid_price`` None = on-demand."""
+
+    image: str | None
+    env: Mapping[str, str]
+    ports: Sequence[int]
+    label: str
+    disk_gb: float
+    template_hash_id: str | None = None
+    onstart: str | None = None
+    bid_price: float | None = None
+    image_login: SecretStr | None = None
+    cancel_unavail: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.image and not self.template_hash_id:
+            raise ValueError("a rent needs an image or a template_hash_id")
+        if any(isinstance(p, bool) or not 0 < p < 65536 for p in self.ports):
+            raise ValueError("ports must be between 1 and 65535")
+        if not self.label.strip():
+            raise ValueError("a rent needs a label: it is how we find the instance again")
+
+    def __repr__(self) -> str:
+        # Env values may be secrets too, so only their names are shown; the login never is.
+        return (
+            f"RentRequest(image={self.image!r}, env_keys={sorted(self.env)!r}, ports={list(self.ports)!r}, "
+            f"label={self.label!r}, disk_gb={self.disk_gb!r}, template_hash_id={self.template_hash_id!r}, "
+            f"bid_price={self.bid_price!r}, image_login={'***' if self.image_login else None}, "
+            f"cancel_unavail={self.cancel_unavail!r})"
+        )
+
+
+def rent_body(req: RentRequest) -> dict[str, Any]:
+    """The ``PUT /api/v0/asks/{id}/`` body: every key 1.9.1 sends (vast-api.md §5, §10)."""
+    env = dict(req.env)
+    env.update({f"-p {port}:{port}": "1" for port in sorted(set(req.ports))})
+    body: dict[str, Any] = {
+        "client_id": "me",
+        "image": req.image,
+        "env": env,
+        "price": req.bid_price,
+        "disk": req.disk_gb,
+        "label": req.label,
+        "extra": None,
+        "onstart": req.onstart,
+        "image_login": req.image_login.get_secret_value() if req.image_login else None,
+        "python_utf8": False,
+        "lang_utf8": False,
+        "use_jupyter_lab": False,
+        "jupyter_dir": None,
+        "force": False,
+        "cancel_unavail": req.cancel_unavail,
+        "template_hash_id": req.template_hash_id,
+        "user": None,
+    }
+    if req.template_hash_id is None:
+        body["runtype"] = "args"  # keeps the image ENTRYPOINT; ssh/jupyter runtypes replace it
+    return body
+
+
+def _positive_id(value: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{what} must be a positive int, not {value!r}")
+    return value
+
+
+class _Retry(enum.Enum):
+    NEVER = "never"  # rent: the outcome of a failed attempt is unknown
+    UNSENT = "unsent"  # template writes: only 429 and errors before the request went out
+    IDEMPOTENT = "idempotent"  # reads, label, destroy, logs: 429, 5xx and transport errors
+
+
+# ---------------------------------------------------------------- the client
+
+
+class VastClient:
+    """Typed calls to the Vast.ai API over an injected ``httpx.AsyncClient``.
+
+    ``sleep`` and ``clock`` (unix seconds) are seams for tests: backoff waits go through ``sleep``.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        api_key: SecretStr,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        observer: CallObserver | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._http = http
+        self._api_key = api_key
+        self._base_url = base_url.rstrip("/")
+        self._retry = retry
+        self._observer = observer
+        self._sleep = sleep
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"VastClient(base_url={self._base_url!r})"
+
+    # ------------------------------------------------------------ account and offers
+
+    async def whoami(self) -> dict[str, Any]:
+        """``GET /api/v0/users/current``: the account, without its ``api_key``; doubles as the key check."""
+        call = "whoami"
+        data = self._json(call, await self._request(call, "GET", "/api/v0/users/current"))
+        if not isinstance(data, Mapping):
+            raise errors.VastBadResponse(call, "answer is not an object")
+        return {k: v for k, v in data.items() if k != "api_key"}
+
+    async def search_offers(self, body: Mapping[str, Any]) -> list[model.Offer]:
+        """``POST /api/v0/bundles/`` with a flat filter body; malformed offers are skipped."""
+        call = "search offers"
+        response = await self._request(call, "POST", "/api/v0/bundles/", body=body)
+        data = self._json(call, response)
+        raw_offers = data.get("offers") if isinstance(data, Mapping) else None
+        if not isinstance(raw_offers, list):
+            raise errors.VastBadResponse(call, "answer has no 'offers' list", status=response.status_code)
+        offers = []
+        for raw in raw_offers:
+            try:
+                offers.append(model.Offer.from_api(raw, call))
+            except errors.VastBadResponse as exc:
+                log.debug("skipping a malformed offer: %s", exc)
+        return offers
+
+    # ------------------------------------------------------------ renting
+
+    async def rent(self, offer_id: int, req: RentRequest) -> int:
+        """``PUT /api/v0/asks/{id}/``: rent an offer, return the new instance id. Never retried.
+
+        A timeout, 5xx, dropped connection or unreadable 200 raises ``RentOutcomeUnknown``: list by label
+        before renting again.
+        """
+        path = f"/api/v0/asks/{_positive_id(offer_id, 'offer_id')}/"
+        try:
+            response = await self._request(
+                wire.CALL_RENT, "PUT", path, body=rent_body(req), retry=_Retry.NEVER
+            )
+            data = self._json(wire.CALL_RENT, response)
+        except (errors.VastUnavailable, errors.VastBadResponse) as exc:
+            raise errors.RentOutcomeUnknown(
+                wire.CALL_RENT, f"{exc.reason}; list by label before renting again", status=exc.status
+            ) from exc
+        contract = data.get("new_contract") if isinstance(data, Mapping) else None
+        if isinstance(contract, str) and contract.strip().isdigit():
+            contract = int(contract)
+        if isinstance(contract, bool) or not isinstance(contract, int) or contract <= 0:
+            raise errors.RentOutcomeUnknown(
+                wire.CALL_RENT, "answer has no 'new_contract'; list by label before renting again", status=200
+            )
+        return contract
+
+    # ------------------------------------------------------------ instances
+
+    async def list_instances(self, select_filters: Mapping[str, Any] | None = None) -> list[model.Instance]:
+        """``GET /api/v1/instances/``, every page (``next_token``), in id order; never the v0 list."""
+        call = "list instances"
+        found: dict[int, model.Instance] = {}
+        token: str | None = None
+        for _ in range(MAX_PAGES):
+            params: dict[str, Any] = {
+                "select_filters": dict(select_filters or {}),
+                "order_by": [{"col": "id", "dir": "asc"}],
+                "limit": PAGE_LIMIT,
+            }
+            if token:
+                params["after_token"] = token
+            response = await self._request(call, "GET", "/api/v1/instances/", params=params)
+            data = self._json(call, response)
+            rows = data.get("instances") if isinstance(data, Mapping) else None
+            if not isinstance(rows, list):
+                raise errors.VastBadResponse(
+                    call, "answer has no 'instances' list", status=response.status_code
+                )
+            for row in rows:  # a malformed row raises: skipping it could make us rent a second instance
+                instance = model.Instance.from_api(row, call)
+                found[instance.id] = instance
+            next_token = data.get("next_token")
+            if not next_token:
+                return sorted(found.values(), key=lambda i: i.id)
+            if not isinstance(next_token, str):
+                raise errors.VastBadResponse(call, "'next_token' is not a string")
+            token = next_token
+        raise errors.VastBadResponse(call, f"more than {MAX_PAGES} pages; 'next_token' seems to loop")
+
+    async def list_by_label(self, label: str) -> list[model.Instance]:
+        """Our instances: the server's ``label eq`` filter, checked again here for exact equality."""
+        if not label.strip():
+            raise ValueError("label must not be empty")
+        instances = await self.list_instances({"label": {"eq": label}})
+        return [i for i in instances if i.label == label.strip()]
+
+    async def show_instance(self, instance_id: int) -> model.Instance | None:
+        """``GET /api/v0/instances/{id}/?owner=me``; None when it is gone (``instances: null`` or 404)."""
+        call = "show instance"
+        path = f"/api/v0/instances/{_positive_id(instance_id, 'instance_id')}/"
+        response = await self._request(call, "GET", path, params={"owner": "me"}, accept=wire.is_gone)
+        if response.status_code == 404:
+            return None
+        data = self._json(call, response)
+        if not isinstance(data, Mapping) or "instances" not in data:
+            raise errors.VastBadResponse(call, "answer has no 'instances' key", status=response.status_code)
+        if data["instances"] is None:
+            return None
+        instance = model.Instance.from_api(data["instances"], call)
+        if instance.id != instance_id:
+            raise errors.VastBadResponse(call, f"asked for instance {instance_id}, got {instance.id}")
+        return instance
+
+    async def label_instance(self, instance_id: int, label: str) -> None:
+        """``PUT /api/v0/instances/{id}/`` ``{"label": …}``."""
+        call = "label instance"
+        path = f"/api/v0/instances/{_positive_id(instance_id, 'instance_id')}/"
+        self._json(call, await self._request(call, "PUT", path, body={"label": label}))
+
+    async def destroy_instance(self, instance_id: int) -> bool:
+        """``DELETE /api/v0/instances/{id}/``: True if destroyed now, False if it was already gone."""
+        call = "destroy instance"
+        path = f"/api/v0/instances/{_positive_id(instance_id, 'instance_id')}/"
+        response = await self._request(call, "DELETE", path, body={}, accept=wire.is_gone)
+        if response.status_code == 404:
+            return False
+        self._json(call, response)
+        return True
+
+    # ------------------------------------------------------------ templates
+
+    async def find_template(self, name: str, creator_id: int | None = None) -> model.Template | None:
+        """Our template named exactly ``name`` (``creator_id`` matches, else private); the newest id wins."""
+        call = "find template"
+        filters: dict[str, Any] = {"name": {"eq": name}}
+        if creator_id is not None:
+            filters["creator_id"] = {"eq": creator_id}
+        params = {"select_cols": ["*"], "select_filters": filters}
+        response = await self._request(call, "GET", "/api/v0/template/", params=params)
+        data = self._json(call, response)
+        rows = data.get("templates") if isinstance(data, Mapping) else None
+        if not isinstance(rows, list):
+            raise errors.VastBadResponse(call, "answer has no 'templates' list", status=response.status_code)
+        ours: list[model.Template] = []
+        for row in rows:
+            try:
+                template = model.Template.from_api(row, call)
+            except errors.VastBadResponse as exc:
+                log.debug("skipping a malformed template: %s", exc)
+                continue
+            if template.name != name:
+                continue
+            if creator_id is not None and template.creator_id is not None:
+                mine = template.creator_id == creator_id
+            else:
+                mine = template.private is True
+            if mine:
+                ours.append(template)
+        return max(ours, key=lambda t: t.id, default=None)
+
+    async def create_template(
+        self, spec: model.TemplateSpec, *, creator_id: int | None = None
+    ) -> model.Template:
+        """``POST /api/v0/template/``, then read it back by name for its current ``hash_id``.
+
+        Like a rent, an ambiguous answer is not posted again: the template is looked up by name instead.
+        """
+        call = "create template"
+        body = wire.template_body(spec)
+        try:
+            response = await self._request(call, "POST", "/api/v0/template/", body=body, retry=_Retry.UNSENT)
+            data = self._json(call, response)
+        except (errors.VastUnavailable, errors.VastBadResponse):
+            found = await self.find_template(spec.name, creator_id)
+            if found is None:
+                raise
+            log.info("template %r exists after an unclear create answer; using it", spec.name)
+            return found
+        return await self._read_back(call, spec, body, data, creator_id, old_hash=None)
+
+    async def update_template(self, existing: model.Template, spec: model.TemplateSpec) -> model.Template:
+        """``PUT /api/v1/template/`` (full body + id + hash_id); on 404/405 the v0 form; then read back."""
+        call = "update template"
+        fields = wire.template_body(spec)
+        try:
+            try:
+                v1_body = {"id": existing.id, "hash_id": existing.hash_id, **fields}
+                response = await self._request(
+                    call, "PUT", "/api/v1/template/", body=v1_body, retry=_Retry.UNSENT
+                )
+            except errors.VastRejected as exc:
+                if exc.status not in (404, 405):
+                    raise
+                log.info("PUT /api/v1/template/ answered %s; trying PUT /api/v0/template/", exc.status)
+                v0_body = {"hash_id": existing.hash_id, **fields}
+                response = await self._request(
+                    call, "PUT", "/api/v0/template/", body=v0_body, retry=_Retry.UNSENT
+                )
+            data = self._json(call, response)
+        except (errors.VastUnavailable, errors.VastBadResponse):
+            found = await self.find_template(spec.name, existing.creator_id)
+            if found is None or found.hash_id == existing.hash_id:
+                raise
+            return found
+        sent = {"id": existing.id, **fields}
+        return await self._read_back(call, spec, sent, data, existing.creator_id, old_hash=existing.hash_id)
+
+    async def _read_back(
+        self,
+        call: str,
+        spec: model.TemplateSpec,
+        sent: Mapping[str, Any],
+        answer: Any,
+        creator_id: int | None,
+        *,
+        old_hash: str | None,
+    ) -> model.Template:
+        """The template as stored now; the write's own answer only fills in when the lookup lags behind."""
+        raw = answer.get("template") if isinstance(answer, Mapping) else None
+        answered = None
+        if isinstance(raw, Mapping):
+            try:
+                answered = model.Template.from_api({**sent, **raw}, call)
+            except errors.VastBadResponse:
+                log.debug("the %s answer carries no usable template", call)
+        found = await self.find_template(spec.name, creator_id)
+        if found is not None and not (
+            found.hash_id == old_hash and answered is not None and answered.hash_id != old_hash
+        ):
+            return found
+        if answered is not None:
+            return answered
+        raise errors.VastBadResponse(call, f"template {spec.name!r} not found after writing it")
+
+    # ------------------------------------------------------------ logs
+
+    async def request_logs(
+        self,
+        instance_id: int,
+        *,
+        tail: int | None = None,
+        poll_attempts: int = 30,
+        poll_interval_s: float = 0.3,
+    ) -> str:
+        """``PUT /api/v0/instances/request_logs/{id}/``, then poll its ``result_url`` (no auth): the text."""
+        call = "request logs"
+        path = f"/api/v0/instances/request_logs/{_positive_id(instance_id, 'instance_id')}/"
+        body = {} if tail is None else {"tail": str(_positive_id(tail, "tail"))}
+        data = self._json(call, await self._request(call, "PUT", path, body=body))
+        url = data.get("result_url") if isinstance(data, Mapping) else None
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if url is None or parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise errors.VastBadResponse(call, "answer has no http(s) 'result_url'")
+        last = "no attempt"
+        for _ in range(poll_attempts):
+            await self._sleep(poll_interval_s)
+            try:
+                response = await self._send("fetch logs", "GET", str(url), None, auth=False)
+            except errors.VastUnavailable as exc:
+                last = exc.reason
+                continue
+            if response.status_code == 200:
+                return response.text
+            last = f"HTTP {response.status_code}"
+        raise errors.VastUnavailable(call, f"logs not ready after {poll_attempts} polls (last: {last})")
+
+    # ------------------------------------------------------------ plumbing
+
+    @property
+    def _secret(self) -> str:
+        return self._api_key.get_secret_value()
+
+    def _error(self, call: str, failure: httpx.Response | httpx.HTTPError) -> errors.VastError:
+        return wire.map_failure(call, failure, secret=self._secret, now=self._clock())
+
+    def _json(self, call: str, response: httpx.Response) -> Any:
+        """The JSON body of a 2xx answer; not JSON or ``success: false`` raise through ``map_failure``."""
+        try:
+            data = response.json()
+        except ValueError:
+            raise self._error(call, response) from None
+        if isinstance(data, Mapping) and data.get("success") is False:
+            raise self._error(call, response)
+        return data
+
+    async def _request(
+        self,
+        call: str,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | None = None,
+        retry: _Retry = _Retry.IDEMPOTENT,
+        accept: Callable[[httpx.Response], bool] | None = None,
+    ) -> httpx.Response:
+        """One API call with its retries: a 2xx answer, or one ``accept`` lets through; else our error."""
+        url = self._base_url + path + (f"?{wire.encode_query(params)}" if params else "")
+
+        async def attempt() -> httpx.Response:
+            response = await self._send(call, method, url, body)
+            if response.is_success or (accept is not None and accept(response)):
+                return response
+            raise self._error(call, response)
+
+        if retry is _Retry.NEVER:
+            return await attempt()
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            seconds = state.next_action.sleep if state.next_action else 0.0
+            log.debug("%s: retrying in %.2fs after: %s", call, seconds, exc)
+            if isinstance(exc, errors.RateLimited) and self._observer is not None:
+                self._observer.rate_limit_wait(call, seconds)
+
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self._retry.attempts),
+            wait=self._wait_s,
+            retry=tenacity.retry_if_exception(
+                self._is_transient if retry is _Retry.IDEMPOTENT else self._is_unsent
+            ),
+            before_sleep=before_sleep,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        response: httpx.Response = await retrying(attempt)
+        return response
+
+    async def _send(
+        self, call: str, method: str, url: str, body: Mapping[str, Any] | None, *, auth: bool = True
+    ) -> httpx.Response:
+        """One HTTP request, transport errors mapped. A JSON body (``{}`` if none) on all but GET."""
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json" if auth else "*/*"}
+        content = None
+        if method != "GET":
+            headers["Content-Type"] = "application/json"
+            content = json.dumps(dict(body or {}), allow_nan=False).encode()
+        if auth:
+            headers["Authorization"] = f"Bearer {self._secret}"
+        timeout = httpx.USE_CLIENT_DEFAULT if auth else httpx.Timeout(_LOG_FETCH_TIMEOUT_S)
+        request = self._http.build_request(method, url, headers=headers, content=content, timeout=timeout)
+        if not auth:
+            request.headers.pop("Authorization", None)  # even if the injected client has a default one
+        started = time.monotonic()
+        try:
+            response = await self._http.send(request)
+        except httpx.HTTPError as exc:
+            self._observe(call, None, started)
+            raise self._error(call, exc) from exc
+        self._observe(call, response.status_code, started)
+        return response
+
+    def _observe(self, call: str, status: int | None, started: float) -> None:
+        if self._observer is not None:
+            self._observer.request_done(call, status, time.monotonic() - started)
+
+    def _wait_s(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, errors.RateLimited) and exc.retry_after_s is not None:
+            return min(exc.retry_after_s, self._retry.retry_after_cap_s)
+        return self._retry.backoff_s(state.attempt_number)
+
+    def _is_transient(self, exc: BaseException) -> bool:
+        """Worth another try of an idempotent call: 429 (not the daily quota, not a long Retry-After), 5xx."""
+        if isinstance(exc, errors.SearchQuotaExceeded):
+            return False
+        if isinstance(exc, errors.RateLimited):
+            return exc.retry_after_s is None or exc.retry_after_s <= self._retry.retry_after_cap_s
+        return isinstance(exc, errors.VastUnavailable)
+
+    def _is_unsent(self, exc: BaseException) -> bool:
+        """Worth another try of a write: 429, or a failure before the request left (connect, pool)."""
+        if isinstance(exc, errors.VastUnavailable):
+            return isinstance(exc.__cause__, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+        return isinstance(exc, errors.RateLimited) and self._is_transient(exc)

@@ -1,0 +1,158 @@
+"""Pure helpers for the Vast.ai wire format, used by ``client``: no I/O, no state.
+
+Owns the query-string encoding (vast-api.md §1), the template body (§9.2) and ``map_failure``, the one
+place where an unwanted HTTP answer or an httpx error becomes one of ``provisioner.errors`` (§2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+from urllib.parse import quote, quote_plus, urlencode
+
+import httpx
+
+from provisioner import errors, model
+
+#: the call name that turns 404 ``no_such_ask`` / 410 into ``OfferGone``.
+CALL_RENT: Final = "rent"
+#: the JSON ``error`` codes of a 404 that means "that instance does not exist (any more)".
+GONE_CODES: Final = frozenset({"not_found", "no_such_instance"})
+_DETAIL_CHARS: Final = 200
+
+
+def template_body(spec: model.TemplateSpec) -> dict[str, Any]:
+    """The template fields of ``POST /api/v0/template/`` (vast-api.md §9.2).
+
+    Registry credentials are never stored in a template: the login goes with each rent.
+    """
+    disk = spec.disk_gb
+    return {
+        "name": spec.name,
+        "image": spec.image,
+        "tag": spec.tag,
+        "href": None,
+        "repo": None,
+        "env": spec.env,
+        "onstart": spec.onstart,
+        "jup_direct": False,
+        "ssh_direct": False,
+        "use_jupyter_lab": False,
+        "runtype": "args",
+        "use_ssh": False,
+        "jupyter_dir": None,
+        "docker_login_repo": None,
+        "docker_login_user": "",
+        "docker_login_pass": "",
+        "extra_filters": {},
+        "recommended_disk_space": int(disk) if float(disk).is_integer() else disk,
+        "readme": None,
+        "readme_visible": False,
+        "desc": "Managed by vast-pod-provisioner; manual edits are overwritten.",
+        "private": True,
+    }
+
+
+def encode_query(params: Mapping[str, Any]) -> str:
+    """§1: values that are not strings are ``json.dumps``'d (default separators), then form-encoded."""
+    return urlencode([(k, v if isinstance(v, str) else json.dumps(v)) for k, v in params.items()])
+
+
+def map_failure(
+    call: str, failure: httpx.Response | httpx.HTTPError, *, secret: str = "", now: float | None = None
+) -> errors.VastError:
+    """The one translation of an unwanted HTTP answer or an httpx error into the project's errors.
+
+    ``secret`` (the API key) is replaced by ``***`` wherever it would appear in the message; ``now`` (unix
+    seconds) turns ``X-RateLimit-Reset`` into a wait. A 2xx answer given here is one whose body is not JSON
+    (``VastBadResponse``) or says ``success: false`` (``VastRejected``).
+    """
+    if isinstance(failure, httpx.HTTPError):
+        kind = "timed out" if isinstance(failure, httpx.TimeoutException) else "connection failed"
+        text = _short(scrub(str(failure), secret))
+        return errors.VastUnavailable(call, f"{kind} ({type(failure).__name__}{': ' + text if text else ''})")
+    status = failure.status_code
+    body = _json_or_none(failure)
+    code = body.get("error") if isinstance(body, Mapping) else None
+    code = code if isinstance(code, str) else ""
+    detail = _short(scrub(_detail(failure, body), secret))
+    if failure.is_success:
+        if body is None:
+            return errors.VastBadResponse(call, f"answer is not JSON: {detail}", status=status)
+        if isinstance(body, Mapping) and body.get("success") is False:
+            return errors.VastRejected(call, detail, status=status)
+        return errors.VastBadResponse(call, f"unexpected answer: {detail}", status=status)
+    lowered = detail.lower()
+    # A 403 that names a bad argument (rent: "Offer … is not your own") is about the request, not the key.
+    if (status == 401 or (status == 403 and code != "invalid_args")) or (
+        status == 404
+        and (code == "auth_error" or "invalid user key" in lowered or "session expired" in lowered)
+    ):
+        return errors.AuthError(call, f"API key refused: {detail}", status=status)
+    if status == 429:
+        if code == "search_quota_exceeded":
+            reset = _header_number(failure, "X-RateLimit-Reset")
+            wait = None if reset is None else max(0.0, reset - (time.time() if now is None else now))
+            return errors.SearchQuotaExceeded(call, f"daily search quota spent: {detail}", retry_after_s=wait)
+        wait = _header_number(failure, "Retry-After")
+        return errors.RateLimited(call, f"rate limited: {detail}", retry_after_s=wait)
+    if call == CALL_RENT and (status == 410 or (status == 404 and "no_such_ask" in f"{code} {lowered}")):
+        return errors.OfferGone(call, f"offer gone: {detail}", status=status)
+    if status >= 500:
+        return errors.VastUnavailable(call, detail, status=status)
+    if status >= 400:
+        return errors.VastRejected(call, detail, status=status)
+    return errors.VastBadResponse(call, f"unexpected HTTP status: {detail}", status=status)
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _detail(response: httpx.Response, body: Any) -> str:
+    """The server's own words: ``error`` plus ``msg``/``message``/``detail``, or a text body."""
+    if isinstance(body, Mapping):
+        code = body.get("error")
+        message = next((body[k] for k in ("msg", "message", "detail") if body.get(k)), None)
+        parts = [str(code)] if isinstance(code, str) and code else []
+        if message is not None and str(message) not in parts:
+            parts.append(str(message))
+        text = ": ".join(parts) or "(no detail message)"
+    elif body is not None:
+        text = json.dumps(body)
+    else:
+        text = response.text.strip() or "(empty body)"
+    return text
+
+
+def _short(text: str) -> str:
+    return " ".join(text.split())[:_DETAIL_CHARS]
+
+
+def _header_number(response: httpx.Response, name: str) -> float | None:
+    try:
+        value = float(response.headers.get(name, ""))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def scrub(text: str, secret: str) -> str:
+    """``text`` with every occurrence of ``secret`` (raw or URL-encoded) replaced by ``***``."""
+    if not secret:
+        return text
+    for form in (secret, quote(secret, safe=""), quote_plus(secret)):
+        text = text.replace(form, "***")
+    return text
+
+
+def is_gone(response: httpx.Response) -> bool:
+    """A 404 whose JSON ``error`` says the instance does not exist: an answer, not a failure."""
+    body = _json_or_none(response)
+    return response.status_code == 404 and isinstance(body, Mapping) and body.get("error") in GONE_CODES
