@@ -269,6 +269,14 @@ class Settings(BaseSettings):
             raise ValueError("is longer than Vast's 4000-character limit")
         return value or None
 
+    @field_validator("nginx_config_path")
+    @classmethod
+    def _config_path(cls, value: Path) -> Path:
+        # every path nginx reads is derived from this one: keep it free of characters nginx parses
+        if not re.fullmatch(r"[A-Za-z0-9._+,:=@~/\-]+", str(value)) or value.name in ("", ".", ".."):
+            raise ValueError("must be a file path of letters, digits and . _ + , : = @ ~ / -")
+        return value
+
     @field_validator("admin_host")
     @classmethod
     def _admin_host(cls, value: str) -> str:

@@ -1,0 +1,450 @@
+"""The nginx child process: test a config, write it atomically, start, reload, restart, drain.
+
+``NginxProcess`` owns one nginx master running in the foreground (``daemon off``)
+in its own session, so a terminal's Ctrl-C reaches only us and shutdown stays
+ours to order (``stop`` drains), and so that orphaned workers of a master that
+died can be found and killed by process group.
+
+Everything nginx writes lives in the state directory, the directory of
+``config_path``: the config, its temp copies, the pid file and nginx's temp
+directories (nginx creates those itself, also on ``nginx -t``).
+
+nginx's stdout and stderr are pipes of ours, read line by line and copied to our
+stdout and stderr; the tail of stderr is kept for error messages. The access log
+is written to ``/dev/stdout``, which nginx opens itself: that works on a pipe we
+own, but not on a stdout inherited from elsewhere when it belongs to another user
+(non-root container, ``su``) or is a socket (systemd's journal).
+
+Only asyncio subprocesses here; config writes (with fsync) run in a thread,
+while the tiny reads of the pid file and of ``/proc`` are done in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from provisioner import errors
+
+log = logging.getLogger(__name__)
+
+#: Must match the ``pid`` directive ``rendering`` writes: ``<state dir>/nginx.pid``.
+PID_FILE_NAME = "nginx.pid"
+#: Pauses before restarts after successive crashes; the last one repeats.
+RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+_STDERR_TAIL_LINES = 20
+# "2026/11/22 17:02:49 [emerg] 8117#8117: " -> "[emerg] "
+_LOG_PREFIX_RE = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(\w+)\] \d+#\d+: (?:\*\d+ )?")
+_POLL_S = 0.02
+_LINE_LIMIT = 64 * 1024
+
+
+class NginxProcess:
+    """One supervised nginx master process and the config file it reads."""
+
+    def __init__(
+        self,
+        binary: str,
+        config_path: Path,
+        *,
+        restart_limit: int = 5,
+        restart_window_s: float = 60.0,
+        stop_timeout_s: float = 20.0,
+        start_timeout_s: float = 15.0,
+    ) -> None:
+        self.binary = binary
+        self.config_path = Path(config_path).absolute()
+        self.state_dir = self.config_path.parent
+        self.pid_path = self.state_dir / PID_FILE_NAME
+        self.restart_limit = restart_limit
+        self.restart_window_s = restart_window_s
+        self.stop_timeout_s = stop_timeout_s
+        self.start_timeout_s = start_timeout_s
+        #: successful SIGHUP reloads sent
+        self.reloads = 0
+        #: times ``supervise`` brought a dead nginx back
+        self.restarts = 0
+        self._config: str | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._pipe_tasks: list[asyncio.Task[None]] = []
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+        self._error_count = 0  # [emerg]/[alert] lines seen, to notice a failed reload
+        self._last_errors: collections.deque[str] = collections.deque(maxlen=3)
+        self._started = False
+        self._lock = asyncio.Lock()
+        self._stopping = False
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        """The master's pid while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+    @property
+    def config(self) -> str | None:
+        """The config text nginx runs (or will run at its next start)."""
+        return self._config
+
+    # ------------------------------------------------------------ config
+
+    async def test_config(self, text: str) -> None:
+        """Run ``nginx -t`` on ``text``; raise ``NginxError`` with nginx's complaint if it fails."""
+        await asyncio.to_thread(self.state_dir.mkdir, parents=True, exist_ok=True)
+        path = await asyncio.to_thread(self._write_temp, text)
+        try:
+            argv = [self.binary, "-t", "-q", "-e", "stderr", "-p", f"{self.state_dir}/", "-c", str(path)]
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+            except OSError as exc:
+                raise errors.NginxError(f"cannot run {self.binary}: {exc}") from exc
+            try:
+                async with asyncio.timeout(self.start_timeout_s):
+                    out, err = await proc.communicate()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+                raise errors.NginxError("nginx -t did not finish") from None
+        finally:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+        if proc.returncode != 0:
+            message = _summary((err + out).decode(errors="replace").splitlines(), path)
+            raise errors.NginxError(f"nginx rejected the config: {message}")
+
+    async def apply(self, text: str) -> bool:
+        """Make ``text`` the running config: test, swap atomically, reload. False if it already is.
+
+        Returns once the reload has taken effect: new workers accept connections and
+        the old ones have stopped accepting (they finish their open requests and
+        streams in the background). Where ``/proc`` cannot tell, it returns right
+        after the signal. With no nginx running, only the file is swapped; the next
+        start uses it. ``NginxError`` if nginx refuses the config or does not reload.
+        """
+        async with self._lock:
+            if text == self._config:
+                return False
+            await self.test_config(text)
+            previous = self._config
+            await asyncio.to_thread(self._write_atomic, text)
+            self._config = text
+            if self.is_running:
+                try:
+                    await self._reload()
+                except errors.NginxError:
+                    # nginx keeps running the old config: put its file back so that a restart uses it
+                    if previous is not None:
+                        await asyncio.to_thread(self._write_atomic, previous)
+                    self._config = previous
+                    raise
+                self.reloads += 1
+            return True
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self, text: str) -> None:
+        """Test and write ``text``, then start nginx and wait until it listens."""
+        async with self._lock:
+            if self.is_running:
+                raise errors.NginxError(f"nginx is already running (pid {self.pid})")
+            self._stopping = False
+            await self.test_config(text)
+            await asyncio.to_thread(self._write_atomic, text)
+            self._config = text
+            self._started = True
+            await self._spawn()
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Restart nginx whenever it dies until ``stop`` is set; give up if it keeps dying.
+
+        Raises ``NginxError`` when more than ``restart_limit`` deaths happen within
+        ``restart_window_s``.
+        """
+        crashes: collections.deque[float] = collections.deque()
+        detail = "not running"
+        stop_wait = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set() and not self._stopping:
+                proc = self._proc
+                if proc is not None and proc.returncode is None:
+                    exit_wait = asyncio.ensure_future(proc.wait())
+                    await asyncio.wait({exit_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                    if not exit_wait.done():
+                        exit_wait.cancel()
+                        await asyncio.gather(exit_wait, return_exceptions=True)
+                        return
+                    if stop.is_set() or self._stopping:
+                        return
+                    await self._reap()
+                    detail = f"exit status {proc.returncode}{self._stderr_reason()}"
+                elif not self._started:
+                    raise errors.NginxError("nginx was never started; nothing to supervise")
+                now = time.monotonic()
+                crashes.append(now)
+                while crashes and crashes[0] < now - self.restart_window_s:
+                    crashes.popleft()
+                if len(crashes) > self.restart_limit:
+                    raise errors.NginxError(
+                        f"nginx keeps dying: {len(crashes)} times in {self.restart_window_s:g} s; "
+                        f"last: {detail}"
+                    )
+                delay = RESTART_BACKOFF_S[min(len(crashes), len(RESTART_BACKOFF_S)) - 1]
+                log.warning("nginx is down (%s); restarting in %g s", detail, delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await asyncio.shield(stop_wait)
+                if stop.is_set():
+                    return
+                async with self._lock:
+                    if self._stopping or self.is_running:
+                        continue
+                    try:
+                        await self._spawn()
+                    except errors.NginxError as exc:
+                        detail = str(exc)
+                        continue
+                    self.restarts += 1
+                    log.warning("nginx restarted (pid %s)", self.pid)
+        finally:
+            stop_wait.cancel()
+            await asyncio.gather(stop_wait, return_exceptions=True)
+
+    async def stop(self, *, drain_s: float) -> None:
+        """Graceful stop: SIGQUIT (finish open requests) for ``drain_s``, then SIGTERM, then SIGKILL.
+
+        Safe to call twice, or when nginx never started.
+        """
+        self._stopping = True
+        async with self._lock:
+            proc = self._proc
+            if proc is not None and proc.returncode is None:
+                for sig, grace_s in (
+                    (signal.SIGQUIT, drain_s),
+                    (signal.SIGTERM, self.stop_timeout_s),
+                    (signal.SIGKILL, self.stop_timeout_s),
+                ):
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(sig)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(grace_s, 0.0)):
+                            await proc.wait()
+                    if proc.returncode is not None:
+                        break
+            await self._reap()
+
+    # ------------------------------------------------------------ internals
+
+    async def _spawn(self) -> None:
+        """Start nginx on the config file and wait until it listens (the pid file names it)."""
+        await asyncio.to_thread(self.pid_path.unlink, missing_ok=True)
+        self._stderr_tail.clear()
+        argv = [
+            self.binary,
+            "-e",
+            "stderr",
+            "-p",
+            f"{self.state_dir}/",
+            "-c",
+            str(self.config_path),
+            "-g",
+            "daemon off;",
+        ]
+        # Pipes of our own, not asyncio's PIPE: with asyncio's, Process.wait() (Python 3.11)
+        # also waits for the pipes to close, which workers orphaned by a killed master keep
+        # open; with ours, wait() returns when the master exits.
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out_write,
+                stderr=err_write,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            os.close(out_read)
+            os.close(err_read)
+            raise errors.NginxError(f"cannot run {self.binary}: {exc}") from exc
+        finally:
+            os.close(out_write)
+            os.close(err_write)
+        self._proc = proc
+        self._pipe_tasks = [
+            asyncio.create_task(self._forward(out_read, to_stderr=False)),
+            asyncio.create_task(self._forward(err_read, to_stderr=True)),
+        ]
+        deadline = time.monotonic() + self.start_timeout_s
+        while proc.returncode is None:
+            # the pid file is written once the sockets are bound; then wait for a worker to accept
+            if self._pid_file_names(proc.pid) and _accepting_workers(proc.pid) != set():
+                return
+            if time.monotonic() > deadline:
+                await self._kill(proc)
+                raise errors.NginxError(f"nginx did not start listening within {self.start_timeout_s:g} s")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_POLL_S):
+                    await proc.wait()
+        await self._reap()
+        raise errors.NginxError(f"nginx exited at start with status {proc.returncode}{self._stderr_reason()}")
+
+    async def _reload(self) -> None:
+        """SIGHUP the master; wait until only new workers accept, or nginx reports an error."""
+        proc = self._proc
+        assert proc is not None
+        before = _accepting_workers(proc.pid)
+        errors_before = self._error_count
+        with contextlib.suppress(ProcessLookupError):  # died just now: noticed below
+            proc.send_signal(signal.SIGHUP)
+        if before is None:
+            return
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            await asyncio.sleep(_POLL_S / 2)
+            if proc.returncode is not None:
+                raise errors.NginxError(f"nginx exited while reloading{self._stderr_reason()}")
+            if self._error_count > errors_before:
+                failures = list(self._last_errors)[-(self._error_count - errors_before) :]
+                raise errors.NginxError(f"nginx did not reload: {_summary(failures, self.config_path)}")
+            now = _accepting_workers(proc.pid)
+            if now is None or (now and not now & before):
+                return
+            if time.monotonic() > deadline:
+                raise errors.NginxError(
+                    f"nginx did not finish reloading within {self.start_timeout_s:g} s{self._stderr_reason()}"
+                )
+
+    async def _kill(self, proc: asyncio.subprocess.Process) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        await self._reap()
+
+    async def _reap(self) -> None:
+        """After the master exited: kill workers it left behind, drain the pipe readers."""
+        proc = self._proc
+        if proc is None or proc.returncode is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        tasks, self._pipe_tasks = self._pipe_tasks, []
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.stop_timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _forward(self, read_fd: int, *, to_stderr: bool) -> None:
+        """Copy one of nginx's outputs to ours line by line; remember stderr's tail and errors."""
+        reader = asyncio.StreamReader(limit=_LINE_LIMIT)
+        pipe = os.fdopen(read_fd, "rb", buffering=0)
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+        sink = sys.stderr if to_stderr else sys.stdout
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except ValueError:  # longer than _LINE_LIMIT: asyncio drops it, so do we
+                    continue
+                if not line:
+                    break
+                text = line.decode(errors="replace").rstrip("\n")
+                if to_stderr:
+                    self._stderr_tail.append(text)
+                    if "[emerg]" in text or "[alert]" in text:
+                        self._error_count += 1
+                        self._last_errors.append(text)
+                print(text, file=sink, flush=True)
+        finally:
+            transport.close()
+
+    def _stderr_reason(self) -> str:
+        lines = [line for line in self._stderr_tail if line.strip()]
+        return f": {_summary(lines, self.config_path)}" if lines else ""
+
+    def _pid_file_names(self, pid: int) -> bool:
+        try:
+            return self.pid_path.read_text().strip() == str(pid)
+        except OSError:
+            return False
+
+    def _write_temp(self, text: str) -> Path:
+        fd, name = tempfile.mkstemp(dir=self.state_dir, prefix=f".{self.config_path.name}.", suffix=".test")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return Path(name)
+
+    def _write_atomic(self, text: str) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.state_dir, prefix=f".{self.config_path.name}.", suffix=".new")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(name, 0o644)
+            os.replace(name, self.config_path)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(self.state_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _accepting_workers(master_pid: int) -> set[int] | None:
+    """Pids of the master's workers still accepting connections; None where ``/proc`` cannot tell.
+
+    A worker told to quit closes its listening sockets and retitles itself
+    "worker process is shutting down" in the same step, so the title tells.
+    """
+    try:
+        children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    except OSError:
+        return None
+    accepting: set[int] = set()
+    for child in children:
+        try:
+            title = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue  # exited meanwhile
+        if b"worker process" in title and b"shutting down" not in title:
+            accepting.add(int(child))
+    return accepting
+
+
+def _summary(lines: list[str], path: Path) -> str:
+    """nginx's first distinct complaints, on one line, without time stamps or the temp file's name."""
+    seen: list[str] = []
+    for line in lines:
+        text = (
+            _LOG_PREFIX_RE.sub(r"[\1] ", line.strip()).removeprefix("nginx: ").replace(str(path), "<config>")
+        )
+        if text and text not in seen:
+            seen.append(text)
+        if len(seen) == 3:
+            break
+    return "; ".join(seen) or "no message"
