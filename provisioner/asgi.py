@@ -1,0 +1,61 @@
+"""Serving ASGI apps inside our own event loop (admin endpoints, the demo's simulator).
+
+uvicorn's ``Server.serve`` installs its own SIGINT/SIGTERM handlers and
+re-raises the signal on exit; inside the provisioner the daemon owns the
+signals, so the embedded server must leave them alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+
+
+class EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that never touches signal handlers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0 picks a free one); the caller reads ``getsockname()``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def start_server(
+    app: Any, sock: socket.socket, *, lifespan: str = "off"
+) -> tuple[EmbeddedServer, asyncio.Task[None]]:
+    """Serve ``app`` on ``sock`` in the running loop; returns the server and its task once it is started."""
+    config = uvicorn.Config(app, log_level="warning", lifespan=lifespan, access_log=False)  # type: ignore[arg-type]
+    server = EmbeddedServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the server stopped while starting")
+        await asyncio.sleep(0.01)
+    return server, task
+
+
+async def stop_server(server: EmbeddedServer, task: asyncio.Task[None], timeout_s: float = 5.0) -> None:
+    """Ask the server to exit and wait for it (forcing after ``timeout_s``)."""
+    server.should_exit = True
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout_s)
+    except TimeoutError:
+        server.force_exit = True
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(task, 2.0)

@@ -1,0 +1,159 @@
+"""The ``provisioner`` command line: parse, call one function, map errors to exit codes.
+
+This is the only place with a broad ``except``: a ``ConfigError`` becomes one
+line on stderr and exit code 2, any other ``ProvisionerError`` one line and
+exit code 1; nothing prints a traceback at the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from provisioner import daemon, errors, model, rendering
+from provisioner import settings as settings_mod
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Rent a Vast.ai GPU for a Kubernetes pod and reverse-proxy to it with nginx.",
+)
+
+T = TypeVar("T")
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    print(f"provisioner: {message}", file=sys.stderr, flush=True)
+    return typer.Exit(code)
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run ``fn``; turn our errors into one line and an exit code."""
+    try:
+        return fn()
+    except errors.ConfigError as exc:
+        raise _fail(str(exc), daemon.EXIT_CONFIG) from None
+    except errors.AuthError as exc:
+        raise _fail(str(exc), daemon.EXIT_AUTH) from None
+    except errors.NginxError as exc:
+        raise _fail(f"nginx: {exc}", daemon.EXIT_NGINX) from None
+    except errors.ProvisionerError as exc:
+        raise _fail(str(exc), daemon.EXIT_FAILURE) from None
+    except OSError as exc:
+        raise _fail(f"{exc.strerror or exc}", daemon.EXIT_FAILURE) from None
+
+
+def _setup_logging(cfg: settings_mod.Settings) -> None:
+    from provisioner import logs  # noqa: PLC0415
+
+    secrets = [cfg.vast_api_key.get_secret_value()]
+    login = cfg.parsed_docker_login
+    if login is not None:
+        secrets.append(login.password.get_secret_value())
+    logs.setup_logging(pod=cfg.pod_name, fmt=cfg.log_format, debug=cfg.debug, secrets=secrets)
+
+
+@app.command()
+def run() -> None:
+    """Provision this pod's instance and proxy to it until SIGTERM (configured by env vars)."""
+    cfg = _guard(settings_mod.load_settings)
+    _setup_logging(cfg)
+    code = _guard(lambda: asyncio.run(daemon.run(cfg)))
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    check: Annotated[bool, typer.Option(help="Exit 0 once one request reaches the simulated GPU.")] = False,
+    port: Annotated[int, typer.Option(help="Proxy port (a free one if taken).")] = 3000,
+    boot_delay: Annotated[float, typer.Option(help="Simulated instance boot time, seconds.")] = 3.0,
+    timeout: Annotated[float, typer.Option(help="With --check: give up after this many seconds.")] = 90.0,
+) -> None:
+    """Run against the built-in simulated Vast.ai: no API key, no Redis, no root."""
+    from provisioner import demo as demo_mod  # noqa: PLC0415
+    from provisioner import logs  # noqa: PLC0415
+
+    logs.setup_logging(pod="demo-pod-0", fmt="text")
+    code = _guard(
+        lambda: asyncio.run(
+            demo_mod.run_demo(check=check, listen_port=port, boot_delay_s=boot_delay, timeout_s=timeout)
+        )
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+def query(
+    text: Annotated[str, typer.Argument(help="A search query, e.g. 'gpu_name=RTX_4090 num_gpus=1'.")],
+    storage: Annotated[float, typer.Option(help="allocated_storage in GB.")] = 5.0,
+) -> None:
+    """Print the JSON search body that would be sent to Vast.ai for a query."""
+    from provisioner.vast import query as query_mod  # noqa: PLC0415
+
+    def build() -> dict[str, object]:
+        return query_mod.search_body(query_mod.load_filter(text), allocated_storage=storage)
+
+    body = _guard(build)
+    print(json.dumps(body, indent=2))
+
+
+@app.command()
+def render(
+    upstream: Annotated[
+        list[str] | None, typer.Option(help="LISTEN=HOST:PORT, repeatable; none renders the 503 config.")
+    ] = None,
+    listen: Annotated[list[int] | None, typer.Option(help="Listen ports (default 3000).")] = None,
+    max_body_size: Annotated[str, typer.Option()] = "10M",
+    state_dir: Annotated[Path, typer.Option()] = Path("/tmp/provisioner/nginx"),
+    timeout: Annotated[int, typer.Option(help="Upstream read/send timeout, seconds.")] = 600,
+) -> None:
+    """Print the nginx config the provisioner would write for the given upstreams."""
+
+    def build() -> str:
+        ups: dict[int, model.Upstream] = {}
+        for item in upstream or []:
+            lp, sep, target = item.partition("=")
+            host, _, port = target.rpartition(":")
+            if not sep or not lp.isdigit() or not port.isdigit() or not host:
+                raise errors.ConfigError("--upstream", f"{item!r} is not LISTEN=HOST:PORT")
+            ups[int(lp)] = model.Upstream(int(lp), host.strip("[]"), int(port))
+        ports = sorted(set(listen or []) | set(ups)) or [3000]
+        cfg = rendering.ProxyConfig(
+            listeners=tuple(model.PortMap(p, p) for p in ports),
+            state_dir=state_dir.resolve(),
+            max_body_size=max_body_size,
+            proxy_timeout_s=timeout,
+        )
+        return rendering.render_nginx_conf(cfg, ups or None, reason="no-upstream")
+
+    print(_guard(build), end="")
+
+
+@app.command()
+def sim(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    boot_delay: Annotated[float, typer.Option(help="Seconds from rent to running.")] = 3.0,
+    seed: Annotated[int, typer.Option(help="Catalogue seed.")] = 7,
+    rate_limits: Annotated[bool, typer.Option(help="Enforce Vast-like per-endpoint rate limits.")] = False,
+    api_key: Annotated[str | None, typer.Option(help="Require exactly this key (default: any).")] = None,
+) -> None:
+    """Serve the simulated Vast.ai API (for local runs, docker-compose and tests)."""
+    from provisioner.sim import app as sim_app  # noqa: PLC0415
+
+    config = sim_app.SimConfig(seed=seed, boot_delay_s=boot_delay, rate_limits=rate_limits, api_key=api_key)
+    _guard(lambda: sim_app.run_sim(host, port, config))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

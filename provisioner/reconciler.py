@@ -1,0 +1,376 @@
+"""One reconcile tick: observe Vast and the upstream, ask the planner, apply the plan.
+
+The reconciler holds the little state that outlives a tick (what nginx
+serves, health history, an unconfirmed rental) and performs the planner's
+actions through the adapters it was given: the Vast client, the nginx
+process and, when enabled, the blacklist. It never decides anything itself
+beyond "the list failed, so plan nothing this tick".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from provisioner import errors, model, planning, rendering
+from provisioner.vast import client as vast_client
+
+log = logging.getLogger("provisioner.reconciler")
+
+#: how long to hold off renting after a rent whose outcome is unknown
+RENT_HOLD_S = 90.0
+#: how many offers to try when they vanish between search and rent
+MAX_OFFER_ATTEMPTS = 5
+
+
+class ProxyPort(Protocol):
+    """The part of ``NginxProcess`` the reconciler needs."""
+
+    async def apply(self, text: str) -> bool: ...
+
+
+class HostBans(Protocol):
+    """The part of the blacklist the reconciler needs (optional)."""
+
+    async def ban(self, instance: model.Instance, reason: str) -> None: ...
+
+
+@dataclass
+class Event:
+    """A notable thing that happened, for logs and ``provisioner status``."""
+
+    at: float
+    kind: str
+    detail: str
+    instance_id: int | None = None
+
+
+@dataclass
+class ReconcilerState:
+    template_hash: str | None = None
+    serving: model.Instance | None = None
+    upstreams: dict[int, model.Upstream] = field(default_factory=dict)
+    unserve_reason: str = "starting"
+    healthy: dict[int, bool] = field(default_factory=dict)
+    unhealthy_since: dict[int, float] = field(default_factory=dict)
+    first_seen: dict[int, float] = field(default_factory=dict)
+    rent_hold_until: float = 0.0
+    #: ids we rented (or may have rented) that a list has not shown yet
+    unconfirmed: set[int] = field(default_factory=set)
+    phase: planning.Phase = planning.Phase.RENTING
+    last_plan: planning.Plan | None = None
+    last_tick_at: float = 0.0
+    last_list_ok_at: float = 0.0
+    events: collections.deque[Event] = field(default_factory=lambda: collections.deque(maxlen=50))
+
+
+Clock = Callable[[], float]
+OfferChooser = Callable[[list[model.Offer]], list[model.Offer]]
+
+
+def cheapest_first(offers: list[model.Offer]) -> list[model.Offer]:
+    """Default ranking: lowest $/h, then highest reliability, then id (deterministic)."""
+    return sorted(offers, key=lambda o: (o.dph_total or 1e9, -(o.reliability or 0.0), o.id))
+
+
+class Reconciler:
+    """Observe -> plan -> apply, one tick at a time."""
+
+    def __init__(
+        self,
+        *,
+        vast: vast_client.VastClient,
+        proxy: ProxyPort,
+        proxy_config: rendering.ProxyConfig,
+        desired: model.DesiredSpec,
+        policy: planning.Policy,
+        search_body: Callable[[], Awaitable[Mapping[str, Any]]],
+        rent_request: Callable[[str | None], vast_client.RentRequest],
+        health_http: httpx.AsyncClient,
+        health_path: str | None = None,
+        allow_private_upstreams: bool = False,
+        bans: HostBans | None = None,
+        choose_offers: OfferChooser = cheapest_first,
+        clock: Clock = time.time,
+    ) -> None:
+        self.vast = vast
+        self.proxy = proxy
+        self.proxy_config = proxy_config
+        self.desired = desired
+        self.policy = policy
+        self.search_body = search_body
+        self.rent_request = rent_request
+        self.health_http = health_http
+        self.health_path = health_path
+        self.allow_private = allow_private_upstreams
+        self.bans = bans
+        self.choose_offers = choose_offers
+        self.clock = clock
+        self.state = ReconcilerState()
+
+    # ------------------------------------------------------------ events
+
+    def record(
+        self, kind: str, detail: str, instance_id: int | None = None, level: int = logging.INFO
+    ) -> None:
+        self.state.events.append(Event(self.clock(), kind, detail, instance_id))
+        log.log(level, "%s: %s", kind, detail, extra={"event": kind, "instance_id": instance_id})
+
+    # ------------------------------------------------------------ template
+
+    async def ensure_template(self, creator_id: int | None) -> str:
+        """Create or update our private template so it holds the desired content; return its hash."""
+        spec = self.desired.template
+        existing = await self.vast.find_template(spec.name, creator_id)
+        if existing is None:
+            template = await self.vast.create_template(spec, creator_id=creator_id)
+            self.record("template-created", f"{spec.name} hash={template.hash_id}")
+        elif _template_matches(existing, spec):
+            template = existing
+            log.info("template %s is current (hash=%s)", spec.name, template.hash_id)
+        else:
+            template = await self.vast.update_template(existing, spec)
+            self.record("template-updated", f"{spec.name} hash {existing.hash_id} -> {template.hash_id}")
+        self.state.template_hash = template.hash_id
+        return template.hash_id
+
+    # ------------------------------------------------------------ proxy
+
+    async def render_unavailable(self, reason: str) -> None:
+        self.state.unserve_reason = reason
+        self.state.upstreams = {}
+        await self.proxy.apply(rendering.render_nginx_conf(self.proxy_config, None, reason=reason))
+
+    def upstreams_for(self, instance: model.Instance) -> dict[int, model.Upstream]:
+        """Listen port -> public ip:host port; the address is validated (no injection, public only)."""
+        host = rendering.check_upstream_ip(instance.public_ipaddr or "", allow_private=self.allow_private)
+        result: dict[int, model.Upstream] = {}
+        for pm in self.desired.ports:
+            port = instance.host_port(pm.container_port)
+            if port is None:
+                raise errors.VastBadResponse("list instances", f"port {pm.container_port} is not mapped")
+            result[pm.listen_port] = model.Upstream(pm.listen_port, host, port)
+        return result
+
+    # ------------------------------------------------------------ health
+
+    async def check_health(self, instance: model.Instance) -> bool:
+        """The remote app answers: ``VAST_HEALTH_PATH`` below 500, or a TCP connect to every port."""
+        try:
+            upstreams = self.upstreams_for(instance)
+        except errors.ProvisionerError as exc:
+            log.warning("instance %s has no usable upstream: %s", instance.id, exc)
+            return False
+        for i, up in enumerate(upstreams.values()):
+            if i == 0 and self.health_path:
+                host = f"[{up.host}]" if ":" in up.host else up.host
+                try:
+                    response = await self.health_http.get(f"http://{host}:{up.port}{self.health_path}")
+                except httpx.HTTPError:
+                    return False
+                if response.status_code >= 500:
+                    return False
+            elif not await _tcp_connects(up.host, up.port):
+                return False
+        return True
+
+    def note_health(self, instance_id: int, ok: bool) -> None:
+        now = self.clock()
+        was = self.state.healthy.get(instance_id)
+        self.state.healthy[instance_id] = ok
+        if ok:
+            self.state.unhealthy_since.pop(instance_id, None)
+        else:
+            self.state.unhealthy_since.setdefault(instance_id, now)
+        if was is not None and was != ok:
+            self.record("health", "upstream healthy" if ok else "upstream failing", instance_id)
+
+    async def probe_serving(self) -> bool | None:
+        """Health-check what nginx serves now; None when nothing is served."""
+        serving = self.state.serving
+        if serving is None:
+            return None
+        ok = await self.check_health(serving)
+        self.note_health(serving.id, ok)
+        return ok
+
+    # ------------------------------------------------------------ observe
+
+    async def observe(self) -> planning.Observation:
+        """List our instances (a failure raises: never conclude 'none' from a failed list)."""
+        now = self.clock()
+        listed = await self.vast.list_by_label(self.desired.label)
+        foreign = [i.id for i in listed if i.label != self.desired.label]
+        if foreign:
+            raise errors.VastBadResponse("list instances", f"label filter returned other labels: {foreign}")
+        self.state.last_list_ok_at = now
+        instances = {i.id: i for i in listed}
+        # A rental the list does not show yet (lag) is looked up directly, and until it is seen
+        # (or the hold expires) no new rental happens: never two rentals for one pod.
+        for iid in sorted(self.state.unconfirmed):
+            seen = instances.get(iid)
+            if seen is None:
+                shown = await self.vast.show_instance(iid)
+                if shown is not None and shown.label == self.desired.label:
+                    instances[iid] = seen = shown
+            if seen is not None:
+                self.state.unconfirmed.discard(iid)
+                if not self.state.unconfirmed:
+                    self.state.rent_hold_until = 0.0
+            elif now >= self.state.rent_hold_until:
+                self.state.unconfirmed.discard(iid)
+        for iid in instances:
+            self.state.first_seen.setdefault(iid, now)
+        for iid in list(self.state.first_seen):
+            if iid not in instances:
+                self.state.first_seen.pop(iid, None)
+                self.state.healthy.pop(iid, None)
+                self.state.unhealthy_since.pop(iid, None)
+        for inst in instances.values():
+            if planning.has_endpoints(inst, self.desired) and not inst.is_dead:
+                self.note_health(inst.id, await self.check_health(inst))
+        return planning.Observation(
+            now=now,
+            instances=tuple(instances.values()),
+            template_hash=self.state.template_hash,
+            serving_id=self.state.serving.id if self.state.serving else None,
+            healthy=dict(self.state.healthy),
+            first_seen=dict(self.state.first_seen),
+            unhealthy_since=dict(self.state.unhealthy_since),
+            rent_hold_until=self.state.rent_hold_until,
+        )
+
+    # ------------------------------------------------------------ tick
+
+    async def tick(self) -> planning.Plan:
+        """Observe, plan and apply once. Vast errors propagate to the loop, which backs off."""
+        observation = await self.observe()
+        plan = planning.plan(self.desired, observation, self.policy)
+        self._log_progress(plan, observation)
+        await self.apply(plan)
+        self.state.last_plan = plan
+        self.state.phase = plan.phase
+        self.state.last_tick_at = self.clock()
+        return plan
+
+    def _log_progress(self, plan: planning.Plan, obs: planning.Observation) -> None:
+        for inst in obs.instances:
+            verdict, _ = plan.verdicts.get(inst.id, ("?", ""))
+            if verdict in ("booting", "ready"):
+                started = obs.first_seen.get(inst.id, obs.now)
+                log.info(
+                    "instance %s %s: status=%s msg=%s elapsed=%.0fs",
+                    inst.id,
+                    verdict,
+                    inst.actual_status,
+                    inst.status_msg,
+                    obs.now - started,
+                    extra={"instance_id": inst.id, "actual_status": inst.actual_status},
+                )
+
+    async def apply(self, plan: planning.Plan) -> None:
+        for action in plan.actions:
+            if isinstance(action, planning.Serve):
+                await self._serve(action.instance)
+            elif isinstance(action, planning.Unserve):
+                if self.state.serving is not None or self.state.unserve_reason != action.reason:
+                    if self.state.serving is not None:
+                        self.record("unserve", action.reason, self.state.serving.id, logging.WARNING)
+                    self.state.serving = None
+                    await self.render_unavailable(action.reason)
+            elif isinstance(action, planning.Ban):
+                if self.bans is not None:
+                    await self.bans.ban(action.instance, action.reason)
+                self.record("ban", f"host {action.instance.host_id}: {action.reason}", action.instance.id)
+            elif isinstance(action, planning.Destroy):
+                gone = await self.vast.destroy_instance(action.instance.id)
+                self.state.unconfirmed.discard(action.instance.id)
+                self.record(
+                    "destroy",
+                    f"{action.reason}" + ("" if gone else " (already gone)"),
+                    action.instance.id,
+                    logging.WARNING,
+                )
+                if self.state.serving is not None and self.state.serving.id == action.instance.id:
+                    self.state.serving = None
+            elif isinstance(action, planning.Rent):
+                await self._rent(action.reason)
+
+    async def _serve(self, instance: model.Instance) -> None:
+        upstreams = self.upstreams_for(instance)
+        text = rendering.render_nginx_conf(self.proxy_config, upstreams)
+        changed = await self.proxy.apply(text)
+        previous = self.state.serving
+        self.state.serving = instance
+        self.state.upstreams = upstreams
+        if changed or previous is None or previous.id != instance.id:
+            where = ", ".join(f"{lp}->{u.host}:{u.port}" for lp, u in sorted(upstreams.items()))
+            self.record("serve", where, instance.id)
+
+    async def _rent(self, reason: str) -> None:
+        body = await self.search_body()
+        offers = await self.vast.search_offers(body)
+        needed = len(self.desired.container_ports)
+        usable = [o for o in offers if o.direct_port_count is None or o.direct_port_count >= needed]
+        ranked = self.choose_offers(usable)
+        if not ranked:
+            self.record(
+                "no-offers", f"no offer matches the search ({len(offers)} returned)", None, logging.WARNING
+            )
+            return
+        for offer in ranked[:MAX_OFFER_ATTEMPTS]:
+            request = self.rent_request(self.state.template_hash)
+            try:
+                new_id = await self.vast.rent(offer.id, request)
+            except errors.OfferGone:
+                self.record(
+                    "offer-gone", f"offer {offer.id} was taken; trying the next", None, logging.WARNING
+                )
+                continue
+            except errors.RentOutcomeUnknown as exc:
+                self.state.rent_hold_until = self.clock() + RENT_HOLD_S
+                self.record(
+                    "rent-unknown",
+                    f"offer {offer.id}: {exc.reason}; listing by label before any new rental",
+                    None,
+                    logging.WARNING,
+                )
+                return
+            self.state.unconfirmed.add(new_id)
+            self.state.rent_hold_until = self.clock() + RENT_HOLD_S
+            self.state.first_seen[new_id] = self.clock()
+            self.record(
+                "rent",
+                f"{reason}: offer {offer.id} host {offer.host_id} {offer.gpu_name} ${offer.dph_total}/h",
+                new_id,
+            )
+            return
+        self.record("no-offers", "every offer tried was taken", None, logging.WARNING)
+
+
+def _template_matches(existing: model.Template, spec: model.TemplateSpec) -> bool:
+    return (
+        existing.image == spec.image
+        and (existing.tag or None) == (spec.tag or None)
+        and (existing.env or "") == spec.env
+        and (existing.onstart or None) == (spec.onstart or None)
+    )
+
+
+async def _tcp_connects(host: str, port: int, timeout_s: float = 3.0) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

@@ -1,0 +1,214 @@
+"""Real processes for integration tests: the simulator and `provisioner run`, on free local ports.
+
+Plain context managers (no pytest magic) so that every integration suite can
+reuse them; each process is killed on exit, and its output kept in a file for
+assertions and for the failure report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+BIN = Path(sys.executable).parent
+PROVISIONER = str(BIN / "provisioner")
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for(predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except (httpx.HTTPError, OSError, ValueError) as exc:
+            last_error = exc
+            value = None
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last error: {last_error})")
+
+
+@dataclass
+class Sim:
+    """A `provisioner sim` process and a client for its admin API."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    http: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.http = httpx.Client(base_url=self.url, timeout=10.0)
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        response = self.http.request(method, "/_sim" + path, json=body)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def state(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.admin("GET", "/state")
+        return result
+
+    def instances(self, label: str | None = None, *, include_destroyed: bool = False) -> list[dict[str, Any]]:
+        rows = self.state()["instances"]
+        return [
+            r
+            for r in rows
+            if (label is None or r.get("label") == label) and (include_destroyed or not r.get("destroyed_at"))
+        ]
+
+    def requests(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.admin("GET", "/requests")
+        if isinstance(result, dict):
+            result = result.get("requests", [])
+        return result
+
+    def count(self, endpoint: str) -> int:
+        return sum(1 for r in self.requests() if r.get("endpoint") == endpoint)
+
+
+@contextlib.contextmanager
+def run_sim(tmp: Path, *, boot_delay_s: float = 1.0, extra: tuple[str, ...] = ()) -> Iterator[Sim]:
+    port = free_port()
+    log_path = tmp / f"sim-{port}.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [PROVISIONER, "sim", "--port", str(port), "--boot-delay", str(boot_delay_s), *extra],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    sim = Sim(f"http://127.0.0.1:{port}", proc, log_path)
+    try:
+        wait_for(lambda: sim.http.get("/_sim/state").status_code == 200, 20, "the simulator to listen")
+        yield sim
+    finally:
+        sim.http.close()
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int | None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
+def base_env(sim: Sim, tmp: Path, pod: str = "vast-pod-0", **overrides: str) -> dict[str, str]:
+    """The environment of a provisioner pointed at ``sim``, with fast loops for tests."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("VAST_", "NGINX_", "BLACKLIST_", "PROXY_"))
+    }
+    env.update(
+        {
+            "POD_NAME": pod,
+            "VAST_API_KEY": "test-key-0123456789",
+            "VAST_API_URL": sim.url,
+            "VAST_TEMPLATE_NAME": f"tmpl-{pod}",
+            "VAST_TEMPLATE_IMAGE": "vastai/test-workload:1.0",
+            "VAST_SEARCH_QUERY": "num_gpus=1 reliability>0.9",
+            "NGINX_CONFIG_PATH": str(tmp / pod / "nginx" / "nginx.conf"),
+            "NGINX_LISTEN_PORT": str(free_port()),
+            "ADMIN_PORT": str(free_port()),
+            "ADMIN_HOST": "127.0.0.1",
+            "VAST_ALLOW_PRIVATE_UPSTREAMS": "true",
+            "BOOT_POLL_SECONDS": "0.5",
+            "HEALTH_INTERVAL_SECONDS": "0.5",
+            "RECONCILE_INTERVAL_SECONDS": "2",
+            "NGINX_DRAIN_SECONDS": "2",
+            "LOG_FORMAT": "json",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class Provisioner:
+    """A `provisioner run` process."""
+
+    env: Mapping[str, str]
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['NGINX_LISTEN_PORT']}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['ADMIN_PORT']}"
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.output().splitlines():
+            with contextlib.suppress(ValueError):
+                obj = json.loads(line)
+                if isinstance(obj, dict) and "level" in obj:
+                    lines.append(obj)
+        return lines
+
+    def get(self, path: str = "/", timeout: float = 5.0) -> httpx.Response:
+        return httpx.get(self.proxy_url + path, timeout=timeout)
+
+    def served_instance(self) -> int | None:
+        """The instance id the proxy reaches now, or None when it does not answer 200."""
+        try:
+            response = self.get("/whoami")
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        iid = response.json().get("instance_id")
+        return int(iid) if iid is not None else None
+
+    def wait_serving(self, timeout_s: float = 30.0, *, other_than: int | None = None) -> int:
+        return wait_for(
+            lambda: iid if (iid := self.served_instance()) and iid != other_than else None,
+            timeout_s,
+            "the proxy to reach the simulated GPU" + (f" (not {other_than})" if other_than else ""),
+        )
+
+    def nginx_pid(self) -> int:
+        pid_file = Path(self.env["NGINX_CONFIG_PATH"]).parent / "nginx.pid"
+        return int(pid_file.read_text().strip())
+
+
+@contextlib.contextmanager
+def run_provisioner(env: Mapping[str, str], tmp: Path, name: str = "prov") -> Iterator[Provisioner]:
+    log_path = tmp / f"{name}-{env['POD_NAME']}-{int(time.time() * 1000)}.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen([PROVISIONER, "run"], env=dict(env), stdout=out, stderr=subprocess.STDOUT)
+    prov = Provisioner(env, proc, log_path)
+    try:
+        yield prov
+    finally:
+        stop_process(proc)
