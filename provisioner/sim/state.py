@@ -1,0 +1,484 @@
+"""The simulated world: offers being rented, instances and their time-driven state machine, host behaviours.
+
+Time comes from an injectable clock, and nothing moves until `tick()` runs (the app ticks on every request and
+from a background task; unit tests advance a `ManualClock` and tick). Each instance holds a queue of
+scheduled transitions, applied in time order, each at its own scheduled time:
+
+    rent ─> null ─(20 % of boot)─> loading ─(boot_delay_s + pull_delay_s)─> running ─(dies_after_s)─> exited
+                                      └─> created (host oci_failure)   └ host never_boots: stays loading
+    running ─stop─> stopped ─start─> loading ─> running
+    running ─reboot─> rebooting ─> running (same HostPort, or a new one with remap)
+    running ─recycle─> recycling ─> loading ─> running          any ─destroy─> gone ({"instances": null})
+    admin: kill ─> exited · offline (workload down, stale ports) · unknown (no heartbeat, workload still up)
+
+`ports` and `public_ipaddr` exist only while the container runs. Reaching `running` asks the `Backend` for
+real listening ports (see workload.py); leaving it tells the backend to stop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from provisioner.sim import catalogue, docker
+from provisioner.sim.config import SIM_USER_ID, SimConfig
+from provisioner.sim.templates import TemplateStore
+
+Clock = Callable[[], float]
+OCI_FAILURE_MSG = (
+    "Error response from daemon: OCI runtime create failed: runc create failed: unable to start container "
+    "process: error during container init: error running hook #0: error running hook: exit status 1, "
+    "stdout: , stderr: Auto-detected mode as 'legacy'\nnvidia-container-cli: initialization error: "
+    "nvml error: driver/library version mismatch: unknown"
+)
+_STOPPING = frozenset({"stopped", "exited", "created", "rebooting", "recycling", "offline"})
+
+
+class ManualClock:
+    """A clock for tests: starts at a fixed epoch and moves only when told to."""
+
+    def __init__(self, start: float = 1_790_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Backend(Protocol):
+    """Runs an instance's container: real listening ports for its HTTP port keys."""
+
+    def start(self, instance: SimInstance, keys: Sequence[str], reuse: Mapping[str, int]) -> dict[str, int]:
+        """Serve `keys` ("8000/tcp"), preferring the host ports in `reuse`; returns key -> host port."""
+        ...
+
+    def stop(self, instance_id: int) -> None:
+        """Stop serving at once (connections refused from now on)."""
+        ...
+
+
+class FakeBackend:
+    """A backend without sockets: hands out port numbers and records what ran (for unit tests)."""
+
+    def __init__(self) -> None:
+        self.running: dict[int, dict[str, int]] = {}
+        self.starts: list[int] = []
+        self.stops: list[int] = []
+        self._ports = itertools.count(41_000)
+
+    def start(self, instance: SimInstance, keys: Sequence[str], reuse: Mapping[str, int]) -> dict[str, int]:
+        ports = {key: reuse.get(key) or next(self._ports) for key in keys}
+        self.running[instance.id] = ports
+        self.starts.append(instance.id)
+        return ports
+
+    def stop(self, instance_id: int) -> None:
+        if self.running.pop(instance_id, None) is not None:
+            self.stops.append(instance_id)
+
+
+@dataclass
+class HostBehaviour:
+    """How one host misbehaves (set with `POST /_sim/hosts/{host_id}`)."""
+
+    never_boots: bool = False
+    oci_failure: bool = False
+    dies_after_s: float | None = None
+    pull_delay_s: float = 0.0
+
+
+class RentError(Exception):
+    """A rejected rental, with the HTTP status and Vast's error body (§5)."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body.get("msg", ""))
+        self.status = status
+        self.body = body
+
+
+class InstanceNotFound(Exception):
+    """No live instance with that id."""
+
+
+@dataclass
+class SimInstance:
+    """One rented instance, live or destroyed."""
+
+    id: int
+    offer: dict[str, Any]
+    created_at: float
+    label: str | None
+    image: str
+    env: dict[str, str]
+    onstart: str | None
+    runtype: str
+    args: list[str] | None
+    disk_gb: float
+    bid_price: float | None
+    template: dict[str, Any] | None
+    ssh_port: int
+    actual_status: str | None = None
+    intended_status: str = "running"
+    status_msg: str | None = None
+    host_ports: dict[str, int] | None = None
+    last_ports: dict[str, int] = field(default_factory=dict)
+    pending: list[tuple[float, str]] = field(default_factory=list)
+    remap_next_start: bool = False
+    destroyed_at: float | None = None
+    running_since: float | None = None
+    logs: list[tuple[float, str, str]] = field(default_factory=list)
+
+    def log(self, at: float, source: str, text: str) -> None:
+        """Append a log line; `source` is "daemon" (Vast's host agent) or "container"."""
+        self.logs.append((at, source, text))
+
+    def http_port_keys(self) -> list[str]:
+        """The container ports the workload serves: every `-p` TCP mapping of the env."""
+        return [key for key in docker.port_keys(self.env) if key.endswith("/tcp")]
+
+
+@dataclass
+class LogRequest:
+    """A `request_logs` result waiting at its URL."""
+
+    text: str
+    not_ready_left: int
+
+
+class SimState:
+    """Offers, instances, templates and host behaviours, advanced by `tick()`."""
+
+    def __init__(self, config: SimConfig, clock: Clock, backend: Backend) -> None:
+        self.config = config
+        self.clock = clock
+        self.backend = backend
+        self.rng = random.Random(config.seed + 1)
+        now = clock()
+        self.offers: dict[int, dict[str, Any]] = {
+            o["id"]: o for o in catalogue.build_catalogue(config.seed, config.num_offers, now)
+        }
+        self.instances: dict[int, SimInstance] = {}
+        self.hosts: dict[int, HostBehaviour] = {}
+        self.templates = TemplateStore(clock, SIM_USER_ID)
+        self.log_requests: dict[str, LogRequest] = {}
+        self._next_instance_id = 31_400_000 + self.rng.randint(0, 99_999)
+
+    # ---- offers -------------------------------------------------------------------------------
+
+    def search_offers(self, query: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Offers matching a search body (§4); raises filters.FilterError on a bad query."""
+        return catalogue.search(list(self.offers.values()), query)
+
+    def take_offer(self, offer_id: int) -> None:
+        """Someone else rents the offer (between our search and our rent)."""
+        offer = self.offers.get(offer_id)
+        if offer is None:
+            raise KeyError(offer_id)
+        offer.update(rented=True, rentable=False)
+
+    def host(self, host_id: int) -> HostBehaviour:
+        """The behaviour of a host (defaults: well behaved)."""
+        return self.hosts.setdefault(host_id, HostBehaviour())
+
+    # ---- renting ------------------------------------------------------------------------------
+
+    def rent(self, offer_id: int, body: Mapping[str, Any]) -> SimInstance:
+        """`PUT /asks/{id}/`: validate, consume the offer, create the instance (actual_status null)."""
+        offer = self.offers.get(offer_id)
+        if offer is None or offer["rented"] or not offer["rentable"]:
+            if body.get("cancel_unavail") is True:
+                msg = f"error 410/3907: no_such_ask Instance type {offer_id} is no longer available."
+                raise RentError(410, {"success": False, "error": "no_such_ask", "msg": msg})
+            msg = f"error 404/3603: no_such_ask Instance type by id {offer_id} is not available."
+            raise RentError(404, {"success": False, "error": "invalid_args", "msg": msg, "ask_id": offer_id})
+        template, env = self._rental_template_and_env(offer_id, body)
+        image = body.get("image") or (docker.template_image(template) if template else None)
+        if not isinstance(image, str) or not image:
+            raise _invalid(offer_id, "image is required unless template_hash_id is given")
+        disk, label, price = _check_rental(offer, body)
+        runtype = body.get("runtype") or (template.get("runtype") if template else None) or "args"
+        args = body.get("args")
+        onstart = body.get("onstart") or (template.get("onstart") if template else None)
+        now = self.clock()
+        self._next_instance_id += self.rng.randint(1, 40)
+        inst = SimInstance(
+            id=self._next_instance_id,
+            offer=catalogue.price_offer(offer, disk, "on-demand", bid=price),
+            created_at=now,
+            label=label,
+            image=image,
+            env=env,
+            onstart=onstart,
+            runtype=str(runtype),
+            args=list(args) if isinstance(args, list) else None,
+            disk_gb=disk,
+            bid_price=price,
+            template=dict(template) if template is not None else None,  # the content at launch
+            ssh_port=self.rng.randint(10_000, 39_999),
+        )
+        offer.update(rented=True, rentable=False)
+        if template is not None:
+            self.templates.count_rental(template["id"])
+        self.instances[inst.id] = inst
+        inst.log(
+            now, "daemon", f"Instance {inst.id} created on machine {offer['machine_id']} (ask {offer_id})."
+        )
+        self._plan_start(inst, now, pull=True)
+        return inst
+
+    def _rental_template_and_env(
+        self, offer_id: int, body: Mapping[str, Any]
+    ) -> tuple[dict[str, Any] | None, dict[str, str]]:
+        raw_env = body.get("env") if body.get("env") is not None else {}
+        if not isinstance(raw_env, dict) or not all(isinstance(v, str) for v in raw_env.values()):
+            raise _invalid(offer_id, "env must be an object of string values")
+        template: dict[str, Any] | None = None
+        env: dict[str, str] = {}
+        hash_id = body.get("template_hash_id")
+        if hash_id:
+            template = self.templates.resolve(str(hash_id))
+            if template is None:
+                raise _invalid(offer_id, f"template {hash_id} not found")
+            env.update(docker.parse_env_flags(template.get("env")))
+        env.update(raw_env)  # the request wins, key by key (§5)
+        return template, env
+
+    # ---- the state machine -------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Apply every transition that is due by now, each at its scheduled time."""
+        now = self.clock()
+        for inst in list(self.instances.values()):
+            while inst.destroyed_at is None and inst.pending and inst.pending[0][0] <= now:
+                at, status = inst.pending.pop(0)
+                self._enter(inst, status, at)
+
+    def _schedule(self, inst: SimInstance, at: float, status: str) -> None:
+        inst.pending.append((at, status))
+        inst.pending.sort(key=lambda item: item[0])
+
+    def _plan_start(self, inst: SimInstance, now: float, *, pull: bool) -> None:
+        """Schedule the way up to `running` (or the host's failure) from `now`."""
+        behaviour = self.host(inst.offer["host_id"])
+        boot = self.config.boot_delay_s + (behaviour.pull_delay_s if pull else 0.0)
+        self._schedule(inst, now + 0.2 * boot, "loading")
+        if behaviour.oci_failure:
+            self._schedule(inst, now + boot, "created")
+        elif not behaviour.never_boots:
+            self._schedule(inst, now + boot, "running")
+
+    def _enter(self, inst: SimInstance, status: str, at: float) -> None:
+        """Side effects of reaching `status` at time `at`."""
+        if status in _STOPPING:
+            self._stop_container(inst)
+        inst.actual_status = status
+        if status == "loading":
+            inst.status_msg = f"Pulling image {inst.image}"
+            repo, tag = docker.split_image(inst.image)
+            inst.log(at, "daemon", f"{tag}: Pulling from {repo}")
+            inst.log(at, "daemon", f"Digest: sha256:{secrets.token_hex(32)}")
+            inst.log(at, "daemon", f"Status: Downloaded newer image for {repo}:{tag}")
+        elif status == "running":
+            self._start_container(inst, at)
+        elif status == "created":
+            inst.status_msg = OCI_FAILURE_MSG
+            inst.log(at, "daemon", OCI_FAILURE_MSG)
+        elif status == "exited":
+            inst.status_msg = "Exited (137): container process was killed"
+            inst.log(at, "container", "Killed")
+        elif status == "stopped":
+            inst.status_msg = "stopped"
+            inst.log(at, "daemon", f"Container C.{inst.id} stopped.")
+        elif status in ("rebooting", "recycling"):
+            inst.status_msg = f"{status} container C.{inst.id}"
+            inst.log(at, "daemon", f"Container C.{inst.id} {status}.")
+        elif status == "offline":
+            inst.status_msg = "host offline: no heartbeat from machine"
+        elif status == "unknown":
+            inst.status_msg = "unknown: no recent heartbeat from host"
+
+    def _start_container(self, inst: SimInstance, at: float) -> None:
+        reuse = {} if inst.remap_next_start else inst.last_ports
+        inst.remap_next_start = False
+        try:
+            served = self.backend.start(inst, inst.http_port_keys(), reuse)
+        except OSError as exc:
+            inst.actual_status = "created"
+            inst.status_msg = (
+                f"Error response from daemon: driver failed programming external connectivity: {exc}"
+            )
+            inst.log(at, "daemon", inst.status_msg)
+            return
+        ports = dict(served)
+        for key in docker.port_keys(inst.env):
+            if key not in ports:
+                ports[key] = reuse.get(key) or self.rng.randint(30_000, 65_000)
+        if "ssh" in inst.runtype:
+            ports.setdefault("22/tcp", reuse.get("22/tcp") or self.rng.randint(30_000, 65_000))
+        inst.host_ports = ports
+        inst.last_ports = dict(ports)
+        inst.running_since = at
+        inst.status_msg = f"success, running {inst.image}/{inst.runtype}"
+        mapping = ", ".join(f"{key}->{port}" for key, port in ports.items())
+        inst.log(at, "daemon", f"Started container C.{inst.id}; port map: {mapping or '(none)'}")
+        if inst.onstart:
+            inst.log(at, "container", f"running onstart: {inst.onstart.splitlines()[0][:200]}")
+        behaviour = self.host(inst.offer["host_id"])
+        if behaviour.dies_after_s is not None:
+            self._schedule(inst, at + behaviour.dies_after_s, "exited")
+
+    def _stop_container(self, inst: SimInstance) -> None:
+        if inst.host_ports is not None or inst.actual_status == "running":
+            self.backend.stop(inst.id)
+        inst.host_ports = None
+        inst.running_since = None
+
+    # ---- operations ---------------------------------------------------------------------------
+
+    def live(self, instance_id: int) -> SimInstance:
+        """The live (not destroyed) instance, after applying due transitions."""
+        self.tick()
+        inst = self.instances.get(instance_id)
+        if inst is None or inst.destroyed_at is not None:
+            raise InstanceNotFound(instance_id)
+        return inst
+
+    def visible(self) -> list[SimInstance]:
+        """Every live instance, after applying due transitions."""
+        self.tick()
+        return [i for i in self.instances.values() if i.destroyed_at is None]
+
+    def set_label(self, instance_id: int, label: str | None) -> None:
+        """`PUT /instances/{id}/ {"label": …}`."""
+        self.live(instance_id).label = label
+
+    def set_intended(self, instance_id: int, state: str) -> None:
+        """`PUT /instances/{id}/ {"state": "stopped"|"running"}`."""
+        inst = self.live(instance_id)
+        now = self.clock()
+        if inst.actual_status == "offline":
+            inst.intended_status = state
+            return
+        if state == "stopped":
+            if inst.intended_status != "stopped":
+                inst.intended_status = "stopped"
+                inst.pending.clear()
+                self._schedule(inst, now + 0.1 * self.config.boot_delay_s, "stopped")
+        else:
+            stop_pending = any(status == "stopped" for _, status in inst.pending)
+            inst.intended_status = "running"
+            if stop_pending or inst.actual_status in ("stopped", "exited", "created"):
+                inst.pending.clear()
+                if inst.actual_status != "running":
+                    self._plan_start(inst, now, pull=False)
+        self.tick()
+
+    def reboot(self, instance_id: int, *, remap: bool | None = None) -> None:
+        """`PUT /instances/reboot/{id}/`: rebooting, then running (a new HostPort when remapped)."""
+        inst = self.live(instance_id)
+        if inst.actual_status == "offline":
+            return
+        now = self.clock()
+        inst.pending.clear()
+        inst.intended_status = "running"
+        inst.remap_next_start = self.config.remap_on_reboot if remap is None else remap
+        self._enter(inst, "rebooting", now)
+        behaviour = self.host(inst.offer["host_id"])
+        up_at = now + 0.5 * self.config.boot_delay_s
+        if behaviour.oci_failure:
+            self._schedule(inst, up_at, "created")
+        elif not behaviour.never_boots:
+            self._schedule(inst, up_at, "running")
+
+    def recycle(self, instance_id: int) -> None:
+        """`PUT /instances/recycle/{id}/`: recycling, then a fresh pull (loading), then running."""
+        inst = self.live(instance_id)
+        if inst.actual_status == "offline":
+            return
+        now = self.clock()
+        inst.pending.clear()
+        inst.intended_status = "running"
+        self._enter(inst, "recycling", now)
+        self._plan_start(inst, now, pull=True)
+
+    def destroy(self, instance_id: int) -> None:
+        """`DELETE /instances/{id}/`: the row disappears; the machine goes back on the market as a new ask."""
+        inst = self.live(instance_id)
+        now = self.clock()
+        self._stop_container(inst)
+        inst.pending.clear()
+        inst.destroyed_at = now
+        inst.intended_status = "stopped"
+        inst.log(now, "daemon", f"Instance {inst.id} destroyed.")
+        new_id = max(self.offers) + self.rng.randint(1, 5_000)
+        self.offers[new_id] = catalogue.relist_offer(self.offers[inst.offer["id"]], new_id, now)
+
+    def kill(self, instance_id: int) -> None:
+        """Admin: the container dies (exited)."""
+        inst = self.live(instance_id)
+        inst.pending.clear()
+        self._enter(inst, "exited", self.clock())
+
+    def disconnect(self, instance_id: int, status: str) -> None:
+        """Admin: the host goes `offline` (workload down, stale ports) or `unknown` (no heartbeat)."""
+        inst = self.live(instance_id)
+        inst.pending.clear()
+        ports = inst.host_ports
+        self._enter(inst, status, self.clock())
+        if status == "offline":
+            inst.host_ports = ports  # the API keeps reporting the last known mapping
+
+    # ---- logs --------------------------------------------------------------------------------
+
+    def request_logs(self, instance_id: int, tail: Any = None, grep: Any = None, daemon: bool = False) -> str:
+        """`PUT /instances/request_logs/{id}/`: snapshot the log now; returns the result token."""
+        inst = self.live(instance_id)
+        text = docker.render_logs(inst.logs, tail=tail, grep=grep, daemon_only=daemon)
+        token = secrets.token_hex(16)
+        self.log_requests[token] = LogRequest(text=text, not_ready_left=self.config.logs_not_ready_count)
+        return token
+
+    def fetch_logs(self, token: str) -> tuple[int, str]:
+        """`GET /logs-result/<token>.log`: (404, …) while not ready or unknown, then (200, text)."""
+        request = self.log_requests.get(token)
+        if request is None:
+            return 404, "NoSuchKey: The specified key does not exist.\n"
+        if request.not_ready_left > 0:
+            request.not_ready_left -= 1
+            return 404, "NoSuchKey: The specified key does not exist.\n"
+        return 200, request.text
+
+
+def _check_rental(
+    offer: Mapping[str, Any], body: Mapping[str, Any]
+) -> tuple[float, str | None, float | None]:
+    """The validated disk (GB), label and bid price of a create body."""
+    offer_id = int(offer["id"])
+    disk = body.get("disk", 10)
+    if isinstance(disk, bool) or not isinstance(disk, int | float) or disk <= 0:
+        raise _invalid(offer_id, "disk must be a positive number of GB")
+    if disk > offer["disk_space"]:
+        raise _invalid(offer_id, f"disk {disk} GB exceeds the {offer['disk_space']} GB available")
+    label = body.get("label")
+    if label is not None and (not isinstance(label, str) or len(label) > 256):
+        raise _invalid(offer_id, "label must be a string of at most 256 characters")
+    price = body.get("price")
+    if price is None:
+        return float(disk), label, None
+    if isinstance(price, bool) or not isinstance(price, int | float) or not 0.001 <= price <= 128:
+        raise _invalid(offer_id, "price must be between 0.001 and 128", error="invalid_price")
+    if price < offer["min_bid"]:
+        msg = f"error 400/3468: bid price {price} is below the minimum bid {offer['min_bid']}"
+        raise RentError(400, {"success": False, "error": "invalid_price", "msg": msg, "ask_id": offer_id})
+    return float(disk), label, float(price)
+
+
+def _invalid(offer_id: int, detail: str, *, error: str = "invalid_args") -> RentError:
+    msg = f"error 400/3467: Invalid args: {detail}"
+    return RentError(400, {"success": False, "error": error, "msg": msg, "ask_id": offer_id})
