@@ -31,6 +31,7 @@ from provisioner.sim.config import SimConfig
 from provisioner.sim.faults import (
     AUTH_ERROR_BODY,
     POST_KINDS,
+    WORLD_KINDS,
     answer_before,
     json_response,
     rate_limited,
@@ -92,7 +93,10 @@ class Dispatcher:
         self.runtime.state.tick()
         fault = self.runtime.faults.take(spec.endpoint)
         response = None
-        if fault is not None and fault.kind not in POST_KINDS:
+        if fault is not None and fault.kind in WORLD_KINDS and "id" in params:
+            with contextlib.suppress(KeyError, ValueError):
+                self.runtime.state.take_offer(int(params["id"]))
+        elif fault is not None and fault.kind not in POST_KINDS:
             response = await answer_before(fault, spec.endpoint, self.runtime.config.auth_failure_status)
         if response is None:
             handled = self._rate_limit(spec, request) or await self._handle(spec, request, params)

@@ -10,6 +10,8 @@ Fault kinds (one fault answers one request; `count` requests in all, `count <= 0
     timeout         hold the request `delay_s` (default 30 s), then 504; nothing happens
     auth_error      `status` (default: the configured auth failure status) with the auth_error body
     error           `status` (default 400) {"success": false, "error": "injected_error", "msg": …}
+  the world changes first:
+    offer_taken     (rent) someone else rents the offer just before this request: 404 no_such_ask
   delayed:
     latency         sleep `delay_s` (default 1 s), then answer normally
   the request takes effect, then the answer is spoiled:
@@ -47,7 +49,9 @@ POST_KINDS = frozenset(
         "wrong_content_type",
     }
 )
-FAULT_KINDS = PRE_KINDS | POST_KINDS | {"latency"}
+#: the world changes first: someone else rents the offer named in the rent request
+WORLD_KINDS = frozenset({"offer_taken"})
+FAULT_KINDS = PRE_KINDS | POST_KINDS | WORLD_KINDS | {"latency"}
 # Endpoint name -> (calls allowed, per seconds): minimum intervals from vast-api.md §2.3; search is 10/minute.
 RATE_RULES: dict[str, tuple[int, float]] = {
     "search": (10, 60.0),

@@ -618,3 +618,14 @@ async def test_admin_config(client: httpx.AsyncClient, runtime: SimRuntime) -> N
     assert runtime.state.config.boot_delay_s == 5.0
     assert (await client.post("/_sim/config", json={"boot_delay": 1})).status_code == 400
     assert (await client.post("/_sim/config", json={"rate_limits": "yes"})).status_code == 400
+
+
+async def test_offer_taken_fault_rents_the_offer_away_first(client: httpx.AsyncClient) -> None:
+    """The offer_taken fault lets someone else rent the offer just before our rent: 404 no_such_ask."""
+    offer_id = (await offers(client, limit=1))[0]["id"]
+    await client.post("/_sim/faults", json={"endpoint": "rent", "kind": "offer_taken"})
+    response = await client.put(f"/api/v0/asks/{offer_id}/", json={**RENT_BODY, "label": "k8s_pod=a"})
+    assert response.status_code == 404
+    assert "no_such_ask" in response.json()["msg"]
+    assert offer_id not in [o["id"] for o in await offers(client)]
+    assert await rent(client) > 0, "the next offer still rents"
