@@ -10,6 +10,7 @@
                                           "status", "retry_after", "delay_s"} (faults.py lists the kinds)
 - DELETE /_sim/faults                    drop every queued fault
 - POST   /_sim/hosts/{host_id}           {"never_boots", "oci_failure", "dies_after_s", "pull_delay_s"}
+                                        (host_id "next": the host of the next rental, whichever it is)
 - POST   /_sim/instances/{id}/{action}   kill | offline | unknown | reboot ({"remap": true}: a new port)
 - POST   /_sim/offers/{id}/take          someone else rents the offer
 - GET    /_sim/config, POST /_sim/config read or change SimConfig fields at run time
@@ -24,7 +25,7 @@ from starlette.responses import Response
 
 from provisioner.sim import listing
 from provisioner.sim.faults import Fault, json_response
-from provisioner.sim.state import InstanceNotFound
+from provisioner.sim.state import HostBehaviour, InstanceNotFound
 from provisioner.sim.wire import ApiError, Call, RouteSpec, route, vast_error
 
 
@@ -126,9 +127,13 @@ def _host_value(name: str, value: Any) -> Any:
 
 
 async def host_post(call: Call) -> Response:
-    """Merge behaviour flags into a host (they apply from the next boot on)."""
-    host_id = call.int_param("host_id", error="invalid_request")
+    """Merge behaviour flags into a host (from its next boot on); host "next": the next rental's host."""
     values = {name: _host_value(name, value) for name, value in call.body.items()}
+    if call.params["host_id"] == "next":
+        pending = HostBehaviour(**values)
+        call.runtime.state.next_host = pending
+        return json_response({"success": True, "host_id": "next", "host": dataclasses.asdict(pending)})
+    host_id = call.int_param("host_id", error="invalid_request")
     behaviour = call.runtime.state.host(host_id)
     for name, value in values.items():
         setattr(behaviour, name, value)

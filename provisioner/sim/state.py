@@ -165,6 +165,8 @@ class SimState:
         }
         self.instances: dict[int, SimInstance] = {}
         self.hosts: dict[int, HostBehaviour] = {}
+        #: behaviour given to the host of the next rental, whichever it is (``POST /_sim/hosts/next``)
+        self.next_host: HostBehaviour | None = None
         self.templates = TemplateStore(clock, SIM_USER_ID)
         self.log_requests: dict[str, LogRequest] = {}
         self._next_instance_id = 31_400_000 + self.rng.randint(0, 99_999)
@@ -229,6 +231,9 @@ class SimState:
         inst.log(
             now, "daemon", f"Instance {inst.id} created on machine {offer['machine_id']} (ask {offer_id})."
         )
+        if self.next_host is not None:
+            self.hosts[inst.offer["host_id"]] = self.next_host
+            self.next_host = None
         self._plan_start(inst, now, pull=True)
         return inst
 

@@ -629,3 +629,19 @@ async def test_offer_taken_fault_rents_the_offer_away_first(client: httpx.AsyncC
     assert "no_such_ask" in response.json()["msg"]
     assert offer_id not in [o["id"] for o in await offers(client)]
     assert await rent(client) > 0, "the next offer still rents"
+
+
+async def test_next_host_behaviour_applies_to_the_next_rental_only(
+    client: httpx.AsyncClient, runtime: SimRuntime
+) -> None:
+    """POST /_sim/hosts/next gives the next rental's host (whichever it is) a behaviour, once."""
+    assert (await client.post("/_sim/hosts/next", json={"oci_failure": True})).status_code == 200
+    first = await rent(client)
+    second = await rent(client, label="k8s_pod=b")
+    inst = runtime.state.instances
+    assert runtime.state.host(inst[first].offer["host_id"]).oci_failure
+    assert (
+        inst[first].offer["host_id"] == inst[second].offer["host_id"]
+        or not runtime.state.host(inst[second].offer["host_id"]).oci_failure
+    )
+    assert runtime.state.next_host is None
