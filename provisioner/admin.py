@@ -1,9 +1,13 @@
-"""The admin HTTP server on ``ADMIN_PORT``: ``/healthz`` (liveness) and ``/readyz`` (readiness).
+"""The admin HTTP server on ``ADMIN_PORT``: probes, metrics and status.
 
 ``/healthz`` says the process is healthy: the reconcile loop is ticking and
 nginx runs. It stays 200 while an instance boots, so a slow rental never gets
 the pod killed. ``/readyz`` says a healthy upstream is being served; 503 with
-the reason otherwise. Served by starlette + uvicorn inside the daemon's loop.
+the reason otherwise (the health loop turns it 503 within
+``HEALTH_INTERVAL_SECONDS`` when the served instance stops answering).
+``/metrics`` is the Prometheus text format of the process's own registry
+(``provisioner.metrics``); ``/status`` is the JSON report ``provisioner status``
+shows. Served by starlette + uvicorn inside the daemon's loop.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from provisioner import asgi
+from provisioner import asgi, status
 
 if TYPE_CHECKING:
     from provisioner.daemon import Runtime
@@ -44,6 +49,8 @@ def readiness(runtime: Runtime) -> tuple[bool, str]:
     rec = runtime.reconciler
     if rec is None:
         return False, "starting"
+    if runtime.nginx is None or not runtime.nginx.is_running:
+        return False, "nginx is not running"
     serving = rec.state.serving
     if serving is None:
         return False, str(rec.state.unserve_reason)
@@ -65,7 +72,25 @@ def create_app(runtime: Runtime) -> Starlette:
             body["instance_id"] = rec.state.serving.id
         return JSONResponse(body, 200 if ok else 503)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
+    async def metrics(request: Request) -> Response:
+        registry = runtime.metrics.registry if runtime.metrics is not None else None
+        if registry is None:
+            return Response("no metrics yet\n", 503, media_type="text/plain")
+        return Response(generate_latest(registry), 200, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def status_json(request: Request) -> JSONResponse:
+        now = time.time()
+        report = status.snapshot(runtime, ready=readiness(runtime), health=health(runtime, now), now=now)
+        return JSONResponse(report)
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+            Route("/status", status_json),
+        ]
+    )
 
 
 async def start(runtime: Runtime, host: str, port: int) -> tuple[asgi.EmbeddedServer, asyncio.Task[None]]:

@@ -1,9 +1,13 @@
-"""Log set-up: one JSON object per line (or plain text), each carrying the pod name.
+"""Log set-up: one JSON object per line (or plain text), each carrying the pod name and instance id.
 
 Standard ``logging`` with a small formatter; extra fields passed through
 ``extra=`` (``instance_id``, ``event``, ``actual_status`` …) land as keys in
-the JSON object. Secrets never reach a log call (they live in ``SecretStr``),
-and a last-resort filter masks any registered secret anyway.
+the JSON object. The instance id of a line is the one the call passed, else the
+instance this pod currently serves or boots (``set_instance_id``, kept up to
+date by the daemon). Lines copied from the remote container carry
+``"source": "remote"`` (``[remote]`` in text). Secrets never reach a log call
+(they live in ``SecretStr``), and a last-resort filter masks any registered
+secret anyway.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+#: the ``source`` field of lines copied from the remote container's log
+REMOTE_SOURCE = "remote"
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -56,6 +62,14 @@ class ContextFilter(logging.Filter):
         return True
 
 
+def set_instance_id(instance_id: int | None) -> None:
+    """Stamp later lines without an instance id of their own with ``instance_id`` (None: no instance)."""
+    for handler in logging.getLogger().handlers:
+        for flt in handler.filters:
+            if isinstance(flt, ContextFilter):
+                flt.instance_id = instance_id
+
+
 class JsonFormatter(logging.Formatter):
     """``{"ts": ..., "level": ..., "logger": ..., "msg": ..., "pod": ..., "instance_id": ..., ...}``."""
 
@@ -83,7 +97,8 @@ class TextFormatter(logging.Formatter):
         pod = getattr(record, "pod", "-")
         iid = getattr(record, "instance_id", None)
         where = f"{pod}[{iid}]" if iid is not None else pod
-        line = f"{stamp} {record.levelname.lower():7} {where} {record.getMessage()}"
+        source = "[remote] " if getattr(record, "source", None) == REMOTE_SOURCE else ""
+        line = f"{stamp} {record.levelname.lower():7} {where} {source}{record.getMessage()}"
         if record.exc_info and record.exc_info[0] is not None:
             line += f" ({record.exc_info[0].__name__}: {record.exc_info[1]})"
         return line

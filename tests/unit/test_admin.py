@@ -1,0 +1,134 @@
+"""The admin server in-process: /healthz and /readyz semantics, /metrics format, /status shape."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from provisioner import admin, metrics, model, planning
+from provisioner.daemon import Runtime
+from provisioner.reconciler import Event, ReconcilerState
+from provisioner.settings import Settings
+
+SERVED = model.Instance(
+    id=7,
+    label="k8s_pod=vast-pod-0",
+    actual_status="running",
+    host_id=17,
+    machine_id=27,
+    gpu_name="RTX 4090",
+    num_gpus=1,
+    dph_total=0.4,
+    public_ipaddr="203.0.113.7",
+    ports={8000: 40007},
+    start_date=1000.0,
+)
+
+
+def make_runtime(
+    *,
+    phase: str = "serving",
+    nginx_up: bool = True,
+    healthy: bool | None = True,
+    stopping: bool = False,
+    heartbeat_age_s: float = 1.0,
+    with_reconciler: bool = True,
+) -> Runtime:
+    runtime = Runtime(
+        settings=Settings(
+            pod_name="vast-pod-0",
+            vast_api_key=SecretStr("k3y-abcdef"),
+            vast_template_name="whisper",
+            vast_template_image="ghcr.io/acme/whisper:1.2",
+        )
+    )
+    runtime.nginx = SimpleNamespace(is_running=nginx_up, reloads=2, restarts=0)  # type: ignore[assignment]
+    runtime.loop_heartbeat_at = time.time() - heartbeat_age_s
+    runtime.stopping = stopping
+    if with_reconciler:
+        state = ReconcilerState()
+        state.last_tick_at = time.time()
+        state.phase = planning.Phase(phase)
+        if phase == "serving":
+            state.serving = SERVED
+            state.upstreams = {3000: model.Upstream(3000, "203.0.113.7", 40007)}
+            if healthy is not None:
+                state.healthy[SERVED.id] = healthy
+            obs = planning.Observation(now=2000.0, instances=(SERVED,), template_hash=None)
+            state.last_observation = obs
+        else:
+            state.unserve_reason = phase
+        state.events.append(Event(1500.0, "rent", "none: offer 1", 7, reason="none"))
+        runtime.reconciler = SimpleNamespace(state=state)
+    runtime.metrics = metrics.Metrics()
+    runtime.metrics.bind(runtime)
+    return runtime
+
+
+async def get(runtime: Runtime, path: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=admin.create_app(runtime))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+        return await http.get(path)
+
+
+@pytest.mark.parametrize(
+    ("runtime_kw", "health", "ready", "reason"),
+    [
+        pytest.param({}, 200, 200, "ok", id="serving-healthy"),
+        pytest.param({"phase": "booting"}, 200, 503, "booting", id="booting-is-alive-not-ready"),
+        pytest.param({"phase": "renting"}, 200, 503, "renting", id="renting"),
+        pytest.param({"healthy": False}, 200, 503, "upstream failing its health check", id="instance-died"),
+        pytest.param({"healthy": None}, 200, 200, "ok", id="served-not-yet-probed"),
+        pytest.param({"stopping": True}, 200, 503, "shutting down", id="shutting-down"),
+        pytest.param({"with_reconciler": False}, 200, 503, "starting", id="starting"),
+        pytest.param({"nginx_up": False}, 503, 503, "nginx is not running", id="nginx-down"),
+        pytest.param({"heartbeat_age_s": 3600.0}, 503, 200, "ok", id="loop-stalled"),
+    ],
+)
+async def test_probe_semantics(runtime_kw: dict[str, Any], health: int, ready: int, reason: str) -> None:
+    """/healthz is liveness (loop ticking, nginx up; 200 while booting); /readyz needs a healthy upstream."""
+    runtime = make_runtime(**runtime_kw)
+    healthz = await get(runtime, "/healthz")
+    readyz = await get(runtime, "/readyz")
+    assert healthz.status_code == health, healthz.json()
+    assert readyz.status_code == ready, readyz.json()
+    assert readyz.json()["reason"] == reason
+
+
+async def test_readyz_names_the_served_instance() -> None:
+    """A ready answer carries the id of the instance being served."""
+    body = (await get(make_runtime(), "/readyz")).json()
+    assert body == {"status": "ready", "reason": "ok", "instance_id": 7}
+
+
+async def test_metrics_endpoint_serves_the_prometheus_text_format() -> None:
+    """/metrics answers the Prometheus text format from the process's registry."""
+    response = await get(make_runtime(), "/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == CONTENT_TYPE_LATEST
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    assert families["vastprov_ready"].samples[0].value == 1
+    assert families["vastprov_nginx_reloads"].samples[0].value == 2
+
+
+async def test_status_endpoint_reports_instance_upstream_and_events() -> None:
+    """/status is the JSON report of `provisioner status`: instance, upstream, health, events."""
+    report = (await get(make_runtime(), "/status")).json()
+    assert report["source"] == "admin"
+    assert report["pod"] == "vast-pod-0"
+    assert report["phase"] == "serving"
+    assert report["ready"] is True
+    assert report["instance"]["id"] == 7
+    assert report["instance"]["served"] is True
+    assert report["instance"]["gpu_name"] == "RTX 4090"
+    assert report["upstreams"] == [{"listen_port": 3000, "host": "203.0.113.7", "port": 40007}]
+    assert report["upstream_healthy"] is True
+    assert [e["kind"] for e in report["events"]] == ["rent"]
+    assert report["bans"] == [] and report["bans_source"] == "events"

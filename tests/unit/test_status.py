@@ -1,0 +1,134 @@
+"""`provisioner status`: which instance a pod is about, and the readable table."""
+
+from __future__ import annotations
+
+import pytest
+
+from provisioner import model, planning, status
+from provisioner.reconciler import ReconcilerState
+
+DESIRED = model.DesiredSpec(
+    label="k8s_pod=vast-pod-0",
+    image="vastai/test:1",
+    template=model.TemplateSpec(
+        name="t", image="vastai/test", tag="1", env="-p 8000:8000", onstart=None, disk_gb=20
+    ),
+    ports=(model.PortMap(3000, 8000),),
+    env={},
+    onstart=None,
+    disk_gb=20,
+)
+
+
+def inst(iid: int, status_: str | None, *, mapped: bool = False) -> model.Instance:
+    return model.Instance(
+        id=iid,
+        label=DESIRED.label,
+        actual_status=status_,
+        image_uuid=DESIRED.image,
+        public_ipaddr="203.0.113.7" if mapped else None,
+        ports={8000: 40000 + iid} if mapped else {},
+    )
+
+
+def state_after(*instances: model.Instance, healthy: dict[int, bool] | None = None) -> ReconcilerState:
+    state = ReconcilerState()
+    obs = planning.Observation(now=1000.0, instances=instances, template_hash=None, healthy=healthy or {})
+    state.last_observation = obs
+    state.last_plan = planning.plan(DESIRED, obs, planning.Policy())
+    return state
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        pytest.param(None, None, id="no-reconciler"),
+        pytest.param(ReconcilerState(), None, id="no-tick-yet"),
+        pytest.param(state_after(), None, id="renting"),
+        pytest.param(state_after(inst(5, "loading")), 5, id="booting"),
+        pytest.param(
+            state_after(inst(5, "loading"), inst(6, "running", mapped=True)), 6, id="ready-over-booting"
+        ),
+        pytest.param(state_after(inst(5, "exited")), None, id="dead-is-not-kept"),
+    ],
+)
+def test_focus_instance(state: ReconcilerState | None, expected: int | None) -> None:
+    """The pod is about its served instance, else the one it keeps booting; dead ones never."""
+    focus = status.focus_instance(state)
+    assert (focus.id if focus is not None else None) == expected
+
+
+def test_focus_prefers_the_served_instance() -> None:
+    """While a replacement boots, the served (drifted) instance stays the focus."""
+    state = state_after(inst(5, "loading"))
+    state.serving = inst(4, "running", mapped=True)
+    focus = status.focus_instance(state)
+    assert focus is not None and focus.id == 4
+
+
+def report(**changes: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "source": "admin",
+        "source_detail": "http://127.0.0.1:8081/status",
+        "pod": "vast-pod-0",
+        "label": "k8s_pod=vast-pod-0",
+        "phase": "booting",
+        "ready": False,
+        "ready_reason": "booting",
+        "healthy": True,
+        "health_reason": "ok",
+        "instance": None,
+        "instances": [],
+        "upstreams": [],
+        "upstream_healthy": None,
+        "cost_per_hour": 0.0,
+        "accrued_cost": 0.0,
+        "bans": [],
+        "bans_source": "events",
+        "events": [],
+        "last_error": None,
+        "generated_at": 10_000.0,
+    }
+    base.update(changes)
+    return base
+
+
+def test_table_while_booting() -> None:
+    """Booting: not ready with the reason, no upstream (nginx answers 503), no events yet."""
+    text = status.render_table(report())
+    assert "phase       booting (not ready: booting)" in text
+    assert "instance    none" in text
+    assert "upstream    none (nginx answers 503)" in text
+    assert "recent events: none" in text
+
+
+def test_table_with_instances_and_blacklist_bans() -> None:
+    """Two instances get a table with the served one starred; blacklist bans are listed with expiry."""
+    rows = [
+        {"id": 4, "actual_status": "running", "verdict": "drifted", "served": True, "host_id": 14,
+         "machine_id": 24, "gpu_name": "RTX 4090", "num_gpus": 1, "dph_total": 0.4, "uptime_s": 7300.0},
+        {"id": 5, "actual_status": "loading", "verdict": "booting", "served": False, "host_id": 15,
+         "machine_id": 25, "gpu_name": "RTX 4090", "num_gpus": 1, "dph_total": 0.5, "uptime_s": 65.0},
+    ]  # fmt: skip
+    bans = [
+        {"kind": "host", "id": 99, "reason": "boot-timeout", "by": "vast-pod-1", "instance_id": 31,
+         "at": 9000.0, "expires_at": 10_000.0 + 3 * 86400 + 3600, "detail": None},
+    ]  # fmt: skip
+    text = status.render_table(
+        report(
+            instance=rows[0], instances=rows, bans=bans, bans_source="blacklist", phase="serving", ready=True
+        )
+    )
+    assert "instance    4  running  host 14  machine 24  1x RTX 4090  $0.400/h  up 2h01m" in text
+    assert "bans        1 in the shared blacklist" in text
+    assert "host 99  boot-timeout  vast-pod-1  31        3d01h" in text
+    assert "4 *" in text and "booting" in text and "1m05s" in text
+
+
+def test_table_from_the_vast_api() -> None:
+    """From the Vast API: the phase is unknown and bans are unknown without the blacklist."""
+    text = status.render_table(
+        report(source="vast-api", source_detail="x", phase=None, ready=None, bans=None, bans_source=None)
+    )
+    assert "phase       unknown (the pod's admin server did not answer)" in text
+    assert "bans        unknown" in text
