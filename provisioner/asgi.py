@@ -39,7 +39,14 @@ async def start_server(
     app: Any, sock: socket.socket, *, lifespan: str = "off"
 ) -> tuple[EmbeddedServer, asyncio.Task[None]]:
     """Serve ``app`` on ``sock`` in the running loop; returns the server and its task once it is started."""
-    config = uvicorn.Config(app, log_level="warning", lifespan=lifespan, access_log=False)  # type: ignore[arg-type]
+    # log_config=None: uvicorn's own lines go through our (JSON) root logger, not its text handlers
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        lifespan=lifespan,  # type: ignore[arg-type]
+        access_log=False,
+        log_config=None,
+    )
     server = EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:

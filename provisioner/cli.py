@@ -8,11 +8,12 @@ exit code 1; nothing prints a traceback at the user.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -66,6 +67,24 @@ def run() -> None:
     _setup_logging(cfg)
     code = _guard(lambda: asyncio.run(daemon.run(cfg)))
     raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] = False,
+    admin_url: Annotated[
+        str | None, typer.Option(help="The pod's admin server (default: ADMIN_HOST:ADMIN_PORT on this host).")
+    ] = None,
+) -> None:
+    """Show this pod's instance, upstream, health, bans and recent events (same env as `run`)."""
+    from provisioner import status as status_mod  # noqa: PLC0415
+
+    cfg = _guard(settings_mod.load_settings)
+    report = _guard(lambda: asyncio.run(status_mod.gather_status(cfg, admin_url=admin_url)))
+    if as_json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(status_mod.render_table(report), end="")
 
 
 @app.command()
@@ -143,12 +162,117 @@ def sim(
     seed: Annotated[int, typer.Option(help="Catalogue seed.")] = 7,
     rate_limits: Annotated[bool, typer.Option(help="Enforce Vast-like per-endpoint rate limits.")] = False,
     api_key: Annotated[str | None, typer.Option(help="Require exactly this key (default: any).")] = None,
+    public_ip: Annotated[
+        str, typer.Option(help="Address reported as the instances' public_ipaddr.")
+    ] = "127.0.0.1",
+    workload_host: Annotated[
+        str, typer.Option(help="Address the simulated GPU workloads bind.")
+    ] = "127.0.0.1",
 ) -> None:
     """Serve the simulated Vast.ai API (for local runs, docker-compose and tests)."""
     from provisioner.sim import app as sim_app  # noqa: PLC0415
 
-    config = sim_app.SimConfig(seed=seed, boot_delay_s=boot_delay, rate_limits=rate_limits, api_key=api_key)
+    config = sim_app.SimConfig(
+        seed=seed,
+        boot_delay_s=boot_delay,
+        rate_limits=rate_limits,
+        api_key=api_key,
+        public_ip=public_ip,
+        workload_host=workload_host,
+    )
     _guard(lambda: sim_app.run_sim(host, port, config))
+
+
+@app.command()
+def offers(
+    top: Annotated[int, typer.Option(min=1, max=1000, help="How many offers to show.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON, for scripts.")] = False,
+) -> None:
+    """Search Vast.ai now as this pod would: the top offers with their score parts, banned ones marked.
+
+    Exits 1, saying which constraint removed the most offers, when no offer may be rented.
+    """
+    from provisioner import selection  # noqa: PLC0415
+
+    cfg = _guard(settings_mod.load_settings)
+    survey = _guard(lambda: asyncio.run(daemon.survey_offers(cfg)))
+    if survey.store_error:
+        print(f"provisioner: warning: {survey.store_error}; bans are not marked", file=sys.stderr)
+    shown = selection.shown_offers(survey.scored, top)
+    first = survey.usable[0].offer.id if survey.usable else None
+    reason = None if survey.usable else selection.explain_no_match(survey.scored, survey.relaxed)
+    if as_json:
+        rows = [selection.offer_row(s, i, selection.note_of(s, first)) for i, s in enumerate(shown, 1)]
+        excluded = selection.exclusion_counts(survey.scored)
+        usable = len(survey.usable)
+        print(json.dumps({"offers": rows, "usable": usable, "excluded": excluded, "reason": reason}))
+    elif shown:
+        print(selection.render_offers(shown, first), end="")
+    if reason is not None:
+        raise _fail(reason, daemon.EXIT_FAILURE)
+
+
+blacklist_app = typer.Typer(
+    no_args_is_help=True, help="The shared host blacklist in BLACKLIST_REDIS_URL (same env as `run`)."
+)
+app.add_typer(blacklist_app, name="blacklist")
+
+
+def _with_blacklist(cfg: settings_mod.Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``action(blacklist)`` against BLACKLIST_REDIS_URL; Redis errors become one line, exit 1."""
+
+    async def go() -> T:
+        async with daemon.connect_blacklist(cfg) as store:
+            return await action(store)
+
+    return _guard(lambda: asyncio.run(go()))
+
+
+@blacklist_app.command("list")
+def blacklist_list(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON, for scripts.")] = False,
+) -> None:
+    """Show every current ban: host or machine, reason, when, expiry, by which pod."""
+    import time  # noqa: PLC0415
+
+    cfg = _guard(settings_mod.load_settings)
+    bans = _with_blacklist(cfg, lambda store: store.bans())
+    if as_json:
+        print(json.dumps([dataclasses.asdict(b) for b in bans]))
+        return
+    if not bans:
+        print("no bans")
+        return
+    now = time.time()
+    print(f"{'kind':<8} {'id':>10} {'expires in':>11} {'by':<24} reason")
+    for b in bans:
+        print(f"{b.kind:<8} {b.ident:>10} {b.expires_at - now:>10.0f}s {b.by or '-':<24} {b.reason or '-'}")
+
+
+@blacklist_app.command("ban")
+def blacklist_ban(
+    ident: Annotated[int, typer.Argument(metavar="HOST", help="Host id (a machine id with --machine).")],
+    ttl: Annotated[int | None, typer.Option(min=1, help="Seconds; default: the ban TTL setting.")] = None,
+    reason: Annotated[str, typer.Option(help="Why (shown by `blacklist list`).")] = "manual",
+    machine: Annotated[bool, typer.Option("--machine", help="Ban one machine instead of a host.")] = False,
+) -> None:
+    """Ban a host (or one machine) for every pod sharing this Redis."""
+    cfg = _guard(settings_mod.load_settings)
+    kind = "machine" if machine else "host"
+    _with_blacklist(cfg, lambda store: store.ban_id(kind, ident, reason, ttl))
+    print(f"banned {kind} {ident} for {ttl or cfg.blacklist_ban_ttl_seconds}s: {reason}")
+
+
+@blacklist_app.command("unban")
+def blacklist_unban(
+    ident: Annotated[int, typer.Argument(metavar="HOST", help="Host id (a machine id with --machine).")],
+    machine: Annotated[bool, typer.Option("--machine", help="Unban one machine instead of a host.")] = False,
+) -> None:
+    """Lift the ban of a host (or one machine)."""
+    cfg = _guard(settings_mod.load_settings)
+    kind = "machine" if machine else "host"
+    lifted = _with_blacklist(cfg, lambda store: store.unban(kind, ident))
+    print(f"unbanned {kind} {ident}" if lifted else f"{kind} {ident} was not banned")
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
 Tasks: the reconcile loop (adaptive interval), the upstream health loop (wakes
 the reconcile loop when the served instance stops answering), the nginx
-supervisor and the admin server. SIGTERM/SIGINT only set an event; the
+supervisor, the admin server, the boot progress ticker (log lines at most
+30 s apart while no healthy instance is served) and, with
+``REMOTE_LOGS``, the remote log streamer. SIGTERM/SIGINT only set an event; the
 shutdown path stops reconciling, drains nginx and closes the clients. A
 second signal forces an immediate exit. The instance is kept on shutdown:
 the pod may only be restarting.
@@ -16,16 +18,28 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
-from provisioner import admin, errors, planning, rendering
+from provisioner import (
+    admin,
+    blacklist,
+    errors,
+    logs,
+    model,
+    planning,
+    remote_logs,
+    rendering,
+    selection,
+    status,
+)
+from provisioner import metrics as metrics_mod
 from provisioner import nginx as nginx_mod
-from provisioner.settings import Settings, find_nginx_binary
+from provisioner.settings import Settings, find_nginx_binary, parse_countries
 from provisioner.vast import client as vast_client
 from provisioner.vast import query
 
@@ -40,6 +54,10 @@ EXIT_NGINX = 4
 #: backoff after a failed tick (API down, rate limited): doubles up to the cap
 TICK_BACKOFF_START_S = 2.0
 TICK_BACKOFF_CAP_S = 60.0
+#: while no healthy instance is served, a progress line after this much silence, checked every
+#: ``PROGRESS_CHECK_S``: progress lines are at most 30 s apart (seconds)
+PROGRESS_QUIET_S = 25.0
+PROGRESS_CHECK_S = 5.0
 
 
 @dataclass
@@ -54,6 +72,7 @@ class Runtime:
     prepared: bool = False
     stopping: bool = False
     last_error: str | None = None
+    metrics: metrics_mod.Metrics | None = None
 
 
 def proxy_config(settings: Settings) -> rendering.ProxyConfig:
@@ -65,15 +84,135 @@ def proxy_config(settings: Settings) -> rendering.ProxyConfig:
     )
 
 
-def build_search_body(settings: Settings) -> Callable[[], Awaitable[Mapping[str, Any]]]:
-    """The search body: the user's filter plus enough direct ports for every proxied port."""
-    needed = len({p.container_port for p in settings.port_maps})
-    base = query.merge_filters(settings.search_filter(), {"direct_port_count": {"gte": needed}})
+def build_criteria(settings: Settings) -> selection.Criteria:
+    """What this pod may rent and how it ranks offers (selection.py documents the score)."""
+    return selection.Criteria(
+        ports_needed=len({p.container_port for p in settings.port_maps}),
+        disk_gb=settings.vast_disk_gb,
+        max_price=settings.vast_max_price,
+        min_reliability=settings.vast_min_reliability,
+        min_inet_down=settings.vast_min_inet_down,
+        min_cuda=settings.vast_min_cuda,
+        verified_only=settings.vast_verified_only,
+        datacenter_only=settings.vast_datacenter_only,
+        preferred_countries=parse_countries(settings.vast_preferred_countries),
+        interruptible=settings.vast_interruptible,
+        bid_multiplier=settings.vast_bid_multiplier,
+        weights=selection.Weights.parse(settings.vast_score_weights),
+    )
 
-    async def body() -> Mapping[str, Any]:
-        return query.search_body(base, allocated_storage=settings.vast_disk_gb)
+
+def build_search_body(settings: Settings) -> Callable[[selection.Standing], Mapping[str, Any]]:
+    """The search body for the current bans: the user's filter, the cost controls, the ports, ``notin``."""
+    base = settings.search_filter()
+    criteria = build_criteria(settings)
+
+    def body(standing: selection.Standing) -> Mapping[str, Any]:
+        return selection.search_body(base, criteria, standing)
 
     return body
+
+
+def build_chooser(
+    settings: Settings,
+) -> Callable[[list[model.Offer], selection.Standing], list[selection.Scored]]:
+    """The ranking: offers that may be rented, best first."""
+    criteria = build_criteria(settings)
+
+    def choose(offers: list[model.Offer], standing: selection.Standing) -> list[selection.Scored]:
+        return selection.rank_offers(offers, criteria, standing)
+
+    return choose
+
+
+def build_blacklist(settings: Settings, client: blacklist.Client) -> blacklist.Blacklist:
+    """The Redis blacklist over an already built client (``blacklist.connect``)."""
+    return blacklist.Blacklist(
+        client,
+        keys=blacklist.Keys(settings.blacklist_key_prefix),
+        ban_ttl_s=settings.blacklist_ban_ttl_seconds,
+        restart_window_s=settings.blacklist_restart_ttl_seconds,
+        restart_threshold=settings.blacklist_restart_threshold,
+        half_life_s=settings.blacklist_reputation_half_life_seconds,
+        owner=settings.pod_name,
+        deadline_s=4 * settings.blacklist_redis_timeout_seconds,
+    )
+
+
+@contextlib.asynccontextmanager
+async def connect_blacklist(settings: Settings) -> AsyncIterator[blacklist.Blacklist]:
+    """The blacklist at ``BLACKLIST_REDIS_URL`` (whatever ``BLACKLIST_ENABLED`` says); closed after."""
+    client = blacklist.connect(
+        settings.blacklist_redis_url.get_secret_value(), timeout_s=settings.blacklist_redis_timeout_seconds
+    )
+    try:
+        yield build_blacklist(settings, client)
+    finally:
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def open_blacklist(settings: Settings) -> AsyncIterator[blacklist.Blacklist | None]:
+    """The blacklist when ``BLACKLIST_ENABLED``, else None (no Redis at all)."""
+    if not settings.blacklist_enabled:
+        yield None
+        return
+    async with connect_blacklist(settings) as store:
+        yield store
+
+
+@dataclass
+class OfferSurvey:
+    """What ``provisioner offers`` shows: every offer scored, and why nothing matched when so."""
+
+    scored: list[selection.Scored]
+    body: Mapping[str, Any]
+    #: when no offer may be rented: (constraint dropped, offers the search returns without it)
+    relaxed: list[tuple[selection.Relaxation, int]]
+    #: set when the blacklist could not be read (offers are then not marked)
+    store_error: str | None = None
+
+    @property
+    def usable(self) -> list[selection.Scored]:
+        return [s for s in self.scored if s.excluded is None]
+
+
+#: at most this many extra searches to find the constraint that removed the most offers
+MAX_DIAGNOSIS_SEARCHES = 6
+
+
+async def survey_offers(settings: Settings) -> OfferSurvey:
+    """Search Vast now as this pod would, scoring every offer; banned ones are kept, to be marked.
+
+    The search leaves the ``notin`` ban lists out (one search instead of two), so banned offers can
+    be shown; the ban check then marks them. When no offer may be rented, the search is repeated
+    with each constraint dropped in turn (at most ``MAX_DIAGNOSIS_SEARCHES`` more searches).
+    """
+    criteria = build_criteria(settings)
+    standing, store_error = selection.Standing(), None
+    async with open_blacklist(settings) as bans:
+        if bans is not None:
+            try:
+                standing = await bans.standing()
+            except errors.StoreError as exc:
+                store_error = str(exc)
+    base = settings.search_filter()
+    body = selection.search_body(base, criteria, standing.without_bans())
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0)) as http:
+        vast = vast_client.VastClient(http, settings.vast_api_key, base_url=settings.vast_api_url)
+        scored = selection.score_offers(await vast.search_offers(body), criteria, standing)
+        relaxed: list[tuple[selection.Relaxation, int]] = []
+        if not scored:
+            full = selection.search_filter(base, criteria, selection.Standing())
+            for option in selection.relaxations(full, criteria, MAX_DIAGNOSIS_SEARCHES):
+                wider = query.search_body(
+                    option.filter,
+                    offer_type=body["type"],
+                    allocated_storage=criteria.disk_gb,
+                )
+                relaxed.append((option, len(await vast.search_offers(wider))))
+            relaxed.sort(key=lambda item: -item[1])
+    return OfferSurvey(scored, body, relaxed, store_error)
 
 
 def build_rent_request(settings: Settings) -> Callable[[str | None], vast_client.RentRequest]:
@@ -140,12 +279,21 @@ class Daemon:
         self.runtime.nginx = nginx
         await nginx.start(rendering.render_nginx_conf(cfg, None, reason="starting"))
 
-        timeout = httpx.Timeout(30.0, connect=10.0)
+        api_timeout_s = settings.vast_api_timeout_seconds
+        timeout = httpx.Timeout(api_timeout_s, connect=min(10.0, api_timeout_s))
         async with (
             httpx.AsyncClient(timeout=timeout, follow_redirects=False) as api_http,
             httpx.AsyncClient(timeout=httpx.Timeout(3.0)) as health_http,
+            open_blacklist(settings) as store,
         ):
-            vast = vast_client.VastClient(api_http, settings.vast_api_key, base_url=settings.vast_api_url)
+            metrics = metrics_mod.Metrics()
+            self.runtime.metrics = metrics
+            vast = vast_client.VastClient(
+                api_http,
+                settings.vast_api_key,
+                base_url=settings.vast_api_url,
+                observer=metrics_mod.VastCallObserver(metrics),
+            )
             rec = reconciler_mod.Reconciler(
                 vast=vast,
                 proxy=nginx,
@@ -158,12 +306,16 @@ class Daemon:
                     boot_interval_s=settings.boot_poll_seconds,
                 ),
                 search_body=build_search_body(settings),
+                choose_offers=build_chooser(settings),
+                bans=_guarded(settings, store),
                 rent_request=build_rent_request(settings),
                 health_http=health_http,
                 health_path=settings.vast_health_path,
                 allow_private_upstreams=settings.vast_allow_private_upstreams,
+                on_event=metrics.on_event,
             )
             self.runtime.reconciler = rec
+            metrics.bind(self.runtime)
             admin_server = await admin.start(self.runtime, settings.admin_host, settings.admin_port)
             if self.on_ready is not None:
                 self.on_ready(self.runtime)
@@ -182,6 +334,9 @@ class Daemon:
                 group.create_task(self._health_loop(rec))
                 group.create_task(nginx.supervise(self.stop))
                 group.create_task(self._until_stopped())
+                group.create_task(self._progress_loop(rec))
+                if self.settings.remote_logs:
+                    group.create_task(self._remote_logs(vast, rec))
         except* _Stop:
             pass
         except* errors.AuthError as eg:
@@ -222,6 +377,8 @@ class Daemon:
                 raise
             except errors.RateLimited as exc:
                 wait = max(exc.retry_after_s or backoff, 1.0)
+                if self.runtime.metrics is not None:
+                    self.runtime.metrics.note_rate_limit_wait(exc.call, wait)
                 self._note_error(exc, f"rate limited; next try in {wait:.0f}s")
                 backoff = min(backoff * 2, TICK_BACKOFF_CAP_S)
                 await self._sleep(wait)
@@ -234,7 +391,40 @@ class Daemon:
                 continue
             backoff = TICK_BACKOFF_START_S
             self.runtime.last_error = None
+            self._after_tick(rec)
             await self._sleep(plan.next_check_s)
+
+    def _after_tick(self, rec: Any) -> None:
+        """Keep the log context and the metrics in step with what the tick saw."""
+        focus = status.focus_instance(rec.state)
+        logs.set_instance_id(focus.id if focus is not None else None)
+        observation = rec.state.last_observation
+        if self.runtime.metrics is not None and observation is not None:
+            self.runtime.metrics.note_instances(observation.instances)
+
+    async def _progress_loop(self, rec: Any) -> None:
+        """Boot progress lines at most 30 s apart, however long the poll interval."""
+        while not self.stop.is_set():
+            await self._sleep_only(PROGRESS_CHECK_S)
+            if not self.stop.is_set():
+                rec.log_progress_if_quiet(PROGRESS_QUIET_S)
+
+    async def _remote_logs(self, vast: vast_client.VastClient, rec: Any) -> None:
+        """REMOTE_LOGS: stream the running instance's container log into ours."""
+
+        def target() -> int | None:
+            focus = status.focus_instance(rec.state)
+            return focus.id if focus is not None and focus.is_running else None
+
+        metrics = self.runtime.metrics
+        streamer = remote_logs.RemoteLogStreamer(
+            vast,
+            target,
+            interval_s=self.settings.remote_logs_interval_seconds,
+            tail=self.settings.remote_logs_tail,
+            on_lines=metrics.remote_log_lines.inc if metrics is not None else None,
+        )
+        await streamer.run(self.stop)
 
     def _note_error(self, exc: Exception, then: str) -> None:
         self.runtime.last_error = str(exc)
@@ -254,6 +444,13 @@ class Daemon:
     async def _sleep_only(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop.wait(), seconds)
+
+
+def _guarded(settings: Settings, store: blacklist.Blacklist | None) -> blacklist.Guarded | None:
+    if store is None:
+        return None
+    where = blacklist.describe_url(settings.blacklist_redis_url.get_secret_value())
+    return blacklist.Guarded(store, where=where)
 
 
 class _Stop(Exception):

@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
 
-from provisioner import errors, model, planning, rendering
+from provisioner import errors, model, planning, rendering, selection
 from provisioner.vast import client as vast_client
 
 log = logging.getLogger("provisioner.reconciler")
@@ -38,9 +39,17 @@ class ProxyPort(Protocol):
 
 
 class HostBans(Protocol):
-    """The part of the blacklist the reconciler needs (optional)."""
+    """The part of the blacklist the reconciler needs (optional); ``blacklist.Guarded`` never raises."""
 
     async def ban(self, instance: model.Instance, reason: str) -> None: ...
+
+    async def standing(self) -> selection.Standing: ...
+
+    async def boot_started(self, instance_id: int, at: float) -> float: ...
+
+    async def adopted(self, instance: model.Instance) -> str | None: ...
+
+    async def record(self, instance: model.Instance, kind: str, value: float = 0.0) -> None: ...
 
 
 @dataclass
@@ -51,6 +60,8 @@ class Event:
     kind: str
     detail: str
     instance_id: int | None = None
+    #: the machine-readable cause (a metric label): destroy/ban/rent reasons
+    reason: str | None = None
 
 
 @dataclass
@@ -69,16 +80,26 @@ class ReconcilerState:
     last_plan: planning.Plan | None = None
     last_tick_at: float = 0.0
     last_list_ok_at: float = 0.0
+    #: the latest successful observation (what ``status`` and the metrics show)
+    last_observation: planning.Observation | None = None
+    #: when the last boot progress line was logged
+    last_progress_at: float = 0.0
+    #: whether this process has counted the instances it adopted at start (restart counting)
+    adoptions_counted: bool = False
+    #: instance id -> why it must be replaced (restart threshold), until it is gone
+    condemned: dict[int, str] = field(default_factory=dict)
+    #: instances seen booting by this process, and those whose ready / health failure is recorded
+    seen_booting: set[int] = field(default_factory=set)
+    ready_recorded: set[int] = field(default_factory=set)
+    failing_recorded: set[int] = field(default_factory=set)
     events: collections.deque[Event] = field(default_factory=lambda: collections.deque(maxlen=50))
 
 
 Clock = Callable[[], float]
-OfferChooser = Callable[[list[model.Offer]], list[model.Offer]]
-
-
-def cheapest_first(offers: list[model.Offer]) -> list[model.Offer]:
-    """Default ranking: lowest $/h, then highest reliability, then id (deterministic)."""
-    return sorted(offers, key=lambda o: (o.dph_total or 1e9, -(o.reliability or 0.0), o.id))
+#: the search body for the current bans and reputation
+SearchBody = Callable[[selection.Standing], Mapping[str, Any]]
+#: the offers that may be rented, best first
+OfferChooser = Callable[[list[model.Offer], selection.Standing], list[selection.Scored]]
 
 
 class Reconciler:
@@ -92,14 +113,15 @@ class Reconciler:
         proxy_config: rendering.ProxyConfig,
         desired: model.DesiredSpec,
         policy: planning.Policy,
-        search_body: Callable[[], Awaitable[Mapping[str, Any]]],
+        search_body: SearchBody,
         rent_request: Callable[[str | None], vast_client.RentRequest],
         health_http: httpx.AsyncClient,
         health_path: str | None = None,
         allow_private_upstreams: bool = False,
         bans: HostBans | None = None,
-        choose_offers: OfferChooser = cheapest_first,
+        choose_offers: OfferChooser,
         clock: Clock = time.time,
+        on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self.vast = vast
         self.proxy = proxy
@@ -114,15 +136,25 @@ class Reconciler:
         self.bans = bans
         self.choose_offers = choose_offers
         self.clock = clock
+        self.on_event = on_event
         self.state = ReconcilerState()
 
     # ------------------------------------------------------------ events
 
     def record(
-        self, kind: str, detail: str, instance_id: int | None = None, level: int = logging.INFO
+        self,
+        kind: str,
+        detail: str,
+        instance_id: int | None = None,
+        level: int = logging.INFO,
+        *,
+        reason: str | None = None,
     ) -> None:
-        self.state.events.append(Event(self.clock(), kind, detail, instance_id))
+        event = Event(self.clock(), kind, detail, instance_id, reason)
+        self.state.events.append(event)
         log.log(level, "%s: %s", kind, detail, extra={"event": kind, "instance_id": instance_id})
+        if self.on_event is not None:
+            self.on_event(event)
 
     # ------------------------------------------------------------ template
 
@@ -213,6 +245,10 @@ class Reconciler:
             raise errors.VastBadResponse("list instances", f"label filter returned other labels: {foreign}")
         self.state.last_list_ok_at = now
         instances = {i.id: i for i in listed}
+        if not self.state.adoptions_counted:
+            # this process start adopts whatever the first successful list shows
+            self.state.adoptions_counted = True
+            await self._count_adoptions(listed)
         # A rental the list does not show yet (lag) is looked up directly, and until it is seen
         # (or the hold expires) no new rental happens: never two rentals for one pod.
         for iid in sorted(self.state.unconfirmed):
@@ -228,15 +264,21 @@ class Reconciler:
             elif now >= self.state.rent_hold_until:
                 self.state.unconfirmed.discard(iid)
         for iid in instances:
-            self.state.first_seen.setdefault(iid, now)
+            if iid not in self.state.first_seen:
+                self.state.first_seen[iid] = await self._boot_started(iid, now)
         for iid in list(self.state.first_seen):
             if iid not in instances:
                 self.state.first_seen.pop(iid, None)
                 self.state.healthy.pop(iid, None)
                 self.state.unhealthy_since.pop(iid, None)
+                self.state.condemned.pop(iid, None)
+                self.state.seen_booting.discard(iid)
+                self.state.ready_recorded.discard(iid)
+                self.state.failing_recorded.discard(iid)
         for inst in instances.values():
             if planning.has_endpoints(inst, self.desired) and not inst.is_dead:
                 self.note_health(inst.id, await self.check_health(inst))
+        await self._record_outcomes(instances.values(), now)
         return planning.Observation(
             now=now,
             instances=tuple(instances.values()),
@@ -246,13 +288,51 @@ class Reconciler:
             first_seen=dict(self.state.first_seen),
             unhealthy_since=dict(self.state.unhealthy_since),
             rent_hold_until=self.state.rent_hold_until,
+            condemned=dict(self.state.condemned),
         )
+
+    # ------------------------------------------------------------ blacklist bookkeeping
+
+    async def _boot_started(self, instance_id: int, now: float) -> float:
+        """When this instance's boot wait began; kept in Redis so that it survives restarts."""
+        return now if self.bans is None else await self.bans.boot_started(instance_id, now)
+
+    async def _count_adoptions(self, adopted: list[model.Instance]) -> None:
+        """Count this start against each adopted instance; one restarted too often is condemned."""
+        if self.bans is None:
+            return
+        for inst in adopted:
+            reason = await self.bans.adopted(inst)
+            if reason is not None:
+                self.state.condemned[inst.id] = reason
+                detail = f"host {inst.host_id}: {reason}"
+                self.record("condemn", detail, inst.id, logging.WARNING, reason=reason)
+
+    async def _record_outcomes(self, instances: Iterable[model.Instance], now: float) -> None:
+        """Reputation: the time to ready of boots this process watched, and each run of failed checks."""
+        if self.bans is None:
+            return
+        state = self.state
+        for inst in instances:
+            iid, healthy = inst.id, state.healthy.get(inst.id)
+            if not planning.has_endpoints(inst, self.desired):
+                state.seen_booting.add(iid)
+            if healthy and iid in state.seen_booting and iid not in state.ready_recorded:
+                state.ready_recorded.add(iid)
+                await self.bans.record(inst, "ready", now - state.first_seen.get(iid, now))
+            if healthy:
+                state.failing_recorded.discard(iid)
+            elif iid in state.unhealthy_since and iid not in state.failing_recorded and not inst.is_dead:
+                # a dead instance's death is recorded when it is destroyed, not twice
+                state.failing_recorded.add(iid)
+                await self.bans.record(inst, "health-fail")
 
     # ------------------------------------------------------------ tick
 
     async def tick(self) -> planning.Plan:
         """Observe, plan and apply once. Vast errors propagate to the loop, which backs off."""
         observation = await self.observe()
+        self.state.last_observation = observation
         plan = planning.plan(self.desired, observation, self.policy)
         self._log_progress(plan, observation)
         await self.apply(plan)
@@ -261,7 +341,33 @@ class Reconciler:
         self.state.last_tick_at = self.clock()
         return plan
 
-    def _log_progress(self, plan: planning.Plan, obs: planning.Observation) -> None:
+    def log_progress_if_quiet(self, quiet_s: float) -> None:
+        """Repeat the progress line (elapsed as of now) when none was logged for ``quiet_s``.
+
+        Ticks log progress themselves; this covers long poll intervals and failing ticks, so the
+        log is never silent for long while this pod has no healthy instance.
+        """
+        now = self.clock()
+        plan, obs = self.state.last_plan, self.state.last_observation
+        serving = plan is not None and plan.phase is planning.Phase.SERVING
+        if serving or now - self.state.last_progress_at < quiet_s:
+            return
+        if plan is None or obs is None:
+            self.state.last_progress_at = now
+            log.info("no successful reconcile tick yet: %s", self.state.unserve_reason)
+            return
+        if not self._log_progress(plan, obs, now):
+            self.state.last_progress_at = now
+            log.info(
+                "%s: %s; last successful list %.0fs ago",
+                plan.phase,
+                self.state.unserve_reason,
+                now - self.state.last_list_ok_at,
+            )
+
+    def _log_progress(self, plan: planning.Plan, obs: planning.Observation, now: float | None = None) -> bool:
+        """One line per booting or ready instance; True when any was logged."""
+        logged = False
         for inst in obs.instances:
             verdict, _ = plan.verdicts.get(inst.id, ("?", ""))
             if verdict in ("booting", "ready"):
@@ -272,9 +378,13 @@ class Reconciler:
                     verdict,
                     inst.actual_status,
                     inst.status_msg,
-                    obs.now - started,
+                    (obs.now if now is None else now) - started,
                     extra={"instance_id": inst.id, "actual_status": inst.actual_status},
                 )
+                logged = True
+        if logged:
+            self.state.last_progress_at = obs.now if now is None else now
+        return logged
 
     async def apply(self, plan: planning.Plan) -> None:
         for action in plan.actions:
@@ -289,15 +399,23 @@ class Reconciler:
             elif isinstance(action, planning.Ban):
                 if self.bans is not None:
                     await self.bans.ban(action.instance, action.reason)
-                self.record("ban", f"host {action.instance.host_id}: {action.reason}", action.instance.id)
+                self.record(
+                    "ban",
+                    f"host {action.instance.host_id}: {action.reason}",
+                    action.instance.id,
+                    reason=action.reason,
+                )
             elif isinstance(action, planning.Destroy):
                 gone = await self.vast.destroy_instance(action.instance.id)
                 self.state.unconfirmed.discard(action.instance.id)
+                if action.reason == "dead" and self.bans is not None:
+                    await self.bans.record(action.instance, "death")
                 self.record(
                     "destroy",
                     f"{action.reason}" + ("" if gone else " (already gone)"),
                     action.instance.id,
                     logging.WARNING,
+                    reason=action.reason,
                 )
                 if self.state.serving is not None and self.state.serving.id == action.instance.id:
                     self.state.serving = None
@@ -316,18 +434,20 @@ class Reconciler:
             self.record("serve", where, instance.id)
 
     async def _rent(self, reason: str) -> None:
-        body = await self.search_body()
-        offers = await self.vast.search_offers(body)
-        needed = len(self.desired.container_ports)
-        usable = [o for o in offers if o.direct_port_count is None or o.direct_port_count >= needed]
-        ranked = self.choose_offers(usable)
+        # one Redis round trip: the bans go into the search (notin), the reputation into the ranking
+        standing = await self.bans.standing() if self.bans is not None else selection.Standing()
+        offers = await self.vast.search_offers(self.search_body(standing))
+        ranked = self.choose_offers(offers, standing)
         if not ranked:
             self.record(
-                "no-offers", f"no offer matches the search ({len(offers)} returned)", None, logging.WARNING
+                "no-offers", f"no usable offer ({len(offers)} returned by the search)", None, logging.WARNING
             )
             return
-        for offer in ranked[:MAX_OFFER_ATTEMPTS]:
+        for choice in ranked[:MAX_OFFER_ATTEMPTS]:
+            offer = choice.offer
             request = self.rent_request(self.state.template_hash)
+            if choice.bid_price is not None:
+                request = dataclasses.replace(request, bid_price=choice.bid_price)
             try:
                 new_id = await self.vast.rent(offer.id, request)
             except errors.OfferGone:
@@ -346,11 +466,14 @@ class Reconciler:
                 return
             self.state.unconfirmed.add(new_id)
             self.state.rent_hold_until = self.clock() + RENT_HOLD_S
-            self.state.first_seen[new_id] = self.clock()
+            self.state.first_seen[new_id] = await self._boot_started(new_id, self.clock())
+            bid = f" bid ${choice.bid_price:.4f}/h" if choice.bid_price is not None else ""
             self.record(
                 "rent",
-                f"{reason}: offer {offer.id} host {offer.host_id} {offer.gpu_name} ${offer.dph_total}/h",
+                f"{reason}: offer {offer.id} host {offer.host_id} {offer.gpu_name}"
+                f" ${choice.price_per_hour or offer.dph_total}/h score {choice.score:.3f}{bid}",
                 new_id,
+                reason=reason,
             )
             return
         self.record("no-offers", "every offer tried was taken", None, logging.WARNING)

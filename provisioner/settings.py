@@ -33,6 +33,8 @@ _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@\-]{0,1023}$")
 _POD_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.\-]{0,251}[a-z0-9])?$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\- ]{0,127}$")
+_KEY_PREFIX_RE = re.compile(r"^[A-Za-z0-9:_.\-{}]{1,64}$")
+_COUNTRY_CODE_RE = re.compile(r"^[A-Z]{2}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,21 @@ def parse_docker_login(value: str) -> DockerLogin:
     if any(c.isspace() for c in user + password):
         raise ValueError("user and password must not contain white space")
     return DockerLogin(user=user, password=SecretStr(password), registry=registry)
+
+
+def parse_countries(value: str) -> tuple[str, ...]:
+    """``"us, CA"`` -> ``("US", "CA")``: two-letter country codes, in order of preference, no repeats."""
+    codes: list[str] = []
+    for raw in value.split(","):
+        code = raw.strip().upper()
+        if not code:
+            continue
+        if not _COUNTRY_CODE_RE.fullmatch(code):
+            raise ValueError(f"{raw.strip()!r} is not a two-letter country code")
+        if code in codes:
+            raise ValueError(f"{code} appears twice")
+        codes.append(code)
+    return tuple(codes)
 
 
 def parse_proxy_ports(value: str) -> tuple[model.PortMap, ...]:
@@ -135,6 +152,7 @@ class Settings(BaseSettings):
     pod_name: str = Field(description="This pod's name; unique per instance (StatefulSet pod name).")
     vast_api_key: SecretStr = Field(description="Vast.ai API key.")
     vast_api_url: str = Field("https://console.vast.ai", description="Vast.ai API base URL.")
+    vast_api_timeout_seconds: float = Field(30.0, gt=0, le=600, description="Per-request API timeout.")
     vast_label: str | None = Field(None, description="Instance label; default k8s_pod=<POD_NAME>.")
 
     # --- what to run
@@ -147,6 +165,48 @@ class Settings(BaseSettings):
     vast_disk_gb: float = Field(20.0, ge=8, le=10000, description="Disk size of the instance in GB.")
     vast_onstart: str | None = Field(None, description="Onstart script run in the instance.")
     vast_health_path: str | None = Field(None, description="Path on the remote app that must answer <500.")
+
+    # --- offer selection and cost controls (selection.py)
+    vast_max_price: float | None = Field(
+        None, gt=0, le=1000, description="$/h cap for the whole rental, storage for VAST_DISK_GB included."
+    )
+    vast_min_reliability: float | None = Field(None, ge=0, le=1, description="Reliability floor (0-1).")
+    vast_min_inet_down: float | None = Field(None, ge=0, description="Download bandwidth floor, Mb/s.")
+    vast_min_cuda: float | None = Field(None, ge=0, le=100, description="Minimum cuda_max_good, e.g. 12.1.")
+    vast_verified_only: bool = Field(False, description="Only verified hosts (verified eq true).")
+    vast_datacenter_only: bool = Field(False, description="Only datacenter hosts (hosting_type >= 1).")
+    vast_preferred_countries: str = Field(
+        "", description="Ordered country codes preferred by the score (US,CA); others remain a fallback."
+    )
+    vast_interruptible: bool = Field(False, description="Rent interruptible (bid) instances.")
+    vast_bid_multiplier: float = Field(
+        1.2, ge=1, le=10, description="Bid = min_bid x this, never above VAST_MAX_PRICE."
+    )
+    vast_score_weights: str = Field(
+        "", description="Score weights: price=1,reliability=1,reputation=1,country=0.5,bandwidth=0.25."
+    )
+
+    # --- host blacklist and reputation in Redis (blacklist.py)
+    blacklist_enabled: bool = Field(False, description="Share host bans and reputation through Redis.")
+    blacklist_redis_url: SecretStr = Field(
+        SecretStr("redis://redis:6379/10"),
+        validation_alias=AliasChoices("BLACKLIST_REDIS_URL", "BLACKLIST_REDIS", "blacklist_redis_url"),
+        description="Redis for bans; the old name BLACKLIST_REDIS is accepted.",
+    )
+    blacklist_ban_ttl_seconds: int = Field(604800, ge=1, description="How long a ban lasts.")
+    blacklist_restart_ttl_seconds: int = Field(
+        3600, ge=1, description="Sliding window in which adopting restarts are counted."
+    )
+    blacklist_restart_threshold: int = Field(
+        5, ge=1, description="More adopting restarts than this in the window ban the host."
+    )
+    blacklist_key_prefix: str = Field("vastprov:", description="Prefix of every Redis key.")
+    blacklist_reputation_half_life_seconds: float = Field(
+        259200.0, ge=60, description="Half-life of a host's reputation events."
+    )
+    blacklist_redis_timeout_seconds: float = Field(
+        0.5, gt=0, le=10, description="Redis connect and socket timeout."
+    )
 
     # --- nginx
     nginx_config_path: Path = Field(
@@ -174,6 +234,13 @@ class Settings(BaseSettings):
     vast_allow_private_upstreams: bool = Field(False, description="Allow non-public upstream IPs (tests).")
     debug: bool = Field(False, description="Debug logging.")
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
+    remote_logs: bool = Field(False, description="Copy the remote container's log into our stdout.")
+    remote_logs_interval_seconds: float = Field(
+        30.0, ge=1, le=3600, description="Period of the request_logs call while REMOTE_LOGS is on."
+    )
+    remote_logs_tail: int = Field(
+        1000, ge=10, le=10000, description="Lines requested per request_logs call (the dedup window)."
+    )
 
     # --- derived (not env vars)
     remote_env: dict[str, str] = Field(default_factory=dict, exclude=True)
@@ -268,6 +335,44 @@ class Settings(BaseSettings):
         if value is not None and len(value) > 4000:
             raise ValueError("is longer than Vast's 4000-character limit")
         return value or None
+
+    @field_validator(
+        "vast_max_price", "vast_min_reliability", "vast_min_inet_down", "vast_min_cuda", mode="before"
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("vast_preferred_countries")
+    @classmethod
+    def _countries(cls, value: str) -> str:
+        codes = parse_countries(value)
+        return ",".join(codes)
+
+    @field_validator("vast_score_weights")
+    @classmethod
+    def _weights(cls, value: str) -> str:
+        from provisioner import selection  # noqa: PLC0415 - keep import order simple
+
+        selection.Weights.parse(value)
+        return value
+
+    @field_validator("blacklist_redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr) -> SecretStr:
+        parts = urlsplit(value.get_secret_value().strip())
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL such as redis://redis:6379/10")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("names no host")
+        return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("blacklist_key_prefix")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        if not _KEY_PREFIX_RE.fullmatch(value):
+            raise ValueError("must be 1-64 letters, digits or : _ . - { }")
+        return value
 
     @field_validator("nginx_config_path")
     @classmethod

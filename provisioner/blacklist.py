@@ -1,0 +1,474 @@
+"""The shared host blacklist and reputation record in Redis: every key, prefix and TTL is here.
+
+``P`` is ``BLACKLIST_KEY_PREFIX`` (default ``vastprov:``), so several deployments can share one Redis:
+
+=========================  ==========  ==========================================  =====================
+key                        type        holds                                       lifetime
+=========================  ==========  ==========================================  =====================
+``P ban:host:<host_id>``   string      JSON: reason, at, by (pod), instance_id     the ban TTL
+``P ban:machine:<id>``     string      the same, for one machine                   the ban TTL
+``P bans:host``            sorted set  host ids scored by ban expiry (unix s)      pruned on read
+``P bans:machine``         sorted set  machine ids scored by ban expiry            pruned on read
+``P boot:<instance_id>``   string      when the boot wait started (unix s)         ``BOOT_KEY_TTL_S``
+``P restarts:<instance>``  sorted set  one member per adopting process start       the restart window
+``P events``               sorted set  reputation events (JSON) scored by time     see below
+=========================  ==========  ==========================================  =====================
+
+The ban TTL is ``BLACKLIST_BAN_TTL_SECONDS``, the restart window ``BLACKLIST_RESTART_TTL_SECONDS``.
+Reputation events older than ``EVENT_HORIZON_HALF_LIVES`` half-lives are dropped, and only the
+newest ``EVENTS_MAX`` are kept.
+
+Every multi-key update is one MULTI/EXEC transaction: a ban writes its record, its index entry
+and a reputation event together; the restart counter trims the window, adds this start and
+counts in one transaction, so concurrent starts never lose a count. There is no Lua, so the
+whole schema runs on fakeredis too. Reading the bans and the reputation for a rental is one
+round trip (:meth:`Blacklist.standing`).
+
+Expiry: the detail keys expire by Redis TTL; the indexes are scored by expiry time on the
+writer's clock and pruned on every read (pods' clocks are assumed NTP-close).
+
+Errors: every redis-py (or socket, or timeout) failure becomes ``errors.StoreError`` in
+:meth:`Blacklist._run`. ``Blacklist`` raises it (the CLI reports it); :class:`Guarded` is what
+the reconciler uses: it never raises, returns "no bans" while Redis is down, logs the outage
+once when it starts and once when it ends, and tries Redis again every ``OUTAGE_RETRY_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeAlias, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from provisioner import errors, model, selection
+
+log = logging.getLogger("provisioner.blacklist")
+
+DEFAULT_KEY_PREFIX: Final = "vastprov:"
+#: how long a boot start is kept; far longer than any sensible BLACKLIST_BAN_AFTER_SECONDS
+BOOT_KEY_TTL_S: Final = 2 * 24 * 3600
+#: reputation events older than this many half-lives weigh < 2 % and are dropped
+EVENT_HORIZON_HALF_LIVES: Final = 6.0
+#: at most this many reputation events are kept (the newest)
+EVENTS_MAX: Final = 20_000
+#: while Redis is down, try it again at most this often (seconds)
+OUTAGE_RETRY_S: Final = 2.0
+#: the reason recorded when the restart threshold bans a host
+RESTART_REASON: Final = "restart-threshold"
+
+#: the Redis client the blacklist talks through (``connect`` builds one; tests pass fakeredis)
+Client: TypeAlias = aioredis.Redis
+BanKind = Literal["host", "machine"]
+BAN_KINDS: Final[tuple[BanKind, ...]] = ("host", "machine")
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The key names, under one prefix."""
+
+    prefix: str = DEFAULT_KEY_PREFIX
+
+    def ban(self, kind: BanKind, ident: int) -> str:
+        return f"{self.prefix}ban:{kind}:{ident}"
+
+    def ban_index(self, kind: BanKind) -> str:
+        return f"{self.prefix}bans:{kind}"
+
+    def boot(self, instance_id: int) -> str:
+        return f"{self.prefix}boot:{instance_id}"
+
+    def restarts(self, instance_id: int) -> str:
+        return f"{self.prefix}restarts:{instance_id}"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"
+
+
+@dataclass(frozen=True, slots=True)
+class BanRecord:
+    """One ban as ``blacklist list`` shows it."""
+
+    kind: BanKind
+    ident: int
+    expires_at: float
+    reason: str | None = None
+    at: float | None = None
+    by: str | None = None
+    instance_id: int | None = None
+
+
+def connect(url: str, *, timeout_s: float) -> Client:
+    """A Redis client for the blacklist: short socket timeouts and one immediate reconnect, no backoff.
+
+    redis-py's default retries (10, with exponential backoff) would stall a reconcile tick for
+    seconds on every call while Redis is down.
+    """
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 1),
+        decode_responses=True,
+    )
+
+
+def describe_url(url: str) -> str:
+    """``host:port/db`` of a Redis URL, without credentials (for logs and messages)."""
+    rest = url.split("://", 1)[-1]
+    return rest.rsplit("@", 1)[-1] or url.split("://", 1)[0]
+
+
+class Blacklist:
+    """Bans, boot starts, restart counts and reputation in Redis. Every failure raises ``StoreError``."""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        keys: Keys | None = None,
+        ban_ttl_s: int = 604_800,
+        restart_window_s: int = 3600,
+        restart_threshold: int = 5,
+        half_life_s: float = 3 * 24 * 3600.0,
+        owner: str = "",
+        deadline_s: float = 2.0,
+        clock: Clock = time.time,
+    ) -> None:
+        self._redis = client
+        self.keys = keys or Keys()
+        self.ban_ttl_s = ban_ttl_s
+        self.restart_window_s = restart_window_s
+        self.restart_threshold = restart_threshold
+        self.half_life_s = half_life_s
+        self.owner = owner
+        self._deadline_s = deadline_s
+        self._clock = clock
+
+    async def _run(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis exchange within the deadline; map every failure to ``StoreError``."""
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                return await fn()
+        except TimeoutError as exc:
+            raise errors.StoreError(f"redis {op}: no answer within {self._deadline_s:g}s") from exc
+        except (RedisError, OSError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise errors.StoreError(f"redis {op}: {detail}") from exc
+
+    async def _transaction(self, op: str, queue: Callable[[Any], None]) -> list[Any]:
+        """Queue commands with ``queue(pipe)`` and run them as one MULTI/EXEC."""
+
+        async def go() -> list[Any]:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                queue(pipe)
+                result: list[Any] = await pipe.execute()
+                return result
+
+        return await self._run(op, go)
+
+    async def ping(self) -> None:
+        await self._run("ping", self._redis.ping)
+
+    # ------------------------------------------------------------ bans
+
+    def _queue_ban(
+        self, pipe: Any, kind: BanKind, ident: int, reason: str, ttl_s: int, instance_id: int | None
+    ) -> None:
+        now = self._clock()
+        record = {"reason": reason, "at": now, "by": self.owner or None, "instance_id": instance_id}
+        pipe.set(self.keys.ban(kind, ident), json.dumps(record), ex=ttl_s)
+        pipe.zadd(self.keys.ban_index(kind), {str(ident): now + ttl_s})
+
+    def _queue_event(self, pipe: Any, event: selection.Event, instance_id: int | None) -> None:
+        member = {
+            "k": event.kind,
+            "h": event.host_id,
+            "m": event.machine_id,
+            "v": round(event.value, 3),
+            "i": instance_id,
+            "n": secrets.token_hex(4),  # two equal events stay two members
+        }
+        horizon = self._clock() - EVENT_HORIZON_HALF_LIVES * self.half_life_s
+        pipe.zadd(self.keys.events, {json.dumps(member, separators=(",", ":")): event.at})
+        pipe.zremrangebyscore(self.keys.events, "-inf", horizon)
+        pipe.zremrangebyrank(self.keys.events, 0, -(EVENTS_MAX + 1))
+
+    async def ban(self, instance: model.Instance, reason: str) -> None:
+        """Ban the instance's host and machine for the ban TTL, and note a ``ban`` reputation event."""
+        ids = (instance.host_id, instance.machine_id)
+        targets = [(kind, ident) for kind, ident in zip(BAN_KINDS, ids, strict=True) if ident is not None]
+        if not targets:
+            return
+        event = selection.Event(self._clock(), "ban", instance.host_id, instance.machine_id)
+
+        def queue(pipe: Any) -> None:
+            for kind, ident in targets:
+                self._queue_ban(pipe, kind, ident, reason, self.ban_ttl_s, instance.id)
+            self._queue_event(pipe, event, instance.id)
+
+        await self._transaction("ban", queue)
+
+    async def ban_id(self, kind: BanKind, ident: int, reason: str, ttl_s: int | None = None) -> None:
+        """Ban one host or machine by id (operators); a new ban replaces an older one."""
+        ttl = ttl_s if ttl_s is not None else self.ban_ttl_s
+        await self._transaction("ban", lambda pipe: self._queue_ban(pipe, kind, ident, reason, ttl, None))
+
+    async def unban(self, kind: BanKind, ident: int) -> bool:
+        """Lift a ban; True when there was one."""
+
+        def queue(pipe: Any) -> None:
+            pipe.delete(self.keys.ban(kind, ident))
+            pipe.zrem(self.keys.ban_index(kind), str(ident))
+
+        deleted, removed = await self._transaction("unban", queue)
+        return bool(deleted or removed)
+
+    def _queue_read_bans(self, pipe: Any, now: float) -> None:
+        for kind in BAN_KINDS:
+            pipe.zremrangebyscore(self.keys.ban_index(kind), "-inf", now)
+            pipe.zrangebyscore(self.keys.ban_index(kind), f"({now!r}", "+inf", withscores=True)
+
+    async def bans(self) -> list[BanRecord]:
+        """Every current ban with its details, hosts first, then by expiry."""
+        now = self._clock()
+        result = await self._transaction("list bans", lambda pipe: self._queue_read_bans(pipe, now))
+        found: list[tuple[BanKind, int, float]] = []
+        for kind, rows in zip(BAN_KINDS, (result[1], result[3]), strict=True):
+            found.extend((kind, ident, expires) for ident, expires in _ids_with_scores(rows))
+        if not found:
+            return []
+        names = [self.keys.ban(kind, ident) for kind, ident, _ in found]
+        details = await self._run("list bans", lambda: self._redis.mget(names))
+        records = []
+        for (kind, ident, expires), raw in zip(found, details, strict=True):
+            info = _json_object(raw)
+            records.append(
+                BanRecord(
+                    kind=kind,
+                    ident=ident,
+                    expires_at=expires,
+                    reason=_opt(info.get("reason"), str),
+                    at=_opt(info.get("at"), float),
+                    by=_opt(info.get("by"), str),
+                    instance_id=_opt(info.get("instance_id"), int),
+                )
+            )
+        return records
+
+    async def banned_hosts(self) -> frozenset[int]:
+        return (await self.standing()).banned_hosts
+
+    async def banned_machines(self) -> frozenset[int]:
+        return (await self.standing()).banned_machines
+
+    async def standing(self) -> selection.Standing:
+        """Bans and reputation records, in one round trip (what a rental needs)."""
+        now = self._clock()
+        horizon = now - EVENT_HORIZON_HALF_LIVES * self.half_life_s
+
+        def queue(pipe: Any) -> None:
+            self._queue_read_bans(pipe, now)
+            pipe.zremrangebyscore(self.keys.events, "-inf", horizon)
+            pipe.zrangebyscore(self.keys.events, horizon, "+inf", withscores=True)
+
+        result = await self._transaction("read bans", queue)
+        hosts, machines = selection.summarize_events(_events(result[5]), now, self.half_life_s)
+        return selection.Standing(
+            banned_hosts=frozenset(i for i, _ in _ids_with_scores(result[1])),
+            banned_machines=frozenset(i for i, _ in _ids_with_scores(result[3])),
+            hosts=hosts,
+            machines=machines,
+        )
+
+    # ------------------------------------------------------------ boot waits and restarts
+
+    async def boot_started(self, instance_id: int, at: float) -> float:
+        """When the boot wait of this instance started: the stored time, else ``at`` (now stored)."""
+        key = self.keys.boot(instance_id)
+
+        def queue(pipe: Any) -> None:
+            pipe.set(key, repr(float(at)), nx=True, ex=BOOT_KEY_TTL_S)
+            pipe.get(key)
+
+        _, stored = await self._transaction("boot start", queue)
+        started = _opt(stored, float)
+        return at if started is None else started
+
+    async def count_adoption(self, instance_id: int) -> int:
+        """Count one process start adopting this instance; return the starts inside the sliding window."""
+        now = self._clock()
+        key = self.keys.restarts(instance_id)
+
+        def queue(pipe: Any) -> None:
+            pipe.zremrangebyscore(key, "-inf", now - self.restart_window_s)
+            pipe.zadd(key, {f"{now!r}:{secrets.token_hex(4)}": now})
+            pipe.zcard(key)
+            pipe.expire(key, self.restart_window_s)
+
+        result = await self._transaction("count restart", queue)
+        return int(result[2])
+
+    async def adopted(self, instance: model.Instance) -> str | None:
+        """A process start adopted ``instance``: count it; above the threshold ban its host.
+
+        Returns the reason to replace the instance, or None.
+        """
+        count = await self.count_adoption(instance.id)
+        if count <= self.restart_threshold:
+            log.info(
+                "adopted instance %s (start %d of at most %d in %ss)",
+                instance.id,
+                count,
+                self.restart_threshold,
+                self.restart_window_s,
+                extra={"event": "adopt", "instance_id": instance.id},
+            )
+            return None
+        await self.ban(instance, RESTART_REASON)
+        return RESTART_REASON
+
+    # ------------------------------------------------------------ reputation
+
+    async def record(self, instance: model.Instance, kind: str, value: float = 0.0) -> None:
+        """Add a reputation event (``ready`` with seconds to ready, ``health-fail``, ``death``)."""
+        if kind not in selection.EVENT_KINDS:
+            raise ValueError(f"unknown reputation event {kind!r}")
+        if instance.host_id is None and instance.machine_id is None:
+            return
+        event = selection.Event(self._clock(), kind, instance.host_id, instance.machine_id, value)
+        await self._transaction("record", lambda pipe: self._queue_event(pipe, event, instance.id))
+
+
+class Guarded:
+    """The blacklist as the reconciler uses it: it never raises, and a Redis outage only costs the bans.
+
+    While Redis fails, every call returns its neutral answer (no bans, the local boot start, no
+    restart count) and Redis is tried again at most every ``retry_s``. The outage is logged once
+    when it starts (``store-unavailable``) and once when it ends (``store-recovered``).
+    """
+
+    def __init__(
+        self,
+        blacklist: Blacklist,
+        *,
+        where: str = "redis",
+        retry_s: float = OUTAGE_RETRY_S,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.blacklist = blacklist
+        self.where = where
+        self.retry_s = retry_s
+        self._clock = clock
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+
+    @property
+    def available(self) -> bool:
+        """False during an outage."""
+        return self._down_since is None
+
+    async def _safely(self, fn: Callable[[], Awaitable[T]], default: T) -> T:
+        now = self._clock()
+        if self._down_since is not None and now < self._retry_at:
+            return default
+        try:
+            result = await fn()
+        except errors.StoreError as exc:
+            self._retry_at = now + self.retry_s
+            if self._down_since is None:
+                self._down_since = now
+                log.warning(
+                    "Redis at %s is unavailable (%s); provisioning continues without bans",
+                    self.where,
+                    exc,
+                    extra={"event": "store-unavailable"},
+                )
+            return default
+        if self._down_since is not None:
+            log.warning(
+                "Redis at %s is back after %.0fs; bans and reputation are used again",
+                self.where,
+                now - self._down_since,
+                extra={"event": "store-recovered"},
+            )
+            self._down_since = None
+        return result
+
+    async def ban(self, instance: model.Instance, reason: str) -> None:
+        await self._safely(lambda: self.blacklist.ban(instance, reason), None)
+
+    async def standing(self) -> selection.Standing:
+        return await self._safely(self.blacklist.standing, selection.Standing())
+
+    async def boot_started(self, instance_id: int, at: float) -> float:
+        return await self._safely(lambda: self.blacklist.boot_started(instance_id, at), at)
+
+    async def adopted(self, instance: model.Instance) -> str | None:
+        return await self._safely(lambda: self.blacklist.adopted(instance), None)
+
+    async def record(self, instance: model.Instance, kind: str, value: float = 0.0) -> None:
+        await self._safely(lambda: self.blacklist.record(instance, kind, value), None)
+
+
+# ---------------------------------------------------------------- parsing what Redis holds
+
+
+def _ids_with_scores(rows: Iterable[Any]) -> list[tuple[int, float]]:
+    found = []
+    for member, score in rows:
+        text = member.decode() if isinstance(member, bytes) else str(member)
+        if text.isdigit():
+            found.append((int(text), float(score)))
+    return found
+
+
+def _events(rows: Iterable[Any]) -> list[selection.Event]:
+    events = []
+    for member, score in rows:
+        data = _json_object(member)
+        kind = data.get("k")
+        if kind not in selection.EVENT_KINDS:
+            continue
+        events.append(
+            selection.Event(
+                at=float(score),
+                kind=str(kind),
+                host_id=_opt(data.get("h"), int),
+                machine_id=_opt(data.get("m"), int),
+                value=_opt(data.get("v"), float) or 0.0,
+            )
+        )
+    return events
+
+
+def _json_object(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    try:
+        data = json.loads(raw)
+    except (TypeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _opt(value: Any, kind: Callable[[Any], T]) -> T | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,289 @@
+"""The shared host blacklist end to end: a real redis-server process, the simulator, real `provisioner`
+processes, and a recording proxy in front of the simulator to see the search bodies actually sent."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from provisioner import blacklist
+from tests.procs import PROVISIONER, Provisioner, Sim, base_env, run_provisioner, run_sim, wait_for
+from tests.redis_server import RedisServer, run_redis
+
+pytestmark = pytest.mark.integration
+
+PREFIX = "vastprov:"
+_HOP_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding", "content-encoding"})
+
+
+@dataclass
+class RecordingProxy:
+    """Forwards every request to the simulator and keeps (API key, JSON body) of each offer search."""
+
+    target: str
+    searches: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def bodies(self, key: str | None = None) -> list[dict[str, Any]]:
+        return [body for k, body in list(self.searches) if key is None or k == key]
+
+
+@contextlib.contextmanager
+def run_recording_proxy(target: str) -> Iterator[RecordingProxy]:
+    proxy = RecordingProxy(target)
+    http = httpx.Client(timeout=30.0)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def forward(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            if self.command == "POST" and self.path.startswith("/api/v0/bundles"):
+                key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                proxy.searches.append((key, json.loads(body)))
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+            answer = http.request(self.command, target + self.path, content=body, headers=headers)
+            self.send_response(answer.status_code)
+            for k, v in answer.headers.items():
+                if k.lower() not in _HOP_HEADERS:
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def do_GET(self) -> None:
+            self.forward()
+
+        def do_POST(self) -> None:
+            self.forward()
+
+        def do_PUT(self) -> None:
+            self.forward()
+
+        def do_DELETE(self) -> None:
+            self.forward()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    proxy.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=proxy.server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy.server.shutdown()
+        proxy.server.server_close()
+        http.close()
+
+
+@dataclass
+class Stack:
+    sim: Sim
+    proxy: RecordingProxy
+    redis: RedisServer
+    tmp: Path
+
+    def env(self, pod: str = "vast-pod-0", **overrides: str) -> dict[str, str]:
+        env = base_env(self.sim, self.tmp, pod=pod)
+        env.update(
+            {
+                "VAST_API_URL": self.proxy.url,
+                "BLACKLIST_ENABLED": "true",
+                "BLACKLIST_REDIS_URL": self.redis.url,
+            }
+        )
+        env.update(overrides)
+        return env
+
+    def db(self) -> redis.Redis:
+        """A fresh synchronous client (a new connection each time: Redis may have been restarted)."""
+        return redis.Redis.from_url(self.redis.url, decode_responses=True, socket_timeout=2)
+
+    def host_of(self, instance_id: int) -> int:
+        rows = [r for r in self.sim.state()["instances"] if r["id"] == instance_id]
+        return int(rows[0]["host_id"])
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """A redis-server, the simulator (one-second boots) and the recording proxy in front of it."""
+    with (
+        run_redis(tmp_path) as server,
+        run_sim(tmp_path, boot_delay_s=1.0) as sim,
+        run_recording_proxy(sim.url) as proxy,
+    ):
+        yield Stack(sim, proxy, server, tmp_path)
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PROVISIONER, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def top_offer(env: dict[str, str]) -> dict[str, Any]:
+    """What this pod would rent now, by `provisioner offers --json`."""
+    result = cli(env, "offers", "--json", "--top", "1")
+    assert result.returncode == 0, result.stderr
+    offer: dict[str, Any] = json.loads(result.stdout)["offers"][0]
+    return offer
+
+
+def events(prov: Provisioner, name: str) -> int:
+    return sum(1 for line in prov.log_lines() if line.get("event") == name)
+
+
+def test_slow_host_is_banned_and_the_pod_serves_from_another_host(stack: Stack) -> None:
+    """A host that never boots is banned after BLACKLIST_BAN_AFTER_SECONDS, the next search sent to Vast
+    excludes it (notin), and the same process ends up serving from another host."""
+    env = stack.env(BLACKLIST_BAN_AFTER_SECONDS="4")
+    slow = top_offer(env)["host_id"]
+    stack.sim.admin("POST", f"/hosts/{slow}", {"never_boots": True})
+    stack.proxy.searches.clear()
+    with run_provisioner(env, stack.tmp) as prov:
+        served = prov.wait_serving(60)
+        assert stack.host_of(served) != slow
+        assert prov.proc.poll() is None, "no restart"
+    label = "k8s_pod=vast-pod-0"
+    on_slow = [r for r in stack.sim.instances(label, include_destroyed=True) if r["host_id"] == slow]
+    assert len(on_slow) == 1 and on_slow[0]["destroyed_at"], "the slow host's instance was destroyed"
+    ban = json.loads(stack.db().get(f"{PREFIX}ban:host:{slow}") or "{}")
+    assert ban["reason"] == "boot-timeout" and ban["by"] == "vast-pod-0"
+    first, *later = stack.proxy.bodies()
+    assert "host_id" not in first, "nothing was banned before the first rental"
+    assert later and slow in later[-1]["host_id"]["notin"], "the ban is in the query sent to the API"
+
+
+def test_two_processes_share_bans_through_redis(stack: Stack) -> None:
+    """A ban made by one pod's process is in the very first search of another pod's process, which
+    never rents on that host."""
+    env0 = stack.env("vast-pod-0", BLACKLIST_BAN_AFTER_SECONDS="4")
+    env1 = stack.env("vast-pod-1", VAST_API_KEY="test-key-of-pod-1")
+    slow = top_offer(env0)["host_id"]
+    stack.sim.admin("POST", f"/hosts/{slow}", {"never_boots": True})
+    stack.proxy.searches.clear()
+    with run_provisioner(env0, stack.tmp, "pod0") as pod0:
+        wait_for(lambda: stack.db().exists(f"{PREFIX}ban:host:{slow}"), 40, "pod 0 to ban the slow host")
+        with run_provisioner(env1, stack.tmp, "pod1") as pod1:
+            served1 = pod1.wait_serving(40)
+        served0 = pod0.wait_serving(40)
+    assert slow not in {stack.host_of(served0), stack.host_of(served1)}
+    first_of_pod1 = stack.proxy.bodies("test-key-of-pod-1")[0]
+    assert slow in first_of_pod1["host_id"]["notin"]
+    pod1_hosts = {r["host_id"] for r in stack.sim.instances("k8s_pod=vast-pod-1", include_destroyed=True)}
+    assert slow not in pod1_hosts
+
+
+def test_restart_threshold_replaces_the_instance_of_a_restarting_pod(stack: Stack) -> None:
+    """With BLACKLIST_RESTART_THRESHOLD=1 the second adopting start bans the host and replaces the instance;
+    the first adopting start keeps it."""
+    env = stack.env(BLACKLIST_RESTART_THRESHOLD="1")
+    with run_provisioner(env, stack.tmp, "start1") as prov:
+        first = prov.wait_serving(40)
+    host = stack.host_of(first)
+    with run_provisioner(env, stack.tmp, "start2") as prov:
+        assert prov.wait_serving(30) == first
+    assert not stack.db().exists(f"{PREFIX}ban:host:{host}")
+    with run_provisioner(env, stack.tmp, "start3") as prov:
+        replacement = prov.wait_serving(40, other_than=first)
+    assert stack.host_of(replacement) != host
+    assert json.loads(stack.db().get(f"{PREFIX}ban:host:{host}") or "{}")["reason"] == "restart-threshold"
+    assert stack.db().zcard(f"{PREFIX}restarts:{first}") == 2
+
+
+def test_killing_redis_does_not_stop_provisioning(stack: Stack) -> None:
+    """With Redis killed mid-run, a dead instance is still replaced; the outage is logged once; once Redis
+    is back it is written to again."""
+    env = stack.env()
+    with run_provisioner(env, stack.tmp) as prov:
+        first = prov.wait_serving(40)
+        wait_for(lambda: stack.db().exists(f"{PREFIX}boot:{first}"), 10, "the boot start in Redis")
+        stack.redis.kill()
+        stack.sim.admin("POST", f"/instances/{first}/kill")
+        second = prov.wait_serving(60, other_than=first)
+        assert prov.proc.poll() is None
+        assert events(prov, "store-unavailable") == 1
+        stack.redis.start()
+        time.sleep(blacklist.OUTAGE_RETRY_S + 0.5)  # the provisioner's pause between Redis attempts
+        stack.sim.admin("POST", f"/instances/{second}/kill")
+        third = prov.wait_serving(60, other_than=second)
+        wait_for(lambda: stack.db().exists(f"{PREFIX}boot:{third}"), 10, "Redis to be written again")
+        assert stack.db().zcard(f"{PREFIX}events") >= 1, "the death was recorded after the outage"
+        assert events(prov, "store-unavailable") == 1
+        assert events(prov, "store-recovered") == 1
+
+
+def test_operator_ban_expires_with_its_ttl(stack: Stack) -> None:
+    """A ban made with `provisioner blacklist ban HOST --ttl 4` vanishes from Redis and from
+    `blacklist list` after its TTL, while a longer ban stays listed."""
+    env = stack.env()
+    banned = cli(env, "blacklist", "ban", "4242", "--ttl", "4", "--reason", "flaky")
+    assert banned.returncode == 0, banned.stderr
+    assert 0 < stack.db().ttl(f"{PREFIX}ban:host:4242") <= 4
+    assert cli(env, "blacklist", "ban", "4343", "--reason", "slow pulls").returncode == 0
+    wait_for(lambda: not stack.db().exists(f"{PREFIX}ban:host:4242"), 15, "the short ban's key to expire")
+    listed = cli(env, "blacklist", "list", "--json")
+    assert [(b["kind"], b["ident"], b["reason"]) for b in json.loads(listed.stdout)] == [
+        ("host", 4343, "slow pulls")
+    ]
+    assert stack.db().zrange(f"{PREFIX}bans:host", 0, -1) == ["4343"], "the expired entry is pruned on read"
+    assert "4343" in cli(env, "blacklist", "list").stdout
+
+
+def test_offers_prints_a_table_with_banned_offers_marked(stack: Stack) -> None:
+    """`provisioner offers` prints the top offers with score parts; after a ban that host is marked and
+    the next rental moves to another host."""
+    env = stack.env()
+    before = cli(env, "offers", "--top", "5")
+    assert before.returncode == 0, before.stderr
+    header, *rows = before.stdout.splitlines()
+    assert header.split()[:4] == ["#", "offer", "host", "machine"]
+    assert {"score", "price", "rel", "rep", "ctry", "bw"} <= set(header.split())
+    assert len(rows) == 5 and rows[0].endswith("rents next")
+    top_host = rows[0].split()[2]
+    assert cli(env, "blacklist", "ban", top_host).returncode == 0
+    after = cli(env, "offers", "--top", "5").stdout.splitlines()[1:]
+    marked = [r for r in after if r.split()[2] == top_host]
+    assert marked and all(r.endswith("BANNED host") for r in marked)
+    next_rental = [r for r in after if r.endswith("rents next")]
+    assert len(next_rental) == 1 and next_rental[0].split()[2] != top_host
+
+
+def test_offers_explains_why_nothing_matches(stack: Stack) -> None:
+    """With a price cap nothing meets, `provisioner offers` exits 1 and names VAST_MAX_PRICE as the filter
+    that removed the most offers."""
+    env = stack.env(VAST_MAX_PRICE="0.001")
+    result = cli(env, "offers")
+    assert result.returncode == 1
+    message = result.stderr.strip()
+    assert message.count("\n") == 0 and "Traceback" not in message
+    assert "VAST_MAX_PRICE (dph_total lte 0.001) removes the most" in message
+    as_json = json.loads(cli(env, "offers", "--json").stdout)
+    assert as_json["offers"] == [] and "VAST_MAX_PRICE" in as_json["reason"]
+
+
+def test_blacklist_commands_report_an_unreachable_redis(stack: Stack) -> None:
+    """With Redis down, `provisioner blacklist list` prints one line and exits 1."""
+    stack.redis.kill()
+    result = cli(stack.env(), "blacklist", "list")
+    assert result.returncode == 1
+    assert result.stderr.startswith("provisioner: redis") and result.stderr.count("\n") == 1
