@@ -313,6 +313,7 @@ class Daemon:
                 health_path=settings.vast_health_path,
                 allow_private_upstreams=settings.vast_allow_private_upstreams,
                 on_event=metrics.on_event,
+                drain_s=float(settings.nginx_drain_seconds),
             )
             self.runtime.reconciler = rec
             metrics.bind(self.runtime)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from provisioner import errors, model, planning, rendering, selection
+from provisioner import errors, model, planning, rendering, rentguard, selection
 from provisioner.vast import client as vast_client
 
 log = logging.getLogger("provisioner.reconciler")
@@ -92,6 +92,14 @@ class ReconcilerState:
     seen_booting: set[int] = field(default_factory=set)
     ready_recorded: set[int] = field(default_factory=set)
     failing_recorded: set[int] = field(default_factory=set)
+    #: instances that had their endpoints up (their boot clock restarts if they lose them)
+    were_ready: set[int] = field(default_factory=set)
+    #: instances that served at least once (a failure before that counts against the host)
+    ever_ready: set[int] = field(default_factory=set)
+    #: instance id -> until when it drains (no longer served, open requests finishing)
+    draining_until: dict[int, float] = field(default_factory=dict)
+    #: the failure whose rent back-off was last logged (log it once per failure)
+    backoff_noted_at: float = -1.0
     events: collections.deque[Event] = field(default_factory=lambda: collections.deque(maxlen=50))
 
 
@@ -122,6 +130,8 @@ class Reconciler:
         choose_offers: OfferChooser,
         clock: Clock = time.time,
         on_event: Callable[[Event], None] | None = None,
+        drain_s: float = 0.0,
+        guard: rentguard.RentGuard | None = None,
     ) -> None:
         self.vast = vast
         self.proxy = proxy
@@ -137,6 +147,9 @@ class Reconciler:
         self.choose_offers = choose_offers
         self.clock = clock
         self.on_event = on_event
+        #: how long an instance that stopped being served keeps its connections before a destroy
+        self.drain_s = drain_s
+        self.guard = guard or rentguard.RentGuard()
         self.state = ReconcilerState()
 
     # ------------------------------------------------------------ events
@@ -275,9 +288,19 @@ class Reconciler:
                 self.state.seen_booting.discard(iid)
                 self.state.ready_recorded.discard(iid)
                 self.state.failing_recorded.discard(iid)
+                self.state.were_ready.discard(iid)
+                self.state.ever_ready.discard(iid)
+                self.state.draining_until.pop(iid, None)
         for inst in instances.values():
             if planning.has_endpoints(inst, self.desired) and not inst.is_dead:
+                self.state.were_ready.add(inst.id)
                 self.note_health(inst.id, await self.check_health(inst))
+                if self.state.healthy.get(inst.id):
+                    self.state.ever_ready.add(inst.id)
+            elif inst.id in self.state.were_ready and not inst.is_dead:
+                # it was up and is booting again (reboot, recycle): its boot deadline starts now
+                self.state.were_ready.discard(inst.id)
+                self.state.first_seen[inst.id] = now
         await self._record_outcomes(instances.values(), now)
         return planning.Observation(
             now=now,
@@ -406,6 +429,18 @@ class Reconciler:
                     reason=action.reason,
                 )
             elif isinstance(action, planning.Destroy):
+                until = self.state.draining_until.get(action.instance.id, 0.0)
+                if action.reason != "dead" and self.clock() < until:
+                    log.info(
+                        "instance %s drains for %.0fs more before it is destroyed (%s)",
+                        action.instance.id,
+                        until - self.clock(),
+                        action.reason,
+                        extra={"instance_id": action.instance.id},
+                    )
+                    continue
+                if action.instance.id not in self.state.ever_ready and action.reason in _FAILED_BOOTS:
+                    self.guard.failed_before_ready(action.instance.host_id, self.clock())
                 gone = await self.vast.destroy_instance(action.instance.id)
                 self.state.unconfirmed.discard(action.instance.id)
                 if action.reason == "dead" and self.bans is not None:
@@ -429,13 +464,32 @@ class Reconciler:
         previous = self.state.serving
         self.state.serving = instance
         self.state.upstreams = upstreams
+        self.guard.became_ready()
+        if previous is not None and previous.id != instance.id and self.drain_s > 0:
+            self.state.draining_until[previous.id] = self.clock() + self.drain_s
         if changed or previous is None or previous.id != instance.id:
             where = ", ".join(f"{lp}->{u.host}:{u.port}" for lp, u in sorted(upstreams.items()))
             self.record("serve", where, instance.id)
 
     async def _rent(self, reason: str) -> None:
         # one Redis round trip: the bans go into the search (notin), the reputation into the ranking
+        wait = self.guard.wait_s(self.clock())
+        if wait > 0:
+            if self.state.backoff_noted_at == self.guard.last_failure_at:
+                return
+            self.state.backoff_noted_at = self.guard.last_failure_at
+            self.record(
+                "rent-backoff",
+                f"{self.guard.failures_in_a_row} rentals in a row failed before serving;"
+                f" next rental in {wait:.0f}s",
+                None,
+                logging.WARNING,
+            )
+            return
         standing = await self.bans.standing() if self.bans is not None else selection.Standing()
+        avoided = self.guard.avoided(self.clock())
+        if avoided:
+            standing = dataclasses.replace(standing, banned_hosts=standing.banned_hosts | avoided)
         offers = await self.vast.search_offers(self.search_body(standing))
         ranked = self.choose_offers(offers, standing)
         if not ranked:
@@ -477,6 +531,10 @@ class Reconciler:
             )
             return
         self.record("no-offers", "every offer tried was taken", None, logging.WARNING)
+
+
+#: destroy reasons that mean the rental failed (when the instance never served)
+_FAILED_BOOTS = frozenset({"dead", "boot-timeout", "unhealthy"})
 
 
 def _template_matches(existing: model.Template, spec: model.TemplateSpec) -> bool:

@@ -190,9 +190,24 @@ class Provisioner:
         iid = response.json().get("instance_id")
         return int(iid) if iid is not None else None
 
-    def wait_serving(self, timeout_s: float = 30.0, *, other_than: int | None = None) -> int:
+    def wait_serving(self, timeout_s: float = 30.0, *, other_than: int | None = None, stable: int = 3) -> int:
+        """The instance the proxy reaches, once ``stable`` requests in a row reached it.
+
+        Right after a reload an old nginx worker may still take a request or two with the
+        previous config; asking for a short streak keeps tests from racing that window.
+        """
+        streak: list[int] = []
+
+        def settled() -> int | None:
+            iid = self.served_instance()
+            if iid is None or iid == other_than:
+                streak.clear()
+                return None
+            streak[:] = [*streak, iid][-stable:] if not streak or streak[-1] == iid else [iid]
+            return iid if len(streak) >= stable else None
+
         return wait_for(
-            lambda: iid if (iid := self.served_instance()) and iid != other_than else None,
+            settled,
             timeout_s,
             "the proxy to reach the simulated GPU" + (f" (not {other_than})" if other_than else ""),
         )
