@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/ruff check provisioner tests bench
 	$(BIN)/ruff format --check provisioner tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n 4
 
 lint: $(STAMP)
 	$(BIN)/ruff check provisioner tests bench
