@@ -57,6 +57,9 @@ def _setup_logging(cfg: settings_mod.Settings) -> None:
     login = cfg.parsed_docker_login
     if login is not None:
         secrets.append(login.password.get_secret_value())
+    token = cfg.upstream_auth_token
+    if token is not None:
+        secrets.append(token.get_secret_value())
     logs.setup_logging(pod=cfg.pod_name, fmt=cfg.log_format, debug=cfg.debug, secrets=secrets)
 
 
@@ -210,6 +213,28 @@ def offers(
         print(selection.render_offers(shown, first), end="")
     if reason is not None:
         raise _fail(reason, daemon.EXIT_FAILURE)
+
+
+@app.command()
+def reap(
+    apply: Annotated[bool, typer.Option("--apply", help="Destroy the orphans (default: only log).")] = False,
+    max_share: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Override REAP_MAX_SHARE for this run.")
+    ] = None,
+) -> None:
+    """Destroy instances labelled REAP_LABEL_PREFIX... whose pod sent no heartbeat for REAP_GRACE_SECONDS.
+
+    A dry run unless --apply. Needs VAST_API_KEY and the pods' Redis (BLACKLIST_REDIS_URL), not the
+    pod's own settings. Exits 1 when it refuses (list failed, Redis unreachable, too many orphans).
+    """
+    from provisioner import logs, reaper  # noqa: PLC0415
+
+    cfg = _guard(settings_mod.load_reaper_settings)
+    secret = [cfg.vast_api_key.get_secret_value()]
+    logs.setup_logging(pod="reaper", fmt=cfg.log_format, debug=cfg.debug, secrets=secret)
+    outcome = _guard(lambda: asyncio.run(reaper.run(cfg, apply=apply, max_share=max_share)))
+    if outcome.problem is not None:
+        raise _fail(outcome.problem, daemon.EXIT_FAILURE)
 
 
 blacklist_app = typer.Typer(

@@ -3,8 +3,8 @@
 Tasks: the reconcile loop (adaptive interval), the upstream health loop (wakes
 the reconcile loop when the served instance stops answering), the nginx
 supervisor, the admin server, the boot progress ticker (log lines at most
-30 s apart while no healthy instance is served) and, with
-``REMOTE_LOGS``, the remote log streamer. SIGTERM/SIGINT only set an event; the
+30 s apart while no healthy instance is served), with Redis the heartbeat
+(``fleet.py``) and, with ``REMOTE_LOGS``, the remote log streamer. SIGTERM/SIGINT only set an event; the
 shutdown path stops reconciling, drains nginx and closes the clients. A
 second signal forces an immediate exit. The instance is kept on shutdown:
 the pod may only be restarting.
@@ -29,6 +29,7 @@ from provisioner import (
     admin,
     blacklist,
     errors,
+    fleet,
     logs,
     model,
     planning,
@@ -81,7 +82,16 @@ def proxy_config(settings: Settings) -> rendering.ProxyConfig:
         state_dir=settings.state_dir.resolve(),
         max_body_size=settings.nginx_max_body_size,
         proxy_timeout_s=settings.nginx_proxy_timeout_seconds,
+        upstream_headers=upstream_auth_headers(settings),
     )
+
+
+def upstream_auth_headers(settings: Settings) -> dict[str, str]:
+    """``UPSTREAM_AUTH_HEADER: <per-pod secret>`` for the proxy and the health checks, or nothing."""
+    token = settings.upstream_auth_token
+    if settings.upstream_auth_header is None or token is None:
+        return {}
+    return {settings.upstream_auth_header: token.get_secret_value()}
 
 
 def build_criteria(settings: Settings) -> selection.Criteria:
@@ -219,10 +229,16 @@ def build_rent_request(settings: Settings) -> Callable[[str | None], vast_client
     desired = settings.desired_spec()
     login = settings.parsed_docker_login
 
+    # the shared secret goes to the instance with each rental, never into the template
+    env = dict(desired.env)
+    for name, value in upstream_auth_headers(settings).items():
+        env["UPSTREAM_AUTH_HEADER"] = name
+        env["UPSTREAM_AUTH_TOKEN"] = value
+
     def request(template_hash: str | None) -> vast_client.RentRequest:
         return vast_client.RentRequest(
             image=settings.vast_template_image,
-            env=dict(desired.env),
+            env=env,
             ports=desired.container_ports,
             label=desired.label,
             disk_gb=desired.disk_gb,
@@ -283,7 +299,9 @@ class Daemon:
         timeout = httpx.Timeout(api_timeout_s, connect=min(10.0, api_timeout_s))
         async with (
             httpx.AsyncClient(timeout=timeout, follow_redirects=False) as api_http,
-            httpx.AsyncClient(timeout=httpx.Timeout(3.0)) as health_http,
+            httpx.AsyncClient(
+                timeout=httpx.Timeout(3.0), headers=upstream_auth_headers(settings)
+            ) as health_http,
             open_blacklist(settings) as store,
         ):
             metrics = metrics_mod.Metrics()
@@ -294,6 +312,7 @@ class Daemon:
                 base_url=settings.vast_api_url,
                 observer=metrics_mod.VastCallObserver(metrics),
             )
+            guarded = _guarded(settings, store)
             rec = reconciler_mod.Reconciler(
                 vast=vast,
                 proxy=nginx,
@@ -307,13 +326,15 @@ class Daemon:
                 ),
                 search_body=build_search_body(settings),
                 choose_offers=build_chooser(settings),
-                bans=_guarded(settings, store),
+                bans=guarded,
                 rent_request=build_rent_request(settings),
                 health_http=health_http,
                 health_path=settings.vast_health_path,
                 allow_private_upstreams=settings.vast_allow_private_upstreams,
                 on_event=metrics.on_event,
                 drain_s=float(settings.nginx_drain_seconds),
+                fleet=_fleet(settings, store, guarded),
+                max_fleet_dph=settings.vast_max_fleet_dph,
             )
             self.runtime.reconciler = rec
             metrics.bind(self.runtime)
@@ -336,6 +357,8 @@ class Daemon:
                 group.create_task(nginx.supervise(self.stop))
                 group.create_task(self._until_stopped())
                 group.create_task(self._progress_loop(rec))
+                if rec.fleet is not None:
+                    group.create_task(self._heartbeat_loop(rec))
                 if self.settings.remote_logs:
                     group.create_task(self._remote_logs(vast, rec))
         except* _Stop:
@@ -403,6 +426,13 @@ class Daemon:
         if self.runtime.metrics is not None and observation is not None:
             self.runtime.metrics.note_instances(observation.instances)
 
+    async def _heartbeat_loop(self, rec: Any) -> None:
+        """This pod's heartbeat at least every ``HEARTBEAT_INTERVAL_S``, ticks failing or not."""
+        while not self.stop.is_set():
+            await self._sleep_only(fleet.HEARTBEAT_INTERVAL_S)
+            if not self.stop.is_set():
+                await rec.beat()
+
     async def _progress_loop(self, rec: Any) -> None:
         """Boot progress lines at most 30 s apart, however long the poll interval."""
         while not self.stop.is_set():
@@ -445,6 +475,15 @@ class Daemon:
     async def _sleep_only(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop.wait(), seconds)
+
+
+def _fleet(
+    settings: Settings, store: blacklist.Blacklist | None, guarded: blacklist.Guarded | None
+) -> fleet.GuardedFleet | None:
+    """Heartbeats and the spend guard on the blacklist's Redis, sharing its outage state."""
+    if store is None or guarded is None:
+        return None
+    return fleet.GuardedFleet(fleet.Fleet.over(store), guarded, pod=settings.pod_name)
 
 
 def _guarded(settings: Settings, store: blacklist.Blacklist | None) -> blacklist.Guarded | None:

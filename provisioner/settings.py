@@ -8,17 +8,27 @@ Secrets are ``SecretStr`` so that they never print.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import shlex
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from provisioner import errors, model
@@ -32,6 +42,22 @@ _HEALTH_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/\-%]*$")
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@\-]{0,1023}$")
 _POD_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.\-]{0,251}[a-z0-9])?$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: headers the proxy sets itself; the shared secret may not replace one of them
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "connection",
+        "upgrade",
+        "x-real-ip",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "proxy",
+        "content-length",
+        "transfer-encoding",
+    }
+)
 _TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\- ]{0,127}$")
 _KEY_PREFIX_RE = re.compile(r"^[A-Za-z0-9:_.\-{}]{1,64}$")
 _COUNTRY_CODE_RE = re.compile(r"^[A-Z]{2}$")
@@ -185,6 +211,9 @@ class Settings(BaseSettings):
     vast_score_weights: str = Field(
         "", description="Score weights: price=1,reliability=1,reputation=1,country=0.5,bandwidth=0.25."
     )
+    vast_max_fleet_dph: float | None = Field(
+        None, gt=0, le=100000, description="$/h cap for all pods sharing the Redis, checked before a rental."
+    )
 
     # --- host blacklist and reputation in Redis (blacklist.py)
     blacklist_enabled: bool = Field(False, description="Share host bans and reputation through Redis.")
@@ -232,6 +261,9 @@ class Settings(BaseSettings):
     admin_port: int = Field(8081, ge=1, le=65535, description="Port of /healthz, /readyz, /metrics.")
     admin_host: str = Field("0.0.0.0", description="Address the admin server binds.")
     vast_allow_private_upstreams: bool = Field(False, description="Allow non-public upstream IPs (tests).")
+    upstream_auth_header: str | None = Field(
+        None, description="Header carrying a per-pod shared secret on the proxy-to-instance hop."
+    )
     debug: bool = Field(False, description="Debug logging.")
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
     remote_logs: bool = Field(False, description="Copy the remote container's log into our stdout.")
@@ -337,7 +369,12 @@ class Settings(BaseSettings):
         return value or None
 
     @field_validator(
-        "vast_max_price", "vast_min_reliability", "vast_min_inet_down", "vast_min_cuda", mode="before"
+        "vast_max_price",
+        "vast_min_reliability",
+        "vast_min_inet_down",
+        "vast_min_cuda",
+        "vast_max_fleet_dph",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
@@ -382,6 +419,15 @@ class Settings(BaseSettings):
             raise ValueError("must be a file path of letters, digits and . _ + , : = @ ~ / -")
         return value
 
+    @field_validator("upstream_auth_header")
+    @classmethod
+    def _auth_header(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", value) or value.lower() in _RESERVED_HEADERS:
+            raise ValueError("must be a header name (letters, digits, '-') not already set by the proxy")
+        return value
+
     @field_validator("admin_host")
     @classmethod
     def _admin_host(cls, value: str) -> str:
@@ -401,6 +447,10 @@ class Settings(BaseSettings):
         listens = [p.listen_port for p in self.port_maps]
         if self.admin_port in listens:
             raise ValueError(f"ADMIN_PORT: {self.admin_port} is also a proxy listen port")
+        if self.vast_max_fleet_dph is not None and not self.blacklist_enabled:
+            raise ValueError(
+                "VAST_MAX_FLEET_DPH: needs BLACKLIST_ENABLED=true (the pods' spend is shared through Redis)"
+            )
         if self.nginx_bin is not None and not self.nginx_bin.strip():
             self.nginx_bin = None
         return self
@@ -420,6 +470,16 @@ class Settings(BaseSettings):
     @property
     def state_dir(self) -> Path:
         return self.nginx_config_path.parent
+
+    @property
+    def upstream_auth_token(self) -> SecretStr | None:
+        """The shared secret for ``UPSTREAM_AUTH_HEADER``: stable per pod (so an adopted instance
+        still matches after a restart) and derived from the API key, which the workload never sees."""
+        if self.upstream_auth_header is None:
+            return None
+        key = self.vast_api_key.get_secret_value().encode()
+        digest = hmac.new(key, b"upstream-auth:" + self.label.encode(), hashlib.sha256).hexdigest()
+        return SecretStr(digest[:40])
 
     @property
     def parsed_docker_login(self) -> DockerLogin | None:
@@ -524,3 +584,76 @@ def load_settings(**overrides: Any) -> Settings:
         raise errors.ConfigError(_env_name(loc, Settings.model_fields), message) from None
     settings.remote_env = remote_env
     return settings
+
+
+class ReaperSettings(BaseSettings):
+    """What ``provisioner reap`` reads: Vast access, the Redis of the pods, the ``REAP_*`` rules.
+
+    None of the pod's own variables (``POD_NAME``, the template ...) is needed; any other variable
+    (the shared ConfigMap's) is ignored. The shared fields are validated as in ``Settings``.
+    """
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", env_ignore_empty=False, validate_default=True
+    )
+
+    vast_api_key: SecretStr = Field(description="Vast.ai API key.")
+    vast_api_url: str = Field("https://console.vast.ai", description="Vast.ai API base URL.")
+    vast_api_timeout_seconds: float = Field(30.0, gt=0, le=600, description="Per-request API timeout.")
+    blacklist_redis_url: SecretStr = Field(
+        SecretStr("redis://redis:6379/10"),
+        validation_alias=AliasChoices("BLACKLIST_REDIS_URL", "BLACKLIST_REDIS", "blacklist_redis_url"),
+        description="The Redis the pods write their heartbeats to.",
+    )
+    blacklist_key_prefix: str = Field("vastprov:", description="Prefix of every Redis key.")
+    blacklist_redis_timeout_seconds: float = Field(
+        0.5, gt=0, le=10, description="Redis connect and socket timeout."
+    )
+    reap_label_prefix: str = Field(
+        "k8s_pod=", description="Only instances whose label starts with this are ever considered."
+    )
+    reap_grace_seconds: float = Field(
+        1800.0, ge=1, le=30 * 24 * 3600, description="Heartbeat silence (and instance age) before a reap."
+    )
+    reap_max_share: float = Field(
+        0.5, gt=0, le=1, description="Refuse when more than this share of the managed instances would go."
+    )
+    debug: bool = Field(False, description="Debug logging.")
+    log_format: Literal["json", "text"] = Field("json", description="Log line format.")
+
+    @field_validator("vast_api_key", "vast_api_url", "blacklist_redis_url", "blacklist_key_prefix")
+    @classmethod
+    def _as_in_settings(cls, value: Any, info: ValidationInfo) -> Any:
+        """The rules ``Settings`` applies to these fields (one definition of each)."""
+        checks: dict[str, Callable[[Any], Any]] = {
+            "vast_api_key": Settings._api_key,
+            "vast_api_url": Settings._api_url,
+            "blacklist_redis_url": Settings._redis_url,
+            "blacklist_key_prefix": Settings._key_prefix,
+        }
+        return checks[str(info.field_name)](value)
+
+    @field_validator("reap_label_prefix")
+    @classmethod
+    def _label_prefix(cls, value: str) -> str:
+        if not value or value != value.strip():
+            raise ValueError("must not be empty or start or end with white space")
+        if len(value) > MAX_LABEL_LEN or any(not c.isprintable() for c in value):
+            raise ValueError(f"must be at most {MAX_LABEL_LEN} printable characters")
+        return value
+
+
+def load_reaper_settings(**overrides: Any) -> ReaperSettings:
+    """``ReaperSettings`` from the environment; ``ConfigError`` naming the first bad variable."""
+    if "vast_api_key" not in overrides and not os.environ.get("VAST_API_KEY", "").strip():
+        problem = "is required and not set" if "VAST_API_KEY" not in os.environ else "is empty"
+        raise errors.ConfigError("VAST_API_KEY", problem)
+    try:
+        return ReaperSettings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = _first_line(str(first.get("msg", "is invalid")))
+        if first.get("type") == "missing":
+            message = "is required and not set"
+        loc = tuple(first.get("loc", ()))
+        raise errors.ConfigError(_env_name(loc, ReaperSettings.model_fields), message) from None

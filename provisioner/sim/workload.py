@@ -72,7 +72,15 @@ def server_config(
 
 
 def workload_app(instance: SimInstance, clock: Callable[[], float]) -> ASGIApp:
-    """The ASGI app an instance's container serves; requests are logged into the instance's log."""
+    """The ASGI app an instance's container serves; requests are logged into the instance's log.
+
+    When the instance's env carries ``UPSTREAM_AUTH_HEADER`` and ``UPSTREAM_AUTH_TOKEN`` (the
+    provisioner's shared secret for the proxy-to-instance hop), every request without that header
+    and value is refused with 401, as a real workload should do (see the README).
+    """
+    auth_name = instance.env.get("UPSTREAM_AUTH_HEADER", "").strip().lower()
+    auth_token = instance.env.get("UPSTREAM_AUTH_TOKEN", "")
+    required = (auth_name.encode(), auth_token.encode()) if auth_name and auth_token else None
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "instance_id": instance.id, "label": instance.label})
@@ -87,7 +95,7 @@ def workload_app(instance: SimInstance, clock: Callable[[], float]) -> ASGIApp:
                 "method": request.method,
                 "path": request.url.path,
                 "query": request.url.query,
-                "headers": dict(request.headers),
+                "headers": {k: v for k, v in request.headers.items() if k != auth_name},
                 "body_size": len(body),
                 "port": server[1],
             }
@@ -135,6 +143,10 @@ def workload_app(instance: SimInstance, clock: Callable[[], float]) -> ASGIApp:
             await inner(scope, receive, send)
             return
         status = [101 if scope["type"] == "websocket" else 500]
+        if required is not None and await _refused(required, scope, receive, send):
+            client = scope.get("client") or ("-", 0)
+            instance.log(clock(), "container", f"WARNING:  {client[0]}:{client[1]} refused: no upstream auth")
+            return
 
         async def send_and_watch(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -150,6 +162,17 @@ def workload_app(instance: SimInstance, clock: Callable[[], float]) -> ASGIApp:
             instance.log(clock(), "container", line)
 
     return app
+
+
+async def _refused(required: tuple[bytes, bytes], scope: Scope, receive: Receive, send: Send) -> bool:
+    """Answer 401 (or close a WebSocket) unless the request carries the shared-secret header."""
+    if dict(scope["headers"]).get(required[0]) == required[1]:
+        return False
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+    else:
+        await JSONResponse({"error": "missing or wrong upstream auth header"}, 401)(scope, receive, send)
+    return True
 
 
 @dataclass

@@ -531,6 +531,15 @@ class VastClient:
             self._observe(call, None, started)
             raise self._error(call, exc) from exc
         self._observe(call, response.status_code, started)
+        # the path only: no query string (it may hold a result token), never headers or bodies
+        log.debug(
+            "%s: %s %s -> %s in %.3fs",
+            call,
+            method,
+            request.url.path,
+            response.status_code,
+            time.monotonic() - started,
+        )
         return response
 
     def _observe(self, call: str, status: int | None, started: float) -> None:
