@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,11 +28,26 @@ PROVISIONER = str(BIN / "provisioner")
 T = TypeVar("T")
 
 
+#: ports handed to processes under test come from below the kernel's ephemeral range (32768+), so a
+#: port picked here and bound a moment later by nginx cannot meanwhile be taken by some process's
+#: port-0 bind or outgoing connection; each xdist worker draws from its own slice.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_SLICE = 1500
+_BASE = 20000 + (_WORKER % 8) * _SLICE
+_rng = random.Random(os.getpid())
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A currently free port in this worker's slice of 20000-31999."""
+    for _ in range(200):
+        port = _BASE + _rng.randrange(_SLICE)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in this worker's range")
 
 
 def wait_for(predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:

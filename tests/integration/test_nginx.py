@@ -19,6 +19,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 
 from provisioner import errors, model, nginx, rendering
+from tests import procs
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Backend, BackendFactory
@@ -77,10 +78,8 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago (outside the ephemeral range)."""
+    return procs.free_port()
 
 
 def live_members(pgid: int) -> list[int]:
