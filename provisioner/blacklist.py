@@ -27,8 +27,11 @@ round trip (:meth:`Blacklist.standing`).
 Expiry: the detail keys expire by Redis TTL; the indexes are scored by expiry time on the
 writer's clock and pruned on every read (pods' clocks are assumed NTP-close).
 
+The pods' heartbeats (the reaper and the spend guard read them) share the prefix but live in
+``fleet.py``, which holds their keys and TTLs.
+
 Errors: every redis-py (or socket, or timeout) failure becomes ``errors.StoreError`` in
-:meth:`Blacklist._run`. ``Blacklist`` raises it (the CLI reports it); :class:`Guarded` is what
+:func:`run_redis`. ``Blacklist`` raises it (the CLI reports it); :class:`Guarded` is what
 the reconciler uses: it never raises, returns "no bans" while Redis is down, logs the outage
 once when it starts and once when it ends, and tries Redis again every ``OUTAGE_RETRY_S``.
 """
@@ -124,6 +127,18 @@ def connect(url: str, *, timeout_s: float) -> Client:
     )
 
 
+async def run_redis(op: str, fn: Callable[[], Awaitable[T]], deadline_s: float) -> T:
+    """Run one Redis exchange within the deadline; map every failure to ``StoreError`` (the one place)."""
+    try:
+        async with asyncio.timeout(deadline_s):
+            return await fn()
+    except TimeoutError as exc:
+        raise errors.StoreError(f"redis {op}: no answer within {deadline_s:g}s") from exc
+    except (RedisError, OSError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise errors.StoreError(f"redis {op}: {detail}") from exc
+
+
 def describe_url(url: str) -> str:
     """``host:port/db`` of a Redis URL, without credentials (for logs and messages)."""
     rest = url.split("://", 1)[-1]
@@ -156,16 +171,17 @@ class Blacklist:
         self._deadline_s = deadline_s
         self._clock = clock
 
+    @property
+    def client(self) -> Client:
+        """The Redis client (sibling adapters such as ``fleet.Fleet`` share it)."""
+        return self._redis
+
+    @property
+    def deadline_s(self) -> float:
+        return self._deadline_s
+
     async def _run(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis exchange within the deadline; map every failure to ``StoreError``."""
-        try:
-            async with asyncio.timeout(self._deadline_s):
-                return await fn()
-        except TimeoutError as exc:
-            raise errors.StoreError(f"redis {op}: no answer within {self._deadline_s:g}s") from exc
-        except (RedisError, OSError) as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise errors.StoreError(f"redis {op}: {detail}") from exc
+        return await run_redis(op, fn, self._deadline_s)
 
     async def _transaction(self, op: str, queue: Callable[[Any], None]) -> list[Any]:
         """Queue commands with ``queue(pipe)`` and run them as one MULTI/EXEC."""
@@ -378,6 +394,10 @@ class Guarded:
     def available(self) -> bool:
         """False during an outage."""
         return self._down_since is None
+
+    async def safely(self, fn: Callable[[], Awaitable[T]], default: T) -> T:
+        """``await fn()``, or ``default`` during an outage (sibling adapters share this outage state)."""
+        return await self._safely(fn, default)
 
     async def _safely(self, fn: Callable[[], Awaitable[T]], default: T) -> T:
         now = self._clock()

@@ -14,14 +14,15 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
 
-from provisioner import errors, model, planning, rendering, rentguard, selection
+from provisioner import errors, fleet, model, planning, rendering, rentguard, selection
 from provisioner.vast import client as vast_client
 
 log = logging.getLogger("provisioner.reconciler")
@@ -50,6 +51,16 @@ class HostBans(Protocol):
     async def adopted(self, instance: model.Instance) -> str | None: ...
 
     async def record(self, instance: model.Instance, kind: str, value: float = 0.0) -> None: ...
+
+
+class FleetPort(Protocol):
+    """The pods' shared heartbeats (optional); ``fleet.GuardedFleet`` never raises."""
+
+    async def beat(self, label: str, instance_ids: Sequence[int], dph: float) -> None: ...
+
+    async def others_dph(self, label: str) -> float | None: ...
+
+    async def may_rent(self, label: str, token: str) -> bool: ...
 
 
 @dataclass
@@ -100,6 +111,10 @@ class ReconcilerState:
     draining_until: dict[int, float] = field(default_factory=dict)
     #: the failure whose rent back-off was last logged (log it once per failure)
     backoff_noted_at: float = -1.0
+    #: instance id -> the $/h it was rented at (the heartbeat counts it before a list shows it)
+    rent_prices: dict[int, float] = field(default_factory=dict)
+    #: the spend-cap situation last logged (logged once per distinct situation)
+    spend_noted: str | None = None
     events: collections.deque[Event] = field(default_factory=lambda: collections.deque(maxlen=50))
 
 
@@ -132,6 +147,8 @@ class Reconciler:
         on_event: Callable[[Event], None] | None = None,
         drain_s: float = 0.0,
         guard: rentguard.RentGuard | None = None,
+        fleet: FleetPort | None = None,
+        max_fleet_dph: float | None = None,
     ) -> None:
         self.vast = vast
         self.proxy = proxy
@@ -150,6 +167,11 @@ class Reconciler:
         #: how long an instance that stopped being served keeps its connections before a destroy
         self.drain_s = drain_s
         self.guard = guard or rentguard.RentGuard()
+        #: this process's token for the per-label rent lock in Redis
+        self.lock_token = secrets.token_hex(8)
+        #: heartbeats and the spend guard (``VAST_MAX_FLEET_DPH``), when Redis is configured
+        self.fleet = fleet
+        self.max_fleet_dph = max_fleet_dph
         self.state = ReconcilerState()
 
     # ------------------------------------------------------------ events
@@ -359,10 +381,68 @@ class Reconciler:
         plan = planning.plan(self.desired, observation, self.policy)
         self._log_progress(plan, observation)
         await self.apply(plan)
+        await self.beat()
         self.state.last_plan = plan
         self.state.phase = plan.phase
         self.state.last_tick_at = self.clock()
         return plan
+
+    # ------------------------------------------------------------ heartbeat and spend guard
+
+    def own_spend(self) -> tuple[list[int], float]:
+        """This pod's instances and their $/h: the latest list, plus rentals it does not show yet."""
+        obs = self.state.last_observation
+        listed = {i.id: i for i in obs.instances} if obs is not None else {}
+        prices = self.state.rent_prices
+        for iid in [i for i in prices if i not in listed and i not in self.state.unconfirmed]:
+            del prices[iid]
+        ids = sorted(set(listed) | set(prices))
+        dph = 0.0
+        for iid in ids:
+            known = listed[iid].dph_total if iid in listed else None
+            dph += known if known is not None else prices.get(iid, 0.0)
+        return ids, dph
+
+    async def beat(self) -> None:
+        """Write this pod's heartbeat (the reaper and the other pods' spend guards read it)."""
+        if self.fleet is not None:
+            ids, dph = self.own_spend()
+            await self.fleet.beat(self.desired.label, ids, dph)
+
+    async def _within_spend_cap(self, ranked: list[selection.Scored]) -> list[selection.Scored] | None:
+        """The offers that keep the fleet within ``VAST_MAX_FLEET_DPH``; None (and why, once) if none.
+
+        The fleet is every other live pod's heartbeat, plus the instance this pod still serves
+        while it replaces it (make-before-break), plus this rental. Without Redis the cap cannot be
+        checked: that is said once and the rental goes ahead.
+        """
+        cap = self.max_fleet_dph
+        if cap is None or self.fleet is None:
+            return ranked
+        others = await self.fleet.others_dph(self.desired.label)
+        if others is None:
+            self._note_spend(
+                "spend-cap-unchecked",
+                "VAST_MAX_FLEET_DPH cannot be checked while Redis is unavailable; renting anyway",
+            )
+            return ranked
+        serving = self.state.serving
+        own = (serving.dph_total or 0.0) if serving is not None else 0.0
+        fitting = [
+            c for c in ranked if fleet.spend_block(cap, others=others, own=own, price=_price(c)) is None
+        ]
+        if fitting:
+            self.state.spend_noted = None
+            return fitting
+        cheapest = min(_price(c) for c in ranked)
+        self._note_spend("spend-cap", fleet.spend_block(cap, others=others, own=own, price=cheapest) or "")
+        return None
+
+    def _note_spend(self, kind: str, detail: str) -> None:
+        """Record a spend-guard event once per distinct situation (not on every tick)."""
+        if self.state.spend_noted != detail:
+            self.state.spend_noted = detail
+            self.record(kind, detail, None, logging.WARNING, reason=kind)
 
     def log_progress_if_quiet(self, quiet_s: float) -> None:
         """Repeat the progress line (elapsed as of now) when none was logged for ``quiet_s``.
@@ -486,6 +566,9 @@ class Reconciler:
                 logging.WARNING,
             )
             return
+        if self.fleet is not None and not await self.fleet.may_rent(self.desired.label, self.lock_token):
+            self._note_spend("rent-lock-held", "another process holds this label's rent lock; not renting")
+            return
         standing = await self.bans.standing() if self.bans is not None else selection.Standing()
         avoided = self.guard.avoided(self.clock())
         if avoided:
@@ -497,6 +580,10 @@ class Reconciler:
                 "no-offers", f"no usable offer ({len(offers)} returned by the search)", None, logging.WARNING
             )
             return
+        affordable = await self._within_spend_cap(ranked)
+        if affordable is None:
+            return
+        ranked = affordable
         for choice in ranked[:MAX_OFFER_ATTEMPTS]:
             offer = choice.offer
             request = self.rent_request(self.state.template_hash)
@@ -519,6 +606,7 @@ class Reconciler:
                 )
                 return
             self.state.unconfirmed.add(new_id)
+            self.state.rent_prices[new_id] = _price(choice)
             self.state.rent_hold_until = self.clock() + RENT_HOLD_S
             self.state.first_seen[new_id] = await self._boot_started(new_id, self.clock())
             bid = f" bid ${choice.bid_price:.4f}/h" if choice.bid_price is not None else ""
@@ -531,6 +619,13 @@ class Reconciler:
             )
             return
         self.record("no-offers", "every offer tried was taken", None, logging.WARNING)
+
+
+def _price(choice: selection.Scored) -> float:
+    """What renting this offer adds to the fleet, $/h."""
+    if choice.price_per_hour is not None:
+        return choice.price_per_hour
+    return choice.offer.dph_total or 0.0
 
 
 #: destroy reasons that mean the rental failed (when the instance never served)

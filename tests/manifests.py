@@ -3,8 +3,9 @@
 ``kustomize(path)`` renders a kustomization with the bundled kubectl (offline). ``container_env``
 builds a container's environment the way the kubelet does (``envFrom`` first, then ``env`` in order
 with ``$(VAR)`` expansion, downward-API and Secret values supplied by the caller).
-``known_env_names()`` is the set of variables ``Settings`` reads, derived from its fields, so that a
-misspelt name in a manifest or in the compose file fails a test instead of being silently ignored.
+``known_env_names()`` is the set of variables ``Settings`` (and the reaper's ``ReaperSettings``) read,
+derived from their fields, so that a misspelt name in a manifest or in the compose file fails a test
+instead of being silently ignored. ``reaper_container`` is the CronJob's container.
 """
 
 from __future__ import annotations
@@ -69,6 +70,15 @@ def provisioner_container(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return containers[0]
 
 
+def reaper_container(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The one container of the reaper CronJob (``provisioner reap``)."""
+    cron = find(docs, "CronJob")
+    containers = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1 and "reap" in containers[0].get("args", []), "one `provisioner reap`"
+    found: dict[str, Any] = containers[0]
+    return found
+
+
 def config_map_data(docs: Iterable[dict[str, Any]], name: str) -> dict[str, str]:
     """The data of the rendered ConfigMap that a reference ``name`` points at (kustomize renames it)."""
     return dict(find(docs, "ConfigMap", name).get("data", {}))
@@ -76,9 +86,13 @@ def config_map_data(docs: Iterable[dict[str, Any]], name: str) -> dict[str, str]
 
 @functools.cache
 def known_env_names() -> frozenset[str]:
-    """Every env var name ``Settings`` reads: field names and validation aliases, upper-cased."""
+    """Every env var name ``Settings`` or ``ReaperSettings`` reads: fields and aliases, upper-cased.
+
+    One ConfigMap feeds both the pods and the reaper CronJob, so the names of either are known.
+    """
     names: set[str] = set()
-    for field_name, info in settings.Settings.model_fields.items():
+    fields = [*settings.Settings.model_fields.items(), *settings.ReaperSettings.model_fields.items()]
+    for field_name, info in fields:
         if info.exclude:  # derived values such as remote_env are not read from the environment
             continue
         alias = info.validation_alias
@@ -114,14 +128,14 @@ def expand(value: str, env: Mapping[str, str]) -> str:
     return _REF_RE.sub(replace, value)
 
 
-def env_problems(docs: list[dict[str, Any]]) -> list[str]:
-    """Why the provisioner container's env names are wrong: unknown to Settings or unresolved refs.
+def env_problems(docs: list[dict[str, Any]], container: dict[str, Any] | None = None) -> list[str]:
+    """Why a container's env names (default: the provisioner's) are wrong: unknown or unresolved refs.
 
     A name that is not a setting is allowed only as a helper that another value refers to with
     ``$(NAME)`` (``POD_NAMESPACE`` for ``VAST_LABEL``); every reference must name a variable
     defined before it, or the kubelet passes the ``$(...)`` text through literally.
     """
-    container = provisioner_container(docs)
+    container = container if container is not None else provisioner_container(docs)
     problems: list[str] = []
     defined: list[str] = []
     for source in container.get("envFrom", []):

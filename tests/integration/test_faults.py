@@ -291,3 +291,20 @@ def test_two_processes_for_one_pod(sim: Sim, tmp_path: Path) -> None:
         wait_for(lambda: len(sim.instances(LABEL)) == 1 and a.served_instance(), 60, "one instance")
         assert b.wait_serving(30) == a.wait_serving(30)
         check("two-processes-one-pod", sim, a)
+
+
+def test_two_processes_for_one_pod_with_redis_rent_once(sim: Sim, tmp_path: Path) -> None:
+    """With Redis, two provisioners for one pod take the label's rent lock: exactly one rental."""
+    from tests.redis_server import run_redis
+
+    sim.admin("POST", "/config", {"boot_delay_s": 2.0})
+    with run_redis(tmp_path) as redis:
+        shared = {**FAST, "BLACKLIST_ENABLED": "true", "BLACKLIST_REDIS_URL": redis.url}
+        env_a = base_env(sim, tmp_path, **shared)
+        env_b = base_env(sim, tmp_path, **shared)
+        env_b["NGINX_CONFIG_PATH"] = str(tmp_path / "b" / "nginx" / "nginx.conf")
+        with run_provisioner(env_a, tmp_path, "a") as a, run_provisioner(env_b, tmp_path, "b") as b:
+            served = a.wait_serving(60)
+            assert b.wait_serving(30) == served
+            assert len(sim.instances(LABEL, include_destroyed=True)) == 1, "the lock let only one rent"
+            check("two-processes-one-pod-redis-lock", sim, a)

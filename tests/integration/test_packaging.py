@@ -316,13 +316,15 @@ def test_rendered_manifests_validate_strictly(path: Path, version: str | None, t
 
 
 def test_base_renders_the_expected_resources() -> None:
-    """The base holds the StatefulSet, both Services, Redis, the PDB, the ConfigMap and a ServiceAccount."""
+    """The base holds the StatefulSet, both Services, Redis, the PDB, the ConfigMap, a ServiceAccount and
+    the reaper CronJob."""
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in manifests.kustomize(K8S))
     names = [
         (kind, re.sub(r"-[a-z0-9]{10}$", "", name) if kind == "ConfigMap" else name) for kind, name in kinds
     ]
     assert names == [
         ("ConfigMap", "vast-pod-config"),
+        ("CronJob", "vast-pod-reaper"),
         ("Deployment", "vast-pod-redis"),
         ("PodDisruptionBudget", "vast-pod"),
         ("Service", "vast-pod"),
@@ -530,6 +532,74 @@ def test_recommended_labels_everywhere() -> None:
         if doc["kind"] in ("StatefulSet", "Deployment"):
             pod_labels = doc["spec"]["template"]["metadata"]["labels"]
             assert {"app.kubernetes.io/version", "app.kubernetes.io/component"} <= pod_labels.keys()
+
+
+def reaper_env(docs: list[dict[str, Any]], namespace: str = "team-a") -> dict[str, str]:
+    """The reaper container's environment as the kubelet builds it."""
+    return manifests.container_env(
+        manifests.reaper_container(docs),
+        docs,
+        fields={"metadata.namespace": namespace},
+        secrets={(SECRET_NAME, "VAST_API_KEY"): "k-0123456789"},
+    )
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_reaper_env_names_are_settings(path: Path) -> None:
+    """Every env var the reaper container gets is a setting (of the pods or the reaper) or a helper."""
+    docs = manifests.kustomize(path)
+    assert manifests.env_problems(docs, manifests.reaper_container(docs)) == []
+
+
+def test_reaper_cronjob_reaps_only_this_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CronJob runs `provisioner reap --apply` every 10 min, never two at once, with the pods'
+    ConfigMap, Redis and key; its label prefix is this namespace's, which every pod label starts with."""
+    docs = manifests.kustomize(K8S)
+    cron = manifests.find(docs, "CronJob")
+    assert cron["spec"]["schedule"] == "*/10 * * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    container = manifests.reaper_container(docs)
+    assert container["args"] == ["provisioner", "reap", "--apply"]
+    assert container["image"] == manifests.provisioner_container(docs)["image"]
+    for name in list(os.environ):
+        if manifests.is_known_env_name(name.upper()):
+            monkeypatch.delenv(name)
+    for name, value in reaper_env(docs).items():
+        monkeypatch.setenv(name, value)
+    reaper_cfg = settings.load_reaper_settings()
+    pod_env = manifests.container_env(
+        manifests.provisioner_container(docs),
+        docs,
+        fields={"metadata.name": "vast-pod-3", "metadata.namespace": "team-a"},
+        secrets={(SECRET_NAME, "VAST_API_KEY"): "k-0123456789"},
+    )
+    pod_cfg = load_env(monkeypatch, pod_env)
+    assert reaper_cfg.reap_label_prefix == "k8s_pod=team-a/"
+    assert pod_cfg.label.startswith(reaper_cfg.reap_label_prefix)
+    assert not "k8s_pod=team-ab/vast-pod-0".startswith(reaper_cfg.reap_label_prefix)
+    assert reaper_cfg.blacklist_redis_url == pod_cfg.blacklist_redis_url
+    assert reaper_cfg.blacklist_key_prefix == pod_cfg.blacklist_key_prefix
+    assert pod_cfg.blacklist_enabled, "the reaper needs the pods' heartbeats"
+
+
+def test_reaper_pod_security() -> None:
+    """The reaper runs like the pods: non-root, read-only root, no escalation, no capabilities, seccomp,
+    no token, and its pods are not selected by the Services or the PDB."""
+    docs = manifests.kustomize(K8S)
+    cron = manifests.find(docs, "CronJob")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False and spec["restartPolicy"] == "Never"
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = manifests.reaper_container(docs)["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert manifests.reaper_container(docs)["resources"]["limits"].get("memory")
+    labels = pod["metadata"]["labels"]
+    selectors = [d["spec"]["selector"] for d in docs if d["kind"] == "Service"]
+    selectors.append(manifests.find(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"])
+    assert not any(selects(sel, labels) for sel in selectors)
 
 
 def test_two_ports_overlay_exposes_every_proxy_port(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,279 @@
+"""The fleet record in Redis: one heartbeat per pod. Every key and TTL of this record is here.
+
+Pods sharing one Redis (``BLACKLIST_ENABLED=true``) each write a heartbeat under their label; the
+reaper (``reaper.py``) reads them to tell live pods from gone ones, and the spend guard
+(``VAST_MAX_FLEET_DPH``) adds up their $/h before each rental. ``P`` is ``BLACKLIST_KEY_PREFIX``,
+the blacklist's prefix (``blacklist.py`` holds the other keys):
+
+=========================  ==========  ==========================================  ==================
+key                        type        holds                                       lifetime
+=========================  ==========  ==========================================  ==================
+``P heartbeat:<label>``    string      JSON: label, pod, at (unix s), instance     ``HEARTBEAT_TTL_S``
+                                       ids, dph (its instances' $/h)
+``P heartbeats``           sorted set  labels scored by their latest heartbeat     pruned past the TTL
+``P heartbeats:since``     string      when the first heartbeat was written here   no expiry
+``P rentlock:<label>``     string      the token of the process that may rent      ``RENT_LOCK_TTL_S``
+=========================  ==========  ==========================================  ==================
+
+The rent lock keeps two processes that share a label (a botched manual start beside the pod) from
+renting at once: ``SET NX PX`` with a per-process token, renewed by its holder on each rental
+attempt, left to expire (a crashed holder blocks the other only for ``RENT_LOCK_TTL_S``).
+
+A heartbeat is one MULTI/EXEC (SET with TTL, ZADD, prune of the index, SET NX of ``since``): one
+round trip, written after every reconcile tick and at least every ``HEARTBEAT_INTERVAL_S`` by the
+daemon. It is kept for a week (``HEARTBEAT_TTL_S``) although it is stale after a minute or two:
+a stale heartbeat is evidence that this Redis is the one the pods use (the reaper refuses to act
+on an empty one), and it says when its pod was last seen. ``heartbeats:since`` is set by the
+first heartbeat written to an empty Redis: when it is younger than the grace, Redis was flushed or
+restarted and some live pods may not have written theirs yet, so the reaper refuses.
+
+Two readings of "alive": the spend guard counts a heartbeat younger than ``HEARTBEAT_LIVE_S``;
+the reaper keeps an instance whose label's heartbeat is younger than ``REAP_GRACE_SECONDS``.
+
+:class:`Fleet` raises ``StoreError`` (the reaper needs to know); :class:`GuardedFleet` is what the
+reconciler uses: it never raises and shares the blacklist's outage state (``blacklist.Guarded``),
+so one Redis outage is logged once. The pure helpers (:func:`fleet_dph`, :func:`spend_block`) hold
+the spend guard's arithmetic.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeGuard, TypeVar
+
+from provisioner import blacklist
+
+#: a heartbeat (and its index entry) is kept this long after it was written
+HEARTBEAT_TTL_S: Final = 7 * 24 * 3600
+#: the daemon writes a heartbeat at least this often, whatever the reconcile interval
+HEARTBEAT_INTERVAL_S: Final = 20.0
+#: the spend guard counts a pod whose heartbeat is at most this old
+HEARTBEAT_LIVE_S: Final = 120.0
+#: how long a rent lock holds without renewal: longer than a search plus a rent, shorter than a boot
+RENT_LOCK_TTL_S: Final = 90.0
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The fleet's key names, under the blacklist's prefix."""
+
+    prefix: str = blacklist.DEFAULT_KEY_PREFIX
+
+    def heartbeat(self, label: str) -> str:
+        return f"{self.prefix}heartbeat:{label}"
+
+    @property
+    def heartbeats(self) -> str:
+        return f"{self.prefix}heartbeats"
+
+    @property
+    def since(self) -> str:
+        return f"{self.prefix}heartbeats:since"
+
+    def rent_lock(self, label: str) -> str:
+        return f"{self.prefix}rentlock:{label}"
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """One pod's latest sign of life: its label, pod name, instances and what they cost."""
+
+    label: str
+    pod: str
+    at: float
+    instance_ids: tuple[int, ...] = ()
+    dph: float = 0.0
+
+    def age_s(self, now: float) -> float:
+        """Seconds since it was written (never negative: a clock ahead of ours counts as now)."""
+        return max(now - self.at, 0.0)
+
+    def to_json(self) -> str:
+        data = {
+            "label": self.label,
+            "pod": self.pod,
+            "at": self.at,
+            "instance_ids": list(self.instance_ids),
+            "dph": round(self.dph, 6),
+        }
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Heartbeat | None:
+        """The heartbeat in ``raw``, or None when it is not one (a foreign or corrupt value)."""
+        try:
+            data = json.loads(raw)
+        except (TypeError, ValueError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        label, pod, at, dph = data.get("label"), data.get("pod"), data.get("at"), data.get("dph", 0.0)
+        ids = data.get("instance_ids", [])
+        if not isinstance(label, str) or not isinstance(pod, str) or not _number(at) or not _number(dph):
+            return None
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            return None
+        return cls(label=label, pod=pod, at=float(at), instance_ids=tuple(ids), dph=float(dph))
+
+
+def _number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class Fleet:
+    """Heartbeats in Redis. Every failure raises ``StoreError``."""
+
+    def __init__(
+        self,
+        client: blacklist.Client,
+        *,
+        keys: Keys | None = None,
+        deadline_s: float = 2.0,
+        clock: Clock = time.time,
+    ) -> None:
+        self._redis = client
+        self.keys = keys or Keys()
+        self._deadline_s = deadline_s
+        self._clock = clock
+
+    @classmethod
+    def over(cls, store: blacklist.Blacklist) -> Fleet:
+        """The fleet record on the blacklist's Redis client, prefix and deadline."""
+        return cls(store.client, keys=Keys(store.keys.prefix), deadline_s=store.deadline_s)
+
+    async def _run(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+        return await blacklist.run_redis(op, fn, self._deadline_s)
+
+    async def beat(self, heartbeat: Heartbeat) -> None:
+        """Store ``heartbeat`` under its label (one MULTI/EXEC), and prune the index."""
+        horizon = self._clock() - HEARTBEAT_TTL_S
+
+        async def go() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self.keys.heartbeat(heartbeat.label), heartbeat.to_json(), ex=HEARTBEAT_TTL_S)
+                pipe.zadd(self.keys.heartbeats, {heartbeat.label: heartbeat.at})
+                pipe.zremrangebyscore(self.keys.heartbeats, "-inf", horizon)
+                pipe.set(self.keys.since, repr(heartbeat.at), nx=True)
+                await pipe.execute()
+
+        await self._run("heartbeat", go)
+
+    async def take_rent_lock(self, label: str, token: str, ttl_s: float = RENT_LOCK_TTL_S) -> bool:
+        """True when this process (``token``) holds the label's rent lock, newly taken or renewed."""
+        key, ttl_ms = self.keys.rent_lock(label), int(ttl_s * 1000)
+
+        async def go() -> bool:
+            if await self._redis.set(key, token, nx=True, px=ttl_ms):
+                return True
+            holder = await self._redis.get(key)
+            if _text(holder) != token:
+                return False
+            await self._redis.pexpire(key, ttl_ms)
+            return True
+
+        return bool(await self._run("rent lock", go))
+
+    async def heartbeats(self) -> dict[str, Heartbeat]:
+        """Every kept heartbeat, by label (two round trips: the index, then the records)."""
+        horizon = self._clock() - HEARTBEAT_TTL_S
+        labels: list[Any] = await self._run(
+            "read heartbeats", lambda: self._redis.zrangebyscore(self.keys.heartbeats, horizon, "+inf")
+        )
+        if not labels:
+            return {}
+        names = [self.keys.heartbeat(_text(label)) for label in labels]
+        raws: list[Any] = await self._run("read heartbeats", lambda: self._redis.mget(names))
+        found: dict[str, Heartbeat] = {}
+        for raw in raws:
+            beat = Heartbeat.from_json(raw)
+            if beat is not None:
+                found[beat.label] = beat
+        return found
+
+    async def tracked_since(self) -> float | None:
+        """When the first heartbeat was written to this Redis (None: never, or the key is gone)."""
+        raw = await self._run("read heartbeats", lambda: self._redis.get(self.keys.since))
+        try:
+            return float(_text(raw)) if raw is not None else None
+        except ValueError:
+            return None
+
+    async def heartbeat(self, label: str) -> Heartbeat | None:
+        """The heartbeat of one label (the reaper reads it again right before a destroy)."""
+        raw = await self._run("read heartbeat", lambda: self._redis.get(self.keys.heartbeat(label)))
+        beat = Heartbeat.from_json(raw)
+        return beat if beat is not None and beat.label == label else None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# ---------------------------------------------------------------- the spend guard's arithmetic
+
+
+def fleet_dph(
+    heartbeats: Iterable[Heartbeat], *, now: float, exclude_label: str, live_s: float = HEARTBEAT_LIVE_S
+) -> float:
+    """The $/h of every other live pod: heartbeats at most ``live_s`` old, ``exclude_label`` left out."""
+    return sum(beat.dph for beat in heartbeats if beat.label != exclude_label and beat.age_s(now) <= live_s)
+
+
+def usd(value: float) -> str:
+    return f"${value:.3f}/h"
+
+
+def spend_block(cap: float, *, others: float, own: float, price: float) -> str | None:
+    """Why renting at ``price`` would break the cap (the event's detail), or None when it fits."""
+    total = others + own + price
+    if total <= cap + 1e-9:
+        return None
+    parts = f"other pods {usd(others)}" + (f" + this pod {usd(own)}" if own else "")
+    return (
+        f"fleet would cost {usd(total)} > VAST_MAX_FLEET_DPH {usd(cap)} ({parts} + cheapest usable"
+        f" offer {usd(price)}); waiting"
+    )
+
+
+class GuardedFleet:
+    """The heartbeat and the fleet's spend as the reconciler uses them: never raises.
+
+    It shares ``guarded``'s outage state: while Redis is down, heartbeats are skipped and the
+    fleet's spend is unknown (None); the outage is logged once, by ``guarded``.
+    """
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        guarded: blacklist.Guarded,
+        *,
+        pod: str,
+        clock: Clock = time.time,
+        live_s: float = HEARTBEAT_LIVE_S,
+    ) -> None:
+        self.fleet = fleet
+        self.guarded = guarded
+        self.pod = pod
+        self._clock = clock
+        self.live_s = live_s
+
+    async def beat(self, label: str, instance_ids: Sequence[int], dph: float) -> None:
+        heartbeat = Heartbeat(label, self.pod, self._clock(), tuple(sorted(instance_ids)), dph)
+        await self.guarded.safely(lambda: self.fleet.beat(heartbeat), None)
+
+    async def may_rent(self, label: str, token: str) -> bool:
+        """Whether this process may rent for ``label`` now; True while Redis is down (no lock to take)."""
+        return await self.guarded.safely(lambda: self.fleet.take_rent_lock(label, token), True)
+
+    async def others_dph(self, label: str) -> float | None:
+        """The $/h of the other live pods, or None while Redis is unavailable."""
+        beats = await self.guarded.safely(self.fleet.heartbeats, None)
+        if beats is None:
+            return None
+        return fleet_dph(beats.values(), now=self._clock(), exclude_label=label, live_s=self.live_s)

@@ -1,0 +1,316 @@
+"""``provisioner reap``: destroy the instances whose pod is gone, and nothing else.
+
+A pod keeps its instance when it stops (it may only be restarting), so a pod that was deleted or
+scaled away leaves an orphan that bills until someone destroys it. Every running pod writes a
+heartbeat under its label (``fleet.py``); the reaper lists every instance of the account and
+destroys those whose label carries ``REAP_LABEL_PREFIX`` but whose pod has been silent longer than
+``REAP_GRACE_SECONDS``.
+
+:func:`decide` is the pure part (no I/O, no clock): per managed instance one :class:`Decision`,
+
+* ``keep`` - its label has a heartbeat at most the grace old; or the instance itself is at most
+  the grace old (a new pod writes its first heartbeat after its rental: never reap it); or its
+  age is unknown (no ``start_date``);
+* ``orphan`` - no heartbeat that fresh, and the instance is older than the grace;
+* ``refused`` - an orphan left alone because the whole picture looks wrong: there is no
+  heartbeat in Redis at all (wrong Redis or prefix, or pods without ``BLACKLIST_ENABLED``), the
+  heartbeat record itself is younger than the grace (Redis was flushed or restarted: live pods
+  have not all written again yet), or it would destroy more than ``REAP_MAX_SHARE`` of the
+  managed instances.
+
+An instance whose label lacks the prefix gets no decision at all: it is never touched.
+
+:func:`reap` is the I/O around it. It refuses without listing when Redis cannot be read (without
+heartbeats every instance would look orphaned) and refuses when the instance list fails. With
+``apply`` it reads each orphan's heartbeat once more right before destroying it (its pod may just
+have come back). Every decision is one JSON log line (``"event": "reap-decision"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import httpx
+
+from provisioner import blacklist, errors, fleet, model
+from provisioner.settings import ReaperSettings
+from provisioner.vast import client as vast_client
+
+log = logging.getLogger("provisioner.reaper")
+
+Verdict = Literal["keep", "orphan", "refused"]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Which instances are ours and how long a pod may be silent."""
+
+    label_prefix: str = "k8s_pod="
+    grace_s: float = 1800.0
+    max_share: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What happens to one managed instance, and why."""
+
+    instance_id: int
+    label: str
+    verdict: Verdict
+    reason: str
+    instance_age_s: float | None = None
+    heartbeat_age_s: float | None = None
+    dph: float | None = None
+
+
+def is_managed(instance: model.Instance, prefix: str) -> bool:
+    """The label carries our prefix (the only instances the reaper may ever touch)."""
+    return bool(prefix) and instance.label is not None and instance.label.startswith(prefix)
+
+
+def decide(
+    instances: Iterable[model.Instance],
+    heartbeats: Mapping[str, fleet.Heartbeat],
+    now: float,
+    policy: Policy,
+    *,
+    tracked_since: float | None = None,
+) -> list[Decision]:
+    """One decision per managed instance, in id order (see the module docstring for the rules).
+
+    ``heartbeats`` maps labels to their latest heartbeat; ``tracked_since`` is when the heartbeat
+    record was started in this Redis (None: unknown, the rule is then not applied).
+    """
+    ours = sorted((i for i in instances if is_managed(i, policy.label_prefix)), key=lambda i: i.id)
+    decisions: list[Decision] = []
+    for inst in ours:
+        label = inst.label or ""
+        beat = heartbeats.get(label)
+        beat_age = beat.age_s(now) if beat is not None else None
+        age = max(now - inst.start_date, 0.0) if inst.start_date is not None else None
+        if beat_age is not None and beat_age <= policy.grace_s:
+            verdict: Verdict = "keep"
+            reason = f"its pod {beat.pod if beat else '?'} sent a heartbeat {beat_age:.0f}s ago"
+        elif age is None:
+            verdict, reason = "keep", "its age is unknown (no start_date)"
+        elif age <= policy.grace_s:
+            verdict = "keep"
+            reason = f"it is {age:.0f}s old, within the {policy.grace_s:.0f}s grace"
+        else:
+            verdict = "orphan"
+            silence = "no heartbeat" if beat_age is None else f"last heartbeat {beat_age:.0f}s ago"
+            reason = f"{silence} (grace {policy.grace_s:.0f}s); instance {age:.0f}s old"
+        decisions.append(Decision(inst.id, label, verdict, reason, age, beat_age, inst.dph_total))
+    refusal = _refusal(decisions, heartbeats, now, policy, tracked_since)
+    if refusal is None:
+        return decisions
+    return [
+        Decision(
+            d.instance_id,
+            d.label,
+            "refused",
+            f"{d.reason}; refused: {refusal}",
+            d.instance_age_s,
+            d.heartbeat_age_s,
+            d.dph,
+        )
+        if d.verdict == "orphan"
+        else d
+        for d in decisions
+    ]
+
+
+def _refusal(
+    decisions: list[Decision],
+    heartbeats: Mapping[str, fleet.Heartbeat],
+    now: float,
+    policy: Policy,
+    tracked_since: float | None,
+) -> str | None:
+    """Why the orphans must be left alone this time, or None."""
+    orphans = sum(1 for d in decisions if d.verdict == "orphan")
+    if not orphans:
+        return None
+    if not heartbeats:
+        return (
+            "there is no heartbeat in Redis at all (wrong BLACKLIST_REDIS_URL or BLACKLIST_KEY_PREFIX,"
+            " or pods without BLACKLIST_ENABLED): every instance would look orphaned"
+        )
+    if tracked_since is not None and now - tracked_since <= policy.grace_s:
+        return (
+            f"the heartbeat record in Redis is only {max(now - tracked_since, 0):.0f}s old (Redis was"
+            " restarted or flushed): live pods may not have written theirs yet"
+        )
+    if orphans > policy.max_share * len(decisions):
+        return (
+            f"it would destroy {orphans} of {len(decisions)} managed instances, more than"
+            f" REAP_MAX_SHARE={policy.max_share:g}"
+        )
+    return None
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Outcome:
+    """What a run did; ``problem`` (exit 1) when it refused or a destroy failed."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    destroyed: list[int] = field(default_factory=list)
+    problem: str | None = None
+
+
+def _log_decision(d: Decision, *, dry_run: bool) -> None:
+    level = logging.WARNING if d.verdict != "keep" else logging.INFO
+    log.log(
+        level,
+        "instance %s (%s): %s: %s",
+        d.instance_id,
+        d.label,
+        d.verdict,
+        d.reason,
+        extra={
+            "event": "reap-decision",
+            "verdict": d.verdict,
+            "instance_id": d.instance_id,
+            "label": d.label,
+            "reason": d.reason,
+            "instance_age_s": None if d.instance_age_s is None else round(d.instance_age_s, 1),
+            "heartbeat_age_s": None if d.heartbeat_age_s is None else round(d.heartbeat_age_s, 1),
+            "dph": d.dph,
+            "dry_run": dry_run,
+        },
+    )
+
+
+def _refuse(problem: str) -> Outcome:
+    log.error("reap refused: %s", problem, extra={"event": "reap-refused", "reason": problem})
+    return Outcome(problem=f"reap refused: {problem}")
+
+
+async def reap(
+    vast: vast_client.VastClient,
+    record: fleet.Fleet,
+    policy: Policy,
+    *,
+    apply: bool,
+    clock: Callable[[], float] = time.time,
+) -> Outcome:
+    """Decide about every managed instance; with ``apply``, destroy the orphans."""
+    try:
+        heartbeats = await record.heartbeats()
+        tracked_since = await record.tracked_since()
+    except errors.StoreError as exc:
+        return _refuse(f"{exc}; without the pods' heartbeats every instance would look orphaned")
+    try:
+        instances = await vast.list_instances()
+    except errors.AuthError:
+        raise
+    except errors.VastError as exc:
+        return _refuse(f"the instance list failed ({exc}); nothing is decided without a full list")
+    decisions = decide(instances, heartbeats, clock(), policy, tracked_since=tracked_since)
+    outcome = Outcome(decisions=decisions)
+    for d in decisions:
+        _log_decision(d, dry_run=not apply)
+    orphans = [d for d in decisions if d.verdict == "orphan"]
+    refused = [d for d in decisions if d.verdict == "refused"]
+    foreign = sum(1 for i in instances if not is_managed(i, policy.label_prefix))
+    if refused:
+        outcome.problem = f"reap refused: {refused[0].reason.partition('; refused: ')[2]}"
+    elif apply:
+        await _destroy(vast, record, policy, orphans, outcome, clock)
+    log.info(
+        "%s: %d managed instance(s): %d kept, %d orphaned, %d refused, %d destroyed;"
+        " %d without the %r prefix left alone",
+        "reap" if apply else "reap (dry run)",
+        len(decisions),
+        len(decisions) - len(orphans) - len(refused),
+        len(orphans),
+        len(refused),
+        len(outcome.destroyed),
+        foreign,
+        policy.label_prefix,
+        extra={"event": "reap-summary", "dry_run": not apply, "destroyed": outcome.destroyed},
+    )
+    return outcome
+
+
+async def _destroy(
+    vast: vast_client.VastClient,
+    record: fleet.Fleet,
+    policy: Policy,
+    orphans: list[Decision],
+    outcome: Outcome,
+    clock: Callable[[], float],
+) -> None:
+    failures: list[str] = []
+    for d in orphans:
+        try:
+            beat = await record.heartbeat(d.label)
+        except errors.StoreError as exc:
+            failures.append(f"instance {d.instance_id}: heartbeat not re-read ({exc})")
+            break
+        if beat is not None and beat.age_s(clock()) <= policy.grace_s:
+            log.info(
+                "instance %s (%s): kept: its pod %s is back (heartbeat %.0fs ago)",
+                d.instance_id,
+                d.label,
+                beat.pod,
+                beat.age_s(clock()),
+                extra={"event": "reap-revived", "instance_id": d.instance_id, "label": d.label},
+            )
+            continue
+        try:
+            gone = await vast.destroy_instance(d.instance_id)
+        except errors.AuthError:
+            raise
+        except errors.VastError as exc:
+            failures.append(f"instance {d.instance_id}: {exc}")
+            log.error(
+                "instance %s (%s): destroy failed: %s",
+                d.instance_id,
+                d.label,
+                exc,
+                extra={"event": "reap-failed", "instance_id": d.instance_id, "label": d.label},
+            )
+            continue
+        outcome.destroyed.append(d.instance_id)
+        log.warning(
+            "instance %s (%s): destroyed%s",
+            d.instance_id,
+            d.label,
+            "" if gone else " (it was already gone)",
+            extra={"event": "reap-destroy", "instance_id": d.instance_id, "label": d.label, "dph": d.dph},
+        )
+    if failures:
+        outcome.problem = "reap failed for " + "; ".join(failures)
+
+
+async def run(settings: ReaperSettings, *, apply: bool, max_share: float | None = None) -> Outcome:
+    """Build the clients at the edge, reap once, close them."""
+    policy = Policy(
+        label_prefix=settings.reap_label_prefix,
+        grace_s=settings.reap_grace_seconds,
+        max_share=settings.reap_max_share if max_share is None else max_share,
+    )
+    api_timeout_s = settings.vast_api_timeout_seconds
+    timeout = httpx.Timeout(api_timeout_s, connect=min(10.0, api_timeout_s))
+    redis = blacklist.connect(
+        settings.blacklist_redis_url.get_secret_value(), timeout_s=settings.blacklist_redis_timeout_seconds
+    )
+    try:
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http:
+            vast = vast_client.VastClient(http, settings.vast_api_key, base_url=settings.vast_api_url)
+            record = fleet.Fleet(
+                redis,
+                keys=fleet.Keys(settings.blacklist_key_prefix),
+                deadline_s=4 * settings.blacklist_redis_timeout_seconds,
+            )
+            return await reap(vast, record, policy, apply=apply)
+    finally:
+        await redis.aclose()

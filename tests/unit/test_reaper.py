@@ -1,0 +1,370 @@
+"""The reaper: the pure decision table, and the run against respx (Vast) and fakeredis (heartbeats)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import fakeredis
+import httpx
+import pytest
+import respx
+from pydantic import SecretStr
+
+from provisioner import errors, fleet, model, reaper
+from provisioner.fleet import Heartbeat
+from provisioner.reaper import Decision, Policy, decide
+from provisioner.settings import load_reaper_settings
+from provisioner.vast import client as vast_client
+
+NOW = 1_800_000_000.0
+GRACE = 1800.0
+POLICY = Policy(label_prefix="k8s_pod=gpu/", grace_s=GRACE, max_share=0.5)
+BASE = "http://vast.test"
+
+
+def inst(iid: int, label: str | None, age_s: float | None = 3 * GRACE, dph: float = 0.4) -> model.Instance:
+    start = None if age_s is None else NOW - age_s
+    return model.Instance(id=iid, label=label, start_date=start, dph_total=dph, actual_status="running")
+
+
+def beat(label: str, age_s: float, pod: str = "p") -> Heartbeat:
+    return Heartbeat(label=label, pod=pod, at=NOW - age_s, instance_ids=(), dph=0.4)
+
+
+def verdicts(decisions: list[Decision]) -> dict[int, str]:
+    return {d.instance_id: d.verdict for d in decisions}
+
+
+A, B, C, D = (f"k8s_pod=gpu/vast-pod-{i}" for i in range(4))
+#: a live pod elsewhere, so that the heartbeat record is never empty in the cases below
+LIVE = {D: beat(D, 5)}
+LIVE_INSTANCE = inst(4, D)
+
+
+@pytest.mark.parametrize(
+    ("instances", "heartbeats", "expected"),
+    [
+        pytest.param([inst(1, A)], {A: beat(A, 10)}, {1: "keep"}, id="fresh-heartbeat-kept"),
+        pytest.param(
+            [inst(1, A), LIVE_INSTANCE],
+            {A: beat(A, GRACE + 1), **LIVE},
+            {1: "orphan", 4: "keep"},
+            id="stale-heartbeat-old-instance-reaped",
+        ),
+        pytest.param(
+            [inst(1, A), LIVE_INSTANCE], LIVE, {1: "orphan", 4: "keep"}, id="no-heartbeat-old-instance-reaped"
+        ),
+        pytest.param(
+            [inst(1, A, age_s=GRACE - 1), LIVE_INSTANCE],
+            {A: beat(A, 10 * GRACE), **LIVE},
+            {1: "keep", 4: "keep"},
+            id="stale-heartbeat-young-instance-kept",
+        ),
+        pytest.param(
+            [inst(1, A, age_s=60), LIVE_INSTANCE],
+            LIVE,
+            {1: "keep", 4: "keep"},
+            id="new-instance-before-first-heartbeat-kept",
+        ),
+        pytest.param(
+            [inst(1, A, age_s=None), LIVE_INSTANCE], LIVE, {1: "keep", 4: "keep"}, id="unknown-age-kept"
+        ),
+        pytest.param(
+            [inst(1, A), LIVE_INSTANCE],
+            {A: beat(A, GRACE), **LIVE},
+            {1: "keep", 4: "keep"},
+            id="heartbeat-exactly-grace-old-kept",
+        ),
+        pytest.param(
+            [inst(1, A), LIVE_INSTANCE],
+            {A: beat(A, -30), **LIVE},
+            {1: "keep", 4: "keep"},
+            id="heartbeat-from-a-clock-ahead-kept",
+        ),
+        pytest.param(
+            [inst(1, "k8s_pod=other/vast-pod-0"), inst(2, None), inst(3, "my-own-box"), LIVE_INSTANCE],
+            LIVE,
+            {4: "keep"},
+            id="foreign-labels-never-touched",
+        ),
+        pytest.param(
+            [inst(1, A), inst(2, B), LIVE_INSTANCE],
+            LIVE,
+            {1: "refused", 2: "refused", 4: "keep"},
+            id="share-limit-refuses",
+        ),
+        pytest.param(
+            [inst(1, A), inst(2, B), inst(3, C), LIVE_INSTANCE],
+            {C: beat(C, 1), **LIVE},
+            {1: "orphan", 2: "orphan", 3: "keep", 4: "keep"},
+            id="exactly-the-share-is-allowed",
+        ),
+        pytest.param(
+            [inst(1, A), inst(2, B), inst(3, C)],
+            {},
+            {1: "refused", 2: "refused", 3: "refused"},
+            id="no-heartbeats-refuse",
+        ),
+        pytest.param([inst(1, A, age_s=10)], {}, {1: "keep"}, id="no-heartbeats-nothing-to-reap"),
+        pytest.param([inst(1, A)], {A: beat(A, GRACE + 1)}, {1: "refused"}, id="single-orphan-is-all"),
+        pytest.param([], LIVE, {}, id="nothing-listed"),
+    ],
+)
+def test_decide(
+    instances: list[model.Instance], heartbeats: dict[str, Heartbeat], expected: dict[int, str]
+) -> None:
+    """Each listed instance with our prefix gets keep / orphan / refused as the rules say; others none."""
+    assert verdicts(decide(instances, heartbeats, NOW, POLICY)) == expected
+
+
+def test_decide_is_in_id_order_and_says_why() -> None:
+    """Decisions come in instance id order and carry the ages, the price and a readable reason."""
+    decisions = decide([LIVE_INSTANCE, inst(1, A, dph=0.55)], LIVE, NOW, POLICY)
+    assert [d.instance_id for d in decisions] == [1, 4]
+    orphan = decisions[0]
+    assert (orphan.label, orphan.dph, orphan.heartbeat_age_s) == (A, 0.55, None)
+    assert orphan.instance_age_s == pytest.approx(3 * GRACE)
+    assert orphan.reason == "no heartbeat (grace 1800s); instance 5400s old"
+    assert decisions[1].reason == "its pod p sent a heartbeat 5s ago"
+
+
+@pytest.mark.parametrize(
+    ("since_age_s", "expected"),
+    [
+        pytest.param(GRACE / 2, "refused", id="young-record-refuses"),
+        pytest.param(GRACE + 1, "orphan", id="old-record-allows"),
+        pytest.param(None, "orphan", id="unknown-record-age-allows"),
+    ],
+)
+def test_a_young_heartbeat_record_refuses(since_age_s: float | None, expected: str) -> None:
+    """When the heartbeat record started less than a grace ago (Redis restarted), orphans are refused."""
+    since = None if since_age_s is None else NOW - since_age_s
+    decisions = decide([inst(1, A), LIVE_INSTANCE], LIVE, NOW, POLICY, tracked_since=since)
+    assert decisions[0].verdict == expected
+    if expected == "refused":
+        assert "Redis was restarted or flushed" in decisions[0].reason
+
+
+def test_refusal_says_why() -> None:
+    """A share refusal names the counts and REAP_MAX_SHARE; an empty record names the likely causes."""
+    shared = decide([inst(1, A), inst(2, B), LIVE_INSTANCE], LIVE, NOW, POLICY)
+    assert "it would destroy 2 of 3 managed instances, more than REAP_MAX_SHARE=0.5" in shared[0].reason
+    empty = decide([inst(1, A)], {}, NOW, POLICY)
+    assert "no heartbeat in Redis at all" in empty[0].reason
+    assert "BLACKLIST_ENABLED" in empty[0].reason
+
+
+def test_empty_prefix_manages_nothing() -> None:
+    """An empty prefix would match every label: it manages nothing instead."""
+    assert decide([inst(1, A)], LIVE, NOW, Policy(label_prefix="", grace_s=GRACE)) == []
+
+
+# ---------------------------------------------------------------- the run (respx + fakeredis)
+
+
+class Clock:
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+async def record(server: fakeredis.FakeServer) -> AsyncIterator[fleet.Fleet]:
+    client = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
+    yield fleet.Fleet(client, clock=Clock())
+    await client.aclose()
+
+
+def row(iid: int, label: str | None, age_s: float = 3 * GRACE) -> dict[str, Any]:
+    return {
+        "id": iid,
+        "label": label,
+        "actual_status": "running",
+        "start_date": NOW - age_s,
+        "dph_total": 0.4,
+    }
+
+
+async def seed(record: fleet.Fleet, *beats: Heartbeat) -> None:
+    """Heartbeats in a record that started long ago (the first heartbeat sets its start)."""
+    await record.beat(beat("k8s_pod=gpu/long-gone", 10 * GRACE))
+    for b in beats:
+        await record.beat(b)
+
+
+async def run_reap(record: fleet.Fleet, mock: respx.MockRouter, *, apply: bool) -> reaper.Outcome:
+    async with httpx.AsyncClient() as http:
+        vast = vast_client.VastClient(
+            http,
+            SecretStr("k"),
+            base_url=BASE,
+            retry=vast_client.RetryPolicy(attempts=2, initial_backoff_s=0),
+        )
+        return await reaper.reap(vast, record, POLICY, apply=apply, clock=Clock())
+
+
+def listing(*rows: dict[str, Any]) -> dict[str, Any]:
+    return {"instances": list(rows), "next_token": None}
+
+
+async def test_dry_run_destroys_nothing_and_logs_every_decision(
+    record: fleet.Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without apply nothing is destroyed; each managed instance gets one reap-decision log line."""
+    await seed(record, beat(D, 5))
+    with (
+        respx.mock(base_url=BASE, assert_all_called=False) as mock,
+        caplog.at_level(logging.INFO, logger="provisioner.reaper"),
+    ):
+        mock.get("/api/v1/instances/").respond(json=listing(row(1, A), row(4, D), row(9, "mine")))
+        destroy = mock.delete(url__regex=r"/api/v0/instances/\d+/")
+        outcome = await run_reap(record, mock, apply=False)
+    assert not destroy.called
+    assert outcome.problem is None and outcome.destroyed == []
+    lines = [(r.instance_id, r.verdict, r.dry_run) for r in caplog.records if r.event == "reap-decision"]
+    assert lines == [(1, "orphan", True), (4, "keep", True)]
+
+
+async def test_apply_destroys_exactly_the_orphans(record: fleet.Fleet) -> None:
+    """With apply only the orphan is destroyed: not the live pod's instance, not a foreign one."""
+    await seed(record, beat(D, 5), beat(B, 2 * GRACE))
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").respond(
+            json=listing(row(1, A, age_s=60), row(2, B), row(4, D), row(9, None))
+        )
+        gone = mock.delete("/api/v0/instances/2/").respond(json={"success": True})
+        outcome = await run_reap(record, mock, apply=True)
+    assert gone.call_count == 1
+    assert outcome.destroyed == [2] and outcome.problem is None
+
+
+async def test_a_pod_that_came_back_is_not_reaped(record: fleet.Fleet) -> None:
+    """The orphan's heartbeat is read again right before the destroy; a fresh one saves the instance."""
+    await seed(record, beat(D, 5), beat(B, 2 * GRACE))
+
+    def revive(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=listing(row(2, B), row(4, D)))
+
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").mock(side_effect=revive)
+        destroy = mock.delete(url__regex=r"/api/v0/instances/\d+/")
+        original = record.heartbeat
+
+        async def heartbeat_after_revival(label: str) -> Heartbeat | None:
+            await record.beat(beat(B, 0))
+            return await original(label)
+
+        record.heartbeat = heartbeat_after_revival  # type: ignore[method-assign]
+        outcome = await run_reap(record, mock, apply=True)
+    assert not destroy.called and outcome.destroyed == []
+
+
+async def test_redis_down_refuses_before_listing(record: fleet.Fleet, server: fakeredis.FakeServer) -> None:
+    """Redis unreachable: refused, with a reason, and Vast is not even listed."""
+    server.connected = False
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        listed = mock.get("/api/v1/instances/")
+        outcome = await run_reap(record, mock, apply=True)
+    assert not listed.called
+    assert outcome.problem is not None and "would look orphaned" in outcome.problem
+
+
+async def test_list_failure_refuses(record: fleet.Fleet) -> None:
+    """A failing instance list (5xx after the retries) refuses; nothing is destroyed."""
+    await seed(record, beat(D, 5))
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").respond(503)
+        destroy = mock.delete(url__regex=r"/api/v0/instances/\d+/")
+        outcome = await run_reap(record, mock, apply=True)
+    assert not destroy.called
+    assert outcome.problem is not None and "the instance list failed" in outcome.problem
+
+
+async def test_refused_orphans_are_not_destroyed(record: fleet.Fleet) -> None:
+    """Over the share limit nothing is destroyed even with apply, and the run reports the refusal."""
+    await seed(record, beat(D, 5))
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").respond(json=listing(row(1, A), row(2, B), row(4, D)))
+        destroy = mock.delete(url__regex=r"/api/v0/instances/\d+/")
+        outcome = await run_reap(record, mock, apply=True)
+    assert not destroy.called
+    assert outcome.problem is not None and "REAP_MAX_SHARE" in outcome.problem
+
+
+async def test_failed_destroy_is_reported_and_the_rest_goes_on(record: fleet.Fleet) -> None:
+    """A destroy that fails is a problem (exit 1); the other orphans are still destroyed."""
+    await seed(record, beat(D, 5), beat(C, 1))
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").respond(json=listing(row(1, A), row(2, B), row(3, C), row(4, D)))
+        mock.delete("/api/v0/instances/1/").respond(400, json={"error": "nope"})
+        gone = mock.delete("/api/v0/instances/2/").respond(json={"success": True})
+        outcome = await run_reap(record, mock, apply=True)
+    assert gone.called and outcome.destroyed == [2]
+    assert outcome.problem is not None and "instance 1" in outcome.problem
+
+
+# ---------------------------------------------------------------- settings
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith(("VAST_", "BLACKLIST_", "REAP_", "POD_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("VAST_API_KEY", "k3y-abcdef")
+    return monkeypatch
+
+
+def test_reaper_settings_need_no_pod_variables(env: pytest.MonkeyPatch) -> None:
+    """The reaper loads with VAST_API_KEY alone (no POD_NAME, template...), with the documented defaults."""
+    cfg = load_reaper_settings()
+    assert (cfg.reap_label_prefix, cfg.reap_grace_seconds, cfg.reap_max_share) == ("k8s_pod=", 1800, 0.5)
+    assert cfg.blacklist_redis_url.get_secret_value() == "redis://redis:6379/10"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("VAST_API_KEY", ""),
+        ("VAST_API_URL", "ftp://vast"),
+        ("BLACKLIST_REDIS_URL", "http://redis"),
+        ("BLACKLIST_KEY_PREFIX", "has space"),
+        ("REAP_GRACE_SECONDS", "0"),
+        ("REAP_MAX_SHARE", "1.5"),
+        ("REAP_MAX_SHARE", "0"),
+        ("REAP_LABEL_PREFIX", " k8s_pod="),
+    ],
+)
+def test_bad_reaper_settings_name_the_variable(env: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    """A bad reaper variable is a ConfigError naming it (exit 2 from the CLI)."""
+    env.setenv(variable, value)
+    with pytest.raises(errors.ConfigError) as info:
+        load_reaper_settings()
+    assert info.value.variable == variable
+
+
+def test_heartbeat_json_round_trips_and_rejects_junk() -> None:
+    """A heartbeat survives its JSON; anything that is not one reads as None."""
+    b = Heartbeat("k8s_pod=a", "a", NOW, (3, 1), 0.25)
+    assert Heartbeat.from_json(b.to_json()) == b
+    for junk in (
+        None,
+        "",
+        "[]",
+        "{",
+        json.dumps({"label": "x"}),
+        json.dumps({**json.loads(b.to_json()), "at": True}),
+    ):
+        assert Heartbeat.from_json(junk) is None
