@@ -9,9 +9,7 @@ beyond "the list failed, so plan nothing this tick".
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import dataclasses
 import logging
 import secrets
@@ -22,7 +20,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from provisioner import errors, fleet, model, planning, rendering, rentguard, selection
+from provisioner import errors, fleet, model, planning, rendering, rentguard, selection, upstream_health
 from provisioner.vast import client as vast_client
 
 log = logging.getLogger("provisioner.reconciler")
@@ -236,18 +234,9 @@ class Reconciler:
         except errors.ProvisionerError as exc:
             log.warning("instance %s has no usable upstream: %s", instance.id, exc)
             return False
-        for i, up in enumerate(upstreams.values()):
-            if i == 0 and self.health_path:
-                host = f"[{up.host}]" if ":" in up.host else up.host
-                try:
-                    response = await self.health_http.get(f"http://{host}:{up.port}{self.health_path}")
-                except httpx.HTTPError:
-                    return False
-                if response.status_code >= 500:
-                    return False
-            elif not await _tcp_connects(up.host, up.port):
-                return False
-        return True
+        first = next(iter(upstreams.values()))
+        ports = [up.port for up in upstreams.values()]
+        return await upstream_health.probe(self.health_http, first.host, ports, self.health_path)
 
     def note_health(self, instance_id: int, ok: bool) -> None:
         now = self.clock()
@@ -639,14 +628,3 @@ def _template_matches(existing: model.Template, spec: model.TemplateSpec) -> boo
         and (existing.env or "") == spec.env
         and (existing.onstart or None) == (spec.onstart or None)
     )
-
-
-async def _tcp_connects(host: str, port: int, timeout_s: float = 3.0) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True

@@ -35,14 +35,14 @@ PID_FILE_NAME = "nginx.pid"
 TEMP_DIR_NAMES = ("client_body_temp", "proxy_temp", "fastcgi_temp", "uwsgi_temp", "scgi_temp")
 
 _TEMPLATE_NAME = "nginx.conf.j2"
-_BODY_SIZE_RE = re.compile(r"[0-9]{1,9}[kKmMgG]?")
+BODY_SIZE_RE = re.compile(r"[0-9]{1,9}[kKmMgG]?")
 _REASON_RE = re.compile(r"[a-z0-9_ .:-]{1,64}")
 _HEADER_NAME_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
 # printable ASCII, minus the characters that end or interpolate an nginx string
 _HEADER_VALUE_RE = re.compile(r"[ !#%&(-:<-\[\]-z|~]{0,4096}")
 _STATE_DIR_RE = re.compile(r"/[A-Za-z0-9._+,:=@~/-]*")
 #: headers the proxy sets itself; ``upstream_headers`` may not override them.
-_RESERVED_HEADERS = frozenset(
+RESERVED_HEADERS = frozenset(
     {
         "host",
         "connection",
@@ -215,7 +215,7 @@ def _state_dir(path: Path) -> str:
 
 
 def _body_size(value: str) -> str:
-    if not isinstance(value, str) or not _BODY_SIZE_RE.fullmatch(value):
+    if not isinstance(value, str) or not BODY_SIZE_RE.fullmatch(value):
         raise errors.NginxError(f"max body size {value!r} must look like 10M, 512k, 1G or 0")
     return value
 
@@ -226,7 +226,7 @@ def _headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
     for name, value in sorted(headers.items()):
         if not isinstance(name, str) or not _HEADER_NAME_RE.fullmatch(name):
             raise errors.NginxError(f"upstream header name {name!r} must be 1-64 letters, digits or '-'")
-        if name.lower() in _RESERVED_HEADERS:
+        if name.lower() in RESERVED_HEADERS:
             raise errors.NginxError(f"upstream header {name!r} is set by the proxy itself")
         if name.lower() in seen:
             raise errors.NginxError(f"upstream header {name!r} appears twice")

@@ -31,33 +31,16 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from provisioner import errors, model
+from provisioner import errors, model, rendering
 
 #: env vars named ``VAST_ENV_<NAME>`` become env ``NAME`` in the remote container.
 REMOTE_ENV_PREFIX = "VAST_ENV_"
 #: Vast accepts a label of at most 256 characters at create time (vast-api.md §5).
 MAX_LABEL_LEN = 256
-_BODY_SIZE_RE = re.compile(r"^[0-9]{1,9}[kKmMgG]?$")
 _HEALTH_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/\-%]*$")
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@\-]{0,1023}$")
 _POD_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.\-]{0,251}[a-z0-9])?$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-#: headers the proxy sets itself; the shared secret may not replace one of them
-_RESERVED_HEADERS = frozenset(
-    {
-        "host",
-        "connection",
-        "upgrade",
-        "x-real-ip",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-forwarded-port",
-        "proxy",
-        "content-length",
-        "transfer-encoding",
-    }
-)
 _TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\- ]{0,127}$")
 _KEY_PREFIX_RE = re.compile(r"^[A-Za-z0-9:_.\-{}]{1,64}$")
 _COUNTRY_CODE_RE = re.compile(r"^[A-Z]{2}$")
@@ -346,7 +329,7 @@ class Settings(BaseSettings):
     @field_validator("nginx_max_body_size")
     @classmethod
     def _body_size(cls, value: str) -> str:
-        if not _BODY_SIZE_RE.fullmatch(value.strip()):
+        if not rendering.BODY_SIZE_RE.fullmatch(value.strip()):
             raise ValueError("must be a size such as 10M, 512k or 1G")
         return value.strip()
 
@@ -424,7 +407,7 @@ class Settings(BaseSettings):
     def _auth_header(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", value) or value.lower() in _RESERVED_HEADERS:
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", value) or value.lower() in rendering.RESERVED_HEADERS:
             raise ValueError("must be a header name (letters, digits, '-') not already set by the proxy")
         return value
 

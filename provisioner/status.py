@@ -16,15 +16,13 @@ it came from. ``snapshot`` builds the admin server's answer from the daemon's st
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
-from provisioner import errors, model, planning
+from provisioner import errors, model, planning, upstream_health
 from provisioner.vast import client as vast_client
 
 if TYPE_CHECKING:
@@ -239,7 +237,9 @@ async def from_vast(
         for pm in desired.ports:
             port = focus.host_port(pm.container_port)
             upstreams.append({"listen_port": pm.listen_port, "host": host, "port": port})
-        upstream_healthy = await probe(host, [int(u["port"]) for u in upstreams], settings.vast_health_path)
+        async with httpx.AsyncClient(timeout=3.0) as http:
+            ports = [int(u["port"]) for u in upstreams]
+            upstream_healthy = await upstream_health.probe(http, host, ports, settings.vast_health_path)
     rows = [instance_row(i, now) for i in listed]
     return {
         "source": SOURCE_VAST,
@@ -264,29 +264,6 @@ async def from_vast(
         "started_at": None,
         "generated_at": now,
     }
-
-
-async def probe(host: str, ports: Sequence[int], health_path: str | None, timeout_s: float = 3.0) -> bool:
-    """The upstream answers: ``health_path`` below 500 on the first port, a TCP connect on the others."""
-    shown = f"[{host}]" if ":" in host else host
-    for i, port in enumerate(ports):
-        if i == 0 and health_path:
-            try:
-                async with httpx.AsyncClient(timeout=timeout_s) as http:
-                    response = await http.get(f"http://{shown}:{port}{health_path}")
-            except httpx.HTTPError:
-                return False
-            if response.status_code >= 500:
-                return False
-            continue
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    return True
 
 
 async def gather_status(settings: Settings, *, admin_url: str | None = None) -> dict[str, Any]:

@@ -120,6 +120,10 @@ BAD = [
     pytest.param({"DEBUG": "maybe"}, "DEBUG", id="debug-not-bool"),
     pytest.param({"LOG_FORMAT": "xml"}, "LOG_FORMAT", id="log-format-unknown"),
     pytest.param({"VAST_ENV_BAD-NAME": "x"}, "VAST_ENV_BAD-NAME", id="remote-env-bad-name"),
+    pytest.param({"UPSTREAM_AUTH_HEADER": "Host"}, "UPSTREAM_AUTH_HEADER", id="auth-header-reserved"),
+    pytest.param({"UPSTREAM_AUTH_HEADER": "X Auth"}, "UPSTREAM_AUTH_HEADER", id="auth-header-space"),
+    pytest.param({"VAST_MAX_FLEET_DPH": "3"}, "VAST_MAX_FLEET_DPH", id="fleet-cap-without-redis"),
+    pytest.param({"VAST_API_TIMEOUT_SECONDS": "0"}, "VAST_API_TIMEOUT_SECONDS", id="api-timeout-zero"),
 ]
 
 
