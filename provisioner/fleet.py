@@ -16,8 +16,9 @@ key                        type        holds                                    
 =========================  ==========  ==========================================  ==================
 
 The rent lock keeps two processes that share a label (a botched manual start beside the pod) from
-renting at once: ``SET NX PX`` with a per-process token, renewed by its holder on each rental
-attempt, left to expire (a crashed holder blocks the other only for ``RENT_LOCK_TTL_S``).
+renting at once: ``SET NX PX`` with a per-process token, held from just before the holder lists
+again until its rent attempt is over, then released (a crashed holder blocks the label only for
+``RENT_LOCK_TTL_S``).
 
 A heartbeat is one MULTI/EXEC (SET with TTL, ZADD, prune of the index, SET NX of ``since``): one
 round trip, written after every reconcile tick and at least every ``HEARTBEAT_INTERVAL_S`` by the
@@ -179,6 +180,16 @@ class Fleet:
 
         return bool(await self._run("rent lock", go))
 
+    async def release_rent_lock(self, label: str, token: str) -> None:
+        """Drop the label's rent lock if this process (``token``) still holds it."""
+        key = self.keys.rent_lock(label)
+
+        async def go() -> None:
+            if _text(await self._redis.get(key)) == token:
+                await self._redis.delete(key)
+
+        await self._run("rent unlock", go)
+
     async def heartbeats(self) -> dict[str, Heartbeat]:
         """Every kept heartbeat, by label (two round trips: the index, then the records)."""
         horizon = self._clock() - HEARTBEAT_TTL_S
@@ -270,6 +281,10 @@ class GuardedFleet:
     async def may_rent(self, label: str, token: str) -> bool:
         """Whether this process may rent for ``label`` now; True while Redis is down (no lock to take)."""
         return await self.guarded.safely(lambda: self.fleet.take_rent_lock(label, token), True)
+
+    async def release_rent(self, label: str, token: str) -> None:
+        """Release the rent lock after a rental attempt (it would expire anyway)."""
+        await self.guarded.safely(lambda: self.fleet.release_rent_lock(label, token), None)
 
     async def others_dph(self, label: str) -> float | None:
         """The $/h of the other live pods, or None while Redis is unavailable."""

@@ -60,6 +60,8 @@ class FleetPort(Protocol):
 
     async def may_rent(self, label: str, token: str) -> bool: ...
 
+    async def release_rent(self, label: str, token: str) -> None: ...
+
 
 @dataclass
 class Event:
@@ -555,9 +557,30 @@ class Reconciler:
                 logging.WARNING,
             )
             return
-        if self.fleet is not None and not await self.fleet.may_rent(self.desired.label, self.lock_token):
+        if self.fleet is None:
+            await self._search_and_rent(reason)
+            return
+        if not await self.fleet.may_rent(self.desired.label, self.lock_token):
             self._note_spend("rent-lock-held", "another process holds this label's rent lock; not renting")
             return
+        try:
+            # under the lock, look again: another process may have rented since this tick's list
+            known = (
+                {i.id for i in self.state.last_observation.instances}
+                if self.state.last_observation
+                else set()
+            )
+            fresh = [i for i in await self.vast.list_by_label(self.desired.label) if i.id not in known]
+            if fresh:
+                self.record(
+                    "rent-skipped", f"instance {fresh[0].id} appeared meanwhile; adopting it", fresh[0].id
+                )
+                return
+            await self._search_and_rent(reason)
+        finally:
+            await self.fleet.release_rent(self.desired.label, self.lock_token)
+
+    async def _search_and_rent(self, reason: str) -> None:
         standing = await self.bans.standing() if self.bans is not None else selection.Standing()
         avoided = self.guard.avoided(self.clock())
         if avoided:

@@ -245,6 +245,8 @@ async def test_heartbeat_uses_the_listed_price_and_forgets_destroyed_instances(
             side_effect=[
                 httpx.Response(200, json={"instances": rows, "next_token": None}),
                 httpx.Response(200, json={"instances": [], "next_token": None}),
+                # the rental that follows lists once more under the rent lock
+                httpx.Response(200, json={"instances": [], "next_token": None}),
             ]
         )
         mock.post("/api/v0/bundles/").respond(json={"offers": []})
@@ -404,3 +406,13 @@ async def test_rent_lock_is_open_while_redis_is_down(
     clock.now += blacklist.OUTAGE_RETRY_S + 1
     assert await guarded.may_rent(LABEL, "proc-a")
     assert not await guarded.may_rent(LABEL, "proc-b")
+
+
+async def test_rent_lock_release_only_by_its_holder(client: Any) -> None:
+    """Releasing frees the label for the next process; a non-holder's release changes nothing."""
+    record = Fleet.over(blacklist.Blacklist(client))
+    assert await record.take_rent_lock(LABEL, "proc-a")
+    await record.release_rent_lock(LABEL, "proc-b")
+    assert not await record.take_rent_lock(LABEL, "proc-b")
+    await record.release_rent_lock(LABEL, "proc-a")
+    assert await record.take_rent_lock(LABEL, "proc-b")
