@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -409,14 +410,17 @@ class Daemon:
                 continue
             except (errors.VastError, errors.NginxError) as exc:
                 # nginx keeps serving its previous config when a new one is refused
-                self._note_error(exc, f"next try in {backoff:.0f}s")
-                await self._sleep(backoff)
+                # full jitter: pods that failed together (a shared key, an API outage) spread out
+                wait = random.uniform(backoff / 2, backoff)
+                self._note_error(exc, f"next try in {wait:.0f}s")
+                await self._sleep(wait)
                 backoff = min(backoff * 2, TICK_BACKOFF_CAP_S)
                 continue
             backoff = TICK_BACKOFF_START_S
             self.runtime.last_error = None
             self._after_tick(rec)
-            await self._sleep(plan.next_check_s)
+            # +-15 %: pods that became ready together must not keep polling a shared key in lock step
+            await self._sleep(plan.next_check_s * random.uniform(0.85, 1.15))
 
     def _after_tick(self, rec: Any) -> None:
         """Keep the log context and the metrics in step with what the tick saw."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, Final
@@ -61,6 +62,9 @@ def encode_query(params: Mapping[str, Any]) -> str:
     return urlencode([(k, v if isinstance(v, str) else json.dumps(v)) for k, v in params.items()])
 
 
+_THRESHOLD_RE = re.compile(r"threshold\s*=\s*([0-9]+(?:\.[0-9]+)?)")
+
+
 def map_failure(
     call: str, failure: httpx.Response | httpx.HTTPError, *, secret: str = "", now: float | None = None
 ) -> errors.VastError:
@@ -98,6 +102,11 @@ def map_failure(
             wait = None if reset is None else max(0.0, reset - (time.time() if now is None else now))
             return errors.SearchQuotaExceeded(call, f"daily search quota spent: {detail}", retry_after_s=wait)
         wait = _header_number(failure, "Retry-After")
+        if wait is None:
+            # Vast's 429s rarely carry Retry-After but often name the endpoint's minimum interval:
+            # "API requests too frequent endpoint threshold=3.0" -> wait that long before retrying
+            threshold = _THRESHOLD_RE.search(detail)
+            wait = float(threshold.group(1)) if threshold else None
         return errors.RateLimited(call, f"rate limited: {detail}", retry_after_s=wait)
     if call == CALL_RENT and (status == 410 or (status == 404 and "no_such_ask" in f"{code} {lowered}")):
         return errors.OfferGone(call, f"offer gone: {detail}", status=status)

@@ -765,8 +765,18 @@ async def test_429_json_detail_exhausts_attempts(router: respx.MockRouter, vast:
     route = router.get("/api/v1/instances/").respond(429, json=detail)
     with pytest.raises(errors.RateLimited, match=r"threshold=4\.5") as caught:
         await vast.list_instances()
-    assert caught.value.retry_after_s is None
+    assert caught.value.retry_after_s == 4.5, "the threshold Vast names is the wait"
     assert route.call_count == POLICY.attempts
+
+
+async def test_429_threshold_in_plain_text_sets_the_wait(
+    router: respx.MockRouter, vast: VastClient, sleep: FakeSleep
+) -> None:
+    """Without Retry-After, the endpoint threshold in a plain-text 429 is the wait before the retry."""
+    limited = httpx.Response(429, text="API requests too frequent endpoint threshold=3.0")
+    router.get("/api/v0/users/current").mock(side_effect=[limited, httpx.Response(200, json={})])
+    assert await vast.whoami() == {}
+    assert sleep.waits == [3.0]
 
 
 async def test_429_retry_after_is_honoured(
