@@ -22,8 +22,9 @@ import time
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from provisioner.asgi import EmbeddedServer
 from provisioner.sim.state import SimInstance
-from provisioner.sim.workload import EmbeddedServer, server_config, workload_app
+from provisioner.sim.workload import server_config, workload_app
 
 #: connections accepted since the last reset
 _accepted = [0]

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from provisioner.asgi import EmbeddedServer, bind_socket
 from provisioner.sim.admin import ADMIN_ROUTES
 from provisioner.sim.config import SimConfig
 from provisioner.sim.faults import (
@@ -41,7 +42,7 @@ from provisioner.sim.routes import API_ROUTES
 from provisioner.sim.runtime import SimRuntime
 from provisioner.sim.state import Clock
 from provisioner.sim.wire import ApiError, Call, RouteSpec, invalid_request
-from provisioner.sim.workload import EmbeddedServer, bind_socket, server_config
+from provisioner.sim.workload import server_config
 
 __all__ = ["SimConfig", "SimRuntime", "create_app", "main", "run_sim", "running_sim", "serve", "serving_sim"]
 
