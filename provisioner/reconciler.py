@@ -10,7 +10,6 @@ beyond "the list failed, so plan nothing this tick".
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import secrets
 import time
@@ -20,15 +19,10 @@ from typing import Any, Protocol
 
 import httpx
 
-from provisioner import errors, fleet, model, planning, rendering, rentguard, selection, upstream_health
+from provisioner import errors, model, planning, rendering, rentguard, renting, selection, upstream_health
 from provisioner.vast import client as vast_client
 
 log = logging.getLogger("provisioner.reconciler")
-
-#: how long to hold off renting after a rent whose outcome is unknown
-RENT_HOLD_S = 90.0
-#: how many offers to try when they vanish between search and rent
-MAX_OFFER_ATTEMPTS = 5
 
 
 class ProxyPort(Protocol):
@@ -291,7 +285,7 @@ class Reconciler:
                 self.state.unconfirmed.discard(iid)
         for iid in instances:
             if iid not in self.state.first_seen:
-                self.state.first_seen[iid] = await self._boot_started(iid, now)
+                self.state.first_seen[iid] = await self.boot_started(iid, now)
         for iid in list(self.state.first_seen):
             if iid not in instances:
                 self.state.first_seen.pop(iid, None)
@@ -329,7 +323,7 @@ class Reconciler:
 
     # ------------------------------------------------------------ blacklist bookkeeping
 
-    async def _boot_started(self, instance_id: int, now: float) -> float:
+    async def boot_started(self, instance_id: int, now: float) -> float:
         """When this instance's boot wait began; kept in Redis so that it survives restarts."""
         return now if self.bans is None else await self.bans.boot_started(instance_id, now)
 
@@ -399,41 +393,6 @@ class Reconciler:
         if self.fleet is not None:
             ids, dph = self.own_spend()
             await self.fleet.beat(self.desired.label, ids, dph)
-
-    async def _within_spend_cap(self, ranked: list[selection.Scored]) -> list[selection.Scored] | None:
-        """The offers that keep the fleet within ``VAST_MAX_FLEET_DPH``; None (and why, once) if none.
-
-        The fleet is every other live pod's heartbeat, plus the instance this pod still serves
-        while it replaces it (make-before-break), plus this rental. Without Redis the cap cannot be
-        checked: that is said once and the rental goes ahead.
-        """
-        cap = self.max_fleet_dph
-        if cap is None or self.fleet is None:
-            return ranked
-        others = await self.fleet.others_dph(self.desired.label)
-        if others is None:
-            self._note_spend(
-                "spend-cap-unchecked",
-                "VAST_MAX_FLEET_DPH cannot be checked while Redis is unavailable; renting anyway",
-            )
-            return ranked
-        serving = self.state.serving
-        own = (serving.dph_total or 0.0) if serving is not None else 0.0
-        fitting = [
-            c for c in ranked if fleet.spend_block(cap, others=others, own=own, price=_price(c)) is None
-        ]
-        if fitting:
-            self.state.spend_noted = None
-            return fitting
-        cheapest = min(_price(c) for c in ranked)
-        self._note_spend("spend-cap", fleet.spend_block(cap, others=others, own=own, price=cheapest) or "")
-        return None
-
-    def _note_spend(self, kind: str, detail: str) -> None:
-        """Record a spend-guard event once per distinct situation (not on every tick)."""
-        if self.state.spend_noted != detail:
-            self.state.spend_noted = detail
-            self.record(kind, detail, None, logging.WARNING, reason=kind)
 
     def log_progress_if_quiet(self, quiet_s: float) -> None:
         """Repeat the progress line (elapsed as of now) when none was logged for ``quiet_s``.
@@ -526,7 +485,7 @@ class Reconciler:
                 if self.state.serving is not None and self.state.serving.id == action.instance.id:
                     self.state.serving = None
             elif isinstance(action, planning.Rent):
-                await self._rent(action.reason)
+                await renting.rent(self, action.reason)
 
     async def _serve(self, instance: model.Instance) -> None:
         upstreams = self.upstreams_for(instance)
@@ -541,103 +500,6 @@ class Reconciler:
         if changed or previous is None or previous.id != instance.id:
             where = ", ".join(f"{lp}->{u.host}:{u.port}" for lp, u in sorted(upstreams.items()))
             self.record("serve", where, instance.id)
-
-    async def _rent(self, reason: str) -> None:
-        # one Redis round trip: the bans go into the search (notin), the reputation into the ranking
-        wait = self.guard.wait_s(self.clock())
-        if wait > 0:
-            if self.state.backoff_noted_at == self.guard.last_failure_at:
-                return
-            self.state.backoff_noted_at = self.guard.last_failure_at
-            self.record(
-                "rent-backoff",
-                f"{self.guard.failures_in_a_row} rentals in a row failed before serving;"
-                f" next rental in {wait:.0f}s",
-                None,
-                logging.WARNING,
-            )
-            return
-        if self.fleet is None:
-            await self._search_and_rent(reason)
-            return
-        if not await self.fleet.may_rent(self.desired.label, self.lock_token):
-            self._note_spend("rent-lock-held", "another process holds this label's rent lock; not renting")
-            return
-        try:
-            # under the lock, look again: another process may have rented since this tick's list
-            known = (
-                {i.id for i in self.state.last_observation.instances}
-                if self.state.last_observation
-                else set()
-            )
-            fresh = [i for i in await self.vast.list_by_label(self.desired.label) if i.id not in known]
-            if fresh:
-                self.record(
-                    "rent-skipped", f"instance {fresh[0].id} appeared meanwhile; adopting it", fresh[0].id
-                )
-                return
-            await self._search_and_rent(reason)
-        finally:
-            await self.fleet.release_rent(self.desired.label, self.lock_token)
-
-    async def _search_and_rent(self, reason: str) -> None:
-        standing = await self.bans.standing() if self.bans is not None else selection.Standing()
-        avoided = self.guard.avoided(self.clock())
-        if avoided:
-            standing = dataclasses.replace(standing, banned_hosts=standing.banned_hosts | avoided)
-        offers = await self.vast.search_offers(self.search_body(standing))
-        ranked = self.choose_offers(offers, standing)
-        if not ranked:
-            self.record(
-                "no-offers", f"no usable offer ({len(offers)} returned by the search)", None, logging.WARNING
-            )
-            return
-        affordable = await self._within_spend_cap(ranked)
-        if affordable is None:
-            return
-        ranked = affordable
-        for choice in ranked[:MAX_OFFER_ATTEMPTS]:
-            offer = choice.offer
-            request = self.rent_request(self.state.template_hash)
-            if choice.bid_price is not None:
-                request = dataclasses.replace(request, bid_price=choice.bid_price)
-            try:
-                new_id = await self.vast.rent(offer.id, request)
-            except errors.OfferGone:
-                self.record(
-                    "offer-gone", f"offer {offer.id} was taken; trying the next", None, logging.WARNING
-                )
-                continue
-            except errors.RentOutcomeUnknown as exc:
-                self.state.rent_hold_until = self.clock() + RENT_HOLD_S
-                self.record(
-                    "rent-unknown",
-                    f"offer {offer.id}: {exc.reason}; listing by label before any new rental",
-                    None,
-                    logging.WARNING,
-                )
-                return
-            self.state.unconfirmed.add(new_id)
-            self.state.rent_prices[new_id] = _price(choice)
-            self.state.rent_hold_until = self.clock() + RENT_HOLD_S
-            self.state.first_seen[new_id] = await self._boot_started(new_id, self.clock())
-            bid = f" bid ${choice.bid_price:.4f}/h" if choice.bid_price is not None else ""
-            self.record(
-                "rent",
-                f"{reason}: offer {offer.id} host {offer.host_id} {offer.gpu_name}"
-                f" ${choice.price_per_hour or offer.dph_total}/h score {choice.score:.3f}{bid}",
-                new_id,
-                reason=reason,
-            )
-            return
-        self.record("no-offers", "every offer tried was taken", None, logging.WARNING)
-
-
-def _price(choice: selection.Scored) -> float:
-    """What renting this offer adds to the fleet, $/h."""
-    if choice.price_per_hour is not None:
-        return choice.price_per_hour
-    return choice.offer.dph_total or 0.0
 
 
 #: destroy reasons that mean the rental failed (when the instance never served)
