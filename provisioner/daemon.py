@@ -401,7 +401,8 @@ class Daemon:
             except errors.AuthError:
                 raise
             except errors.RateLimited as exc:
-                wait = max(exc.retry_after_s or backoff, 1.0)
+                # at least what the server asked for, and a backoff that grows with jitter on top
+                wait = max(exc.retry_after_s or 0.0, 1.0) + random.uniform(0.0, backoff)
                 if self.runtime.metrics is not None:
                     self.runtime.metrics.note_rate_limit_wait(exc.call, wait)
                 self._note_error(exc, f"rate limited; next try in {wait:.0f}s")
@@ -410,7 +411,7 @@ class Daemon:
                 continue
             except (errors.VastError, errors.NginxError) as exc:
                 # nginx keeps serving its previous config when a new one is refused
-                # full jitter: pods that failed together (a shared key, an API outage) spread out
+                # jitter: pods that failed together (a shared key, an API outage) spread out
                 wait = random.uniform(backoff / 2, backoff)
                 self._note_error(exc, f"next try in {wait:.0f}s")
                 await self._sleep(wait)

@@ -548,9 +548,12 @@ class VastClient:
 
     def _wait_s(self, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
+        backoff = self._retry.backoff_s(state.attempt_number)
         if isinstance(exc, errors.RateLimited) and exc.retry_after_s is not None:
-            return min(exc.retry_after_s, self._retry.retry_after_cap_s)
-        return self._retry.backoff_s(state.attempt_number)
+            # the server's minimum, plus the growing jittered backoff: clients sharing a key that were
+            # all told "wait 3 s" must not all come back at exactly 3 s
+            return min(exc.retry_after_s, self._retry.retry_after_cap_s) + backoff
+        return backoff
 
     def _is_transient(self, exc: BaseException) -> bool:
         """Worth another try of an idempotent call: 429 (not the daily quota, not a long Retry-After), 5xx."""

@@ -776,18 +776,19 @@ async def test_429_threshold_in_plain_text_sets_the_wait(
     limited = httpx.Response(429, text="API requests too frequent endpoint threshold=3.0")
     router.get("/api/v0/users/current").mock(side_effect=[limited, httpx.Response(200, json={})])
     assert await vast.whoami() == {}
-    assert sleep.waits == [3.0]
+    assert sleep.waits == [3.0 + POLICY.initial_backoff_s]
 
 
 async def test_429_retry_after_is_honoured(
     router: respx.MockRouter, vast: VastClient, sleep: FakeSleep, observer: Observer
 ) -> None:
-    """A numeric Retry-After within the cap is the wait before the retry."""
+    """A numeric Retry-After within the cap is the minimum wait before the retry (plus the backoff step)."""
     limited = httpx.Response(429, headers={"Retry-After": "2"}, text="API requests too frequent")
     router.get("/api/v0/users/current").mock(side_effect=[limited, httpx.Response(200, json={})])
     assert await vast.whoami() == {}
-    assert sleep.waits == [2.0]
-    assert observer.waits == [("whoami", 2.0)]
+    # the server's 2 s plus the first (jitter-free in these tests) backoff step
+    assert sleep.waits == [2.0 + POLICY.initial_backoff_s]
+    assert observer.waits == [("whoami", 2.0 + POLICY.initial_backoff_s)]
 
 
 async def test_429_retry_after_above_cap_is_not_retried(

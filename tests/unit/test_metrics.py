@@ -120,11 +120,12 @@ async def test_observer_wired_into_the_client(respx_mock: respx.MockRouter) -> N
             sleep=fake_sleep,
         )
         await vast.whoami()
-    assert waits == [2.0]
+    expected = 2.0 + RetryPolicy().initial_backoff_s  # Retry-After plus the first backoff step
+    assert waits == [expected]
     assert sample(m, "vastprov_vast_api_requests_total", call="whoami", status="429") == 1
     assert sample(m, "vastprov_vast_api_requests_total", call="whoami", status="200") == 1
     assert sample(m, "vastprov_vast_api_errors_total", call="whoami", status="429") == 1
-    assert sample(m, "vastprov_vast_rate_limit_wait_seconds_total", call="whoami") == 2.0
+    assert sample(m, "vastprov_vast_rate_limit_wait_seconds_total", call="whoami") == expected
 
 
 # ---------------------------------------------------------------- events
