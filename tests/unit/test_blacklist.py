@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import fakeredis
@@ -18,38 +17,10 @@ from provisioner import blacklist, daemon, errors, model, planning, reconciler, 
 from provisioner.blacklist import Blacklist, Guarded, Keys
 from provisioner.settings import load_settings
 from provisioner.vast import client as vast_client
+from tests.fakes import T0, Clock
 
-T0 = 1_800_000_000.0
 BASE = "http://vast.test"
 LABEL = "k8s_pod=vast-pod-0"
-
-
-class Clock:
-    """A settable clock for the blacklist and the reconciler."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def server() -> fakeredis.FakeServer:
-    """One fake Redis server; clients made on it share its data, like pods sharing one Redis."""
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def client(server: fakeredis.FakeServer) -> AsyncIterator[fakeredis.FakeAsyncRedis]:
-    c = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
-    yield c
-    await c.aclose()
 
 
 def make(client: Any, clock: Clock, **kwargs: Any) -> Blacklist:

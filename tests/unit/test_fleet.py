@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 import fakeredis
@@ -19,36 +18,11 @@ from provisioner import blacklist, daemon, errors, fleet, model, planning, recon
 from provisioner.fleet import Fleet, GuardedFleet, Heartbeat
 from provisioner.settings import load_settings
 from provisioner.vast import client as vast_client
+from tests.fakes import T0, Clock
 
-T0 = 1_800_000_000.0
 BASE = "http://vast.test"
 LABEL = "k8s_pod=vast-pod-0"
 OTHER = "k8s_pod=vast-pod-1"
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def client(server: fakeredis.FakeServer) -> AsyncIterator[fakeredis.FakeAsyncRedis]:
-    c = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
-    yield c
-    await c.aclose()
 
 
 def guarded_fleet(client: Any, clock: Clock, pod: str = "vast-pod-0") -> GuardedFleet:

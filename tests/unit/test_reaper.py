@@ -18,6 +18,7 @@ from provisioner.fleet import Heartbeat
 from provisioner.reaper import Decision, Policy, decide
 from provisioner.settings import load_reaper_settings
 from provisioner.vast import client as vast_client
+from tests.fakes import Clock
 
 NOW = 1_800_000_000.0
 GRACE = 1800.0
@@ -163,19 +164,6 @@ def test_empty_prefix_manages_nothing() -> None:
 
 
 # ---------------------------------------------------------------- the run (respx + fakeredis)
-
-
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
 
 
 @pytest.fixture
