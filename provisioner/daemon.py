@@ -393,10 +393,7 @@ class Daemon:
             self.runtime.loop_heartbeat_at = time.time()
             try:
                 if not self.runtime.prepared:
-                    user = await vast.whoami()
-                    creator = user.get("id")
-                    await rec.ensure_template(creator if isinstance(creator, int) else None)
-                    self.runtime.prepared = True
+                    await self._prepare(vast, rec)
                 plan = await rec.tick()
             except errors.AuthError:
                 raise
@@ -461,6 +458,19 @@ class Daemon:
             on_lines=metrics.remote_log_lines.inc if metrics is not None else None,
         )
         await streamer.run(self.stop)
+
+    async def _prepare(self, vast: vast_client.VastClient, rec: Any) -> None:
+        """Check the key and the template. A transient failure does not hold the tick back: an
+        instance that already runs is served meanwhile; only renting waits for the template's hash."""
+        try:
+            user = await vast.whoami()
+            creator = user.get("id")
+            await rec.ensure_template(creator if isinstance(creator, int) else None)
+        except (errors.RateLimited, errors.VastUnavailable) as exc:
+            rec.state.template_pending = True
+            self._note_error(exc, "template not checked yet: serving what exists, renting waits for it")
+            return
+        self.runtime.prepared = True
 
     def _note_error(self, exc: Exception, then: str) -> None:
         self.runtime.last_error = str(exc)

@@ -72,6 +72,8 @@ class Event:
 @dataclass
 class ReconcilerState:
     template_hash: str | None = None
+    #: the daemon has not checked the template yet (the API was busy): renting waits for it
+    template_pending: bool = False
     serving: model.Instance | None = None
     upstreams: dict[int, model.Upstream] = field(default_factory=dict)
     unserve_reason: str = "starting"
@@ -201,6 +203,7 @@ class Reconciler:
             template = await self.vast.update_template(existing, spec)
             self.record("template-updated", f"{spec.name} hash {existing.hash_id} -> {template.hash_id}")
         self.state.template_hash = template.hash_id
+        self.state.template_pending = False
         return template.hash_id
 
     # ------------------------------------------------------------ proxy

@@ -63,6 +63,10 @@ def note_once(rec: Reconciler, kind: str, detail: str) -> None:
 
 async def rent(rec: Reconciler, reason: str) -> None:
     """Rent for ``reason``, unless a brake, the rent lock or the spend cap says not now."""
+    if rec.state.template_pending:
+        # an instance rented without the template would count as drifted once the hash is known
+        note_once(rec, "rent-waits", "the template is not checked yet (API busy); renting waits for it")
+        return
     # one Redis round trip: the bans go into the search (notin), the reputation into the ranking
     wait = rec.guard.wait_s(rec.clock())
     if wait > 0:

@@ -308,3 +308,17 @@ def test_two_processes_for_one_pod_with_redis_rent_once(sim: Sim, tmp_path: Path
             assert b.wait_serving(30) == served
             assert len(sim.instances(LABEL, include_destroyed=True)) == 1, "the lock let only one rent"
             check("two-processes-one-pod-redis-lock", sim, a)
+
+
+def test_restart_serves_while_the_template_lookup_is_throttled(sim: Sim, tmp_path: Path) -> None:
+    """A restart whose template check keeps getting 429s still serves its running instance at once."""
+    env = base_env(sim, tmp_path, **FAST)
+    with run_provisioner(env, tmp_path, "first") as prov:
+        iid = prov.wait_serving(40)
+    faults(sim, {"endpoint": "template_get", "kind": "429_text", "count": 0})
+    with run_provisioner(env, tmp_path, "second") as prov:
+        assert prov.wait_serving(30) == iid
+        assert "template not checked yet" in prov.output()
+        assert len(sim.instances(LABEL, include_destroyed=True)) == 1
+        check("template-lookup-throttled-on-restart", sim, prov, protected=[iid])
+        sim.admin("DELETE", "/faults")
