@@ -394,6 +394,13 @@ class Daemon:
             try:
                 if not self.runtime.prepared:
                     await self._prepare(vast, rec)
+                    seen = rec.state.last_observation
+                    if not self.runtime.prepared and seen is not None and not seen.instances:
+                        # nothing to serve meanwhile: spend no list call until the template is checked
+                        wait = random.uniform(backoff / 2, backoff)
+                        backoff = min(backoff * 2, TICK_BACKOFF_CAP_S)
+                        await self._sleep(wait)
+                        continue
                 plan = await rec.tick()
             except errors.AuthError:
                 raise
