@@ -243,6 +243,8 @@ async def test_label_filter_and_pagination(client: httpx.AsyncClient) -> None:
 
 async def test_list_filters_and_order(client: httpx.AsyncClient) -> None:
     """in / neq / gt filter stored columns; order_by desc works; select_cols projects (unknown: null)."""
+    # a long boot keeps every instance at actual_status null for the whole test, however slow the machine
+    assert (await client.post("/_sim/config", json={"boot_delay_s": 120})).status_code == 200
     made = [await rent(client, label) for label in ("x", "y", "z")]
     params = {
         "select_filters": q({"label": {"in": ["x", "z"]}}),
