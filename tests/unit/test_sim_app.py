@@ -157,7 +157,9 @@ async def test_rent_and_show_shapes(client: httpx.AsyncClient) -> None:
     instance_id = created["new_contract"]
     row = await show(client, instance_id)
     assert row is not None
-    assert row["actual_status"] is None
+    assert row["actual_status"] in (None, "loading"), (
+        "not running yet (null moves to loading at 20 % of the boot)"
+    )
     assert row["ports"] is None
     assert row["public_ipaddr"] is None
     assert row["intended_status"] == "running"
