@@ -13,13 +13,12 @@ import httpx
 import pytest
 import respx
 
-from provisioner import blacklist, daemon, errors, model, planning, reconciler, selection
+from provisioner import blacklist, errors, model, planning, reconciler, selection
 from provisioner.blacklist import Blacklist, Guarded, Keys
 from provisioner.settings import load_settings
-from provisioner.vast import client as vast_client
 from tests.fakes import T0, Clock
+from tests.unit.builders import BASE, make_reconciler
 
-BASE = "http://vast.test"
 LABEL = "k8s_pod=vast-pod-0"
 
 
@@ -306,26 +305,6 @@ def test_describe_url_hides_credentials() -> None:
 
 # ---------------------------------------------------------------- settings
 
-REQUIRED = {
-    "POD_NAME": "vast-pod-0",
-    "VAST_API_KEY": "k3y-abcdef",
-    "VAST_TEMPLATE_NAME": "whisper",
-    "VAST_TEMPLATE_IMAGE": "ghcr.io/acme/whisper:1.2",
-}
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """Only the required variables, plus what a test sets."""
-    import os
-
-    for key in list(os.environ):
-        if key.startswith(("VAST_", "BLACKLIST_", "PROXY_", "NGINX_", "ADMIN_")):
-            monkeypatch.delenv(key)
-    for key, value in REQUIRED.items():
-        monkeypatch.setenv(key, value)
-    return monkeypatch
-
 
 def test_blacklist_defaults(env: pytest.MonkeyPatch) -> None:
     """The issue's defaults: off, redis://redis:6379/10, 1200 s, 7 days, 3600 s, 5."""
@@ -380,9 +359,8 @@ def test_bad_blacklist_settings_name_the_variable(env: pytest.MonkeyPatch, varia
 # ---------------------------------------------------------------- the reconciler with the blacklist
 
 
-class FakeProxy:
-    async def apply(self, text: str) -> bool:
-        return True
+def apply(self, text: str) -> bool:
+    return True
 
 
 def row(iid: int, host: int, machine: int, status: str = "loading") -> dict[str, Any]:
@@ -405,23 +383,7 @@ def offer_row(oid: int, host: int, dph: float) -> dict[str, Any]:
 def build_reconciler(
     env: pytest.MonkeyPatch, http: httpx.AsyncClient, bans: Guarded, clock: Clock, **extra_env: str
 ) -> reconciler.Reconciler:
-    for key, value in extra_env.items():
-        env.setenv(key, value)
-    settings = load_settings()
-    return reconciler.Reconciler(
-        vast=vast_client.VastClient(http, settings.vast_api_key, base_url=BASE),
-        proxy=FakeProxy(),
-        proxy_config=daemon.proxy_config(settings),
-        desired=settings.desired_spec(),
-        policy=planning.Policy(boot_timeout_s=settings.boot_timeout_seconds),
-        search_body=daemon.build_search_body(settings),
-        choose_offers=daemon.build_chooser(settings),
-        rent_request=daemon.build_rent_request(settings),
-        health_http=http,
-        allow_private_upstreams=settings.vast_allow_private_upstreams,
-        bans=bans,
-        clock=clock,
-    )
+    return make_reconciler(env, http, clock, bans=bans, **extra_env)
 
 
 async def test_rental_sends_bans_in_the_query_and_skips_banned_offers(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from typing import Any
 
 import fakeredis
@@ -14,15 +13,20 @@ import httpx
 import pytest
 import respx
 
-from provisioner import blacklist, daemon, errors, fleet, model, planning, reconciler, selection
+from provisioner import blacklist, daemon, errors, fleet, model, reconciler, selection
 from provisioner.fleet import Fleet, GuardedFleet, Heartbeat
 from provisioner.settings import load_settings
-from provisioner.vast import client as vast_client
 from tests.fakes import T0, Clock
+from tests.unit.builders import BASE, make_reconciler
 
-BASE = "http://vast.test"
 LABEL = "k8s_pod=vast-pod-0"
 OTHER = "k8s_pod=vast-pod-1"
+
+
+@pytest.fixture(autouse=True)
+def blacklist_on(env: pytest.MonkeyPatch) -> None:
+    """The fleet lives in Redis: the pods of these tests run with the blacklist on."""
+    env.setenv("BLACKLIST_ENABLED", "true")
 
 
 def guarded_fleet(client: Any, clock: Clock, pod: str = "vast-pod-0") -> GuardedFleet:
@@ -127,30 +131,6 @@ def test_spend_block_says_why() -> None:
 # ---------------------------------------------------------------- the reconciler
 
 
-REQUIRED = {
-    "POD_NAME": "vast-pod-0",
-    "VAST_API_KEY": "k3y-abcdef",
-    "VAST_TEMPLATE_NAME": "whisper",
-    "VAST_TEMPLATE_IMAGE": "ghcr.io/acme/whisper:1.2",
-    "BLACKLIST_ENABLED": "true",
-}
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for key in list(os.environ):
-        if key.startswith(("VAST_", "BLACKLIST_", "PROXY_", "NGINX_", "ADMIN_", "POD_")):
-            monkeypatch.delenv(key)
-    for key, value in REQUIRED.items():
-        monkeypatch.setenv(key, value)
-    return monkeypatch
-
-
-class FakeProxy:
-    async def apply(self, text: str) -> bool:
-        return True
-
-
 def offer_row(oid: int, dph: float) -> dict[str, Any]:
     return {
         "id": oid,
@@ -167,23 +147,7 @@ def offer_row(oid: int, dph: float) -> dict[str, Any]:
 def build(
     env: pytest.MonkeyPatch, http: httpx.AsyncClient, ports: GuardedFleet, clock: Clock, **extra: str
 ) -> reconciler.Reconciler:
-    for key, value in extra.items():
-        env.setenv(key, value)
-    settings = load_settings()
-    return reconciler.Reconciler(
-        vast=vast_client.VastClient(http, settings.vast_api_key, base_url=BASE),
-        proxy=FakeProxy(),
-        proxy_config=daemon.proxy_config(settings),
-        desired=settings.desired_spec(),
-        policy=planning.Policy(),
-        search_body=daemon.build_search_body(settings),
-        choose_offers=daemon.build_chooser(settings),
-        rent_request=daemon.build_rent_request(settings),
-        health_http=http,
-        clock=clock,
-        fleet=ports,
-        max_fleet_dph=settings.vast_max_fleet_dph,
-    )
+    return make_reconciler(env, http, clock, fleet=ports, **extra)
 
 
 def no_instances(mock: respx.MockRouter) -> None:
@@ -203,7 +167,7 @@ async def test_tick_writes_the_heartbeat_with_the_rental_price(
         mock.post("/api/v0/bundles/").respond(json={"offers": [offer_row(1, 0.3)]})
         mock.put("/api/v0/asks/1/").respond(json={"success": True, "new_contract": 55})
         async with httpx.AsyncClient() as http:
-            await build(env, http, guarded_fleet(client, clock), clock).tick()
+            await make_reconciler(env, http, clock, fleet=guarded_fleet(client, clock)).tick()
     stored = json.loads(await client.get(f"vastprov:heartbeat:{LABEL}"))
     assert (stored["pod"], stored["at"], stored["instance_ids"]) == ("vast-pod-0", T0, [55])
     assert stored["dph"] == pytest.approx(0.3)
@@ -225,7 +189,7 @@ async def test_heartbeat_uses_the_listed_price_and_forgets_destroyed_instances(
         )
         mock.post("/api/v0/bundles/").respond(json={"offers": []})
         async with httpx.AsyncClient() as http:
-            rec = build(env, http, guarded_fleet(client, clock), clock)
+            rec = make_reconciler(env, http, clock, fleet=guarded_fleet(client, clock))
             await rec.tick()
             first = json.loads(await client.get(f"vastprov:heartbeat:{LABEL}"))
             clock.now += 5
@@ -246,7 +210,9 @@ async def test_over_the_cap_the_pod_waits_says_why_once_and_rents_later(
         mock.post("/api/v0/bundles/").respond(json={"offers": [offer_row(1, 0.3), offer_row(2, 0.25)]})
         rent = mock.put(url__regex=r"/api/v0/asks/\d+/").respond(json={"success": True, "new_contract": 55})
         async with httpx.AsyncClient() as http:
-            rec = build(env, http, guarded_fleet(client, clock), clock, VAST_MAX_FLEET_DPH="0.7")
+            rec = make_reconciler(
+                env, http, clock, fleet=guarded_fleet(client, clock), VAST_MAX_FLEET_DPH="0.7"
+            )
             for _ in range(3):
                 await rec.tick()
                 clock.now += 5
@@ -308,7 +274,9 @@ async def test_redis_down_rents_anyway_and_says_so_once(
         mock.post("/api/v0/bundles/").respond(json={"offers": [offer_row(1, 0.3)]})
         rent = mock.put("/api/v0/asks/1/").respond(json={"success": True, "new_contract": 55})
         async with httpx.AsyncClient() as http:
-            rec = build(env, http, guarded_fleet(client, clock), clock, VAST_MAX_FLEET_DPH="0.1")
+            rec = make_reconciler(
+                env, http, clock, fleet=guarded_fleet(client, clock), VAST_MAX_FLEET_DPH="0.1"
+            )
             await rec.tick()
     assert rent.called
     events = [r for r in caplog.records if getattr(r, "event", None) == "spend-cap-unchecked"]

@@ -447,26 +447,6 @@ def test_table_marks_banned_offers_and_the_next_rental() -> None:
 
 # ---------------------------------------------------------------- settings -> criteria
 
-REQUIRED = {
-    "POD_NAME": "vast-pod-0",
-    "VAST_API_KEY": "k3y-abcdef",
-    "VAST_TEMPLATE_NAME": "whisper",
-    "VAST_TEMPLATE_IMAGE": "ghcr.io/acme/whisper:1.2",
-}
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """Only the required variables, plus what a test sets."""
-    import os
-
-    for key in list(os.environ):
-        if key.startswith(("VAST_", "BLACKLIST_", "PROXY_", "NGINX_", "ADMIN_")):
-            monkeypatch.delenv(key)
-    for key, value in REQUIRED.items():
-        monkeypatch.setenv(key, value)
-    return monkeypatch
-
 
 def test_settings_become_criteria(env: pytest.MonkeyPatch) -> None:
     """The VAST_* selection variables reach the criteria, countries upper-cased and in order."""

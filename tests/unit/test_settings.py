@@ -7,30 +7,6 @@ import pytest
 from provisioner import errors, model
 from provisioner.settings import load_settings, parse_docker_login, parse_proxy_ports, split_image
 
-BASE = {
-    "POD_NAME": "vast-pod-0",
-    "VAST_API_KEY": "k3y-abcdef",
-    "VAST_TEMPLATE_NAME": "whisper",
-    "VAST_TEMPLATE_IMAGE": "ghcr.io/acme/whisper:1.2",
-}
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """A clean environment holding only the required variables."""
-    import os
-
-    for key in list(os.environ):
-        if key.startswith(
-            ("VAST_", "NGINX_", "BLACKLIST_", "PROXY_", "ADMIN_", "POD_", "DOCKER_", "RECONCILE")
-        ):
-            monkeypatch.delenv(key)
-    for key in ("DEBUG", "LOG_FORMAT"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in BASE.items():
-        monkeypatch.setenv(key, value)
-    return monkeypatch
-
 
 def test_defaults(env: pytest.MonkeyPatch) -> None:
     """With only the required variables, the documented defaults apply."""
