@@ -1,0 +1,378 @@
+"""The pacer: every Vast.ai call on one API key waits for its endpoint's slot before it is sent.
+
+Vast limits each key per endpoint as a minimum interval between calls (vast-api.md §2.3), so the
+budget belongs to the key, not to the pod. With Redis the pacer is fleet-wide: one Lua script per
+call does ``slot = max(now, stored, now + floor)``, stores ``slot + interval`` and returns the
+wait, atomically, on the Redis server's clock (``TIME``), so pod clock skew does not matter (needs
+Redis >= 5, where scripts replicate their effects). Without Redis, or while it fails or answers
+slower than ``deadline_s``, a per-process pacer applies the same rules; this process's own slots
+are always mirrored locally and passed to Redis as a floor, so switching between the two never
+sends two calls of this process closer than the interval. A 429 that still arrives moves the
+endpoint's next slot for everyone (:meth:`Pacer.penalize`, or automatically when
+``errors.RateLimited`` leaves ``async with pacer.slot(endpoint)``).
+
+``P`` is the key prefix (``BLACKLIST_KEY_PREFIX``), ``B`` the budget id, a truncated SHA-256 of
+the API key (:func:`budget_id`; the key itself is never stored or logged):
+
+=============================  ======  ====================================  ======================
+key                            type    holds                                 lifetime
+=============================  ======  ====================================  ======================
+``P pace:<B>:<endpoint>``      string  the endpoint's next free slot, unix   the slot + ``SLOT_KEY
+                                       milliseconds on the Redis clock       _SLACK_MS``
+=============================  ======  ====================================  ======================
+
+:class:`Failover` is the outage guard the fleet modules share (``fleetview``, ``rentqueue``): pass
+one instance to all of them and an outage is logged once when it starts and once when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Final, TypeAlias, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from provisioner import errors
+
+log = logging.getLogger("provisioner.pacer")
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+#: the Redis client the fleet modules talk through (decode_responses=True; tests pass fakeredis)
+Client: TypeAlias = aioredis.Redis
+
+DEFAULT_KEY_PREFIX: Final = "vastprov:"
+#: a slot key outlives its next free slot by this much, then expires (nothing to clean up)
+SLOT_KEY_SLACK_MS: Final = 60_000
+#: added to every interval: two calls sent exactly one interval apart may arrive closer than that
+DEFAULT_MARGIN_S: Final = 0.05
+#: a Redis exchange slower than this counts as a failure (the call is paced locally instead)
+DEFAULT_DEADLINE_S: Final = 0.5
+#: while Redis is down, try it again at most this often
+DEFAULT_RETRY_S: Final = 2.0
+
+
+class Endpoint(StrEnum):
+    """The endpoint groups Vast limits separately (one budget each)."""
+
+    LIST_INSTANCES = "list_instances"  # GET /api/v1/instances/
+    SHOW_INSTANCE = "show_instance"  # GET /api/v0/instances/{id}/
+    DESTROY = "destroy"  # DELETE /api/v0/instances/{id}/
+    LABEL = "label"  # PUT /api/v0/instances/{id}/ (label, start, stop)
+    TEMPLATE_SEARCH = "template_search"  # GET /api/v0/template/
+    TEMPLATE_CREATE = "template_create"  # POST /api/v0/template/
+    CREATE_INSTANCE = "create_instance"  # PUT /api/v0/asks/{id}/ (the rent)
+    SEARCH_OFFERS = "search_offers"  # POST /api/v0/bundles/
+    WHOAMI = "whoami"  # GET /api/v0/users/current
+    LOGS = "logs"  # PUT /api/v0/instances/request_logs/{id}/
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One endpoint's budget: the minimum interval between calls, and the least a 429 costs."""
+
+    interval_s: float
+    penalty_s: float
+
+
+def _limit(interval_s: float, penalty_s: float | None = None) -> Limit:
+    return Limit(interval_s, interval_s if penalty_s is None else penalty_s)
+
+
+#: Vast's published minimum intervals (vast-api.md §2.3); search offers is "10 per minute"
+DEFAULT_LIMITS: Final[Mapping[Endpoint, Limit]] = MappingProxyType(
+    {
+        Endpoint.LIST_INSTANCES: _limit(1.0),
+        Endpoint.SHOW_INSTANCE: _limit(2.0),
+        Endpoint.DESTROY: _limit(3.0),
+        Endpoint.LABEL: _limit(1.0),
+        Endpoint.TEMPLATE_SEARCH: _limit(3.0),
+        Endpoint.TEMPLATE_CREATE: _limit(1.0),
+        Endpoint.CREATE_INSTANCE: _limit(4.5, penalty_s=12.0),
+        Endpoint.SEARCH_OFFERS: _limit(6.0),
+        Endpoint.WHOAMI: _limit(1.0),
+        Endpoint.LOGS: _limit(1.0),
+        Endpoint.OTHER: _limit(1.0),
+    }
+)
+
+
+def limits_with(intervals_s: Mapping[str, float] | None = None) -> dict[Endpoint, Limit]:
+    """The default limits with some intervals replaced (by endpoint name); a penalty never drops below."""
+    limits = dict(DEFAULT_LIMITS)
+    for name, interval_s in (intervals_s or {}).items():
+        endpoint = Endpoint(name)
+        if not interval_s >= 0 or interval_s == float("inf"):
+            raise ValueError(f"{name}: interval must be a finite number >= 0, got {interval_s!r}")
+        limits[endpoint] = Limit(interval_s, max(interval_s, limits[endpoint].penalty_s))
+    return limits
+
+
+def parse_intervals(text: str, variable: str = "VAST_PACE_INTERVALS") -> dict[str, float]:
+    """``"create_instance=5,list_instances=1.5"`` as a mapping; a bad entry is a ``ConfigError``."""
+    intervals: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in Endpoint.__members__.values():
+            known = ", ".join(Endpoint)
+            raise errors.ConfigError(variable, f"{item!r} is not <endpoint>=<seconds>; endpoints: {known}")
+        try:
+            intervals[name] = float(value)
+            limits_with({name: intervals[name]})
+        except ValueError as exc:
+            raise errors.ConfigError(variable, f"{name}: {value.strip()!r} is not a number >= 0") from exc
+    return intervals
+
+
+def budget_id(api_key: str) -> str:
+    """The name of a key's budget: 16 hex digits of a domain-separated SHA-256, never the key."""
+    return hashlib.sha256(b"vast-pod-provisioner/budget:" + api_key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The pacer's Redis keys for one budget."""
+
+    budget: str
+    prefix: str = DEFAULT_KEY_PREFIX
+
+    def slot(self, endpoint: Endpoint) -> str:
+        return f"{self.prefix}pace:{self.budget}:{endpoint.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A reserved slot: wait ``wait_s`` then send. ``at_s`` is on the Redis clock when ``fleet``."""
+
+    endpoint: Endpoint
+    wait_s: float
+    at_s: float
+    fleet: bool
+
+
+class Failover:
+    """Runs Redis exchanges under a deadline; during an outage fails fast and logs it once.
+
+    Every failure (redis-py, socket, timeout) becomes ``errors.StoreError``. After one, Redis is
+    skipped (the call raises at once) for ``retry_s``, then tried again.
+    """
+
+    def __init__(
+        self,
+        *,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+        retry_s: float = DEFAULT_RETRY_S,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.deadline_s = deadline_s
+        self.retry_s = retry_s
+        self._clock = clock
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+
+    @property
+    def available(self) -> bool:
+        """False during an outage."""
+        return self._down_since is None
+
+    async def call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """``await fn()`` within the deadline, or ``StoreError`` (at once while Redis is known down)."""
+        now = self._clock()
+        if self._down_since is not None and now < self._retry_at:
+            raise errors.StoreError(f"redis {op}: skipped while Redis is down")
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                result = await fn()
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._retry_at = now + self.retry_s
+            if self._down_since is None:
+                self._down_since = now
+                log.warning(
+                    "Redis failed (%s: %s); pacing, the instance view and the rent queue are per pod"
+                    " until it returns",
+                    op,
+                    type(exc).__name__ if isinstance(exc, TimeoutError) else _first_line(exc),
+                    extra={"event": "fleet-store-unavailable"},
+                )
+            raise errors.StoreError(f"redis {op}: {type(exc).__name__}") from exc
+        if self._down_since is not None:
+            log.warning(
+                "Redis is back after %.0fs; pacing, the instance view and the rent queue are fleet-wide",
+                now - self._down_since,
+                extra={"event": "fleet-store-recovered"},
+            )
+            self._down_since = None
+        return result
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class LocalPacer:
+    """The same rules within one process: a next free slot per endpoint, on the local clock."""
+
+    def __init__(self, limits: Mapping[Endpoint, Limit], *, margin_s: float, clock: Clock) -> None:
+        self._limits = limits
+        self._margin_s = margin_s
+        self._clock = clock
+        self._next: dict[Endpoint, float] = {}
+
+    def interval_s(self, endpoint: Endpoint) -> float:
+        return self._limits[endpoint].interval_s + self._margin_s
+
+    def penalty_s(self, endpoint: Endpoint, retry_after_s: float | None) -> float:
+        """How far a 429 moves the next slot: the server's hint or the endpoint's penalty, the longer."""
+        return max(retry_after_s or 0.0, self._limits[endpoint].penalty_s) + self._margin_s
+
+    def remaining_s(self, endpoint: Endpoint) -> float:
+        """Seconds until the endpoint's next free slot (0 when free now)."""
+        return max(self._next.get(endpoint, 0.0) - self._clock(), 0.0)
+
+    def reserve(self, endpoint: Endpoint) -> Slot:
+        """Take the next free slot (synchronous: atomic within the event loop)."""
+        now = self._clock()
+        at = max(now, self._next.get(endpoint, 0.0))
+        self._next[endpoint] = at + self.interval_s(endpoint)
+        return Slot(endpoint, at - now, at, fleet=False)
+
+    def note(self, endpoint: Endpoint, wait_s: float) -> None:
+        """Mirror a slot taken elsewhere (in Redis) that this process sends in ``wait_s``."""
+        after = self._clock() + wait_s + self.interval_s(endpoint)
+        self._next[endpoint] = max(self._next.get(endpoint, 0.0), after)
+
+    def push(self, endpoint: Endpoint, wait_s: float) -> None:
+        """No slot before ``wait_s`` from now."""
+        self._next[endpoint] = max(self._next.get(endpoint, 0.0), self._clock() + wait_s)
+
+
+# KEYS[1] slot key · ARGV: interval ms, floor wait ms, slack ms -> {wait ms, slot ms}
+_ACQUIRE_LUA: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local stored = tonumber(redis.call('GET', KEYS[1])) or 0
+local slot = math.max(now, stored, now + tonumber(ARGV[2]))
+local nxt = slot + tonumber(ARGV[1])
+local ttl = nxt - now + tonumber(ARGV[3])
+redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', string.format('%.0f', ttl))
+return {slot - now, slot}
+"""
+
+# KEYS[1] slot key · ARGV: wait ms, slack ms -> {ms until the next free slot}
+_PENALIZE_LUA: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local stored = tonumber(redis.call('GET', KEYS[1])) or 0
+local target = now + tonumber(ARGV[1])
+if target > stored then
+  local ttl = target - now + tonumber(ARGV[2])
+  redis.call('SET', KEYS[1], string.format('%.0f', target), 'PX', string.format('%.0f', ttl))
+  stored = target
+end
+return {stored - now}
+"""
+
+# KEYS[1] slot key -> {ms until the next free slot (may be negative: free now)}
+_PEEK_LUA: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return {(tonumber(redis.call('GET', KEYS[1])) or 0) - now}
+"""
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+class Pacer:
+    """Paces every call on one API key: fleet-wide through Redis when given one, else per process."""
+
+    def __init__(
+        self,
+        redis: Client | None,
+        keys: Keys,
+        *,
+        limits: Mapping[Endpoint, Limit] = DEFAULT_LIMITS,
+        margin_s: float = DEFAULT_MARGIN_S,
+        failover: Failover | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._redis = redis
+        self.keys = keys
+        self.local = LocalPacer(limits, margin_s=margin_s, clock=clock)
+        self.failover = failover or Failover(clock=clock)
+        self._sleep = sleep
+
+    def interval_s(self, endpoint: Endpoint) -> float:
+        """The spacing the pacer keeps on this endpoint (the limit plus the margin)."""
+        return self.local.interval_s(endpoint)
+
+    async def _script(self, op: str, source: str, key: str, *args: int) -> list[Any]:
+        redis = self._redis
+        if redis is None:
+            raise errors.StoreError("no redis")
+        result = await self.failover.call(op, lambda: redis.eval(source, 1, key, *args))
+        return list(result)
+
+    async def reserve(self, endpoint: Endpoint) -> Slot:
+        """Take the endpoint's next slot without waiting for it (fleet-wide when Redis answers)."""
+        floor_ms = _ms(self.local.remaining_s(endpoint))
+        args = (_ms(self.interval_s(endpoint)), floor_ms, SLOT_KEY_SLACK_MS)
+        try:
+            wait_ms, slot_ms = await self._script("pace", _ACQUIRE_LUA, self.keys.slot(endpoint), *args)
+        except errors.StoreError:
+            return self.local.reserve(endpoint)
+        wait_s = int(wait_ms) / 1000
+        self.local.note(endpoint, wait_s)
+        return Slot(endpoint, wait_s, int(slot_ms) / 1000, fleet=True)
+
+    async def acquire(self, endpoint: Endpoint) -> Slot:
+        """Reserve the endpoint's next slot and sleep until it: the call may be sent on return."""
+        slot = await self.reserve(endpoint)
+        if slot.wait_s > 0:
+            await self._sleep(slot.wait_s)
+        return slot
+
+    @asynccontextmanager
+    async def slot(self, endpoint: Endpoint) -> AsyncIterator[Slot]:
+        """``async with pacer.slot(e): send()``; a ``RateLimited`` leaving the block penalizes ``e``."""
+        taken = await self.acquire(endpoint)
+        try:
+            yield taken
+        except errors.RateLimited as exc:
+            await self.penalize(endpoint, exc.retry_after_s)
+            raise
+
+    async def penalize(self, endpoint: Endpoint, retry_after_s: float | None = None) -> float:
+        """A 429 arrived: no slot for anyone before ``max(retry_after_s, penalty)``; returns the wait."""
+        wait_s = self.local.penalty_s(endpoint, retry_after_s)
+        self.local.push(endpoint, wait_s)
+        key = self.keys.slot(endpoint)
+        try:
+            (left_ms,) = await self._script("penalize", _PENALIZE_LUA, key, _ms(wait_s), SLOT_KEY_SLACK_MS)
+        except errors.StoreError:
+            return self.local.remaining_s(endpoint)
+        return max(int(left_ms) / 1000, self.local.remaining_s(endpoint))
+
+    async def free_in_s(self, endpoint: Endpoint) -> float:
+        """Seconds until the endpoint's next free slot, without taking it (for "wait, don't back off")."""
+        local_s = self.local.remaining_s(endpoint)
+        try:
+            (left_ms,) = await self._script("peek", _PEEK_LUA, self.keys.slot(endpoint))
+        except errors.StoreError:
+            return local_s
+        return max(int(left_ms) / 1000, local_s, 0.0)

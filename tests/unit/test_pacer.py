@@ -1,0 +1,253 @@
+"""The pacer: per-endpoint minimum intervals, shared through Redis, local when Redis fails."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import fakeredis
+import pytest
+
+from provisioner import errors, pacer
+from tests.fakes import Clock
+
+E = pacer.Endpoint
+KEY = "k3y-abcdef-secret"
+
+
+class Sleeper:
+    """A fake ``asyncio.sleep`` that records each wait and moves the clock by it."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.clock.now += seconds
+
+
+def make(redis: Any, clock: Clock, sleeper: Sleeper | None = None, **kw: Any) -> pacer.Pacer:
+    keys = pacer.Keys(pacer.budget_id(KEY))
+    failover = pacer.Failover(clock=clock, deadline_s=kw.pop("deadline_s", 0.5))
+    return pacer.Pacer(
+        redis, keys, failover=failover, clock=clock, sleep=sleeper or Sleeper(clock), margin_s=0.0, **kw
+    )
+
+
+@pytest.fixture
+async def second(server: fakeredis.FakeServer) -> AsyncIterator[fakeredis.FakeAsyncRedis]:
+    c = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
+    yield c
+    await c.aclose()
+
+
+async def test_local_pacer_spaces_calls_by_the_endpoint_interval(clock: Clock) -> None:
+    """Without Redis, each call of an endpoint waits until one interval after the previous one."""
+    sleeper = Sleeper(clock)
+    p = make(None, clock, sleeper)
+    start = clock.now
+    sent = []
+    for _ in range(3):
+        await p.acquire(E.CREATE_INSTANCE)
+        sent.append(clock.now - start)
+    assert sent == [0.0, 4.5, 9.0]
+    assert sleeper.waits == [4.5, 4.5]
+
+
+async def test_endpoints_have_separate_budgets(clock: Clock) -> None:
+    """A busy rent slot does not delay a list: each endpoint group has its own budget."""
+    p = make(None, clock)
+    await p.reserve(E.CREATE_INSTANCE)
+    assert (await p.reserve(E.CREATE_INSTANCE)).wait_s == 4.5
+    assert (await p.reserve(E.LIST_INSTANCES)).wait_s == 0.0
+    assert (await p.reserve(E.SEARCH_OFFERS)).wait_s == 0.0
+    assert (await p.reserve(E.SEARCH_OFFERS)).wait_s == 6.0
+
+
+async def test_margin_is_added_to_every_interval(clock: Clock) -> None:
+    """The margin widens the spacing so that network jitter cannot bring two calls closer than the limit."""
+    p = pacer.Pacer(None, pacer.Keys("b"), margin_s=0.25, clock=clock, sleep=Sleeper(clock))
+    await p.reserve(E.LIST_INSTANCES)
+    assert (await p.reserve(E.LIST_INSTANCES)).wait_s == 1.25
+
+
+async def test_two_pacers_on_one_redis_share_one_budget(
+    client: fakeredis.FakeAsyncRedis, second: fakeredis.FakeAsyncRedis, clock: Clock
+) -> None:
+    """Two pods' pacers on one Redis hand out slots exactly one interval apart on the Redis clock."""
+    a, b = make(client, clock), make(second, clock)
+    slots = [
+        await a.reserve(E.SHOW_INSTANCE),
+        await b.reserve(E.SHOW_INSTANCE),
+        await a.reserve(E.SHOW_INSTANCE),
+    ]
+    assert all(s.fleet for s in slots)
+    assert [round(y.at_s - x.at_s, 3) for x, y in itertools.pairwise(slots)] == [2.0, 2.0]
+    assert 1.5 < slots[1].wait_s <= 2.0  # the real time between the two calls is milliseconds
+    assert 3.5 < slots[2].wait_s <= 4.0
+
+
+async def test_a_penalty_from_one_pod_moves_the_other_pods_slot(
+    client: fakeredis.FakeAsyncRedis, second: fakeredis.FakeAsyncRedis, clock: Clock
+) -> None:
+    """A 429 seen by one pod pushes the endpoint's next slot for every pod on the key."""
+    a, b = make(client, clock), make(second, clock)
+    assert (await b.reserve(E.TEMPLATE_SEARCH)).wait_s == 0.0
+    moved = await a.penalize(E.TEMPLATE_SEARCH, retry_after_s=20.0)
+    assert 19.5 < moved <= 20.0
+    assert 19.5 < (await b.reserve(E.TEMPLATE_SEARCH)).wait_s <= 20.0
+    assert 19.5 < await b.free_in_s(E.TEMPLATE_SEARCH) - 3.0 <= 20.0
+
+
+async def test_a_penalty_without_retry_after_uses_the_endpoint_penalty(
+    client: fakeredis.FakeAsyncRedis, clock: Clock
+) -> None:
+    """A rent 429 without Retry-After costs Vast's rent penalty (12 s), not just the interval."""
+    p = make(client, clock)
+    assert 11.5 < await p.penalize(E.CREATE_INSTANCE) <= 12.0
+    assert 11.5 < (await p.reserve(E.CREATE_INSTANCE)).wait_s <= 12.0
+
+
+async def test_a_penalty_never_pulls_a_later_slot_earlier(
+    client: fakeredis.FakeAsyncRedis, clock: Clock
+) -> None:
+    """A short Retry-After leaves a slot that is already further out where it is."""
+    p = make(client, clock)
+    await p.penalize(E.DESTROY, retry_after_s=30.0)
+    assert 29.5 < await p.penalize(E.DESTROY, retry_after_s=1.0) <= 30.0
+
+
+async def test_rate_limited_leaving_the_slot_block_penalizes_and_propagates(
+    client: fakeredis.FakeAsyncRedis, clock: Clock
+) -> None:
+    """``async with pacer.slot(e)`` re-raises a 429 after moving the endpoint's slot by its Retry-After."""
+    p = make(client, clock)
+    with pytest.raises(errors.RateLimited):
+        async with p.slot(E.WHOAMI):
+            raise errors.RateLimited("whoami", "too frequent", retry_after_s=7.0)
+    assert 6.5 < await p.free_in_s(E.WHOAMI) <= 7.0
+
+
+async def test_acquire_sleeps_until_the_fleet_slot(client: fakeredis.FakeAsyncRedis, clock: Clock) -> None:
+    """``acquire`` sleeps the wait Redis hands out before returning."""
+    sleeper = Sleeper(clock)
+    p = make(client, clock, sleeper)
+    await p.acquire(E.DESTROY)
+    await p.acquire(E.DESTROY)
+    assert len(sleeper.waits) == 1
+    assert 2.5 < sleeper.waits[0] <= 3.0
+
+
+async def test_budget_keys_hold_a_hash_of_the_api_key_never_the_key(client: fakeredis.FakeAsyncRedis) -> None:
+    """The Redis key names derive from a hash of the API key; the key is nowhere in Redis."""
+    p = pacer.Pacer(client, pacer.Keys(pacer.budget_id(KEY)))
+    await p.reserve(E.LIST_INSTANCES)
+    names = [k async for k in client.scan_iter("*")]
+    assert names == [f"vastprov:pace:{pacer.budget_id(KEY)}:list_instances"]
+    assert KEY not in names[0]
+    values = [await client.get(n) for n in names]
+    assert all(KEY not in str(v) for v in values)
+    assert pacer.budget_id(KEY) != pacer.budget_id(KEY + "x")
+    assert len(pacer.budget_id(KEY)) == 16
+
+
+async def test_slot_keys_expire_after_their_slot(client: fakeredis.FakeAsyncRedis) -> None:
+    """A slot key carries a TTL of its next slot plus the slack, so idle budgets leave nothing behind."""
+    p = pacer.Pacer(client, pacer.Keys("b"))
+    await p.reserve(E.CREATE_INSTANCE)
+    ttl_ms = await client.pttl("vastprov:pace:b:create_instance")
+    assert pacer.SLOT_KEY_SLACK_MS < ttl_ms <= pacer.SLOT_KEY_SLACK_MS + 4550
+
+
+async def test_redis_down_falls_back_to_local_pacing_and_logs_once(
+    server: fakeredis.FakeServer,
+    client: fakeredis.FakeAsyncRedis,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While Redis fails the pod paces alone with the same rules; outage and return are logged once."""
+    p = make(client, clock)
+    server.connected = False
+    caplog.set_level(logging.WARNING, "provisioner.pacer")
+    slots = [await p.acquire(E.LIST_INSTANCES) for _ in range(4)]
+    assert [s.fleet for s in slots] == [False] * 4
+    assert [s.wait_s for s in slots] == [0.0, 1.0, 1.0, 1.0]
+    down = [r for r in caplog.records if getattr(r, "event", "") == "fleet-store-unavailable"]
+    assert len(down) == 1
+    server.connected = True
+    clock.now += pacer.DEFAULT_RETRY_S
+    assert (await p.reserve(E.LIST_INSTANCES)).fleet
+    assert [getattr(r, "event", "") for r in caplog.records] == [
+        "fleet-store-unavailable",
+        "fleet-store-recovered",
+    ]
+
+
+async def test_back_on_redis_the_local_slots_are_a_floor(
+    server: fakeredis.FakeServer, client: fakeredis.FakeAsyncRedis, clock: Clock
+) -> None:
+    """A slot taken locally during the outage still spaces this pod's first call once Redis is back."""
+    p = make(client, clock)
+    server.connected = False
+    assert (await p.reserve(E.CREATE_INSTANCE)).fleet is False
+    server.connected = True
+    clock.now += 2.0  # the retry delay has passed; 2.5 s of the local slot's interval remain
+    slot = await p.reserve(E.CREATE_INSTANCE)
+    assert slot.fleet
+    assert slot.wait_s == 2.5
+
+
+class SlowRedis:
+    """A client whose every call takes longer than any sane deadline."""
+
+    async def eval(self, *args: Any) -> Any:
+        await asyncio.sleep(5)
+
+
+async def test_a_slow_redis_counts_as_down(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    """A Redis slower than the deadline is not waited for: the call is paced locally at once."""
+    p = make(SlowRedis(), clock, deadline_s=0.05)
+    caplog.set_level(logging.WARNING, "provisioner.pacer")
+    slot = await p.reserve(E.SHOW_INSTANCE)
+    assert slot.fleet is False
+    assert (await p.reserve(E.SHOW_INSTANCE)).wait_s == 2.0  # skipped during the retry delay: no second wait
+    assert len(caplog.records) == 1
+
+
+def test_parse_intervals_reads_overrides_per_endpoint() -> None:
+    """``VAST_PACE_INTERVALS`` overrides named endpoints and keeps the defaults for the others."""
+    parsed = pacer.parse_intervals(" create_instance=5 , list_instances=1.5,")
+    assert parsed == {"create_instance": 5.0, "list_instances": 1.5}
+    limits = pacer.limits_with(parsed)
+    assert limits[E.CREATE_INSTANCE] == pacer.Limit(5.0, 12.0)
+    assert limits[E.LIST_INSTANCES] == pacer.Limit(1.5, 1.5)
+    assert limits[E.DESTROY] == pacer.DEFAULT_LIMITS[E.DESTROY]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("rent=4.5", id="unknown-endpoint"),
+        pytest.param("create_instance", id="no-value"),
+        pytest.param("create_instance=fast", id="not-a-number"),
+        pytest.param("create_instance=-1", id="negative"),
+        pytest.param("create_instance=nan", id="nan"),
+        pytest.param("create_instance=inf", id="infinite"),
+    ],
+)
+def test_parse_intervals_rejects_bad_entries_naming_the_variable(text: str) -> None:
+    """A bad override is a one-line ConfigError that names the variable."""
+    with pytest.raises(errors.ConfigError) as caught:
+        pacer.parse_intervals(text, variable="VAST_PACE_INTERVALS")
+    assert caught.value.variable == "VAST_PACE_INTERVALS"
+    assert "\n" not in str(caught.value)
+
+
+def test_default_limits_cover_every_endpoint() -> None:
+    """Every endpoint group has a published interval (a missing one would be a KeyError mid-call)."""
+    assert set(pacer.DEFAULT_LIMITS) == set(E)
+    assert pacer.DEFAULT_LIMITS[E.SEARCH_OFFERS].interval_s == 6.0  # 10 per minute
