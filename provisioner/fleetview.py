@@ -1,0 +1,252 @@
+"""The shared instance view: one instance list for the whole fleet per interval, kept in Redis.
+
+client-go's shared informer, on the Redis the pods already share: instead of every pod listing
+every instance on the key, a view no older than the caller's ``max_age_s`` is read from Redis, and
+a stale one is refreshed once for everyone (single flight): the first pod to find it stale takes a
+short lock (``SET NX PX`` with a token), lists, and publishes; the others poll until the new
+version is there (or until the lock expires, if its holder died) instead of listing themselves.
+Freshness check and lock are one Lua script, so a pod that finds the view stale after another pod
+has just refreshed it reads the new view rather than listing again.
+
+Ages are on the Redis clock (``TIME``), and a view's time is when its list was *requested* (the
+lock was taken), so "the list is younger than my rent lock" holds whatever the pods' clocks say:
+a renter passes ``max_age_s`` = seconds since it took the rent lock.
+
+The list call is passed in (``fetch``), so the view is generic over the payload: a :class:`Codec`
+says how to read an item's label and how to turn it into JSON and back. Only items whose label
+starts with the fleet's prefix are kept. Without Redis, or while it fails, each pod keeps its own
+view (it lists itself, once per ``max_age_s``, single flight within the process).
+
+``P`` is the key prefix, ``B`` the budget id (``pacer.budget_id``), ``F`` the fleet's label prefix:
+
+==========================  ======  ========================================  ===================
+key                         type    holds                                     lifetime
+==========================  ======  ========================================  ===================
+``P view:<B>:<F>``          hash    ``at``: when the list was requested (ms,  ``VIEW_TTL_MS``
+                                    Redis clock); ``items``: a JSON array
+``P view:<B>:<F>:lock``     string  the token of the pod listing now          ``lock_ttl_s``
+==========================  ======  ========================================  ===================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Generic, TypeVar
+
+from provisioner import errors, pacer
+
+log = logging.getLogger("provisioner.fleetview")
+
+T = TypeVar("T")
+
+#: a view nobody refreshed for this long is dropped (its content is useless by then)
+VIEW_TTL_MS: Final = 3_600_000
+#: the lock a refreshing pod holds: longer than a paced list call, short enough if its holder dies
+DEFAULT_LOCK_TTL_S: Final = 20.0
+#: how often a waiting pod looks for the new version
+DEFAULT_POLL_S: Final = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The view's Redis keys for one budget and one fleet (label prefix)."""
+
+    budget: str
+    fleet: str
+    prefix: str = pacer.DEFAULT_KEY_PREFIX
+
+    @property
+    def view(self) -> str:
+        return f"{self.prefix}view:{self.budget}:{self.fleet}"
+
+    @property
+    def lock(self) -> str:
+        return f"{self.view}:lock"
+
+
+@dataclass(frozen=True, slots=True)
+class Codec(Generic[T]):
+    """How to read an item's label and turn it into JSON and back (``decode`` raises on a foreign value)."""
+
+    label_of: Callable[[T], str | None]
+    encode: Callable[[T], Any]
+    decode: Callable[[Any], T]
+
+
+def _raw_label(item: dict[str, Any]) -> str | None:
+    label = item.get("label")
+    return label if isinstance(label, str) else None
+
+
+def _raw_decode(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"not an instance object: {type(value).__name__}")
+    return value
+
+
+#: raw instance JSON as the v1 list returns it
+RAW: Final[Codec[dict[str, Any]]] = Codec(label_of=_raw_label, encode=lambda item: item, decode=_raw_decode)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot(Generic[T]):
+    """What a read saw: the items, their age, and whether they came from the fleet's view."""
+
+    items: tuple[T, ...]
+    age_s: float
+    shared: bool
+    fetched: bool
+
+
+# KEYS: view, lock · ARGV: max age ms, token, lock ttl ms
+# -> {1, now, at, items} fresh | {2, now} the lock is ours: list | {0, now} someone else is listing
+_TRY_LUA: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at = tonumber(redis.call('HGET', KEYS[1], 'at'))
+if at and now - at <= tonumber(ARGV[1]) then
+  return {1, now, at, redis.call('HGET', KEYS[1], 'items')}
+end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  return {2, now}
+end
+return {0, now}
+"""
+
+# KEYS: view, lock · ARGV: token, at ms, items JSON, view ttl ms. A newer view is never overwritten.
+_PUBLISH_LUA: Final = """
+local stored = tonumber(redis.call('HGET', KEYS[1], 'at')) or -1
+if tonumber(ARGV[2]) > stored then
+  redis.call('HSET', KEYS[1], 'at', ARGV[2], 'items', ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+# KEYS: lock · ARGV: token
+_RELEASE_LUA: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class _Stale(Exception):
+    """The shared view could not be used (corrupt, or nobody published in time): list locally."""
+
+
+class FleetView(Generic[T]):
+    """The fleet's instances, listed once per ``max_age_s`` for all pods on one Redis."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[Sequence[T]]],
+        redis: pacer.Client | None,
+        keys: Keys,
+        codec: Codec[T],
+        *,
+        lock_ttl_s: float = DEFAULT_LOCK_TTL_S,
+        poll_s: float = DEFAULT_POLL_S,
+        failover: pacer.Failover | None = None,
+        clock: pacer.Clock = time.monotonic,
+        sleep: pacer.Sleep = asyncio.sleep,
+    ) -> None:
+        self._fetch = fetch
+        self._redis = redis
+        self.keys = keys
+        self._codec = codec
+        self._lock_ttl_s = lock_ttl_s
+        self._poll_s = poll_s
+        self.failover = failover or pacer.Failover(clock=clock)
+        self._clock = clock
+        self._sleep = sleep
+        self._local_lock = asyncio.Lock()
+        self._local: tuple[float, tuple[T, ...]] | None = None
+        #: how many times this process called ``fetch`` (the fleet's list calls, from this pod)
+        self.fetches = 0
+
+    async def get(self, max_age_s: float, *, label: str | None = None) -> Snapshot[T]:
+        """The fleet's instances (only ``label``'s when given), listed no more than ``max_age_s`` ago."""
+        snap = await self._get(max(max_age_s, 0.0))
+        if label is None:
+            return snap
+        own = tuple(i for i in snap.items if self._codec.label_of(i) == label)
+        return Snapshot(own, snap.age_s, snap.shared, snap.fetched)
+
+    async def _get(self, max_age_s: float) -> Snapshot[T]:
+        if self._redis is not None:
+            try:
+                return await self._shared(max_age_s)
+            except (errors.StoreError, _Stale):
+                pass
+        return await self._local_get(max_age_s)
+
+    def _ours(self, items: Sequence[T]) -> tuple[T, ...]:
+        return tuple(i for i in items if (self._codec.label_of(i) or "").startswith(self.keys.fleet))
+
+    async def _local_get(self, max_age_s: float) -> Snapshot[T]:
+        async with self._local_lock:
+            if self._local is not None and self._clock() - self._local[0] <= max_age_s:
+                at, items = self._local
+                return Snapshot(items, self._clock() - at, shared=False, fetched=False)
+            at = self._clock()
+            items = await self._list()
+            self._local = (at, items)
+            return Snapshot(items, self._clock() - at, shared=False, fetched=True)
+
+    async def _list(self) -> tuple[T, ...]:
+        self.fetches += 1
+        return self._ours(await self._fetch())
+
+    async def _script(self, op: str, source: str, keys: Sequence[str], *args: str | int) -> list[Any]:
+        redis = self._redis
+        assert redis is not None
+        result = await self.failover.call(op, lambda: redis.eval(source, len(keys), *keys, *args))
+        return list(result) if isinstance(result, list) else [result]
+
+    async def _shared(self, max_age_s: float) -> Snapshot[T]:
+        token = secrets.token_hex(8)
+        deadline = self._clock() + self._lock_ttl_s + 1.0
+        args = (round(max_age_s * 1000), token, round(self._lock_ttl_s * 1000))
+        while True:
+            state = await self._script("view", _TRY_LUA, (self.keys.view, self.keys.lock), *args)
+            if state[0] == 1:
+                return self._decoded(state)
+            if state[0] == 2:
+                return await self._refresh(token, at_ms=int(state[1]))
+            if self._clock() >= deadline:
+                log.warning("Nobody published the shared instance view in time; listing here")
+                raise _Stale
+            await self._sleep(self._poll_s)
+
+    def _decoded(self, state: list[Any]) -> Snapshot[T]:
+        now_ms, at_ms, raw = int(state[1]), int(state[2]), state[3]
+        try:
+            items = tuple(self._codec.decode(v) for v in json.loads(raw))
+        except (TypeError, ValueError, KeyError) as exc:
+            log.warning("The shared instance view is unreadable (%s); listing here", exc)
+            raise _Stale from exc
+        return Snapshot(self._ours(items), (now_ms - at_ms) / 1000, shared=True, fetched=False)
+
+    async def _refresh(self, token: str, at_ms: int) -> Snapshot[T]:
+        """We hold the lock: list, publish, release (the lock is released on failure too)."""
+        lock = (self.keys.lock,)
+        started = self._clock()
+        try:
+            items = await self._list()
+        except BaseException:
+            with contextlib.suppress(errors.StoreError):  # else the lock expires by itself
+                await self._script("view-release", _RELEASE_LUA, lock, token)
+            raise
+        payload = json.dumps([self._codec.encode(i) for i in items], separators=(",", ":"))
+        keys = (self.keys.view, self.keys.lock)
+        with contextlib.suppress(errors.StoreError):  # this pod still has its list; the others list again
+            await self._script("view-publish", _PUBLISH_LUA, keys, token, at_ms, payload, VIEW_TTL_MS)
+        return Snapshot(items, self._clock() - started, shared=True, fetched=True)
