@@ -16,7 +16,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from provisioner import pacer
+from provisioner import fleetview, pacer, rentqueue
 from tests.redis_server import run_redis
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,7 @@ SLOTS_PER_PROCESS = 6
 _POD = """
 import asyncio, json, os, sys
 import redis.asyncio as aioredis
-from provisioner import pacer
+from provisioner import fleetview, pacer, rentqueue
 
 async def main() -> None:
     url, n, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
@@ -97,3 +97,36 @@ async def test_a_redis_crash_falls_back_to_local_pacing_and_returns(tmp_path: Pa
             assert back.wait_s > 1.0  # after the local slot, although the restarted Redis is empty
         finally:
             await client.aclose()
+
+
+async def test_the_shared_view_and_rent_queue_scripts_on_a_real_redis(tmp_path: Path) -> None:
+    """On a real Redis: eight pods on a stale view list once; the queue orders, prunes, claims apart."""
+    with run_redis(tmp_path) as server:
+        clients = [aioredis.Redis.from_url(server.url, decode_responses=True) for _ in range(8)]
+        try:
+            calls = 0
+
+            async def fetch() -> list[dict[str, Any]]:
+                nonlocal calls
+                calls += 1
+                await asyncio.sleep(0.1)
+                return [{"id": 1, "label": "k8s_pod=web-0"}, {"id": 2, "label": "other"}]
+
+            keys = fleetview.Keys("b", "k8s_pod=")
+            views = [fleetview.FleetView(fetch, c, keys, fleetview.RAW, poll_s=0.01) for c in clients]
+            snaps = await asyncio.gather(*(v.get(30.0, label="k8s_pod=web-0") for v in views))
+            assert calls == 1
+            assert all(s.shared and [i["id"] for i in s.items] == [1] for s in snaps)
+
+            qs = [rentqueue.RentQueue(c, rentqueue.Keys("b"), member_ttl_s=0.2) for c in clients[:3]]
+            assert [(await q.join(f"web-{i}")).k for i, q in enumerate(qs)] == [1, 2, 3]
+            picks = await asyncio.gather(*(q.pick(f"web-{i}", [5, 6]) for i, q in enumerate(qs)))
+            assert sorted(picks, key=str) == [5, 6, None]
+            for _ in range(6):  # web-0 and web-1 stop beating; web-2 looks (and beats) every 50 ms
+                await asyncio.sleep(0.05)
+                position = await qs[2].position("web-2")
+                assert position is not None
+            assert (position.k, position.n) == (1, 1)
+        finally:
+            for c in clients:
+                await c.aclose()
