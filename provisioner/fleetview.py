@@ -207,7 +207,8 @@ class FleetView(Generic[T]):
 
     async def _script(self, op: str, source: str, keys: Sequence[str], *args: str | int) -> list[Any]:
         redis = self._redis
-        assert redis is not None
+        if redis is None:
+            raise errors.StoreError("no redis")
         result = await self.failover.call(op, lambda: redis.eval(source, len(keys), *keys, *args))
         return list(result) if isinstance(result, list) else [result]
 
