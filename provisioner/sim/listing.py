@@ -54,7 +54,7 @@ def instance_row(inst: SimInstance, now: float, public_ip: str) -> dict[str, Any
     return {
         "id": inst.id,
         "label": inst.label,
-        "actual_status": inst.actual_status,
+        "actual_status": inst.reported_status(now),
         "intended_status": inst.intended_status,
         "cur_state": cur_state,
         "next_state": inst.intended_status,
