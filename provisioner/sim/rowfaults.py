@@ -57,7 +57,7 @@ def spoil(fault: Fault, payload: dict[str, Any]) -> dict[str, Any]:
             for key in fault.drop:
                 row.pop(key, None)
         return payload
-    if isinstance(payload.get("instances"), dict):
+    if not isinstance(payload.get("instances"), list):  # a show, or a list already null
         return {**payload, "instances": None} if hit else payload
     gone = {id(row) for row in hit}
     kept = [row for row in payload.get("instances") or [] if id(row) not in gone]

@@ -129,6 +129,9 @@ async def test_row_missing_on_show_is_instances_null(sim: Sim) -> None:
     assert await sim.show("a") is None
     assert healthy(await sim.show("a"))
     assert sim.ids["a"] in [r["id"] for r in (await sim.client.get("/_sim/state")).json()["instances"]]
+    await sim.fault(endpoint="show", kind="row_missing")
+    gone = await sim.client.get("/api/v0/instances/12345/")
+    assert gone.json() == {"instances": None}, "an unknown id stays null, not an empty list"
 
 
 @pytest.mark.parametrize("status", [401, 403])
