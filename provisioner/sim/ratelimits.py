@@ -75,6 +75,10 @@ def parse_overrides(raw: Any) -> dict[str, Rule]:
         raise ValueError("rate_limit_overrides must be an object of endpoint -> seconds")
     result: dict[str, Rule] = {}
     for endpoint, value in raw.items():
+        if endpoint not in RATE_RULES and endpoint != "logs_result":
+            raise ValueError(
+                f"rate_limit_overrides: unknown endpoint {endpoint!r}; known: {sorted(RATE_RULES)}"
+            )
         base = RATE_RULES.get(endpoint, Rule(1, 1.0))
         if value is None or (_number(value) and value == 0):
             result[endpoint] = Rule(1, 0.0, 0.0, base.scope)

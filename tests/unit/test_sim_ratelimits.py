@@ -201,6 +201,7 @@ async def test_scale_and_overrides(sim: Sim) -> None:
         {"rate_limit_overrides": {"list": [0, 5]}},
         {"rate_limit_overrides": {"list": "fast"}},
         {"rate_limit_overrides": []},
+        {"rate_limit_overrides": {"lists": 1}},
         {"rate_limit_body": "html"},
         {"rate_limit_scale": -1},
     ],
