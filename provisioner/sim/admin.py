@@ -1,16 +1,25 @@
 """The test-only admin API under `/_sim/` (no auth, not in the request log, never faulted).
 
 - GET    /_sim/requests[?endpoint=name]  {"requests": [{method, path, endpoint, status, ts, query}],
-                                          "counts": {endpoint: n}}
-- DELETE /_sim/requests                  clear the request log
+                                          "counts": {endpoint: n}, "status_counts": {endpoint: {status: n}},
+                                          "count_429": {endpoint: n}} (counters are not bounded by the log)
+- DELETE /_sim/requests                  clear the request log and its counters
+- GET    /_sim/rate_limits               the limits in force (config knobs, each endpoint's calls,
+                                          period_s, interval_s, penalty_s, scope, accepted, refused) and
+                                          "refused": {endpoint: n} (429s from the limits alone, not faults)
+- DELETE /_sim/rate_limits               forget every slot and counter (a fresh budget for every key)
 - GET    /_sim/state                     every instance (destroyed ones too, with destroyed_at), offers,
                                           templates, hosts, faults, config
 - GET    /_sim/faults                    the queued faults
 - POST   /_sim/faults                    one fault, or {"faults": [...]}: {"endpoint", "kind", "count",
-                                          "status", "retry_after", "delay_s"} (faults.py lists the kinds)
+                                          "status", "retry_after", "delay_s", "instance_id", "label",
+                                          "patch", "drop"} (faults.py lists the kinds and targets)
 - DELETE /_sim/faults                    drop every queued fault
 - POST   /_sim/hosts/{host_id}           {"never_boots", "oci_failure", "dies_after_s", "pull_delay_s"}
                                         (host_id "next": the host of the next rental, whichever it is)
+- POST   /_sim/instances/{id}/status     {"actual_status": "hibernating_v2" | null, "for_s": 10 | null}:
+                                          report that status (null: until cleared) while the container runs
+- DELETE /_sim/instances/{id}/status     report the real status again
 - POST   /_sim/instances/{id}/{action}   kill | offline | unknown | reboot ({"remap": true}: a new port)
 - POST   /_sim/offers/{id}/take          someone else rents the offer
 - GET    /_sim/config, POST /_sim/config read or change SimConfig fields at run time
@@ -39,7 +48,15 @@ async def requests_get(call: Call) -> Response:
     wanted = call.query("endpoint")
     if wanted:
         entries = [e for e in entries if e["endpoint"] == wanted]
-    return json_response({"requests": entries, "counts": call.runtime.requests.counts()})
+    log = call.runtime.requests
+    return json_response(
+        {
+            "requests": entries,
+            "counts": log.counts(),
+            "status_counts": log.status_counts(),
+            "count_429": log.count_429(),
+        }
+    )
 
 
 async def requests_delete(call: Call) -> Response:
@@ -62,6 +79,8 @@ async def state_get(call: Call) -> Response:
             "pending": [[at, status] for at, status in inst.pending],
             "workload_ports": runtime.workloads.ports_of(inst.id),
             "log_lines": len(inst.logs),
+            "real_status": inst.actual_status,
+            "status_override": dataclasses.asdict(inst.status_override) if inst.status_override else None,
         }
         for inst in state.instances.values()
     ]
@@ -160,8 +179,68 @@ async def instance_action(call: Call) -> Response:
     except InstanceNotFound:
         raise ApiError(vast_error(404, "not_found", f"Instance {instance_id} not found")) from None
     await call.runtime.settle()
-    row = listing.instance_row(state.live(instance_id), call.runtime.clock(), call.runtime.config.public_ip)
+    return _instance_answer(call, instance_id)
+
+
+async def status_post(call: Call) -> Response:
+    """Report another actual_status (a string Vast never used, or null) for `for_s` s or until cleared."""
+    instance_id = call.int_param("id", error="invalid_request")
+    if "actual_status" not in call.body:
+        raise _bad('give "actual_status" (a string or null) and optionally "for_s"')
+    status, for_s = call.body["actual_status"], call.body.get("for_s")
+    if status is not None and not isinstance(status, str):
+        raise _bad("actual_status must be a string or null")
+    if for_s is not None and (isinstance(for_s, bool) or not isinstance(for_s, int | float) or for_s <= 0):
+        raise _bad("for_s must be a positive number of seconds or null")
+    unknown = set(call.body) - {"actual_status", "for_s"}
+    if unknown:
+        raise _bad(f"unknown fields {sorted(unknown)}")
+    try:
+        call.runtime.state.override_status(instance_id, status, None if for_s is None else float(for_s))
+    except InstanceNotFound:
+        raise ApiError(vast_error(404, "not_found", f"Instance {instance_id} not found")) from None
+    return _instance_answer(call, instance_id)
+
+
+async def status_delete(call: Call) -> Response:
+    """Report the real actual_status again."""
+    instance_id = call.int_param("id", error="invalid_request")
+    try:
+        call.runtime.state.clear_status_override(instance_id)
+    except InstanceNotFound:
+        raise ApiError(vast_error(404, "not_found", f"Instance {instance_id} not found")) from None
+    return _instance_answer(call, instance_id)
+
+
+def _instance_answer(call: Call, instance_id: int) -> Response:
+    row = listing.instance_row(
+        call.runtime.state.live(instance_id), call.runtime.clock(), call.runtime.config.public_ip
+    )
     return json_response({"success": True, "instance": row})
+
+
+async def rate_limits_get(call: Call) -> Response:
+    """The rate limits in force and how many calls each endpoint had accepted and refused."""
+    config = call.runtime.config
+    limits = call.runtime.limits
+    return json_response(
+        {
+            "enabled": config.rate_limits,
+            "scale": config.rate_limit_scale,
+            "body": config.rate_limit_body,
+            "retry_after": config.rate_limit_retry_after,
+            "penalties": config.rate_limit_penalties,
+            "overrides": config.rate_limit_overrides,
+            "rules": limits.rules(config.rate_limit_scale),
+            "refused": dict(limits.limiter.refused),
+        }
+    )
+
+
+async def rate_limits_delete(call: Call) -> Response:
+    """A fresh budget for every key: forget every slot and counter."""
+    call.runtime.limits.limiter.reset()
+    return json_response({"success": True})
 
 
 async def offer_take(call: Call) -> Response:
@@ -198,6 +277,10 @@ ADMIN_ROUTES: list[RouteSpec] = [
     route("admin", "POST", r"/_sim/faults", faults_post, auth="none", admin=True),
     route("admin", "DELETE", r"/_sim/faults", faults_delete, auth="none", admin=True),
     route("admin", "POST", r"/_sim/hosts/(?P<host_id>[^/]+)", host_post, auth="none", admin=True),
+    route("admin", "GET", r"/_sim/rate_limits", rate_limits_get, auth="none", admin=True),
+    route("admin", "DELETE", r"/_sim/rate_limits", rate_limits_delete, auth="none", admin=True),
+    route("admin", "POST", rf"/_sim/instances/{_ID}/status", status_post, auth="none", admin=True),
+    route("admin", "DELETE", rf"/_sim/instances/{_ID}/status", status_delete, auth="none", admin=True),
     route(
         "admin",
         "POST",

@@ -2,8 +2,9 @@
 
 Every request goes through one pipeline: match the route (with or without the trailing slash; 404 or 405
 as JSON otherwise) → advance the state machine → a queued fault may answer instead → rate limits (when
-enabled) → auth (Bearer header or `?api_key=`) → JSON body (`{}` when empty; 400 "Invalid json body") →
-the handler → a fault may spoil the answer → the request log. `/_sim/` admin routes skip all but the handler.
+enabled; ratelimits.py) → auth (Bearer header or `?api_key=`) → JSON body (`{}` when empty; 400 "Invalid
+json body") → the handler → a row fault may spoil instance rows (rowfaults.py) → a fault may spoil the
+answer → the request log. `/_sim/` admin routes skip all but the handler.
 
     create_app(config) -> Starlette            serve with any ASGI server; the lifespan runs the ticker
     running_sim(config) -> (app, runtime)      in-process use with httpx.ASGITransport (no lifespan there)
@@ -27,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from provisioner.asgi import EmbeddedServer, bind_socket
+from provisioner.sim import ratelimits
 from provisioner.sim.admin import ADMIN_ROUTES
 from provisioner.sim.config import SimConfig
 from provisioner.sim.faults import (
@@ -35,10 +37,10 @@ from provisioner.sim.faults import (
     WORLD_KINDS,
     answer_before,
     json_response,
-    rate_limited,
     spoil_after,
 )
 from provisioner.sim.routes import API_ROUTES
+from provisioner.sim.rowfaults import spoil_rows
 from provisioner.sim.runtime import SimRuntime
 from provisioner.sim.state import Clock
 from provisioner.sim.wire import ApiError, Call, RouteSpec, invalid_request
@@ -48,6 +50,8 @@ __all__ = ["SimConfig", "SimRuntime", "create_app", "main", "run_sim", "running_
 
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: endpoints whose path `{id}` is an instance id (a fault's `instance_id` matches it)
+_INSTANCE_ENDPOINTS = frozenset({"show", "manage", "destroy", "reboot", "recycle", "logs_request"})
 
 
 def _api_key(request: Request) -> str | None:
@@ -56,6 +60,15 @@ def _api_key(request: Request) -> str | None:
     if header[:7].lower() == "bearer " and header[7:].strip():
         return header[7:].strip()
     return request.query_params.get("api_key") or None
+
+
+def _no_route(request: Request, allowed: set[str]) -> Response:
+    """404 for an unknown path, 405 (with Allow) for a known path and another method."""
+    if allowed:
+        body = {"success": False, "error": "method_not_allowed", "msg": "Method Not Allowed"}
+        return json_response(body, 405, {"Allow": ", ".join(sorted(allowed))})
+    body = {"success": False, "error": "not_found", "msg": f"Not Found: {request.url.path}"}
+    return json_response(body, 404)
 
 
 class Dispatcher:
@@ -79,42 +92,41 @@ class Dispatcher:
     async def dispatch(self, request: Request) -> Response:
         path = request.url.path.rstrip("/") or "/"
         spec, params, allowed = self._match(request.method, path)
-        response: Response | None
         if spec is None:
-            if allowed:
-                body = {"success": False, "error": "method_not_allowed", "msg": "Method Not Allowed"}
-                response = json_response(body, 405, {"Allow": ", ".join(sorted(allowed))})
-            else:
-                body = {"success": False, "error": "not_found", "msg": f"Not Found: {request.url.path}"}
-                response = json_response(body, 404)
+            response = _no_route(request, allowed)
             self._log(request, "unknown", response)
             return response
         if spec.admin:
             return await self._handle(spec, request, params)
         self.runtime.state.tick()
-        fault = self.runtime.faults.take(spec.endpoint)
-        response = None
+        response = await self._api(spec, request, params)
+        self._log(request, spec.endpoint, response)
+        return response
+
+    async def _api(self, spec: RouteSpec, request: Request, params: dict[str, str]) -> Response:
+        """Faults, rate limits, auth and the handler, in that order."""
+        path_id = params.get("id", "")
+        fault = self.runtime.faults.take(
+            spec.endpoint,
+            int(path_id) if path_id.isdigit() and spec.endpoint in _INSTANCE_ENDPOINTS else None,
+        )
         if fault is not None and fault.kind in WORLD_KINDS and "id" in params:
             with contextlib.suppress(KeyError, ValueError):
                 self.runtime.state.take_offer(int(params["id"]))
         elif fault is not None and fault.kind not in POST_KINDS:
-            response = await answer_before(fault, spec.endpoint, self.runtime.config.auth_failure_status)
-        if response is None:
-            handled = self._rate_limit(spec, request) or await self._handle(spec, request, params)
-            if fault is not None and fault.kind in POST_KINDS and handled.status_code < 400:
-                handled = await spoil_after(fault, handled)
-            response = handled
-        self._log(request, spec.endpoint, response)
+            early = await answer_before(fault, spec.endpoint, self.runtime.config.auth_failure_status)
+            if early is not None:
+                return early
+        client_ip = request.client.host if request.client else "-"
+        limited = self.runtime.limits.enforce(
+            self.runtime.config, spec.endpoint, _api_key(request), client_ip, self.runtime.clock()
+        )
+        if limited is not None:
+            return limited
+        response = spoil_rows(self.runtime.faults, spec.endpoint, await self._handle(spec, request, params))
+        if fault is not None and fault.kind in POST_KINDS and response.status_code < 400:
+            response = await spoil_after(fault, response)
         return response
-
-    def _rate_limit(self, spec: RouteSpec, request: Request) -> Response | None:
-        config = self.runtime.config
-        if not config.rate_limits:
-            return None
-        identity = _api_key(request) or (request.client.host if request.client else "-")
-        if self.runtime.limiter.allow(identity, spec.endpoint, config.rate_limit_scale):
-            return None
-        return rate_limited(spec.endpoint)
 
     async def _handle(self, spec: RouteSpec, request: Request, params: dict[str, str]) -> Response:
         key = _api_key(request)
@@ -234,8 +246,7 @@ def run_sim(host: str, port: int, config: SimConfig) -> None:
     asyncio.run(serve(config, host, port))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m provisioner.sim --port N [--boot-delay S] [--seed N] [--rate-limits] [--api-key K]`."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="provisioner sim", description="Serve a simulated Vast.ai API.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=18765)
@@ -245,18 +256,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--rate-limits", action="store_true", help="answer 429 like Vast's per-endpoint limits"
     )
+    parser.add_argument("--rate-limit-scale", type=float, default=1.0, help="multiply every interval")
+    parser.add_argument(
+        "--rate-limit-override",
+        action="append",
+        default=[],
+        metavar="ENDPOINT=SECONDS",
+        help="one endpoint's interval (0: no limit); repeatable",
+    )
+    parser.add_argument(
+        "--rate-limit-body",
+        default=SimConfig.rate_limit_body,
+        choices=sorted(ratelimits.BODY_MODES),
+        help="the 429 body form",
+    )
+    parser.add_argument("--rate-limit-retry-after", action="store_true", help="send Retry-After with 429s")
+    parser.add_argument("--rate-limit-penalties", action="store_true", help="model create's penalty 12")
     parser.add_argument("--api-key", default=None, help="require exactly this key (default: accept any)")
     parser.add_argument("--public-ip", default=SimConfig.public_ip, help="address reported in public_ipaddr")
     parser.add_argument("--workload-host", default=SimConfig.workload_host, help="where workloads listen")
+    return parser
+
+
+def _overrides(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, float]:
+    result: dict[str, float] = {}
+    for item in items:
+        endpoint, _, seconds = item.partition("=")
+        try:
+            result[endpoint.strip()] = float(seconds)
+        except ValueError:
+            parser.error(f"--rate-limit-override wants ENDPOINT=SECONDS, got {item!r}")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m provisioner.sim --port N [--boot-delay S] [--seed N] [--rate-limits …] [--api-key K]`."""
+    parser = _parser()
     args = parser.parse_args(argv)
-    config = SimConfig(
-        seed=args.seed,
-        num_offers=args.num_offers,
-        boot_delay_s=args.boot_delay,
-        api_key=args.api_key,
-        public_ip=args.public_ip,
-        rate_limits=args.rate_limits,
-        workload_host=args.workload_host,
-    )
+    try:
+        config = SimConfig(
+            seed=args.seed,
+            num_offers=args.num_offers,
+            boot_delay_s=args.boot_delay,
+            api_key=args.api_key,
+            public_ip=args.public_ip,
+            rate_limits=args.rate_limits,
+            rate_limit_scale=args.rate_limit_scale,
+            rate_limit_overrides=_overrides(parser, args.rate_limit_override),
+            rate_limit_body=args.rate_limit_body,
+            rate_limit_retry_after=args.rate_limit_retry_after,
+            rate_limit_penalties=args.rate_limit_penalties,
+            workload_host=args.workload_host,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     run_sim(args.host, args.port, config)
     return 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from provisioner.sim import ratelimits
 
 # The user the simulated API key belongs to (returned by whoami, owner of created templates).
 SIM_USER_ID = 424242
@@ -22,10 +24,18 @@ class SimConfig:
     api_key: str | None = None
     # The address reported in `public_ipaddr` (with Vast's trailing newline).
     public_ip: str = "127.0.0.1"
-    # Vast-like per-endpoint minimum intervals per identity (vast-api.md §2.3), answering 429 plain text.
+    # Vast-like per-endpoint minimum intervals per API key (vast-api.md §2.3; ratelimits.py has the table).
     rate_limits: bool = False
     # Multiplies every rate-limit interval, so tests can use the real ratios with short waits.
     rate_limit_scale: float = 1.0
+    # Endpoint -> seconds between calls, [calls, seconds], or 0/null for no limit (before the scale).
+    rate_limit_overrides: dict[str, Any] = field(default_factory=dict)
+    # The 429 body: text | json | rate_limit_exceeded | text_bare | documented (per endpoint) | alternate.
+    rate_limit_body: str = "documented"
+    # Send Retry-After (whole seconds to the next slot) with rate-limit 429s; Vast sends none (§2.3).
+    rate_limit_retry_after: bool = False
+    # A refused create instance pushes its next slot by the doc's `penalty 12` (an inference, §12.5).
+    rate_limit_penalties: bool = False
     # Where the GPU workloads bind (port 0: a fresh port each time).
     workload_host: str = "127.0.0.1"
     # 401 as documented, or 404 as the real API sometimes answers a bad key (vast-api.md §2.1).
@@ -34,6 +44,11 @@ class SimConfig:
     logs_not_ready_count: int = 1
     # Whether a plain API reboot gives the workload a new HostPort.
     remap_on_reboot: bool = False
+
+    def __post_init__(self) -> None:
+        """Reject a bad 429 body mode or override table given to the constructor (the CLI)."""
+        _coerce("rate_limit_body", self.rate_limit_body, "")
+        _coerce("rate_limit_overrides", self.rate_limit_overrides, {})
 
     def updated(self, changes: dict[str, Any]) -> SimConfig:
         """A copy with `changes` applied; unknown names or wrong types raise ValueError."""
@@ -53,6 +68,17 @@ class SimConfig:
 
 def _coerce(name: str, value: Any, current: Any) -> Any:
     """Check `value` has the type of the field's current value (None allowed for api_key)."""
+    if name == "rate_limit_overrides":
+        ratelimits.parse_overrides(value)
+        return dict(value)
+    if name == "rate_limit_body":
+        if value not in ratelimits.BODY_MODES:
+            raise ValueError(f"rate_limit_body must be one of {sorted(ratelimits.BODY_MODES)}")
+        return value
+    if name == "rate_limit_scale" and (
+        isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+    ):
+        raise ValueError("rate_limit_scale must be a number >= 0")
     if name == "api_key":
         if value is None or (isinstance(value, str) and value):
             return value

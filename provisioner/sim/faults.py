@@ -1,14 +1,16 @@
-"""Test knobs on the request path: queued faults, Vast-like rate limits and the request log.
+"""Test knobs on the request path: queued faults, and the answers they give.
 
 Fault kinds (one fault answers one request; `count` requests in all, `count <= 0` means forever):
   answered without touching the world:
-    429_text        429 text/plain "API requests too frequent endpoint threshold=…"
+    429_text        429 text/plain "API requests too frequent: endpoint threshold=…"
     429_json        429 {"detail": "API requests too frequent endpoint threshold=…"}
     429_rate_limit  429 {"success": false, "error": "rate_limit_exceeded", "msg": …}
     search_quota    429 {"error": "search_quota_exceeded", …} with X-RateLimit-Reset (next UTC midnight)
     5xx             `status` (default 503): 500 as JSON, others as an nginx-style HTML page
     timeout         hold the request `delay_s` (default 30 s), then 504; nothing happens
-    auth_error      `status` (default: the configured auth failure status) with the auth_error body
+    auth_error      `status` (default: the configured auth failure status; 401, 403 or 404) with the
+                    auth_error body; the key stays valid for the next request
+    edge_403        403 text/html "Access denied" page, as an edge proxy in front of the API answers
     error           `status` (default 400) {"success": false, "error": "injected_error", "msg": …}
   the world changes first:
     offer_taken     (rent) someone else rents the offer just before this request: 404 no_such_ask
@@ -20,23 +22,41 @@ Fault kinds (one fault answers one request; `count` requests in all, `count <= 0
     malformed            200 with the JSON body cut in half
     list_null            200 with `instances` / `offers` / `templates` set to null
     wrong_content_type   the same body as `application/json; charset=utf-8`
-`retry_after` adds a Retry-After header to the answer of any fault but `latency`.
+  instance rows of a 200 list or show answer are spoiled (rowfaults.py; used up only by an answer
+  holding a targeted row, or by any answer when the fault targets none):
+    row_incomplete  the rows get `patch` (default: public_ipaddr, ports and actual_status null) and lose
+                    the keys in `drop` (e.g. ["ports"])
+    row_missing     the rows are left out (list: an empty page when every row goes; show: null)
+Targets: `instance_id` picks the rows of that instance (row kinds) or requests naming it in the path
+(other kinds); `label` picks rows with exactly that label (row kinds only).
+`retry_after` adds a Retry-After header to the answer of any fault but `latency` and the row kinds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections import deque
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.responses import Response
 
+from provisioner.sim.ratelimits import RATE_RULES, threshold_figure
+
 PRE_KINDS = frozenset(
-    {"429_text", "429_json", "429_rate_limit", "search_quota", "5xx", "timeout", "auth_error", "error"}
+    {
+        "429_text",
+        "429_json",
+        "429_rate_limit",
+        "search_quota",
+        "5xx",
+        "timeout",
+        "auth_error",
+        "edge_403",
+        "error",
+    }
 )
 POST_KINDS = frozenset(
     {
@@ -51,21 +71,16 @@ POST_KINDS = frozenset(
 )
 #: the world changes first: someone else rents the offer named in the rent request
 WORLD_KINDS = frozenset({"offer_taken"})
-FAULT_KINDS = PRE_KINDS | POST_KINDS | WORLD_KINDS | {"latency"}
-# Endpoint name -> (calls allowed, per seconds): minimum intervals from vast-api.md §2.3; search is 10/minute.
-RATE_RULES: dict[str, tuple[int, float]] = {
-    "search": (10, 60.0),
-    "rent": (1, 4.5),
-    "list": (1, 1.0),
-    "show": (1, 2.0),
-    "destroy": (1, 3.0),
-    "manage": (1, 1.0),
-    "reboot": (1, 1.0),
-    "recycle": (1, 1.0),
-    "template_get": (1, 3.0),
-}
-_HTML_REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Temporarily Unavailable",
-                 504: "Gateway Time-out"}  # fmt: skip
+#: instance rows of the answer are spoiled (rowfaults.py)
+ROW_KINDS = frozenset({"row_incomplete", "row_missing"})
+FAULT_KINDS = PRE_KINDS | POST_KINDS | WORLD_KINDS | ROW_KINDS | {"latency"}
+#: what `row_incomplete` does when given neither `patch` nor `drop`
+DEFAULT_ROW_PATCH: dict[str, Any] = {"public_ipaddr": None, "ports": None, "actual_status": None}
+_FIELDS = frozenset(
+    {"endpoint", "kind", "count", "status", "retry_after", "delay_s", "instance_id", "label", "patch", "drop"}
+)
+_HTML_REASONS = {403: "Forbidden", 500: "Internal Server Error", 502: "Bad Gateway",
+                 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}  # fmt: skip
 AUTH_ERROR_BODY = {"success": False, "error": "auth_error", "msg": "Invalid user key"}
 
 
@@ -75,9 +90,9 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
 
 
 def threshold_text(endpoint: str) -> str:
-    """The `threshold=` figure Vast prints for an endpoint."""
-    calls, period = RATE_RULES.get(endpoint, (1, 1.0))
-    return f"{period / calls:g}"
+    """The `threshold=` figure Vast prints for an endpoint (its production interval)."""
+    rule = RATE_RULES.get(endpoint)
+    return threshold_figure(rule.threshold_s if rule is not None else 1.0)
 
 
 @dataclass
@@ -90,13 +105,17 @@ class Fault:
     status: int | None = None
     retry_after: float | None = None
     delay_s: float | None = None
+    instance_id: int | None = None
+    label: str | None = None
+    patch: dict[str, Any] = field(default_factory=dict)
+    drop: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, raw: Any) -> Fault:
         """Validate a `POST /_sim/faults` item; raises ValueError."""
         if not isinstance(raw, dict):
             raise ValueError("a fault must be a JSON object")
-        unknown = set(raw) - {"endpoint", "kind", "count", "status", "retry_after", "delay_s"}
+        unknown = set(raw) - _FIELDS
         if unknown:
             raise ValueError(f"unknown fault fields: {sorted(unknown)}")
         kind = raw.get("kind")
@@ -106,9 +125,9 @@ class Fault:
         if not isinstance(endpoint, str) or not endpoint:
             raise ValueError("endpoint must be an endpoint name or '*'")
         count, status = raw.get("count", 1), raw.get("status")
-        if not isinstance(count, int) or isinstance(count, bool):
+        if not _is_int(count):
             raise ValueError("count must be an integer")
-        if status is not None and (not isinstance(status, int) or not 100 <= status <= 599):
+        if status is not None and (not _is_int(status) or not 100 <= status <= 599):
             raise ValueError("status must be an HTTP status code")
         for name in ("retry_after", "delay_s"):
             value = raw.get(name)
@@ -116,11 +135,43 @@ class Fault:
                 isinstance(value, bool) or not isinstance(value, int | float) or value < 0
             ):
                 raise ValueError(f"{name} must be a non-negative number")
-        retry_after, delay_s = raw.get("retry_after"), raw.get("delay_s")
-        return cls(endpoint, kind, count, status, retry_after, delay_s)
+        fault = cls(endpoint, kind, count, status, raw.get("retry_after"), raw.get("delay_s"))
+        _set_targets(fault, raw)
+        return fault
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def names(self, path_id: int | None) -> bool:
+        """Whether a request for instance `path_id` (None: no instance in its path) may use this fault."""
+        return self.instance_id is None or self.instance_id == path_id
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _set_targets(fault: Fault, raw: dict[str, Any]) -> None:
+    """Validate and set `instance_id`, `label`, `patch` and `drop` (the last three for row kinds only)."""
+    instance_id, label = raw.get("instance_id"), raw.get("label")
+    patch, drop = raw.get("patch"), raw.get("drop")
+    if instance_id is not None and not _is_int(instance_id):
+        raise ValueError("instance_id must be an integer")
+    if fault.kind not in ROW_KINDS and (label, patch, drop) != (None, None, None):
+        raise ValueError(f"label, patch and drop are for the row kinds {sorted(ROW_KINDS)} only")
+    if label is not None and not isinstance(label, str):
+        raise ValueError("label must be a string")
+    if patch is not None and not isinstance(patch, dict):
+        raise ValueError("patch must be an object of field -> value")
+    if drop is not None and (not isinstance(drop, list) or not all(isinstance(k, str) for k in drop)):
+        raise ValueError("drop must be a list of field names")
+    if fault.kind == "row_missing" and (patch or drop):
+        raise ValueError("row_missing takes no patch or drop")
+    fault.instance_id, fault.label = instance_id, label
+    fault.patch = dict(patch or {})
+    fault.drop = list(drop or [])
+    if fault.kind == "row_incomplete" and not fault.patch and not fault.drop:
+        fault.patch = dict(DEFAULT_ROW_PATCH)
 
 
 class FaultQueue:
@@ -138,10 +189,17 @@ class FaultQueue:
     def pending(self) -> list[dict[str, Any]]:
         return [f.as_dict() for f in self._faults]
 
-    def take(self, endpoint: str) -> Fault | None:
-        """The first fault for `endpoint` (or `*`), used up by this call."""
+    def take(self, endpoint: str, path_id: int | None = None) -> Fault | None:
+        """The first request fault for `endpoint` (or `*`) and this request's instance, used up."""
+        return self._take(lambda f: f.kind not in ROW_KINDS and f.names(path_id), endpoint)
+
+    def take_rows(self, endpoint: str, applies: Callable[[Fault], bool]) -> Fault | None:
+        """The first row fault for `endpoint` (or `*`) that `applies` to the answer, used up by this call."""
+        return self._take(lambda f: f.kind in ROW_KINDS and applies(f), endpoint)
+
+    def _take(self, wanted: Callable[[Fault], bool], endpoint: str) -> Fault | None:
         for fault in self._faults:
-            if fault.endpoint in (endpoint, "*"):
+            if fault.endpoint in (endpoint, "*") and wanted(fault):
                 if fault.count > 0:
                     fault.count -= 1
                     if fault.count == 0:
@@ -165,7 +223,7 @@ def html_error(status: int, headers: dict[str, str] | None = None) -> Response:
 
 def rate_limited(endpoint: str, headers: dict[str, str] | None = None) -> Response:
     """Vast's plain-text 429."""
-    text = f"API requests too frequent endpoint threshold={threshold_text(endpoint)}"
+    text = f"API requests too frequent: endpoint threshold={threshold_text(endpoint)}"
     return Response(text.encode(), 429, headers, media_type="text/plain")
 
 
@@ -198,6 +256,8 @@ async def answer_before(fault: Fault, endpoint: str, auth_status: int) -> Respon
         return html_error(504, headers)
     if fault.kind == "auth_error":
         return json_response(AUTH_ERROR_BODY, fault.status or auth_status, headers)
+    if fault.kind == "edge_403":
+        return html_error(403, headers)
     if fault.kind == "error":
         body = {"success": False, "error": "injected_error", "msg": "injected failure"}
         return json_response(body, fault.status or 400, headers)
@@ -228,56 +288,3 @@ async def spoil_after(fault: Fault, response: Response) -> Response:
                     payload[key] = None
         return json_response(payload, 200, headers)
     return response
-
-
-class RateLimiter:
-    """Per identity and endpoint: at most `calls` per `period` seconds (scaled by the config)."""
-
-    def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], deque[float]] = {}
-
-    def allow(self, identity: str, endpoint: str, scale: float, now: float | None = None) -> bool:
-        """Record the call and say whether it is within the limit (rejected calls are not counted)."""
-        rule = RATE_RULES.get(endpoint)
-        if rule is None:
-            return True
-        calls, period = rule[0], rule[1] * scale
-        now = time.monotonic() if now is None else now
-        seen = self._seen.setdefault((identity, endpoint), deque())
-        while seen and now - seen[0] >= period:
-            seen.popleft()
-        if len(seen) >= calls:
-            return False
-        seen.append(now)
-        return True
-
-
-class RequestLog:
-    """What the sim was asked: method, path, endpoint name, status, time (bounded)."""
-
-    def __init__(self, size: int = 20_000) -> None:
-        self._entries: deque[dict[str, Any]] = deque(maxlen=size)
-
-    def record(self, method: str, path: str, endpoint: str, status: int, query: str) -> None:
-        self._entries.append(
-            {
-                "method": method,
-                "path": path,
-                "endpoint": endpoint,
-                "status": status,
-                "ts": time.time(),
-                "query": query,
-            }
-        )
-
-    def entries(self) -> list[dict[str, Any]]:
-        return list(self._entries)
-
-    def counts(self) -> dict[str, int]:
-        result: dict[str, int] = {}
-        for entry in self._entries:
-            result[entry["endpoint"]] = result.get(entry["endpoint"], 0) + 1
-        return result
-
-    def clear(self) -> None:
-        self._entries.clear()

@@ -39,22 +39,23 @@ class ListError(ValueError):
 
 def instance_row(inst: SimInstance, now: float, public_ip: str) -> dict[str, Any]:
     """The instance object as `GET /instances/{id}/` and the v1 list return it."""
+    return {
+        **_contract_fields(inst, now),
+        **_network_fields(inst, public_ip),
+        **_billing_fields(inst, now),
+        **_hardware_fields(inst),
+    }
+
+
+def _contract_fields(inst: SimInstance, now: float) -> dict[str, Any]:
+    """Identity, status, image and template of the contract."""
     offer = inst.offer
-    running = inst.host_ports is not None
-    ports = (
-        {key: [{"HostIp": "0.0.0.0", "HostPort": str(port)}] for key, port in inst.host_ports.items()}
-        if inst.host_ports is not None
-        else None
-    )
-    direct_start = 40_000 + (offer["machine_id"] % 200) * 100
-    direct_count = int(offer["direct_port_count"])
-    uptime_s = now - inst.running_since if inst.running_since is not None else 0.0
     template = inst.template or {}
     cur_state = "stopped" if inst.intended_status == "stopped" else "running"
     return {
         "id": inst.id,
         "label": inst.label,
-        "actual_status": inst.actual_status,
+        "actual_status": inst.reported_status(now),
         "intended_status": inst.intended_status,
         "cur_state": cur_state,
         "next_state": inst.intended_status,
@@ -72,6 +73,21 @@ def instance_row(inst: SimInstance, now: float, public_ip: str) -> dict[str, Any
         "host_id": offer["host_id"],
         "bundle_id": offer["bundle_id"],
         "hosting_type": offer["hosting_type"],
+    }
+
+
+def _network_fields(inst: SimInstance, public_ip: str) -> dict[str, Any]:
+    """Address and ports: `public_ipaddr` and `ports` only while the container runs."""
+    offer = inst.offer
+    running = inst.host_ports is not None
+    ports = (
+        {key: [{"HostIp": "0.0.0.0", "HostPort": str(port)}] for key, port in inst.host_ports.items()}
+        if inst.host_ports is not None
+        else None
+    )
+    direct_start = 40_000 + (offer["machine_id"] % 200) * 100
+    direct_count = int(offer["direct_port_count"])
+    return {
         "public_ipaddr": f"{public_ip}\n" if running else None,
         "local_ipaddrs": f"10.{inst.id % 250}.{offer['machine_id'] % 250}.2 172.17.0.1 \n",
         "ports": ports,
@@ -83,6 +99,14 @@ def instance_row(inst: SimInstance, now: float, public_ip: str) -> dict[str, Any
         "ssh_host": f"ssh{inst.id % 9 + 1}.vast.ai",
         "ssh_port": inst.ssh_port,
         "ssh_idx": str(inst.id % 9 + 1),
+    }
+
+
+def _billing_fields(inst: SimInstance, now: float) -> dict[str, Any]:
+    """Prices and times."""
+    offer = inst.offer
+    uptime_s = now - inst.running_since if inst.running_since is not None else 0.0
+    return {
         "dph_total": offer["dph_total"],
         "dph_base": offer["dph_base"],
         "min_bid": offer["min_bid"],
@@ -98,6 +122,14 @@ def instance_row(inst: SimInstance, now: float, public_ip: str) -> dict[str, Any
         "client_run_time": round(now - inst.created_at, 3),
         "host_run_time": round(now - inst.created_at, 3),
         "time_remaining": None,
+    }
+
+
+def _hardware_fields(inst: SimInstance) -> dict[str, Any]:
+    """The machine and its live usage figures."""
+    offer = inst.offer
+    running = inst.host_ports is not None
+    return {
         "gpu_name": offer["gpu_name"],
         "num_gpus": offer["num_gpus"],
         "gpu_ram": offer["gpu_ram"],

@@ -13,7 +13,9 @@ import time
 from typing import Any
 
 from provisioner.sim.config import SimConfig
-from provisioner.sim.faults import FaultQueue, RateLimiter, RequestLog
+from provisioner.sim.faults import FaultQueue
+from provisioner.sim.ratelimits import RateLimits
+from provisioner.sim.requestlog import RequestLog
 from provisioner.sim.state import Clock, SimState
 from provisioner.sim.workload import WorkloadManager
 
@@ -29,7 +31,8 @@ class SimRuntime:
         self.workloads = WorkloadManager(self.config.workload_host, self.clock)
         self.state = SimState(self.config, self.clock, self.workloads)
         self.faults = FaultQueue()
-        self.limiter = RateLimiter()
+        self.limits = RateLimits()
+        self.limits.configure(self.config.rate_limit_overrides)
         self.requests = RequestLog()
         self._ticker: asyncio.Task[None] | None = None
 
@@ -38,6 +41,7 @@ class SimRuntime:
         self.config = self.config.updated(changes)
         self.state.config = self.config
         self.workloads.host = self.config.workload_host
+        self.limits.configure(self.config.rate_limit_overrides)
         return self.config
 
     async def start(self) -> None:

@@ -12,143 +12,49 @@ scheduled transitions, applied in time order, each at its own scheduled time:
     admin: kill ─> exited · offline (workload down, stale ports) · unknown (no heartbeat, workload still up)
 
 `ports` and `public_ipaddr` exist only while the container runs. Reaching `running` asks the `Backend` for
-real listening ports (see workload.py); leaving it tells the backend to stop.
+real listening ports (see workload.py); leaving it tells the backend to stop. The instance record and its
+collaborators live in instance.py (re-exported here), the create-body checks in renting.py.
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 import secrets
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
-from provisioner.sim import catalogue, docker
+from provisioner.sim import catalogue, docker, renting
 from provisioner.sim.config import SIM_USER_ID, SimConfig
+from provisioner.sim.instance import (
+    OCI_FAILURE_MSG,
+    Backend,
+    Clock,
+    FakeBackend,
+    HostBehaviour,
+    InstanceNotFound,
+    LogRequest,
+    ManualClock,
+    RentError,
+    SimInstance,
+    StatusOverride,
+)
 from provisioner.sim.templates import TemplateStore
 
-Clock = Callable[[], float]
-OCI_FAILURE_MSG = (
-    "Error response from daemon: OCI runtime create failed: runc create failed: unable to start container "
-    "process: error during container init: error running hook #0: error running hook: exit status 1, "
-    "stdout: , stderr: Auto-detected mode as 'legacy'\nnvidia-container-cli: initialization error: "
-    "nvml error: driver/library version mismatch: unknown"
-)
+__all__ = [
+    "OCI_FAILURE_MSG",
+    "Backend",
+    "Clock",
+    "FakeBackend",
+    "HostBehaviour",
+    "InstanceNotFound",
+    "ManualClock",
+    "RentError",
+    "SimInstance",
+    "SimState",
+    "StatusOverride",
+]
+
 _STOPPING = frozenset({"stopped", "exited", "created", "rebooting", "recycling", "offline"})
-
-
-class ManualClock:
-    """A clock for tests: starts at a fixed epoch and moves only when told to."""
-
-    def __init__(self, start: float = 1_790_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class Backend(Protocol):
-    """Runs an instance's container: real listening ports for its HTTP port keys."""
-
-    def start(self, instance: SimInstance, keys: Sequence[str], reuse: Mapping[str, int]) -> dict[str, int]:
-        """Serve `keys` ("8000/tcp"), preferring the host ports in `reuse`; returns key -> host port."""
-        ...
-
-    def stop(self, instance_id: int) -> None:
-        """Stop serving at once (connections refused from now on)."""
-        ...
-
-
-class FakeBackend:
-    """A backend without sockets: hands out port numbers and records what ran (for unit tests)."""
-
-    def __init__(self) -> None:
-        self.running: dict[int, dict[str, int]] = {}
-        self.starts: list[int] = []
-        self.stops: list[int] = []
-        self._ports = itertools.count(41_000)
-
-    def start(self, instance: SimInstance, keys: Sequence[str], reuse: Mapping[str, int]) -> dict[str, int]:
-        ports = {key: reuse.get(key) or next(self._ports) for key in keys}
-        self.running[instance.id] = ports
-        self.starts.append(instance.id)
-        return ports
-
-    def stop(self, instance_id: int) -> None:
-        if self.running.pop(instance_id, None) is not None:
-            self.stops.append(instance_id)
-
-
-@dataclass
-class HostBehaviour:
-    """How one host misbehaves (set with `POST /_sim/hosts/{host_id}`)."""
-
-    never_boots: bool = False
-    oci_failure: bool = False
-    dies_after_s: float | None = None
-    pull_delay_s: float = 0.0
-
-
-class RentError(Exception):
-    """A rejected rental, with the HTTP status and Vast's error body (§5)."""
-
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(body.get("msg", ""))
-        self.status = status
-        self.body = body
-
-
-class InstanceNotFound(Exception):
-    """No live instance with that id."""
-
-
-@dataclass
-class SimInstance:
-    """One rented instance, live or destroyed."""
-
-    id: int
-    offer: dict[str, Any]
-    created_at: float
-    label: str | None
-    image: str
-    env: dict[str, str]
-    onstart: str | None
-    runtype: str
-    args: list[str] | None
-    disk_gb: float
-    bid_price: float | None
-    template: dict[str, Any] | None
-    ssh_port: int
-    actual_status: str | None = None
-    intended_status: str = "running"
-    status_msg: str | None = None
-    host_ports: dict[str, int] | None = None
-    last_ports: dict[str, int] = field(default_factory=dict)
-    pending: list[tuple[float, str]] = field(default_factory=list)
-    remap_next_start: bool = False
-    destroyed_at: float | None = None
-    running_since: float | None = None
-    logs: list[tuple[float, str, str]] = field(default_factory=list)
-
-    def log(self, at: float, source: str, text: str) -> None:
-        """Append a log line; `source` is "daemon" (Vast's host agent) or "container"."""
-        self.logs.append((at, source, text))
-
-    def http_port_keys(self) -> list[str]:
-        """The container ports the workload serves: every `-p` TCP mapping of the env."""
-        return [key for key in docker.port_keys(self.env) if key.endswith("/tcp")]
-
-
-@dataclass
-class LogRequest:
-    """A `request_logs` result waiting at its URL."""
-
-    text: str
-    not_ready_left: int
 
 
 class SimState:
@@ -193,40 +99,29 @@ class SimState:
     def rent(self, offer_id: int, body: Mapping[str, Any]) -> SimInstance:
         """`PUT /asks/{id}/`: validate, consume the offer, create the instance (actual_status null)."""
         offer = self.offers.get(offer_id)
-        if offer is None or offer["rented"] or not offer["rentable"]:
-            if body.get("cancel_unavail") is True:
-                msg = f"error 410/3907: no_such_ask Instance type {offer_id} is no longer available."
-                raise RentError(410, {"success": False, "error": "no_such_ask", "msg": msg})
-            msg = f"error 404/3603: no_such_ask Instance type by id {offer_id} is not available."
-            raise RentError(404, {"success": False, "error": "invalid_args", "msg": msg, "ask_id": offer_id})
-        template, env = self._rental_template_and_env(offer_id, body)
-        image = body.get("image") or (docker.template_image(template) if template else None)
-        if not isinstance(image, str) or not image:
-            raise _invalid(offer_id, "image is required unless template_hash_id is given")
-        disk, label, price = _check_rental(offer, body)
-        runtype = body.get("runtype") or (template.get("runtype") if template else None) or "args"
-        args = body.get("args")
-        onstart = body.get("onstart") or (template.get("onstart") if template else None)
+        renting.check_offer(offer, offer_id, body)
+        assert offer is not None
+        rental = renting.validate(offer, body, self.templates.resolve)
         now = self.clock()
         self._next_instance_id += self.rng.randint(1, 40)
         inst = SimInstance(
             id=self._next_instance_id,
-            offer=catalogue.price_offer(offer, disk, "on-demand", bid=price),
+            offer=catalogue.price_offer(offer, rental.disk_gb, "on-demand", bid=rental.price),
             created_at=now,
-            label=label,
-            image=image,
-            env=env,
-            onstart=onstart,
-            runtype=str(runtype),
-            args=list(args) if isinstance(args, list) else None,
-            disk_gb=disk,
-            bid_price=price,
-            template=dict(template) if template is not None else None,  # the content at launch
+            label=rental.label,
+            image=rental.image,
+            env=rental.env,
+            onstart=rental.onstart,
+            runtype=rental.runtype,
+            args=rental.args,
+            disk_gb=rental.disk_gb,
+            bid_price=rental.price,
+            template=rental.template,
             ssh_port=self.rng.randint(10_000, 39_999),
         )
         offer.update(rented=True, rentable=False)
-        if template is not None:
-            self.templates.count_rental(template["id"])
+        if rental.template is not None:
+            self.templates.count_rental(rental.template["id"])
         self.instances[inst.id] = inst
         inst.log(
             now, "daemon", f"Instance {inst.id} created on machine {offer['machine_id']} (ask {offer_id})."
@@ -236,23 +131,6 @@ class SimState:
             self.next_host = None
         self._plan_start(inst, now, pull=True)
         return inst
-
-    def _rental_template_and_env(
-        self, offer_id: int, body: Mapping[str, Any]
-    ) -> tuple[dict[str, Any] | None, dict[str, str]]:
-        raw_env = body.get("env") if body.get("env") is not None else {}
-        if not isinstance(raw_env, dict) or not all(isinstance(v, str) for v in raw_env.values()):
-            raise _invalid(offer_id, "env must be an object of string values")
-        template: dict[str, Any] | None = None
-        env: dict[str, str] = {}
-        hash_id = body.get("template_hash_id")
-        if hash_id:
-            template = self.templates.resolve(str(hash_id))
-            if template is None:
-                raise _invalid(offer_id, f"template {hash_id} not found")
-            env.update(docker.parse_env_flags(template.get("env")))
-        env.update(raw_env)  # the request wins, key by key (§5)
-        return template, env
 
     # ---- the state machine -------------------------------------------------------------------
 
@@ -439,6 +317,16 @@ class SimState:
         if status == "offline":
             inst.host_ports = ports  # the API keeps reporting the last known mapping
 
+    def override_status(self, instance_id: int, status: str | None, for_s: float | None) -> None:
+        """Admin: report `status` as actual_status for `for_s` seconds (None: until cleared)."""
+        inst = self.live(instance_id)
+        now = self.clock()
+        inst.status_override = StatusOverride(status, None if for_s is None else now + for_s)
+
+    def clear_status_override(self, instance_id: int) -> None:
+        """Admin: report the real actual_status again."""
+        self.live(instance_id).status_override = None
+
     # ---- logs --------------------------------------------------------------------------------
 
     def request_logs(self, instance_id: int, tail: Any = None, grep: Any = None, daemon: bool = False) -> str:
@@ -458,32 +346,3 @@ class SimState:
             request.not_ready_left -= 1
             return 404, "NoSuchKey: The specified key does not exist.\n"
         return 200, request.text
-
-
-def _check_rental(
-    offer: Mapping[str, Any], body: Mapping[str, Any]
-) -> tuple[float, str | None, float | None]:
-    """The validated disk (GB), label and bid price of a create body."""
-    offer_id = int(offer["id"])
-    disk = body.get("disk", 10)
-    if isinstance(disk, bool) or not isinstance(disk, int | float) or disk <= 0:
-        raise _invalid(offer_id, "disk must be a positive number of GB")
-    if disk > offer["disk_space"]:
-        raise _invalid(offer_id, f"disk {disk} GB exceeds the {offer['disk_space']} GB available")
-    label = body.get("label")
-    if label is not None and (not isinstance(label, str) or len(label) > 256):
-        raise _invalid(offer_id, "label must be a string of at most 256 characters")
-    price = body.get("price")
-    if price is None:
-        return float(disk), label, None
-    if isinstance(price, bool) or not isinstance(price, int | float) or not 0.001 <= price <= 128:
-        raise _invalid(offer_id, "price must be between 0.001 and 128", error="invalid_price")
-    if price < offer["min_bid"]:
-        msg = f"error 400/3468: bid price {price} is below the minimum bid {offer['min_bid']}"
-        raise RentError(400, {"success": False, "error": "invalid_price", "msg": msg, "ask_id": offer_id})
-    return float(disk), label, float(price)
-
-
-def _invalid(offer_id: int, detail: str, *, error: str = "invalid_args") -> RentError:
-    msg = f"error 400/3467: Invalid args: {detail}"
-    return RentError(400, {"success": False, "error": error, "msg": msg, "ask_id": offer_id})

@@ -170,3 +170,36 @@ async def test_wrong_key_is_reported(cli: Cli) -> None:
         "status_code": 401,
         "msg": "Invalid user key",
     }
+
+
+@pytest.mark.parametrize(
+    ("form", "msg"),
+    [
+        ("text", "(no detail message supplied)"),  # plain text: the CLI finds no JSON `msg`
+        ("text_bare", "(no detail message supplied)"),
+        ("json", None),  # {"detail": …}: no `msg` key either
+        ("rate_limit_exceeded", "API requests too frequent endpoint threshold=30.0"),
+    ],
+)
+async def test_rate_limit_forms_reach_the_official_client(cli: Cli, form: str, msg: str | None) -> None:
+    """Inside the show interval the CLI gets 429 in each body form, after its 3 attempts (§2.2)."""
+    cli.runtime.update_config(
+        {"rate_limits": True, "rate_limit_body": form, "rate_limit_overrides": {"show": 30}}
+    )
+    assert await cli.raw("show", "instance", "5") == {"instances": None}
+    code, out, err = await cli.run("show", "instance", "5", "--raw")
+    assert (code, out) == (0, "")
+    assert json.loads(err.strip().splitlines()[-1]) == {"error": True, "status_code": 429, "msg": msg}
+    assert cli.runtime.requests.status_counts()["show"] == {"200": 1, "429": 3}
+    assert dict(cli.runtime.limits.limiter.refused) == {"show": 3}
+
+
+async def test_official_client_waits_out_retry_after(cli: Cli) -> None:
+    """With Retry-After on, the CLI's refused show is retried after the slot opens and succeeds."""
+    cli.runtime.update_config(
+        {"rate_limits": True, "rate_limit_retry_after": True, "rate_limit_overrides": {"show": 5}}
+    )
+    assert await cli.raw("show", "instance", "5") == {"instances": None}
+    assert await cli.raw("show", "instance", "5") == {"instances": None}
+    # the second command started well inside the 5 s interval (a CLI start takes ~1 s), so it met one 429
+    assert cli.runtime.requests.status_counts()["show"] == {"200": 2, "429": 1}
