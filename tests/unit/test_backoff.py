@@ -69,8 +69,6 @@ def test_bad_arguments_are_refused(attempt: int, start: float, cap: float, jitte
 def test_delay_is_within_its_bounds(attempt: int, start: float, cap: float, jitter: float, seed: int) -> None:
     """Whatever the draw, a delay lies in [(1 - jitter) * b, b] with b = min(cap, start * 2**(n-1))."""
     base = backoff.exponential_s(attempt, start_s=start, cap_s=cap)
-    wait = backoff.delay_s(
-        attempt, start_s=start, cap_s=cap, jitter=jitter, rand=random.Random(seed).uniform
-    )
+    wait = backoff.delay_s(attempt, start_s=start, cap_s=cap, jitter=jitter, rand=random.Random(seed).uniform)
     assert base <= cap
     assert base * (1 - jitter) - 1e-9 <= wait <= base + 1e-9
