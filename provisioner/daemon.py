@@ -140,7 +140,7 @@ def build_chooser(
 
 
 def build_blacklist(settings: Settings, client: redis_store.Client) -> blacklist.Blacklist:
-    """The Redis blacklist over an already built client (``blacklist.connect``)."""
+    """The Redis blacklist over an already built client (``store.connect``)."""
     return blacklist.Blacklist(
         client,
         keys=redis_store.Keys(settings.blacklist_key_prefix),
