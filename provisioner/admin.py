@@ -51,10 +51,11 @@ def readiness(runtime: Runtime) -> tuple[bool, str]:
         return False, "starting"
     if runtime.nginx is None or not runtime.nginx.is_running:
         return False, "nginx is not running"
-    serving = rec.state.serving
+    view = rec.view()
+    serving = view.serving
     if serving is None:
-        return False, str(rec.state.unserve_reason)
-    if rec.state.healthy.get(serving.id) is False:
+        return False, str(view.unserve_reason)
+    if view.serving_healthy is False:
         return False, "upstream failing its health check"
     return True, "ok"
 
@@ -68,8 +69,9 @@ def create_app(runtime: Runtime) -> Starlette:
         ok, reason = readiness(runtime)
         rec = runtime.reconciler
         body: dict[str, Any] = {"status": "ready" if ok else "not-ready", "reason": reason}
-        if rec is not None and rec.state.serving is not None:
-            body["instance_id"] = rec.state.serving.id
+        serving = rec.view().serving if rec is not None else None
+        if serving is not None:
+            body["instance_id"] = serving.id
         return JSONResponse(body, 200 if ok else 503)
 
     async def metrics(request: Request) -> Response:

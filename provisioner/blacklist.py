@@ -1,102 +1,44 @@
-"""The shared host blacklist and reputation record in Redis: every key, prefix and TTL is here.
-
-``P`` is ``BLACKLIST_KEY_PREFIX`` (default ``vastprov:``), so several deployments can share one Redis:
-
-=========================  ==========  ==========================================  =====================
-key                        type        holds                                       lifetime
-=========================  ==========  ==========================================  =====================
-``P ban:host:<host_id>``   string      JSON: reason, at, by (pod), instance_id     the ban TTL
-``P ban:machine:<id>``     string      the same, for one machine                   the ban TTL
-``P bans:host``            sorted set  host ids scored by ban expiry (unix s)      pruned on read
-``P bans:machine``         sorted set  machine ids scored by ban expiry            pruned on read
-``P boot:<instance_id>``   string      when the boot wait started (unix s)         ``BOOT_KEY_TTL_S``
-``P restarts:<instance>``  sorted set  one member per adopting process start       the restart window
-``P events``               sorted set  reputation events (JSON) scored by time     see below
-=========================  ==========  ==========================================  =====================
-
-The ban TTL is ``BLACKLIST_BAN_TTL_SECONDS``, the restart window ``BLACKLIST_RESTART_TTL_SECONDS``.
-Reputation events older than ``EVENT_HORIZON_HALF_LIVES`` half-lives are dropped, and only the
-newest ``EVENTS_MAX`` are kept.
+"""The shared host blacklist and reputation record in Redis (keys and TTLs: ``store.py``'s table).
 
 Every multi-key update is one MULTI/EXEC transaction: a ban writes its record, its index entry
 and a reputation event together; the restart counter trims the window, adds this start and
-counts in one transaction, so concurrent starts never lose a count. There is no Lua, so the
-whole schema runs on fakeredis too. Reading the bans and the reputation for a rental is one
-round trip (:meth:`Blacklist.standing`).
+counts in one transaction, so concurrent starts never lose a count. Reading the bans and the
+reputation for a rental is one round trip (:meth:`Blacklist.standing`).
 
 Expiry: the detail keys expire by Redis TTL; the indexes are scored by expiry time on the
-writer's clock and pruned on every read (pods' clocks are assumed NTP-close).
+writer's clock and pruned on every read (pods' clocks are assumed NTP-close). Reputation events
+older than ``EVENT_HORIZON_HALF_LIVES`` half-lives are dropped, and only the newest ``EVENTS_MAX``
+are kept.
 
-The pods' heartbeats (the reaper and the spend guard read them) share the prefix but live in
-``fleet.py``, which holds their keys and TTLs.
-
-Errors: every redis-py (or socket, or timeout) failure becomes ``errors.StoreError`` in
-:func:`run_redis`. ``Blacklist`` raises it (the CLI reports it); :class:`Guarded` is what
-the reconciler uses: it never raises, returns "no bans" while Redis is down, logs the outage
-once when it starts and once when it ends, and tries Redis again every ``OUTAGE_RETRY_S``.
+Errors: ``Blacklist`` raises ``errors.StoreError`` (the CLI reports it); :class:`Guarded` is what
+the reconciler uses: it never raises and answers "no bans" while Redis is down (``store.Outage``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeAlias, TypeVar
+from typing import Any, Final, TypeVar
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-
-from provisioner import errors, model, selection
+from provisioner import model, selection, store
 
 log = logging.getLogger("provisioner.blacklist")
 
-DEFAULT_KEY_PREFIX: Final = "vastprov:"
-#: how long a boot start is kept; far longer than any sensible BLACKLIST_BAN_AFTER_SECONDS
-BOOT_KEY_TTL_S: Final = 2 * 24 * 3600
 #: reputation events older than this many half-lives weigh < 2 % and are dropped
 EVENT_HORIZON_HALF_LIVES: Final = 6.0
 #: at most this many reputation events are kept (the newest)
 EVENTS_MAX: Final = 20_000
-#: while Redis is down, try it again at most this often (seconds)
-OUTAGE_RETRY_S: Final = 2.0
 #: the reason recorded when the restart threshold bans a host
 RESTART_REASON: Final = "restart-threshold"
 
-#: the Redis client the blacklist talks through (``connect`` builds one; tests pass fakeredis)
-Client: TypeAlias = aioredis.Redis
-BanKind = Literal["host", "machine"]
+BanKind = store.BanKind
 BAN_KINDS: Final[tuple[BanKind, ...]] = ("host", "machine")
 T = TypeVar("T")
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True, slots=True)
-class Keys:
-    """The key names, under one prefix."""
-
-    prefix: str = DEFAULT_KEY_PREFIX
-
-    def ban(self, kind: BanKind, ident: int) -> str:
-        return f"{self.prefix}ban:{kind}:{ident}"
-
-    def ban_index(self, kind: BanKind) -> str:
-        return f"{self.prefix}bans:{kind}"
-
-    def boot(self, instance_id: int) -> str:
-        return f"{self.prefix}boot:{instance_id}"
-
-    def restarts(self, instance_id: int) -> str:
-        return f"{self.prefix}restarts:{instance_id}"
-
-    @property
-    def events(self) -> str:
-        return f"{self.prefix}events"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,47 +54,14 @@ class BanRecord:
     instance_id: int | None = None
 
 
-def connect(url: str, *, timeout_s: float) -> Client:
-    """A Redis client for the blacklist: short socket timeouts and one immediate reconnect, no backoff.
-
-    redis-py's default retries (10, with exponential backoff) would stall a reconcile tick for
-    seconds on every call while Redis is down.
-    """
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 1),
-        decode_responses=True,
-    )
-
-
-async def run_redis(op: str, fn: Callable[[], Awaitable[T]], deadline_s: float) -> T:
-    """Run one Redis exchange within the deadline; map every failure to ``StoreError`` (the one place)."""
-    try:
-        async with asyncio.timeout(deadline_s):
-            return await fn()
-    except TimeoutError as exc:
-        raise errors.StoreError(f"redis {op}: no answer within {deadline_s:g}s") from exc
-    except (RedisError, OSError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise errors.StoreError(f"redis {op}: {detail}") from exc
-
-
-def describe_url(url: str) -> str:
-    """``host:port/db`` of a Redis URL, without credentials (for logs and messages)."""
-    rest = url.split("://", 1)[-1]
-    return rest.rsplit("@", 1)[-1] or url.split("://", 1)[0]
-
-
 class Blacklist:
     """Bans, boot starts, restart counts and reputation in Redis. Every failure raises ``StoreError``."""
 
     def __init__(
         self,
-        client: Client,
+        client: store.Client,
         *,
-        keys: Keys | None = None,
+        keys: store.Keys | None = None,
         ban_ttl_s: int = 604_800,
         restart_window_s: int = 3600,
         restart_threshold: int = 5,
@@ -162,7 +71,7 @@ class Blacklist:
         clock: Clock = time.time,
     ) -> None:
         self._redis = client
-        self.keys = keys or Keys()
+        self.keys = keys or store.Keys()
         self.ban_ttl_s = ban_ttl_s
         self.restart_window_s = restart_window_s
         self.restart_threshold = restart_threshold
@@ -172,7 +81,7 @@ class Blacklist:
         self._clock = clock
 
     @property
-    def client(self) -> Client:
+    def client(self) -> store.Client:
         """The Redis client (sibling adapters such as ``fleet.Fleet`` share it)."""
         return self._redis
 
@@ -181,7 +90,7 @@ class Blacklist:
         return self._deadline_s
 
     async def _run(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
-        return await run_redis(op, fn, self._deadline_s)
+        return await store.run_redis(op, fn, self._deadline_s)
 
     async def _transaction(self, op: str, queue: Callable[[Any], None]) -> list[Any]:
         """Queue commands with ``queue(pipe)`` and run them as one MULTI/EXEC."""
@@ -193,9 +102,6 @@ class Blacklist:
                 return result
 
         return await self._run(op, go)
-
-    async def ping(self) -> None:
-        await self._run("ping", self._redis.ping)
 
     # ------------------------------------------------------------ bans
 
@@ -283,12 +189,6 @@ class Blacklist:
             )
         return records
 
-    async def banned_hosts(self) -> frozenset[int]:
-        return (await self.standing()).banned_hosts
-
-    async def banned_machines(self) -> frozenset[int]:
-        return (await self.standing()).banned_machines
-
     async def standing(self) -> selection.Standing:
         """Bans and reputation records, in one round trip (what a rental needs)."""
         now = self._clock()
@@ -315,7 +215,7 @@ class Blacklist:
         key = self.keys.boot(instance_id)
 
         def queue(pipe: Any) -> None:
-            pipe.set(key, repr(float(at)), nx=True, ex=BOOT_KEY_TTL_S)
+            pipe.set(key, repr(float(at)), nx=True, ex=store.BOOT_KEY_TTL_S)
             pipe.get(key)
 
         _, stored = await self._transaction("boot start", queue)
@@ -370,61 +270,16 @@ class Blacklist:
 class Guarded:
     """The blacklist as the reconciler uses it: it never raises, and a Redis outage only costs the bans.
 
-    While Redis fails, every call returns its neutral answer (no bans, the local boot start, no
-    restart count) and Redis is tried again at most every ``retry_s``. The outage is logged once
-    when it starts (``store-unavailable``) and once when it ends (``store-recovered``).
+    While Redis fails (``outage``, shared with the fleet adapter), every call returns its neutral
+    answer: no bans, the local boot start, no restart count.
     """
 
-    def __init__(
-        self,
-        blacklist: Blacklist,
-        *,
-        where: str = "redis",
-        retry_s: float = OUTAGE_RETRY_S,
-        clock: Clock = time.monotonic,
-    ) -> None:
+    def __init__(self, blacklist: Blacklist, outage: store.Outage | None = None) -> None:
         self.blacklist = blacklist
-        self.where = where
-        self.retry_s = retry_s
-        self._clock = clock
-        self._down_since: float | None = None
-        self._retry_at = 0.0
-
-    @property
-    def available(self) -> bool:
-        """False during an outage."""
-        return self._down_since is None
-
-    async def safely(self, fn: Callable[[], Awaitable[T]], default: T) -> T:
-        """``await fn()``, or ``default`` during an outage (sibling adapters share this outage state)."""
-        return await self._safely(fn, default)
+        self.outage = outage or store.Outage()
 
     async def _safely(self, fn: Callable[[], Awaitable[T]], default: T) -> T:
-        now = self._clock()
-        if self._down_since is not None and now < self._retry_at:
-            return default
-        try:
-            result = await fn()
-        except errors.StoreError as exc:
-            self._retry_at = now + self.retry_s
-            if self._down_since is None:
-                self._down_since = now
-                log.warning(
-                    "Redis at %s is unavailable (%s); provisioning continues without bans",
-                    self.where,
-                    exc,
-                    extra={"event": "store-unavailable"},
-                )
-            return default
-        if self._down_since is not None:
-            log.warning(
-                "Redis at %s is back after %.0fs; bans and reputation are used again",
-                self.where,
-                now - self._down_since,
-                extra={"event": "store-recovered"},
-            )
-            self._down_since = None
-        return result
+        return await self.outage.call(fn, default)
 
     async def ban(self, instance: model.Instance, reason: str) -> None:
         await self._safely(lambda: self.blacklist.ban(instance, reason), None)

@@ -36,11 +36,14 @@ from provisioner import (
     planning,
     remote_logs,
     rendering,
+    renting,
     selection,
     status,
+    upstream_health,
 )
 from provisioner import metrics as metrics_mod
 from provisioner import nginx as nginx_mod
+from provisioner import store as redis_store
 from provisioner.settings import Settings, find_nginx_binary, parse_countries
 from provisioner.vast import client as vast_client
 from provisioner.vast import query
@@ -136,11 +139,11 @@ def build_chooser(
     return choose
 
 
-def build_blacklist(settings: Settings, client: blacklist.Client) -> blacklist.Blacklist:
-    """The Redis blacklist over an already built client (``blacklist.connect``)."""
+def build_blacklist(settings: Settings, client: redis_store.Client) -> blacklist.Blacklist:
+    """The Redis blacklist over an already built client (``store.connect``)."""
     return blacklist.Blacklist(
         client,
-        keys=blacklist.Keys(settings.blacklist_key_prefix),
+        keys=redis_store.Keys(settings.blacklist_key_prefix),
         ban_ttl_s=settings.blacklist_ban_ttl_seconds,
         restart_window_s=settings.blacklist_restart_ttl_seconds,
         restart_threshold=settings.blacklist_restart_threshold,
@@ -153,7 +156,7 @@ def build_blacklist(settings: Settings, client: blacklist.Client) -> blacklist.B
 @contextlib.asynccontextmanager
 async def connect_blacklist(settings: Settings) -> AsyncIterator[blacklist.Blacklist]:
     """The blacklist at ``BLACKLIST_REDIS_URL`` (whatever ``BLACKLIST_ENABLED`` says); closed after."""
-    client = blacklist.connect(
+    client = redis_store.connect(
         settings.blacklist_redis_url.get_secret_value(), timeout_s=settings.blacklist_redis_timeout_seconds
     )
     try:
@@ -314,28 +317,40 @@ class Daemon:
                 observer=metrics_mod.VastCallObserver(metrics),
             )
             guarded = _guarded(settings, store)
-            rec = reconciler_mod.Reconciler(
-                vast=vast,
-                proxy=nginx,
-                proxy_config=cfg,
-                desired=settings.desired_spec(),
-                policy=planning.Policy(
-                    boot_timeout_s=settings.boot_timeout_seconds,
-                    unhealthy_timeout_s=min(settings.boot_timeout_seconds, 300.0),
-                    steady_interval_s=settings.reconcile_interval_seconds,
-                    boot_interval_s=settings.boot_poll_seconds,
+            desired = settings.desired_spec()
+            fleet_port = _fleet(settings, store, guarded)
+            renter = renting.Renter(
+                vast,
+                renting.RentSpec(
+                    search_body=build_search_body(settings),
+                    choose_offers=build_chooser(settings),
+                    rent_request=build_rent_request(settings),
+                    max_fleet_dph=settings.vast_max_fleet_dph,
                 ),
-                search_body=build_search_body(settings),
-                choose_offers=build_chooser(settings),
                 bans=guarded,
-                rent_request=build_rent_request(settings),
-                health_http=health_http,
+                fleet=fleet_port,
+            )
+            health = upstream_health.Checker(
+                health_http,
+                desired.ports,
                 health_path=settings.vast_health_path,
-                allow_private_upstreams=settings.vast_allow_private_upstreams,
+                allow_private=settings.vast_allow_private_upstreams,
+            )
+            rec = reconciler_mod.Reconciler(
+                reconciler_mod.Adapters(vast, nginx, health, bans=guarded, fleet=fleet_port),
+                renter,
+                reconciler_mod.ReconcilerConfig(
+                    desired=desired,
+                    proxy_config=cfg,
+                    policy=planning.Policy(
+                        boot_timeout_s=settings.boot_timeout_seconds,
+                        unhealthy_timeout_s=min(settings.boot_timeout_seconds, 300.0),
+                        steady_interval_s=settings.reconcile_interval_seconds,
+                        boot_interval_s=settings.boot_poll_seconds,
+                    ),
+                    drain_s=float(settings.nginx_drain_seconds),
+                ),
                 on_event=metrics.on_event,
-                drain_s=float(settings.nginx_drain_seconds),
-                fleet=_fleet(settings, store, guarded),
-                max_fleet_dph=settings.vast_max_fleet_dph,
             )
             self.runtime.reconciler = rec
             metrics.bind(self.runtime)
@@ -358,7 +373,7 @@ class Daemon:
                 group.create_task(nginx.supervise(self.stop))
                 group.create_task(self._until_stopped())
                 group.create_task(self._progress_loop(rec))
-                if rec.fleet is not None:
+                if rec.has_fleet:
                     group.create_task(self._heartbeat_loop(rec))
                 if self.settings.remote_logs:
                     group.create_task(self._remote_logs(vast, rec))
@@ -394,7 +409,7 @@ class Daemon:
             try:
                 if not self.runtime.prepared:
                     await self._prepare(vast, rec)
-                    seen = rec.state.last_observation
+                    seen = rec.view().last_observation
                     if not self.runtime.prepared and seen is not None and not seen.instances:
                         # nothing to serve meanwhile: spend no list call until the template is checked
                         wait = random.uniform(backoff / 2, backoff)
@@ -429,9 +444,10 @@ class Daemon:
 
     def _after_tick(self, rec: Any) -> None:
         """Keep the log context and the metrics in step with what the tick saw."""
-        focus = status.focus_instance(rec.state)
+        view = rec.view()
+        focus = status.focus_instance(view)
         logs.set_instance_id(focus.id if focus is not None else None)
-        observation = rec.state.last_observation
+        observation = view.last_observation
         if self.runtime.metrics is not None and observation is not None:
             self.runtime.metrics.note_instances(observation.instances)
 
@@ -453,7 +469,7 @@ class Daemon:
         """REMOTE_LOGS: stream the running instance's container log into ours."""
 
         def target() -> int | None:
-            focus = status.focus_instance(rec.state)
+            focus = status.focus_instance(rec.view())
             return focus.id if focus is not None and focus.is_running else None
 
         metrics = self.runtime.metrics
@@ -474,7 +490,7 @@ class Daemon:
             creator = user.get("id")
             await rec.ensure_template(creator if isinstance(creator, int) else None)
         except (errors.RateLimited, errors.VastUnavailable) as exc:
-            rec.state.template_pending = True
+            rec.mark_template_pending()
             self._note_error(exc, "template not checked yet: serving what exists, renting waits for it")
             return
         self.runtime.prepared = True
@@ -505,14 +521,14 @@ def _fleet(
     """Heartbeats and the spend guard on the blacklist's Redis, sharing its outage state."""
     if store is None or guarded is None:
         return None
-    return fleet.GuardedFleet(fleet.Fleet.over(store), guarded, pod=settings.pod_name)
+    return fleet.GuardedFleet(fleet.Fleet.over(store), guarded.outage, pod=settings.pod_name)
 
 
 def _guarded(settings: Settings, store: blacklist.Blacklist | None) -> blacklist.Guarded | None:
     if store is None:
         return None
-    where = blacklist.describe_url(settings.blacklist_redis_url.get_secret_value())
-    return blacklist.Guarded(store, where=where)
+    where = redis_store.describe_url(settings.blacklist_redis_url.get_secret_value())
+    return blacklist.Guarded(store, redis_store.Outage(where=where))
 
 
 class _Stop(Exception):

@@ -1,24 +1,15 @@
-"""The fleet record in Redis: one heartbeat per pod. Every key and TTL of this record is here.
+"""The fleet record in Redis: one heartbeat per pod, and the per-label rent lock (keys: ``store.py``).
 
 Pods sharing one Redis (``BLACKLIST_ENABLED=true``) each write a heartbeat under their label; the
 reaper (``reaper.py``) reads them to tell live pods from gone ones, and the spend guard
 (``VAST_MAX_FLEET_DPH``) adds up their $/h before each rental. ``P`` is ``BLACKLIST_KEY_PREFIX``,
-the blacklist's prefix (``blacklist.py`` holds the other keys):
-
-=========================  ==========  ==========================================  ==================
-key                        type        holds                                       lifetime
-=========================  ==========  ==========================================  ==================
-``P heartbeat:<label>``    string      JSON: label, pod, at (unix s), instance     ``HEARTBEAT_TTL_S``
-                                       ids, dph (its instances' $/h)
-``P heartbeats``           sorted set  labels scored by their latest heartbeat     pruned past the TTL
-``P heartbeats:since``     string      when the first heartbeat was written here   no expiry
-``P rentlock:<label>``     string      the token of the process that may rent      ``RENT_LOCK_TTL_S``
-=========================  ==========  ==========================================  ==================
+the blacklist's prefix.
 
 The rent lock keeps two processes that share a label (a botched manual start beside the pod) from
-renting at once: ``SET NX PX`` with a per-process token, held from just before the holder lists
-again until its rent attempt is over, then released (a crashed holder blocks the label only for
-``RENT_LOCK_TTL_S``).
+renting at once: ``store.RentLock`` (redis-py's ``Lock``: SET NX PX with a per-process token, Lua
+renew and release), held from just before the holder lists again until its rent attempt is over,
+renewed meanwhile, then released (a crashed holder blocks the label only for ``RENT_LOCK_TTL_S``).
+The work under it is bounded by ``RENT_SECTION_S`` (shorter than the TTL): past it, it is cancelled.
 
 A heartbeat is one MULTI/EXEC (SET with TTL, ZADD, prune of the index, SET NX of ``since``): one
 round trip, written after every reconcile tick and at least every ``HEARTBEAT_INTERVAL_S`` by the
@@ -32,53 +23,36 @@ Two readings of "alive": the spend guard counts a heartbeat younger than ``HEART
 the reaper keeps an instance whose label's heartbeat is younger than ``REAP_GRACE_SECONDS``.
 
 :class:`Fleet` raises ``StoreError`` (the reaper needs to know); :class:`GuardedFleet` is what the
-reconciler uses: it never raises and shares the blacklist's outage state (``blacklist.Guarded``),
-so one Redis outage is logged once. The pure helpers (:func:`fleet_dph`, :func:`spend_block`) hold
+reconciler uses: it never raises and shares the blacklist's outage state (``store.Outage``), so
+one Redis outage is logged once. The pure helpers (:func:`fleet_dph`, :func:`spend_block`) hold
 the spend guard's arithmetic.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
+import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard, TypeVar
 
-from provisioner import blacklist
+from provisioner import blacklist, store
 
-#: a heartbeat (and its index entry) is kept this long after it was written
-HEARTBEAT_TTL_S: Final = 7 * 24 * 3600
+log = logging.getLogger("provisioner.fleet")
+
+HEARTBEAT_TTL_S: Final = store.HEARTBEAT_TTL_S
 #: the daemon writes a heartbeat at least this often, whatever the reconcile interval
 HEARTBEAT_INTERVAL_S: Final = 20.0
 #: the spend guard counts a pod whose heartbeat is at most this old
 HEARTBEAT_LIVE_S: Final = 120.0
-#: how long a rent lock holds without renewal: longer than a search plus a rent, shorter than a boot
-RENT_LOCK_TTL_S: Final = 90.0
+RENT_LOCK_TTL_S: Final = store.RENT_LOCK_TTL_S
 
 T = TypeVar("T")
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True, slots=True)
-class Keys:
-    """The fleet's key names, under the blacklist's prefix."""
-
-    prefix: str = blacklist.DEFAULT_KEY_PREFIX
-
-    def heartbeat(self, label: str) -> str:
-        return f"{self.prefix}heartbeat:{label}"
-
-    @property
-    def heartbeats(self) -> str:
-        return f"{self.prefix}heartbeats"
-
-    @property
-    def since(self) -> str:
-        return f"{self.prefix}heartbeats:since"
-
-    def rent_lock(self, label: str) -> str:
-        return f"{self.prefix}rentlock:{label}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,24 +106,25 @@ class Fleet:
 
     def __init__(
         self,
-        client: blacklist.Client,
+        client: store.Client,
         *,
-        keys: Keys | None = None,
+        keys: store.Keys | None = None,
         deadline_s: float = 2.0,
         clock: Clock = time.time,
     ) -> None:
         self._redis = client
-        self.keys = keys or Keys()
+        self.keys = keys or store.Keys()
         self._deadline_s = deadline_s
         self._clock = clock
+        self._lock = store.RentLock(client, self.keys, deadline_s=deadline_s)
 
     @classmethod
-    def over(cls, store: blacklist.Blacklist) -> Fleet:
+    def over(cls, bans: blacklist.Blacklist) -> Fleet:
         """The fleet record on the blacklist's Redis client, prefix and deadline."""
-        return cls(store.client, keys=Keys(store.keys.prefix), deadline_s=store.deadline_s)
+        return cls(bans.client, keys=bans.keys, deadline_s=bans.deadline_s)
 
     async def _run(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
-        return await blacklist.run_redis(op, fn, self._deadline_s)
+        return await store.run_redis(op, fn, self._deadline_s)
 
     async def beat(self, heartbeat: Heartbeat) -> None:
         """Store ``heartbeat`` under its label (one MULTI/EXEC), and prune the index."""
@@ -166,29 +141,16 @@ class Fleet:
         await self._run("heartbeat", go)
 
     async def take_rent_lock(self, label: str, token: str, ttl_s: float = RENT_LOCK_TTL_S) -> bool:
-        """True when this process (``token``) holds the label's rent lock, newly taken or renewed."""
-        key, ttl_ms = self.keys.rent_lock(label), int(ttl_s * 1000)
+        """True when this process (``token``) holds the label's rent lock, newly taken or already its own."""
+        return await self._lock.take(label, token, ttl_s)
 
-        async def go() -> bool:
-            if await self._redis.set(key, token, nx=True, px=ttl_ms):
-                return True
-            holder = await self._redis.get(key)
-            if _text(holder) != token:
-                return False
-            await self._redis.pexpire(key, ttl_ms)
-            return True
-
-        return bool(await self._run("rent lock", go))
+    async def renew_rent_lock(self, label: str, token: str, ttl_s: float = RENT_LOCK_TTL_S) -> bool:
+        """Reset the lock's TTL if ``token`` still holds it; False when it was lost."""
+        return await self._lock.renew(label, token, ttl_s)
 
     async def release_rent_lock(self, label: str, token: str) -> None:
         """Drop the label's rent lock if this process (``token``) still holds it."""
-        key = self.keys.rent_lock(label)
-
-        async def go() -> None:
-            if _text(await self._redis.get(key)) == token:
-                await self._redis.delete(key)
-
-        await self._run("rent unlock", go)
+        await self._lock.release(label, token)
 
     async def heartbeats(self) -> dict[str, Heartbeat]:
         """Every kept heartbeat, by label (two round trips: the index, then the records)."""
@@ -253,42 +215,77 @@ def spend_block(cap: float, *, others: float, own: float, price: float) -> str |
 
 
 class GuardedFleet:
-    """The heartbeat and the fleet's spend as the reconciler uses them: never raises.
+    """The heartbeat, the fleet's spend and the rent lock as the reconciler uses them: never raises.
 
-    It shares ``guarded``'s outage state: while Redis is down, heartbeats are skipped and the
-    fleet's spend is unknown (None); the outage is logged once, by ``guarded``.
+    It shares ``outage`` with the blacklist adapter: while Redis is down, heartbeats are skipped, the
+    fleet's spend is unknown (None) and there is no rent lock to take; the outage is logged once.
     """
 
     def __init__(
         self,
         fleet: Fleet,
-        guarded: blacklist.Guarded,
+        outage: store.Outage,
         *,
         pod: str,
         clock: Clock = time.time,
         live_s: float = HEARTBEAT_LIVE_S,
+        lock_ttl_s: float = store.RENT_LOCK_TTL_S,
+        renew_s: float = store.RENT_LOCK_RENEW_S,
+        section_s: float = store.RENT_SECTION_S,
     ) -> None:
         self.fleet = fleet
-        self.guarded = guarded
+        self.outage = outage
         self.pod = pod
         self._clock = clock
         self.live_s = live_s
+        self.lock_ttl_s = lock_ttl_s
+        self.renew_s = renew_s
+        self.section_s = section_s
+        #: this process's token for the per-label rent lock
+        self.token = secrets.token_hex(8)
 
     async def beat(self, label: str, instance_ids: Sequence[int], dph: float) -> None:
         heartbeat = Heartbeat(label, self.pod, self._clock(), tuple(sorted(instance_ids)), dph)
-        await self.guarded.safely(lambda: self.fleet.beat(heartbeat), None)
+        await self.outage.call(lambda: self.fleet.beat(heartbeat), None)
 
-    async def may_rent(self, label: str, token: str) -> bool:
-        """Whether this process may rent for ``label`` now; True while Redis is down (no lock to take)."""
-        return await self.guarded.safely(lambda: self.fleet.take_rent_lock(label, token), True)
+    @contextlib.asynccontextmanager
+    async def rent_lock(self, label: str) -> AsyncIterator[bool]:
+        """Hold ``label``'s rent lock for the body: yields False when another process holds it.
 
-    async def release_rent(self, label: str, token: str) -> None:
-        """Release the rent lock after a rental attempt (it would expire anyway)."""
-        await self.guarded.safely(lambda: self.fleet.release_rent_lock(label, token), None)
+        While Redis is down there is no lock to take: yields True (renting goes on). While held the
+        lock is renewed every ``renew_s``; the body is cancelled after ``section_s`` (``TimeoutError``
+        leaves the block), and the lock is released however the body ends.
+        """
+        held = await self.outage.call(
+            lambda: self.fleet.take_rent_lock(label, self.token, self.lock_ttl_s), True
+        )
+        if not held:
+            yield False
+            return
+        renewer = asyncio.create_task(self._renew(label))
+        try:
+            async with asyncio.timeout(self.section_s):
+                yield True
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            await self.outage.call(lambda: self.fleet.release_rent_lock(label, self.token), None)
+
+    async def _renew(self, label: str) -> None:
+        while True:
+            await asyncio.sleep(self.renew_s)
+            if not await self.outage.call(
+                lambda: self.fleet.renew_rent_lock(label, self.token, self.lock_ttl_s), True
+            ):
+                log.warning(
+                    "the rent lock of %s was lost while renting", label, extra={"event": "rent-lock-lost"}
+                )
+                return
 
     async def others_dph(self, label: str) -> float | None:
         """The $/h of the other live pods, or None while Redis is unavailable."""
-        beats = await self.guarded.safely(self.fleet.heartbeats, None)
+        beats = await self.outage.call(self.fleet.heartbeats, None)
         if beats is None:
             return None
         return fleet_dph(beats.values(), now=self._clock(), exclude_label=label, live_s=self.live_s)

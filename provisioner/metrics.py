@@ -30,7 +30,7 @@ from provisioner import admin
 if TYPE_CHECKING:
     from provisioner import model
     from provisioner.daemon import Runtime
-    from provisioner.reconciler import Event
+    from provisioner.events import Event
 
 PREFIX: Final = "vastprov"
 #: every phase a pod can be in (``planning.Phase`` plus ``starting`` before the first tick)
@@ -213,8 +213,8 @@ class RuntimeCollector:
     def collect(self) -> Iterator[Metric]:
         runtime = self.runtime
         rec: Any = runtime.reconciler
-        state = rec.state if rec is not None else None
-        current = "starting" if state is None or not state.last_tick_at else str(state.phase)
+        state = rec.view() if rec is not None else None
+        current = "starting" if state is None or state.phase is None else str(state.phase)
         phase = GaugeMetricFamily(
             f"{PREFIX}_instance_state", "This pod's phase: 1 for the current one.", labels=["state"]
         )

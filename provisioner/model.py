@@ -80,7 +80,6 @@ class Offer:
     machine_id: int | None = None
     gpu_name: str | None = None
     num_gpus: int | None = None
-    gpu_ram_mb: float | None = None
     dph_total: float | None = None
     dph_base: float | None = None
     storage_cost: float | None = None
@@ -111,7 +110,6 @@ class Offer:
             machine_id=_int(raw, "machine_id", call),
             gpu_name=_str(raw, "gpu_name"),
             num_gpus=_int(raw, "num_gpus", call),
-            gpu_ram_mb=_num(raw, "gpu_ram", call),
             dph_total=_num(raw, "dph_total", call),
             dph_base=_num(raw, "dph_base", call),
             storage_cost=_num(raw, "storage_cost", call),
@@ -131,10 +129,6 @@ class Offer:
 
 #: actual_status values from which an instance never reaches ``running`` (vast-api.md §6.5).
 DEAD_STATUSES = frozenset({"exited", "offline", "unknown", "destroyed", "terminated", "stopped", "frozen"})
-#: actual_status values of an instance that is still on its way up.
-BOOTING_STATUSES = frozenset(
-    {None, "created", "loading", "rebooting", "recycling", "restarting", "scheduling"}
-)
 #: words in ``status_msg`` that mean the container failed to start.
 FAILURE_MARKERS = (
     "oci runtime",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from provisioner import model
 
@@ -87,8 +88,8 @@ class Plan:
     phase: Phase
     next_check_s: float
     serving: model.Instance | None = None
-    #: instance id -> (verdict, detail), for logs and status
-    verdicts: Mapping[int, tuple[str, str]] = field(default_factory=dict)
+    #: instance id -> its verdict (kind, detail), for logs and status
+    verdicts: Mapping[int, Verdict] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- inputs
@@ -125,7 +126,7 @@ class Policy:
 # ---------------------------------------------------------------- classification
 
 
-class Verdict(enum.StrEnum):
+class VerdictKind(enum.StrEnum):
     HEALTHY = "healthy"  # running, ports mapped, health check passed
     READY = "ready"  # running, ports mapped, health not (yet) confirmed
     BOOTING = "booting"
@@ -134,6 +135,15 @@ class Verdict(enum.StrEnum):
     TIMED_OUT = "timed-out"
     UNHEALTHY = "unhealthy"  # ready but failing its health check for too long
     CONDEMNED = "condemned"
+
+
+class Verdict(NamedTuple):
+    """What the planner concluded about one instance; ``detail`` is short, for logs and reasons."""
+
+    kind: VerdictKind
+    detail: str
+    #: drifted but still healthy: it may keep serving until a matching instance is (make-before-break)
+    can_bridge: bool = False
 
 
 def has_endpoints(instance: model.Instance, desired: model.DesiredSpec) -> bool:
@@ -158,35 +168,34 @@ def drift_of(instance: model.Instance, desired: model.DesiredSpec, template_hash
 
 def classify(
     instance: model.Instance, desired: model.DesiredSpec, obs: Observation, policy: Policy
-) -> tuple[Verdict, str]:
+) -> Verdict:
     """One verdict per instance, with a short detail for logs."""
     if instance.id in obs.condemned:
-        return Verdict.CONDEMNED, obs.condemned[instance.id]
+        return Verdict(VerdictKind.CONDEMNED, obs.condemned[instance.id])
     if instance.is_dead:
         detail = "oci-failure" if instance.failed_to_start else f"status-{instance.actual_status}"
-        return Verdict.DEAD, detail
+        return Verdict(VerdictKind.DEAD, detail)
     drift = drift_of(instance, desired, obs.template_hash)
     if drift:
-        if has_endpoints(instance, desired) and obs.healthy.get(instance.id):
-            return Verdict.DRIFTED, drift + ":serving"
-        return Verdict.DRIFTED, drift
+        bridge = has_endpoints(instance, desired) and bool(obs.healthy.get(instance.id))
+        return Verdict(VerdictKind.DRIFTED, drift, can_bridge=bridge)
     if has_endpoints(instance, desired):
         if obs.healthy.get(instance.id):
-            return Verdict.HEALTHY, "ok"
+            return Verdict(VerdictKind.HEALTHY, "ok")
         since = obs.unhealthy_since.get(instance.id)
         if since is not None and obs.now - since > policy.unhealthy_timeout_s:
-            return Verdict.UNHEALTHY, f"health failing for {obs.now - since:.0f}s"
-        return Verdict.READY, "waiting for health check"
+            return Verdict(VerdictKind.UNHEALTHY, f"health failing for {obs.now - since:.0f}s")
+        return Verdict(VerdictKind.READY, "waiting for health check")
     started = obs.first_seen.get(instance.id, instance.start_date or obs.now)
     if obs.now - started > policy.boot_timeout_s:
-        return Verdict.TIMED_OUT, f"not ready after {obs.now - started:.0f}s"
-    return Verdict.BOOTING, instance.actual_status or "provisioning"
+        return Verdict(VerdictKind.TIMED_OUT, f"not ready after {obs.now - started:.0f}s")
+    return Verdict(VerdictKind.BOOTING, instance.actual_status or "provisioning")
 
 
-_RANK = {Verdict.HEALTHY: 0, Verdict.READY: 1, Verdict.BOOTING: 2}
+_RANK = {VerdictKind.HEALTHY: 0, VerdictKind.READY: 1, VerdictKind.BOOTING: 2}
 
 
-def _keep_key(instance: model.Instance, verdict: Verdict, serving_id: int | None) -> tuple[int, int, int]:
+def _keep_key(instance: model.Instance, verdict: VerdictKind, serving_id: int | None) -> tuple[int, int, int]:
     return (_RANK[verdict], 0 if instance.id == serving_id else 1, instance.id)
 
 
@@ -198,43 +207,27 @@ def plan(desired: model.DesiredSpec, obs: Observation, policy: Policy) -> Plan:
     verdicts = {inst.id: classify(inst, desired, obs, policy) for inst in obs.instances}
     by_id = {inst.id: inst for inst in obs.instances}
 
-    matching = [by_id[i] for i, (v, _) in verdicts.items() if v in _RANK]
-    matching.sort(key=lambda inst: _keep_key(inst, verdicts[inst.id][0], obs.serving_id))
+    matching = [by_id[i] for i, v in verdicts.items() if v.kind in _RANK]
+    matching.sort(key=lambda inst: _keep_key(inst, verdicts[inst.id].kind, obs.serving_id))
     keep = matching[0] if matching else None
-    keep_verdict = verdicts[keep.id][0] if keep else None
+    keep_kind = verdicts[keep.id].kind if keep else None
 
-    destroys: list[Action] = []
+    destroys: list[Action] = [Destroy(inst, "duplicate") for inst in matching[1:]]
     bans: list[Action] = []
-    for inst in matching[1:]:
-        destroys.append(Destroy(inst, "duplicate"))
     for inst in obs.instances:
-        verdict, detail = verdicts[inst.id]
-        if verdict in (Verdict.DEAD, Verdict.CONDEMNED):
-            destroys.append(Destroy(inst, "dead" if verdict is Verdict.DEAD else detail))
-        elif verdict in (Verdict.TIMED_OUT, Verdict.UNHEALTHY):
-            reason = "boot-timeout" if verdict is Verdict.TIMED_OUT else "unhealthy"
+        verdict = verdicts[inst.id]
+        if verdict.kind in (VerdictKind.DEAD, VerdictKind.CONDEMNED):
+            destroys.append(Destroy(inst, "dead" if verdict.kind is VerdictKind.DEAD else verdict.detail))
+        elif verdict.kind in (VerdictKind.TIMED_OUT, VerdictKind.UNHEALTHY):
+            reason = "boot-timeout" if verdict.kind is VerdictKind.TIMED_OUT else "unhealthy"
             bans.append(Ban(inst, reason))
             destroys.append(Destroy(inst, reason))
 
-    # Make-before-break: a healthy drifted instance serves until a matching one is healthy.
-    drifted = sorted(
-        (by_id[i] for i, (v, _) in verdicts.items() if v is Verdict.DRIFTED),
-        key=lambda inst: (0 if inst.id == obs.serving_id else 1, inst.id),
-    )
-    bridge: model.Instance | None = None
-    for inst in drifted:
-        serving_capable = verdicts[inst.id][1].endswith(":serving")
-        if keep_verdict is not Verdict.HEALTHY and serving_capable and bridge is None:
-            bridge = inst
-            continue
-        destroys.append(Destroy(inst, verdicts[inst.id][1].removesuffix(":serving")))
-
-    serve_target = keep if keep_verdict is Verdict.HEALTHY else bridge
-    actions: list[Action] = []
-    if serve_target is not None:
-        actions.append(Serve(serve_target))
-    else:
-        actions.append(Unserve(_unserve_reason(keep_verdict, obs)))
+    bridge = _bridge_and_drift_destroys(obs, by_id, verdicts, keep_kind, destroys)
+    serve_target = keep if keep_kind is VerdictKind.HEALTHY else bridge
+    actions: list[Action] = [
+        Serve(serve_target) if serve_target else Unserve(_unserve_reason(keep_kind, obs))
+    ]
     actions.extend(bans)
     actions.extend(destroys)
 
@@ -244,39 +237,63 @@ def plan(desired: model.DesiredSpec, obs: Observation, policy: Policy) -> Plan:
         else:
             actions.append(Rent(_rent_reason(obs, verdicts)))
             phase = Phase.RENTING
-    elif keep_verdict is Verdict.HEALTHY:
+    elif keep_kind is VerdictKind.HEALTHY:
         phase = Phase.SERVING
     else:
         phase = Phase.BOOTING
 
     steady = phase is Phase.SERVING and not destroys
     interval = policy.steady_interval_s if steady else policy.boot_interval_s
-    return Plan(
-        actions=tuple(actions),
-        phase=phase,
-        next_check_s=interval,
-        serving=serve_target,
-        verdicts={i: (str(v), d) for i, (v, d) in verdicts.items()},
+    return Plan(tuple(actions), phase, interval, serving=serve_target, verdicts=verdicts)
+
+
+def _bridge_and_drift_destroys(
+    obs: Observation,
+    by_id: Mapping[int, model.Instance],
+    verdicts: Mapping[int, Verdict],
+    keep_kind: VerdictKind | None,
+    destroys: list[Action],
+) -> model.Instance | None:
+    """Make-before-break: a healthy drifted instance serves until a matching one is healthy.
+
+    Returns that bridge (the served one first) and appends a destroy for every other drifted one.
+    """
+    drifted = sorted(
+        (by_id[i] for i, v in verdicts.items() if v.kind is VerdictKind.DRIFTED),
+        key=lambda inst: (0 if inst.id == obs.serving_id else 1, inst.id),
     )
+    bridge: model.Instance | None = None
+    for inst in drifted:
+        verdict = verdicts[inst.id]
+        if keep_kind is not VerdictKind.HEALTHY and verdict.can_bridge and bridge is None:
+            bridge = inst
+            continue
+        destroys.append(Destroy(inst, verdict.detail))
+    return bridge
 
 
-def _unserve_reason(keep_verdict: Verdict | None, obs: Observation) -> str:
-    if keep_verdict is Verdict.READY:
+def _unserve_reason(keep_kind: VerdictKind | None, obs: Observation) -> str:
+    if keep_kind is VerdictKind.READY:
         return "health-check"
-    if keep_verdict is Verdict.BOOTING:
+    if keep_kind is VerdictKind.BOOTING:
         return "booting"
     if obs.now < obs.rent_hold_until:
         return "confirming-rental"
     return "renting"
 
 
-def _rent_reason(obs: Observation, verdicts: Mapping[int, tuple[Verdict, str]]) -> str:
+def _rent_reason(obs: Observation, verdicts: Mapping[int, Verdict]) -> str:
     if not obs.instances:
         return "none"
-    for verdict, detail in verdicts.values():
-        if verdict is Verdict.DRIFTED:
-            return detail.removesuffix(":serving")
-    for verdict, detail in verdicts.values():
-        if verdict in (Verdict.DEAD, Verdict.TIMED_OUT, Verdict.UNHEALTHY, Verdict.CONDEMNED):
-            return "boot-timeout" if verdict is Verdict.TIMED_OUT else detail
+    for verdict in verdicts.values():
+        if verdict.kind is VerdictKind.DRIFTED:
+            return verdict.detail
+    for verdict in verdicts.values():
+        if verdict.kind in (
+            VerdictKind.DEAD,
+            VerdictKind.TIMED_OUT,
+            VerdictKind.UNHEALTHY,
+            VerdictKind.CONDEMNED,
+        ):
+            return "boot-timeout" if verdict.kind is VerdictKind.TIMED_OUT else verdict.detail
     return "replace"

@@ -36,7 +36,7 @@ from typing import Literal
 
 import httpx
 
-from provisioner import blacklist, errors, fleet, model
+from provisioner import errors, fleet, model, store
 from provisioner.settings import ReaperSettings
 from provisioner.vast import client as vast_client
 
@@ -300,7 +300,7 @@ async def run(settings: ReaperSettings, *, apply: bool, max_share: float | None 
     )
     api_timeout_s = settings.vast_api_timeout_seconds
     timeout = httpx.Timeout(api_timeout_s, connect=min(10.0, api_timeout_s))
-    redis = blacklist.connect(
+    redis = store.connect(
         settings.blacklist_redis_url.get_secret_value(), timeout_s=settings.blacklist_redis_timeout_seconds
     )
     try:
@@ -308,7 +308,7 @@ async def run(settings: ReaperSettings, *, apply: bool, max_share: float | None 
             vast = vast_client.VastClient(http, settings.vast_api_key, base_url=settings.vast_api_url)
             record = fleet.Fleet(
                 redis,
-                keys=fleet.Keys(settings.blacklist_key_prefix),
+                keys=store.Keys(settings.blacklist_key_prefix),
                 deadline_s=4 * settings.blacklist_redis_timeout_seconds,
             )
             return await reap(vast, record, policy, apply=apply)

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from provisioner import backoff
+
 
 @dataclass
 class RentGuard:
+    """The local brakes: hosts to avoid and the streak of rentals that failed before serving."""
+
     avoid_s: float = 3600.0
     free_failures: int = 2
     backoff_start_s: float = 30.0
@@ -51,7 +55,7 @@ class RentGuard:
         extra = self.failures_in_a_row - self.free_failures
         if extra <= 0:
             return 0.0
-        return float(min(self.backoff_start_s * 2 ** (extra - 1), self.backoff_cap_s))
+        return backoff.exponential_s(extra, start_s=self.backoff_start_s, cap_s=self.backoff_cap_s)
 
     def wait_s(self, now: float) -> float:
         """Seconds left before the next rental may happen."""

@@ -1,157 +1,276 @@
 """Renting one instance: the brakes, the rent lock, the spend cap, the search and the rent itself.
 
-Called by the reconciler for the planner's ``Rent`` action. In order: the local rent brakes
-(``rentguard``) may say "not yet"; with Redis, the label's rent lock is taken and the label listed
-again under it (another process may just have rented); the search leaves out banned and avoided
-hosts; the spend cap (``VAST_MAX_FLEET_DPH``) keeps only offers that fit; then the best offer is
-rented, the next one tried when it vanished, and nothing retried when the outcome is unknown (the
-next tick lists by label first).
+The reconciler hands the planner's ``Rent`` action to a :class:`Renter` as an :class:`Ask` (label,
+reason, template hash, the ids it knows, what this pod spends, now) and applies the
+:class:`Outcome` it gets back: a rented id and price, a hold after an unknown outcome, or nothing
+(with the events to record). The renter never touches the reconciler's state.
+
+In order: the local rent brakes (``rentguard``) may say "not yet"; with Redis, the label's rent lock
+is taken and the label listed again under it (another process may just have rented); the search
+leaves out banned and avoided hosts; the spend cap (``VAST_MAX_FLEET_DPH``) keeps only offers that
+fit; then the best offer is rented, the next one tried when it vanished, and nothing retried when
+the outcome is unknown (the next tick lists by label first).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import enum
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
-from provisioner import errors, fleet, selection
+from provisioner import errors, events, fleet, model, rentguard, selection
+from provisioner.vast import client as vast_client
 
-if TYPE_CHECKING:
-    from provisioner.reconciler import Reconciler
-
-#: how long to hold off renting after a rent whose outcome is unknown
+#: how long to hold off renting after a rent (until a list shows it) or a rent whose outcome is unknown
 RENT_HOLD_S = 90.0
 #: how many offers to try when they vanish between search and rent
 MAX_OFFER_ATTEMPTS = 5
 
-
-async def _within_spend_cap(rec: Reconciler, ranked: list[selection.Scored]) -> list[selection.Scored] | None:
-    """The offers that keep the fleet within ``VAST_MAX_FLEET_DPH``; None (and why, once) if none.
-
-    The fleet is every other live pod's heartbeat, plus the instance this pod still serves
-    while it replaces it (make-before-break), plus this rental. Without Redis the cap cannot be
-    checked: that is said once and the rental goes ahead.
-    """
-    cap = rec.max_fleet_dph
-    if cap is None or rec.fleet is None:
-        return ranked
-    others = await rec.fleet.others_dph(rec.desired.label)
-    if others is None:
-        note_once(
-            rec,
-            "spend-cap-unchecked",
-            "VAST_MAX_FLEET_DPH cannot be checked while Redis is unavailable; renting anyway",
-        )
-        return ranked
-    serving = rec.state.serving
-    own = (serving.dph_total or 0.0) if serving is not None else 0.0
-    fitting = [c for c in ranked if fleet.spend_block(cap, others=others, own=own, price=_price(c)) is None]
-    if fitting:
-        rec.state.spend_noted = None
-        return fitting
-    cheapest = min(_price(c) for c in ranked)
-    note_once(rec, "spend-cap", fleet.spend_block(cap, others=others, own=own, price=cheapest) or "")
-    return None
+#: the search body for the current bans and reputation
+SearchBody = Callable[[selection.Standing], Mapping[str, Any]]
+#: the offers that may be rented, best first
+OfferChooser = Callable[[list[model.Offer], selection.Standing], list[selection.Scored]]
 
 
-def note_once(rec: Reconciler, kind: str, detail: str) -> None:
-    """Record a spend-guard event once per distinct situation (not on every tick)."""
-    if rec.state.spend_noted != detail:
-        rec.state.spend_noted = detail
-        rec.record(kind, detail, None, logging.WARNING, reason=kind)
+class RentBans(Protocol):
+    """The part of the blacklist a rental reads (``blacklist.Guarded`` never raises)."""
+
+    async def standing(self) -> selection.Standing: ...
 
 
-async def rent(rec: Reconciler, reason: str) -> None:
-    """Rent for ``reason``, unless a brake, the rent lock or the spend cap says not now."""
-    if rec.state.template_pending:
-        # an instance rented without the template would count as drifted once the hash is known
-        note_once(rec, "rent-waits", "the template is not checked yet (API busy); renting waits for it")
-        return
-    # one Redis round trip: the bans go into the search (notin), the reputation into the ranking
-    wait = rec.guard.wait_s(rec.clock())
-    if wait > 0:
-        if rec.state.backoff_noted_at == rec.guard.last_failure_at:
-            return
-        rec.state.backoff_noted_at = rec.guard.last_failure_at
-        rec.record(
-            "rent-backoff",
-            f"{rec.guard.failures_in_a_row} rentals in a row failed before serving;"
-            f" next rental in {wait:.0f}s",
-            None,
-            logging.WARNING,
-        )
-        return
-    if rec.fleet is None:
-        await _search_and_rent(rec, reason)
-        return
-    if not await rec.fleet.may_rent(rec.desired.label, rec.lock_token):
-        note_once(rec, "rent-lock-held", "another process holds this label's rent lock; not renting")
-        return
-    try:
-        # under the lock, look again: another process may have rented since this tick's list
-        known = {i.id for i in rec.state.last_observation.instances} if rec.state.last_observation else set()
-        fresh = [i for i in await rec.vast.list_by_label(rec.desired.label) if i.id not in known]
-        if fresh:
-            rec.record("rent-skipped", f"instance {fresh[0].id} appeared meanwhile; adopting it", fresh[0].id)
-            return
-        await _search_and_rent(rec, reason)
-    finally:
-        await rec.fleet.release_rent(rec.desired.label, rec.lock_token)
+class RentFleet(Protocol):
+    """The part of the fleet record a rental uses (``fleet.GuardedFleet`` never raises)."""
+
+    async def others_dph(self, label: str) -> float | None: ...
+
+    def rent_lock(self, label: str) -> contextlib.AbstractAsyncContextManager[bool]: ...
 
 
-async def _search_and_rent(rec: Reconciler, reason: str) -> None:
-    """Search with the bans left out, rank, and rent the best offer that is still there."""
-    standing = await rec.bans.standing() if rec.bans is not None else selection.Standing()
-    avoided = rec.guard.avoided(rec.clock())
-    if avoided:
-        standing = dataclasses.replace(standing, banned_hosts=standing.banned_hosts | avoided)
-    offers = await rec.vast.search_offers(rec.search_body(standing))
-    ranked = rec.choose_offers(offers, standing)
-    if not ranked:
-        rec.record(
-            "no-offers", f"no usable offer ({len(offers)} returned by the search)", None, logging.WARNING
-        )
-        return
-    affordable = await _within_spend_cap(rec, ranked)
-    if affordable is None:
-        return
-    ranked = affordable
-    for choice in ranked[:MAX_OFFER_ATTEMPTS]:
-        offer = choice.offer
-        request = rec.rent_request(rec.state.template_hash)
-        if choice.bid_price is not None:
-            request = dataclasses.replace(request, bid_price=choice.bid_price)
+@dataclasses.dataclass(frozen=True)
+class RentSpec:
+    """What to search for and how to rent it: values and pure functions only."""
+
+    search_body: SearchBody
+    choose_offers: OfferChooser
+    rent_request: Callable[[str | None], vast_client.RentRequest]
+    max_fleet_dph: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Ask:
+    """One rental the planner asked for, with what the renter needs to know of the pod."""
+
+    label: str
+    reason: str
+    template_hash: str | None
+    #: the template is not checked yet (API busy): renting waits for it
+    template_pending: bool
+    #: the instance ids this tick's list showed (a new one under the lock was rented meanwhile)
+    known_ids: frozenset[int]
+    #: $/h of the instance this pod serves now (make-before-break: it still bills)
+    own_dph: float
+    now: float
+
+
+class Result(enum.Enum):
+    RENTED = "rented"  # instance_id and price_per_hour are set
+    UNKNOWN = "unknown"  # the rent may have happened: hold, list by label before any new rental
+    HELD = "held"  # a brake, the lock, the spend cap or the template said not now
+    SKIPPED = "skipped"  # an instance appeared meanwhile: adopt it
+    NO_OFFERS = "no-offers"
+
+
+@dataclasses.dataclass(frozen=True)
+class Note:
+    """An event to record, with its log level."""
+
+    event: events.Event
+    level: int = logging.INFO
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    result: Result
+    instance_id: int | None = None
+    price_per_hour: float | None = None
+    notes: tuple[Note, ...] = ()
+
+
+class Renter:
+    """Rents for the reconciler; keeps the local brakes and what it has already said."""
+
+    def __init__(
+        self,
+        vast: vast_client.VastClient,
+        spec: RentSpec,
+        *,
+        bans: RentBans | None = None,
+        fleet: RentFleet | None = None,
+        guard: rentguard.RentGuard | None = None,
+    ) -> None:
+        self.vast = vast
+        self.spec = spec
+        self.bans = bans
+        self.fleet = fleet
+        self.guard = guard or rentguard.RentGuard()
+        #: the situation last said by a once-per-situation note (spend cap, lock, template)
+        self._noted: str | None = None
+        #: the failure whose rent back-off was last said (said once per failure)
+        self._backoff_noted_at = -1.0
+
+    # ------------------------------------------------------------ what the reconciler reports
+
+    def failed_before_ready(self, host_id: int | None, now: float) -> None:
+        """An instance of ours died or timed out without ever serving (the rent brakes count it)."""
+        self.guard.failed_before_ready(host_id, now)
+
+    def became_ready(self) -> None:
+        """An instance served: the streak of failed rentals is over."""
+        self.guard.became_ready()
+
+    # ------------------------------------------------------------ renting
+
+    async def rent(self, ask: Ask) -> Outcome:
+        """Rent for ``ask.reason``, unless a brake, the rent lock or the spend cap says not now."""
+        if ask.template_pending:
+            # an instance rented without the template would count as drifted once the hash is known
+            text = "the template is not checked yet (API busy); renting waits for it"
+            return self._held(ask, events.EventKind.RENT_WAITS, text)
+        wait = self.guard.wait_s(ask.now)
+        if wait > 0:
+            return Outcome(Result.HELD, notes=self._backoff_note(ask, wait))
+        if self.fleet is None:
+            return await self._search_and_rent(ask)
         try:
-            new_id = await rec.vast.rent(offer.id, request)
-        except errors.OfferGone:
-            rec.record("offer-gone", f"offer {offer.id} was taken; trying the next", None, logging.WARNING)
-            continue
-        except errors.RentOutcomeUnknown as exc:
-            rec.state.rent_hold_until = rec.clock() + RENT_HOLD_S
-            rec.record(
-                "rent-unknown",
-                f"offer {offer.id}: {exc.reason}; listing by label before any new rental",
-                None,
-                logging.WARNING,
-            )
-            return
-        rec.state.unconfirmed.add(new_id)
-        rec.state.rent_prices[new_id] = _price(choice)
-        rec.state.rent_hold_until = rec.clock() + RENT_HOLD_S
-        rec.state.first_seen[new_id] = await rec.boot_started(new_id, rec.clock())
-        bid = f" bid ${choice.bid_price:.4f}/h" if choice.bid_price is not None else ""
-        rec.record(
-            "rent",
-            f"{reason}: offer {offer.id} host {offer.host_id} {offer.gpu_name}"
-            f" ${choice.price_per_hour or offer.dph_total}/h score {choice.score:.3f}{bid}",
-            new_id,
-            reason=reason,
+            async with self.fleet.rent_lock(ask.label) as held:
+                if not held:
+                    text = "another process holds this label's rent lock; not renting"
+                    return self._held(ask, events.EventKind.RENT_LOCK_HELD, text)
+                return await self._rent_locked(ask)
+        except TimeoutError:
+            # cut off under the lock: a rent may be in flight, so it counts as unknown
+            text = "the rent took longer than its bound; listing by label before any new rental"
+            return Outcome(Result.UNKNOWN, notes=(_note(ask, events.EventKind.RENT_UNKNOWN, text),))
+
+    async def _rent_locked(self, ask: Ask) -> Outcome:
+        # under the lock, look again: another process may have rented since this tick's list
+        fresh = [i for i in await self.vast.list_by_label(ask.label) if i.id not in ask.known_ids]
+        if fresh:
+            text = f"instance {fresh[0].id} appeared meanwhile; adopting it"
+            note = _note(ask, events.EventKind.RENT_SKIPPED, text, fresh[0].id, level=logging.INFO)
+            return Outcome(Result.SKIPPED, notes=(note,))
+        return await self._search_and_rent(ask)
+
+    def _backoff_note(self, ask: Ask, wait: float) -> tuple[Note, ...]:
+        if self._backoff_noted_at == self.guard.last_failure_at:
+            return ()
+        self._backoff_noted_at = self.guard.last_failure_at
+        text = (
+            f"{self.guard.failures_in_a_row} rentals in a row failed before serving;"
+            f" next rental in {wait:.0f}s"
         )
-        return
-    rec.record("no-offers", "every offer tried was taken", None, logging.WARNING)
+        return (_note(ask, events.EventKind.RENT_BACKOFF, text, reason=None),)
+
+    def _held(self, ask: Ask, kind: events.EventKind, detail: str) -> Outcome:
+        """Hold, saying why once per distinct situation (not on every tick)."""
+        if self._noted == detail:
+            return Outcome(Result.HELD)
+        self._noted = detail
+        return Outcome(Result.HELD, notes=(_note(ask, kind, detail, reason=str(kind)),))
+
+    async def _search_and_rent(self, ask: Ask) -> Outcome:
+        """Search with the bans left out, rank, and rent the best offer that is still there."""
+        standing = await self.bans.standing() if self.bans is not None else selection.Standing()
+        avoided = self.guard.avoided(ask.now)
+        if avoided:
+            standing = dataclasses.replace(standing, banned_hosts=standing.banned_hosts | avoided)
+        offers = await self.vast.search_offers(self.spec.search_body(standing))
+        ranked = self.spec.choose_offers(offers, standing)
+        if not ranked:
+            text = f"no usable offer ({len(offers)} returned by the search)"
+            return Outcome(Result.NO_OFFERS, notes=(_note(ask, events.EventKind.NO_OFFERS, text),))
+        notes: list[Note] = []
+        affordable = await self._within_spend_cap(ask, ranked, notes)
+        if affordable is None:
+            return Outcome(Result.HELD, notes=tuple(notes))
+        return await self._rent_best(ask, affordable, notes)
+
+    async def _rent_best(self, ask: Ask, ranked: list[selection.Scored], notes: list[Note]) -> Outcome:
+        """Rent the first offer still there; an unknown outcome stops at once (never rent twice)."""
+        for choice in ranked[:MAX_OFFER_ATTEMPTS]:
+            offer = choice.offer
+            request = self.spec.rent_request(ask.template_hash)
+            if choice.bid_price is not None:
+                request = dataclasses.replace(request, bid_price=choice.bid_price)
+            try:
+                new_id = await self.vast.rent(offer.id, request)
+            except errors.OfferGone:
+                notes.append(
+                    _note(ask, events.EventKind.OFFER_GONE, f"offer {offer.id} was taken; trying the next")
+                )
+                continue
+            except errors.RentOutcomeUnknown as exc:
+                text = f"offer {offer.id}: {exc.reason}; listing by label before any new rental"
+                notes.append(_note(ask, events.EventKind.RENT_UNKNOWN, text))
+                return Outcome(Result.UNKNOWN, notes=tuple(notes))
+            bid = f" bid ${choice.bid_price:.4f}/h" if choice.bid_price is not None else ""
+            text = (
+                f"{ask.reason}: offer {offer.id} host {offer.host_id} {offer.gpu_name}"
+                f" ${choice.price_per_hour or offer.dph_total}/h score {choice.score:.3f}{bid}"
+            )
+            notes.append(
+                _note(ask, events.EventKind.RENT, text, new_id, level=logging.INFO, reason=ask.reason)
+            )
+            return Outcome(Result.RENTED, new_id, price(choice), tuple(notes))
+        notes.append(_note(ask, events.EventKind.NO_OFFERS, "every offer tried was taken"))
+        return Outcome(Result.NO_OFFERS, notes=tuple(notes))
+
+    async def _within_spend_cap(
+        self, ask: Ask, ranked: list[selection.Scored], notes: list[Note]
+    ) -> list[selection.Scored] | None:
+        """The offers that keep the fleet within ``VAST_MAX_FLEET_DPH``; None (and why, once) if none.
+
+        The fleet is every other live pod's heartbeat, plus the instance this pod still serves
+        while it replaces it (make-before-break), plus this rental. Without Redis the cap cannot be
+        checked: that is said once and the rental goes ahead.
+        """
+        cap = self.spec.max_fleet_dph
+        if cap is None or self.fleet is None:
+            return ranked
+        others = await self.fleet.others_dph(ask.label)
+        if others is None:
+            text = "VAST_MAX_FLEET_DPH cannot be checked while Redis is unavailable; renting anyway"
+            notes.extend(self._held(ask, events.EventKind.SPEND_CAP_UNCHECKED, text).notes)
+            return ranked
+        own = ask.own_dph
+        fitting = [
+            c for c in ranked if fleet.spend_block(cap, others=others, own=own, price=price(c)) is None
+        ]
+        if fitting:
+            self._noted = None
+            return fitting
+        cheapest = min(price(c) for c in ranked)
+        text = fleet.spend_block(cap, others=others, own=own, price=cheapest) or ""
+        notes.extend(self._held(ask, events.EventKind.SPEND_CAP, text).notes)
+        return None
 
 
-def _price(choice: selection.Scored) -> float:
+def _note(
+    ask: Ask,
+    kind: events.EventKind,
+    detail: str,
+    instance_id: int | None = None,
+    *,
+    level: int = logging.WARNING,
+    reason: str | None = None,
+) -> Note:
+    return Note(events.Event(ask.now, kind, detail, instance_id, reason), level)
+
+
+def price(choice: selection.Scored) -> float:
     """What renting this offer adds to the fleet, $/h."""
     if choice.price_per_hour is not None:
         return choice.price_per_hour

@@ -27,7 +27,7 @@ from provisioner.vast import client as vast_client
 
 if TYPE_CHECKING:
     from provisioner.daemon import Runtime
-    from provisioner.reconciler import ReconcilerState
+    from provisioner.reconciler import ReconcilerView
     from provisioner.settings import Settings
 
 SOURCE_ADMIN: Final = "admin"
@@ -41,7 +41,7 @@ _RANK: Final = {"healthy": 0, "ready": 1, "booting": 2}
 # ---------------------------------------------------------------- the daemon's side
 
 
-def focus_instance(state: ReconcilerState | None) -> model.Instance | None:
+def focus_instance(state: ReconcilerView | None) -> model.Instance | None:
     """The instance this pod is about: the served one, else the one it keeps booting (latest tick)."""
     if state is None:
         return None
@@ -91,7 +91,7 @@ def snapshot(
     now = time.time() if now is None else now
     settings = runtime.settings
     rec: Any = runtime.reconciler
-    state: ReconcilerState | None = rec.state if rec is not None else None
+    state: ReconcilerView | None = rec.view() if rec is not None else None
     focus = focus_instance(state)
     instances: list[dict[str, Any]] = []
     upstreams: list[dict[str, Any]] = []
@@ -99,7 +99,7 @@ def snapshot(
     events: list[dict[str, Any]] = []
     phase = "starting"
     if state is not None:
-        if state.last_tick_at:
+        if state.phase is not None:
             phase = str(state.phase)
         obs, plan = state.last_observation, state.last_plan
         serving_id = state.serving.id if state.serving is not None else None
@@ -118,7 +118,7 @@ def snapshot(
             for lp, up in sorted(state.upstreams.items())
         ]
         if serving_id is not None:
-            upstream_healthy = state.healthy.get(serving_id)
+            upstream_healthy = state.serving_healthy
         events = [
             {"at": e.at, "kind": e.kind, "detail": e.detail, "instance_id": e.instance_id, "reason": e.reason}
             for e in list(state.events)[-EVENTS_SHOWN:]

@@ -3,6 +3,7 @@ processes, and a recording proxy in front of the simulator to see the search bod
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import subprocess
@@ -18,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from provisioner import blacklist
+from provisioner import blacklist, fleet, store
 from tests.procs import PROVISIONER, Provisioner, Sim, base_env, run_provisioner, run_sim, wait_for
 from tests.redis_server import RedisServer, run_redis
 
@@ -223,7 +224,7 @@ def test_killing_redis_does_not_stop_provisioning(stack: Stack) -> None:
         assert prov.proc.poll() is None
         assert events(prov, "store-unavailable") == 1
         stack.redis.start()
-        time.sleep(blacklist.OUTAGE_RETRY_S + 0.5)  # the provisioner's pause between Redis attempts
+        time.sleep(store.OUTAGE_RETRY_S + 0.5)  # the provisioner's pause between Redis attempts
         stack.sim.admin("POST", f"/instances/{second}/kill")
         third = prov.wait_serving(60, other_than=second)
         wait_for(lambda: stack.db().exists(f"{PREFIX}boot:{third}"), 10, "Redis to be written again")
@@ -287,3 +288,39 @@ def test_blacklist_commands_report_an_unreachable_redis(stack: Stack) -> None:
     result = cli(stack.env(), "blacklist", "list")
     assert result.returncode == 1
     assert result.stderr.startswith("provisioner: redis") and result.stderr.count("\n") == 1
+
+
+async def test_rent_lock_on_a_real_redis_server(tmp_path: Path) -> None:
+    """Against redis-server: one of many racing takes wins, only the holder renews and releases, and a
+    holder working past the lock's TTL keeps it (renewed) until it releases it."""
+    label = "k8s_pod=vast-pod-0"
+    with run_redis(tmp_path) as server:
+        clients = [store.connect(server.url, timeout_s=2.0) for _ in range(6)]
+        try:
+            locks = [store.RentLock(c, store.Keys()) for c in clients]
+            taken = await asyncio.gather(*(lock.take(label, f"proc-{i}") for i, lock in enumerate(locks)))
+            assert sorted(taken) == [False] * 5 + [True]
+            holder = taken.index(True)
+            other = (holder + 1) % len(locks)
+            assert not await locks[other].renew(label, f"proc-{other}")
+            await locks[other].release(label, f"proc-{other}")
+            assert await clients[0].get(store.Keys().rent_lock(label)) == f"proc-{holder}"
+            await locks[holder].release(label, f"proc-{holder}")
+            assert await clients[0].get(store.Keys().rent_lock(label)) is None
+
+            record = fleet.Fleet.over(blacklist.Blacklist(clients[0]))
+            ports = fleet.GuardedFleet(
+                record, store.Outage(), pod="vast-pod-0", lock_ttl_s=0.3, renew_s=0.1, section_s=10.0
+            )
+            rival = fleet.GuardedFleet(
+                fleet.Fleet.over(blacklist.Blacklist(clients[1])), store.Outage(), pod="b"
+            )
+            async with ports.rent_lock(label) as held:
+                assert held
+                await asyncio.sleep(1.0)  # three TTLs
+                async with rival.rent_lock(label) as rival_held:
+                    assert not rival_held
+            assert await clients[0].get(store.Keys().rent_lock(label)) is None
+        finally:
+            for c in clients:
+                await c.aclose()

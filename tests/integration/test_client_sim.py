@@ -70,9 +70,8 @@ async def test_whoami_search_rent_show_label_destroy(sim: Any) -> None:
     assert shown is not None and shown.is_running
     assert shown.public_ipaddr == "127.0.0.1", "whitespace stripped"
     assert isinstance(shown.host_port(8000), int)
-    await vast.label_instance(iid, "k8s_pod=client-b")
-    assert [i.id for i in await vast.list_by_label("k8s_pod=client-b")] == [iid]
-    assert await vast.list_by_label("k8s_pod=client-a") == []
+    assert [i.id for i in await vast.list_by_label("k8s_pod=client-a")] == [iid]
+    assert await vast.list_by_label("k8s_pod=client-b") == []
     assert await vast.destroy_instance(iid) is True
     assert await vast.destroy_instance(iid) is False, "already gone is not an error"
     assert await vast.show_instance(iid) is None

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from provisioner import daemon, planning, reconciler
+from provisioner import daemon, planning, reconciler, renting, upstream_health
 from provisioner.settings import load_settings
 from provisioner.vast import client as vast_client
 from tests.fakes import Clock
@@ -35,19 +35,22 @@ def make_reconciler(
     for key, value in extra_env.items():
         env.setenv(key, value)
     settings = load_settings()
-    return reconciler.Reconciler(
-        vast=vast_client.VastClient(http, settings.vast_api_key, base_url=BASE),
-        proxy=FakeProxy(),
-        proxy_config=daemon.proxy_config(settings),
-        desired=settings.desired_spec(),
-        policy=planning.Policy(boot_timeout_s=settings.boot_timeout_seconds),
+    vast = vast_client.VastClient(http, settings.vast_api_key, base_url=BASE)
+    desired = settings.desired_spec()
+    spec = renting.RentSpec(
         search_body=daemon.build_search_body(settings),
         choose_offers=daemon.build_chooser(settings),
         rent_request=daemon.build_rent_request(settings),
-        health_http=http,
-        allow_private_upstreams=settings.vast_allow_private_upstreams,
-        bans=bans,
-        fleet=fleet,
         max_fleet_dph=settings.vast_max_fleet_dph,
+    )
+    health = upstream_health.Checker(http, desired.ports, allow_private=settings.vast_allow_private_upstreams)
+    return reconciler.Reconciler(
+        reconciler.Adapters(vast, FakeProxy(), health, bans=bans, fleet=fleet),
+        renting.Renter(vast, spec, bans=bans, fleet=fleet),
+        reconciler.ReconcilerConfig(
+            desired=desired,
+            proxy_config=daemon.proxy_config(settings),
+            policy=planning.Policy(boot_timeout_s=settings.boot_timeout_seconds),
+        ),
         clock=clock,
     )

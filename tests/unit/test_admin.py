@@ -12,10 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from provisioner import admin, metrics, model, planning
+from provisioner import admin, metrics, model, planning, reconciler
 from provisioner.daemon import Runtime
-from provisioner.reconciler import Event, ReconcilerState
+from provisioner.events import Event
 from provisioner.settings import Settings
+from provisioner.tracking import ReconcilerState
 
 SERVED = model.Instance(
     id=7,
@@ -60,13 +61,13 @@ def make_runtime(
             state.serving = SERVED
             state.upstreams = {3000: model.Upstream(3000, "203.0.113.7", 40007)}
             if healthy is not None:
-                state.healthy[SERVED.id] = healthy
+                state.tracked[SERVED.id].healthy = healthy
             obs = planning.Observation(now=2000.0, instances=(SERVED,), template_hash=None)
             state.last_observation = obs
         else:
             state.unserve_reason = phase
         state.events.append(Event(1500.0, "rent", "none: offer 1", 7, reason="none"))
-        runtime.reconciler = SimpleNamespace(state=state)
+        runtime.reconciler = SimpleNamespace(view=lambda: reconciler.view_of(state))
     runtime.metrics = metrics.Metrics()
     runtime.metrics.bind(runtime)
     return runtime

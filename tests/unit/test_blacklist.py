@@ -13,9 +13,10 @@ import httpx
 import pytest
 import respx
 
-from provisioner import blacklist, errors, model, planning, reconciler, selection
-from provisioner.blacklist import Blacklist, Guarded, Keys
+from provisioner import blacklist, errors, model, planning, reconciler, selection, store
+from provisioner.blacklist import Blacklist, Guarded
 from provisioner.settings import load_settings
+from provisioner.store import Keys
 from tests.fakes import T0, Clock
 from tests.unit.builders import BASE, make_reconciler
 
@@ -80,8 +81,8 @@ async def test_operator_ban_and_unban(client: Any, clock: Clock) -> None:
     }
     assert await bl.unban("host", 42) is True
     assert await bl.unban("host", 42) is False
-    assert await bl.banned_hosts() == frozenset()
-    assert await bl.banned_machines() == {4200}
+    standing = await bl.standing()
+    assert (standing.banned_hosts, standing.banned_machines) == (frozenset(), {4200})
 
 
 async def test_key_prefix_separates_deployments(client: Any, clock: Clock) -> None:
@@ -160,7 +161,7 @@ async def test_boot_start_survives_a_restart(client: Any, clock: Clock) -> None:
     """The first boot start stored wins; a later process (new Blacklist object) gets it back."""
     assert await make(client, clock).boot_started(77, T0) == T0
     assert await make(client, clock).boot_started(77, T0 + 500) == T0
-    assert await client.ttl("vastprov:boot:77") == blacklist.BOOT_KEY_TTL_S
+    assert await client.ttl("vastprov:boot:77") == store.BOOT_KEY_TTL_S
 
 
 # ---------------------------------------------------------------- reputation
@@ -231,10 +232,10 @@ async def test_outage_is_survived_logged_once_and_recovered(
     """Guarded: while Redis is down calls answer "no bans", the outage is logged once, and Redis is used
     again when it is back."""
     retry = Clock(0.0)
-    guarded = Guarded(make(client, clock), retry_s=2.0, clock=retry)
+    guarded = Guarded(make(client, clock), store.Outage(retry_s=2.0, clock=retry))
     await guarded.ban(inst(1, host=5), "boot-timeout")
     server.connected = False
-    with caplog.at_level(logging.INFO, logger="provisioner.blacklist"):
+    with caplog.at_level(logging.INFO, logger="provisioner.store"):
         for step in range(6):
             retry.now = step * 1.5
             assert await guarded.standing() == selection.Standing()
@@ -242,11 +243,11 @@ async def test_outage_is_survived_logged_once_and_recovered(
             assert await guarded.adopted(inst()) is None
             await guarded.record(inst(), "death")
             await guarded.ban(inst(), "boot-timeout")
-        assert not guarded.available
         server.connected = True
+        assert await guarded.standing() == selection.Standing(), "not asked again before the retry time"
         retry.now = 100.0
         assert (await guarded.standing()).banned_hosts == {5}
-        assert guarded.available
+        assert (await guarded.standing()).banned_hosts == {5}
     events = [getattr(r, "event", None) for r in caplog.records]
     assert events.count("store-unavailable") == 1
     assert events.count("store-recovered") == 1
@@ -265,7 +266,7 @@ async def test_outage_backs_off_between_attempts(
             return await super().standing()
 
     retry = Clock(0.0)
-    guarded = Guarded(Counting(client, clock=clock), retry_s=2.0, clock=retry)
+    guarded = Guarded(Counting(client, clock=clock), store.Outage(retry_s=2.0, clock=retry))
     server.connected = False
     await guarded.standing()
     retry.now = 1.0
@@ -274,33 +275,6 @@ async def test_outage_backs_off_between_attempts(
     retry.now = 2.5
     await guarded.standing()
     assert calls == 2
-
-
-async def test_slow_redis_hits_the_deadline(
-    client: Any, clock: Clock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A Redis that does not answer within the deadline is a StoreError, not a hang."""
-
-    async def stall(*args: Any, **kwargs: Any) -> None:
-        await asyncio.sleep(10)
-
-    bl = make(client, clock, deadline_s=0.05)
-    monkeypatch.setattr(client, "ping", stall)
-    with pytest.raises(errors.StoreError, match=r"no answer within 0\.05s"):
-        await bl.ping()
-
-
-def test_connect_uses_short_timeouts_and_no_backoff() -> None:
-    """The client gets the short socket timeouts and at most one immediate retry."""
-    c = blacklist.connect("redis://127.0.0.1:1/3", timeout_s=0.5)
-    kwargs = c.connection_pool.connection_kwargs
-    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"], kwargs["db"]) == (0.5, 0.5, 3)
-    assert c.get_retry()._retries == 1
-
-
-def test_describe_url_hides_credentials() -> None:
-    """Logs name the Redis host, never its password."""
-    assert blacklist.describe_url("redis://:s3cret@redis:6379/10") == "redis:6379/10"
 
 
 # ---------------------------------------------------------------- settings
@@ -452,7 +426,7 @@ async def test_restart_threshold_through_reconciler_starts(
                 plans.append(await rec.tick())  # a later tick of the same process does not count again
                 clock.now += 10
     assert [p.verdicts[77][0] for p in plans[:4]] == ["booting"] * 4
-    assert plans[4].verdicts[77] == ("condemned", "restart-threshold")
+    assert plans[4].verdicts[77] == planning.Verdict(planning.VerdictKind.CONDEMNED, "restart-threshold")
     assert planning.Destroy(inst(77, 10, 100), "restart-threshold") in plans[4].actions
     assert (await bl.standing()).banned_hosts == {10}
     assert rent.called, "the replacement avoids the banned host's cheaper offer"

@@ -374,15 +374,6 @@ async def test_show_instance_plain_404_is_not_gone(router: respx.MockRouter, vas
         await vast.show_instance(5)
 
 
-async def test_label_instance_wire(router: respx.MockRouter, vast: VastClient) -> None:
-    """label_instance PUTs {"label": ...} to /api/v0/instances/{id}/."""
-    route = router.put("/api/v0/instances/5/").respond(200, json={"success": True})
-    await vast.label_instance(5, "foo")
-    request = route.calls.last.request
-    assert_api_headers(request, with_body=True)
-    assert body_of(request) == {"label": "foo"}
-
-
 async def test_destroy_instance_wire(router: respx.MockRouter, vast: VastClient) -> None:
     """destroy_instance DELETEs /api/v0/instances/{id}/ with the JSON body {} and returns True."""
     route = router.delete("/api/v0/instances/5/").respond(200, json={"success": True})
@@ -856,13 +847,17 @@ async def test_transport_errors_retried_on_idempotent_call(
     router: respx.MockRouter, vast: VastClient, sleep: FakeSleep, observer: Observer
 ) -> None:
     """A timeout and a connect error on an idempotent call are retried, then the answer is used."""
-    route = router.put("/api/v0/instances/5/").mock(
+    route = router.delete("/api/v0/instances/5/").mock(
         side_effect=[httpx.ReadTimeout("slow"), httpx.ConnectError("refused"), httpx.Response(200, json={})]
     )
-    await vast.label_instance(5, "x")
+    assert await vast.destroy_instance(5) is True
     assert route.call_count == 3
     assert sleep.waits == [0.01, 0.02]
-    assert observer.requests == [("label instance", None), ("label instance", None), ("label instance", 200)]
+    assert observer.requests == [
+        ("destroy instance", None),
+        ("destroy instance", None),
+        ("destroy instance", 200),
+    ]
 
 
 def _transport_errors() -> list[type[httpx.TransportError]]:
@@ -969,6 +964,37 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
     jittered = RetryPolicy(jitter=1.0)
     for n in range(1, 7):
         assert 0 <= jittered.backoff_s(n) <= policy.backoff_s(n)
+    asked: list[tuple[float, float]] = []
+
+    def lowest(low: float, high: float) -> float:
+        asked.append((low, high))
+        return low
+
+    assert RetryPolicy(jitter=0.5).backoff_s(3, lowest) == 1.0
+    assert asked == [(1.0, 2.0)], "the jitter draws from the random source it is given"
+
+
+async def test_retry_jitter_comes_from_the_injected_source(router: respx.MockRouter) -> None:
+    """The client's waits between retries use the ``rand`` it was built with (no hidden randomness)."""
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    router.get("/api/v0/users/current").mock(
+        side_effect=[httpx.Response(502), httpx.Response(502), httpx.Response(200, json={"id": 1})]
+    )
+    async with httpx.AsyncClient() as http:
+        vast = VastClient(
+            http,
+            SecretStr("k3y-0123456789"),
+            base_url=BASE,
+            retry=RetryPolicy(attempts=3, initial_backoff_s=1.0, max_backoff_s=8.0, jitter=1.0),
+            sleep=sleep,
+            rand=lambda low, high: high - 0.25,
+        )
+        assert await vast.whoami() == {"id": 1}
+    assert waits == [0.75, 1.75]
 
 
 @pytest.mark.parametrize(

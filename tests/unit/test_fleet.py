@@ -13,7 +13,7 @@ import httpx
 import pytest
 import respx
 
-from provisioner import blacklist, daemon, errors, fleet, model, reconciler, selection
+from provisioner import blacklist, daemon, errors, fleet, model, reconciler, selection, store
 from provisioner.fleet import Fleet, GuardedFleet, Heartbeat
 from provisioner.settings import load_settings
 from tests.fakes import T0, Clock
@@ -30,8 +30,8 @@ def blacklist_on(env: pytest.MonkeyPatch) -> None:
 
 
 def guarded_fleet(client: Any, clock: Clock, pod: str = "vast-pod-0") -> GuardedFleet:
-    store = blacklist.Blacklist(client, clock=clock, owner=pod)
-    return GuardedFleet(Fleet.over(store), blacklist.Guarded(store, clock=clock), pod=pod, clock=clock)
+    bans = blacklist.Blacklist(client, clock=clock, owner=pod)
+    return GuardedFleet(Fleet.over(bans), store.Outage(clock=clock), pod=pod, clock=clock)
 
 
 # ---------------------------------------------------------------- heartbeats
@@ -65,8 +65,8 @@ async def test_heartbeats_skip_junk_and_expired_index_entries(client: Any, clock
 
 async def test_key_prefix_separates_fleets(client: Any, clock: Clock) -> None:
     """Two BLACKLIST_KEY_PREFIXes on one Redis see only their own heartbeats."""
-    one = Fleet(client, keys=fleet.Keys("one:"), clock=clock)
-    two = Fleet(client, keys=fleet.Keys("two:"), clock=clock)
+    one = Fleet(client, keys=store.Keys("one:"), clock=clock)
+    two = Fleet(client, keys=store.Keys("two:"), clock=clock)
     await one.beat(Heartbeat(LABEL, "a", T0))
     assert await two.heartbeats() == {}
     assert await two.tracked_since() is None
@@ -91,7 +91,7 @@ async def test_guarded_fleet_skips_while_redis_is_down(
     await guarded.beat(LABEL, [1], 0.5)
     assert await guarded.others_dph(OTHER) is None
     server.connected = True
-    clock.now += blacklist.OUTAGE_RETRY_S + 1
+    clock.now += store.OUTAGE_RETRY_S + 1
     await guarded.beat(LABEL, [1], 0.5)
     assert await guarded.others_dph(OTHER) == 0.5
 
@@ -227,7 +227,7 @@ async def test_over_the_cap_the_pod_waits_says_why_once_and_rents_later(
         "spend-cap: fleet would cost $0.750/h > VAST_MAX_FLEET_DPH $0.700/h (other pods $0.500/h"
         " + cheapest usable offer $0.250/h); waiting"
     )
-    assert [e.kind for e in rec.state.events].count("spend-cap") == 1
+    assert [e.kind for e in rec.view().events].count("spend-cap") == 1
 
 
 async def test_the_cap_rents_the_best_offer_that_fits(
@@ -251,7 +251,7 @@ async def test_the_cap_rents_the_best_offer_that_fits(
                 VAST_MAX_FLEET_DPH="0.7",
                 VAST_SCORE_WEIGHTS="price=0",
             )
-            ranked = rec.choose_offers(
+            ranked = rec.renter.spec.choose_offers(
                 [model.Offer.from_api(o, "test") for o in offers], selection.Standing()
             )
             assert [c.offer.id for c in ranked] == [2, 1], "the dearer offer ranks first"
@@ -340,14 +340,17 @@ async def test_rent_lock_expires(client: Any) -> None:
 async def test_rent_lock_is_open_while_redis_is_down(
     server: fakeredis.FakeServer, client: Any, clock: Clock
 ) -> None:
-    """Without Redis there is no lock to take: renting goes on (the outage is logged by the blacklist)."""
-    guarded = guarded_fleet(client, clock)
+    """Without Redis there is no lock to take: renting goes on (the outage is logged once, by the store)."""
+    guarded, other = guarded_fleet(client, clock), guarded_fleet(client, clock, "vast-pod-1")
     server.connected = False
-    assert await guarded.may_rent(LABEL, "proc-a")
+    async with guarded.rent_lock(LABEL) as held:
+        assert held
     server.connected = True
-    clock.now += blacklist.OUTAGE_RETRY_S + 1
-    assert await guarded.may_rent(LABEL, "proc-a")
-    assert not await guarded.may_rent(LABEL, "proc-b")
+    clock.now += store.OUTAGE_RETRY_S + 1
+    async with guarded.rent_lock(LABEL) as held:
+        assert held
+        async with other.rent_lock(LABEL) as other_held:
+            assert not other_held
 
 
 async def test_rent_lock_release_only_by_its_holder(client: Any) -> None:

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from provisioner import logs, model, planning, rendering
-from provisioner.reconciler import Reconciler
+from provisioner import logs, model, planning, rendering, renting, upstream_health
+from provisioner.reconciler import Adapters, Reconciler, ReconcilerConfig
 from provisioner.vast.client import VastClient
 
 
@@ -158,18 +158,22 @@ DESIRED = model.DesiredSpec(
 
 async def progress_reconciler(clock: FakeClock) -> tuple[Reconciler, httpx.AsyncClient]:
     http = httpx.AsyncClient()
-    rec = Reconciler(
-        vast=VastClient(http, SecretStr("k3y-0123456789"), base_url="http://vast.test"),
-        proxy=NoProxy(),
-        proxy_config=rendering.ProxyConfig(
-            listeners=DESIRED.ports, state_dir=Path("/tmp"), max_body_size="1M", proxy_timeout_s=60
-        ),
-        desired=DESIRED,
-        policy=planning.Policy(boot_interval_s=120.0),
+    vast = VastClient(http, SecretStr("k3y-0123456789"), base_url="http://vast.test")
+    spec = renting.RentSpec(
         search_body=lambda _standing: {},
-        rent_request=lambda _hash: None,  # type: ignore[arg-type,return-value]
-        health_http=http,
         choose_offers=lambda _offers, _standing: [],
+        rent_request=lambda _hash: None,  # type: ignore[arg-type,return-value]
+    )
+    rec = Reconciler(
+        Adapters(vast, NoProxy(), upstream_health.Checker(http, DESIRED.ports)),
+        renting.Renter(vast, spec),
+        ReconcilerConfig(
+            desired=DESIRED,
+            proxy_config=rendering.ProxyConfig(
+                listeners=DESIRED.ports, state_dir=Path("/tmp"), max_body_size="1M", proxy_timeout_s=60
+            ),
+            policy=planning.Policy(boot_interval_s=120.0),
+        ),
         clock=clock,
     )
     return rec, http

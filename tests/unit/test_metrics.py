@@ -12,11 +12,12 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from provisioner import metrics, model, planning
+from provisioner import metrics, model, planning, reconciler
 from provisioner import nginx as nginx_mod
 from provisioner.daemon import Runtime
-from provisioner.reconciler import Event, ReconcilerState
+from provisioner.events import Event
 from provisioner.settings import Settings
+from provisioner.tracking import ReconcilerState
 from provisioner.vast.client import RetryPolicy, VastClient
 
 BASE = "http://vast.test"
@@ -215,7 +216,9 @@ def scrape(m: metrics.Metrics) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 def runtime_with(state: ReconcilerState | None, tmp_path: Path) -> Runtime:
     runtime = Runtime(settings=settings())
-    runtime.reconciler = SimpleNamespace(state=state) if state is not None else None
+    runtime.reconciler = (
+        SimpleNamespace(view=lambda: reconciler.view_of(state)) if state is not None else None
+    )
     runtime.nginx = nginx_mod.NginxProcess("nginx", tmp_path / "nginx.conf")
     return runtime
 

@@ -1,10 +1,13 @@
-"""Table-driven tests of the pure planner: every instance case and every rental case."""
+"""Tests of the pure planner: table-driven named cases, and its invariants as hypothesis properties
+over generated observations."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from provisioner import model, planning
 from provisioner.planning import Ban, Destroy, Observation, Phase, Policy, Rent, Serve, Unserve
@@ -268,7 +271,7 @@ def test_never_two_rentals_or_rent_beside_a_match() -> None:
         result = planning.plan(DESIRED, observation, POLICY)
         rents = [a for a in result.actions if isinstance(a, Rent)]
         assert len(rents) <= 1
-        verdicts = {v for v, _ in result.verdicts.values()}
+        verdicts = {v.kind for v in result.verdicts.values()}
         if verdicts & {"healthy", "ready", "booting"}:
             assert not rents, case.id
 
@@ -335,6 +338,136 @@ def test_plans_converge(observation: Observation) -> None:
             template_hash=observation.template_hash,
             healthy={i.id: True for i in world},
         ),
+        POLICY,
+    )
+    assert final.phase is Phase.SERVING
+    assert len(world) == 1
+
+
+# ---------------------------------------------------------------- properties over generated observations
+
+_STATUSES = [None, "created", "loading", "running", "exited", "offline", "unknown", "stopped"]
+
+
+@st.composite
+def instances(draw: st.DrawFn, iid: int) -> model.Instance:
+    """One instance of ours in any state: dead, booting, up, drifted, OCI-failed, ports half there."""
+    status = draw(st.sampled_from(_STATUSES))
+    mapped = draw(st.booleans())
+    return model.Instance(
+        id=iid,
+        label=LABEL,
+        actual_status=status,
+        status_msg=draw(st.sampled_from([None, "Pulling image", "OCI runtime create failed"])),
+        image_uuid=draw(
+            st.sampled_from([IMAGE, "docker.io/acme/whisper:1.2", "ghcr.io/acme/whisper:1.3", None])
+        ),
+        template_hash_id=draw(st.sampled_from([HASH, "b" * 32, None])),
+        host_id=100 + iid,
+        machine_id=200 + iid,
+        public_ipaddr=draw(st.sampled_from(["203.0.113.7", None])),
+        ports={8000: 40000 + iid} if mapped else {},
+        start_date=draw(st.sampled_from([None, NOW - 60, NOW - 5000])),
+    )
+
+
+@st.composite
+def observations(draw: st.DrawFn) -> Observation:
+    """What a tick may see: up to five instances with any health history, holds and condemnations."""
+    ids = draw(st.lists(st.integers(min_value=1, max_value=30), max_size=5, unique=True))
+    listed = tuple(draw(instances(i)) for i in ids)
+    times = st.floats(min_value=NOW - 5000, max_value=NOW)
+    some = st.sampled_from(ids) if ids else st.nothing()
+    return Observation(
+        now=NOW,
+        instances=listed,
+        template_hash=draw(st.sampled_from([HASH, None])),
+        serving_id=draw(st.one_of(st.none(), some)) if ids else None,
+        healthy=draw(st.dictionaries(some, st.booleans())) if ids else {},
+        first_seen=draw(st.dictionaries(some, times)) if ids else {},
+        unhealthy_since=draw(st.dictionaries(some, times)) if ids else {},
+        rent_hold_until=draw(st.sampled_from([0.0, NOW - 1, NOW + 60])),
+        condemned=draw(st.dictionaries(some, st.just("restart-threshold"))) if ids else {},
+    )
+
+
+_KEPT = {planning.VerdictKind.HEALTHY, planning.VerdictKind.READY, planning.VerdictKind.BOOTING}
+
+
+@settings(max_examples=300, deadline=None)
+@given(observations())
+def test_property_never_two_instances_for_one_pod(observation: Observation) -> None:
+    """At most one rental, none beside a kept instance or during a hold; at most one kept instance."""
+    result = planning.plan(DESIRED, observation, POLICY)
+    rents = [a for a in result.actions if isinstance(a, Rent)]
+    destroyed = {a.instance.id for a in result.actions if isinstance(a, Destroy)}
+    kept = [i for i, v in result.verdicts.items() if v.kind in _KEPT and i not in destroyed]
+    assert len(rents) <= 1
+    assert len(kept) <= 1
+    if kept or observation.now < observation.rent_hold_until:
+        assert not rents
+
+
+@settings(max_examples=300, deadline=None)
+@given(observations())
+def test_property_serves_only_what_is_healthy_and_kept(observation: Observation) -> None:
+    """The first action serves or unserves; a served instance is healthy (or a bridging drifted one)
+    and is never destroyed by the same plan."""
+    result = planning.plan(DESIRED, observation, POLICY)
+    first, rest = result.actions[0], result.actions[1:]
+    assert isinstance(first, Serve | Unserve)
+    assert not any(isinstance(a, Serve | Unserve) for a in rest)
+    if isinstance(first, Serve):
+        verdict = result.verdicts[first.instance.id]
+        assert verdict.kind is planning.VerdictKind.HEALTHY or verdict.can_bridge
+        assert observation.healthy.get(first.instance.id) is True
+        assert first.instance.id not in {a.instance.id for a in rest if isinstance(a, Destroy)}
+    assert (result.phase is Phase.SERVING) == (
+        isinstance(first, Serve) and result.verdicts[first.instance.id].kind is planning.VerdictKind.HEALTHY
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(observations())
+def test_property_failures_are_destroyed_and_bans_come_with_a_destroy(observation: Observation) -> None:
+    """Dead, condemned, timed-out and unhealthy instances are destroyed; each ban has its destroy."""
+    result = planning.plan(DESIRED, observation, POLICY)
+    destroyed = {a.instance.id for a in result.actions if isinstance(a, Destroy)}
+    banned = {a.instance.id for a in result.actions if isinstance(a, Ban)}
+    failed = {
+        planning.VerdictKind.DEAD,
+        planning.VerdictKind.CONDEMNED,
+        planning.VerdictKind.TIMED_OUT,
+        planning.VerdictKind.UNHEALTHY,
+    }
+    assert {i for i, v in result.verdicts.items() if v.kind in failed} <= destroyed
+    assert banned <= destroyed
+    assert len(destroyed) == len([a for a in result.actions if isinstance(a, Destroy)]), "one destroy each"
+
+
+@settings(max_examples=300, deadline=None)
+@given(observations())
+def test_property_plan_is_pure(observation: Observation) -> None:
+    """The same observation always gives the same plan (no clock, no randomness inside)."""
+    assert planning.plan(DESIRED, observation, POLICY) == planning.plan(DESIRED, observation, POLICY)
+
+
+@settings(max_examples=200, deadline=None)
+@given(observations())
+def test_property_plans_converge_from_any_observation(observation: Observation) -> None:
+    """From any observation, applying plans to a simulated world (destroys remove, rents add a matching
+    instance, boots finish, everything passes its health check) serves one instance within four ticks."""
+    world = list(observation.instances)
+    next_id = 100
+    for _ in range(4):
+        current = Observation(
+            now=NOW, instances=tuple(world), template_hash=HASH, healthy={i.id: True for i in world}
+        )
+        world, next_id = _apply(world, planning.plan(DESIRED, current, POLICY), next_id)
+        world = [inst(i.id) if not i.is_dead and not planning.has_endpoints(i, DESIRED) else i for i in world]
+    final = planning.plan(
+        DESIRED,
+        Observation(now=NOW, instances=tuple(world), template_hash=HASH, healthy={i.id: True for i in world}),
         POLICY,
     )
     assert final.phase is Phase.SERVING

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from provisioner import model, planning, status
-from provisioner.reconciler import ReconcilerState
+from provisioner.reconciler import view_of
+from provisioner.tracking import ReconcilerState
 
 DESIRED = model.DesiredSpec(
     label="k8s_pod=vast-pod-0",
@@ -54,7 +55,7 @@ def state_after(*instances: model.Instance, healthy: dict[int, bool] | None = No
 )
 def test_focus_instance(state: ReconcilerState | None, expected: int | None) -> None:
     """The pod is about its served instance, else the one it keeps booting; dead ones never."""
-    focus = status.focus_instance(state)
+    focus = status.focus_instance(view_of(state) if state is not None else None)
     assert (focus.id if focus is not None else None) == expected
 
 
@@ -62,7 +63,7 @@ def test_focus_prefers_the_served_instance() -> None:
     """While a replacement boots, the served (drifted) instance stays the focus."""
     state = state_after(inst(5, "loading"))
     state.serving = inst(4, "running", mapped=True)
-    focus = status.focus_instance(state)
+    focus = status.focus_instance(view_of(state) if state is not None else None)
     assert focus is not None and focus.id == 4
 
 
