@@ -84,6 +84,9 @@ def proxy_config(settings: Settings) -> rendering.ProxyConfig:
         max_body_size=settings.nginx_max_body_size,
         proxy_timeout_s=settings.nginx_proxy_timeout_seconds,
         upstream_headers=upstream_auth_headers(settings),
+        max_concurrency=settings.nginx_max_concurrency,
+        worker_processes=settings.nginx_worker_processes,
+        upstream_keepalive_timeout_s=settings.nginx_upstream_keepalive_timeout_seconds,
     )
 
 
