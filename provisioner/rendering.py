@@ -98,6 +98,9 @@ class ProxyConfig:
     #: how long an idle upstream connection stays in the pool; below the upstream server's own idle
     #: timeout (uvicorn's default is 5 s) so that nginx, not the server, closes idle connections.
     upstream_keepalive_timeout_s: int = 4
+    #: the hard limit on open files nginx's workers may raise theirs to (``RLIMIT_NOFILE``);
+    #: None: no cap. Above it, an unprivileged worker's ``setrlimit`` fails with an ``[alert]``.
+    max_open_files: int | None = None
     access_log: bool = True
     #: extra headers set on every proxied request (e.g. a shared secret); an empty value removes it.
     upstream_headers: Mapping[str, str] = field(default_factory=dict)
@@ -205,11 +208,12 @@ def _connection_limits(cfg: ProxyConfig) -> dict[str, int]:
     connections = derived_worker_connections(concurrency)
     if cfg.worker_connections is not None:
         connections = _int(cfg.worker_connections, "worker_connections", 16, 65535)
+    cap = None if cfg.max_open_files is None else _int(cfg.max_open_files, "max_open_files", 64, 2**62)
     return {
         "worker_processes": _int(cfg.worker_processes, "worker_processes", 1, WORKER_PROCESSES_LIMIT),
         "worker_connections": connections,
         # one descriptor per connection, twice over for log files, temp files and slack
-        "worker_rlimit_nofile": 2 * connections,
+        "worker_rlimit_nofile": min(2 * connections, cap) if cap is not None else 2 * connections,
         "keepalive": keepalive,
         "upstream_keepalive_timeout_s": _int(
             cfg.upstream_keepalive_timeout_s, "upstream_keepalive_timeout_s", 1, 3600

@@ -68,7 +68,7 @@ def test_main_context_is_complete_and_under_state_dir() -> None:
     assert not directives(text, "daemon")
     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         assert f"{kind}_temp_path {STATE}/{kind}_temp;" in text
-    assert "access_log /dev/stdout provisioner_json;" in text
+    assert "access_log /dev/stdout provisioner_json buffer=4k flush=1s;" in text
     assert "escape=json" in text
     for key in ("time", "remote_addr", "method", "uri", "status", "bytes", "request_time"):
         assert f'"{key}":' in text
@@ -162,6 +162,16 @@ def test_pool_and_limits_follow_max_concurrency(
     assert directives(text, "worker_connections") == [str(connections)]
     assert directives(text, "worker_rlimit_nofile") == [str(2 * connections)]
     assert directives(text, "worker_processes") == [str(workers)]
+
+
+@pytest.mark.parametrize(
+    ("cap", "expected"),
+    [pytest.param(None, "32768", id="no-cap"), pytest.param(20000, "20000", id="capped-at-hard-limit")],
+)
+def test_open_file_limit_is_capped_at_the_hard_limit(cap: int | None, expected: str) -> None:
+    """worker_rlimit_nofile never asks for more than the hard limit nginx may raise to."""
+    text = rendering.render_nginx_conf(config(max_concurrency=4096, max_open_files=cap), None)
+    assert directives(text, "worker_rlimit_nofile") == [expected]
 
 
 def test_upstream_idle_timeout_is_configurable() -> None:
@@ -311,6 +321,7 @@ BAD_CONFIGS: list[Any] = [
     pytest.param({"worker_processes": "auto"}, id="workers-auto-string"),
     pytest.param({"worker_processes": 65}, id="workers-over-limit"),
     pytest.param({"upstream_keepalive_timeout_s": 0}, id="upstream-idle-0"),
+    pytest.param({"max_open_files": "1024; x"}, id="open-files-string"),
     pytest.param({"upstream_keepalive_timeout_s": "4s; x"}, id="upstream-idle-string"),
 ]
 
