@@ -73,6 +73,26 @@ async def _bursts(
         await _httpclient.close_all(conns)
 
 
+def _record(name: str, kind: str, clients: int, cell: _httpclient.Cell, new: int) -> dict[str, Any]:
+    """One cell's figures (printed as they come, so a long run shows progress)."""
+    p50 = _common.percentile(cell.latencies_s, 50) * 1000
+    p99 = _common.percentile(cell.latencies_s, 99) * 1000
+    print(
+        f"  {kind:6} {name:8} c={clients:<3} n={len(cell.latencies_s):<5} "
+        f"p50={p50:6.1f} p99={p99:6.1f} ms new={new} err={cell.errors}",
+        flush=True,
+    )
+    return {
+        "path": name,
+        "kind": kind,
+        "clients": clients,
+        "latencies_s": cell.latencies_s,
+        "wall_s": cell.wall_s,
+        "errors": cell.errors,
+        "new_upstream": new,
+    }
+
+
 def measure(
     host: str,
     port: int,
@@ -108,24 +128,7 @@ def measure(
                 else:
                     run = _steady(targets[name], gpu, clients, duration_s, kind == "stream")
                 cell, new = asyncio.run(run)
-                results.append(
-                    {
-                        "path": name,
-                        "kind": kind,
-                        "clients": clients,
-                        "latencies_s": cell.latencies_s,
-                        "wall_s": cell.wall_s,
-                        "errors": cell.errors,
-                        "new_upstream": new,
-                    }
-                )
-                p50 = _common.percentile(cell.latencies_s, 50) * 1000
-                p99 = _common.percentile(cell.latencies_s, 99) * 1000
-                print(
-                    f"  {kind:6} {name:8} c={clients:<3} n={len(cell.latencies_s):<5} "
-                    f"p50={p50:6.1f} p99={p99:6.1f} ms new={new} err={cell.errors}",
-                    flush=True,
-                )
+                results.append(_record(name, kind, clients, cell, new))
     finally:
         for nginx in started:
             nginx.stop()

@@ -190,16 +190,7 @@ class NginxProcess:
                     detail = f"exit status {proc.returncode}{self._stderr.reason(self.config_path)}"
                 elif not self._started:
                     raise errors.NginxError("nginx was never started; nothing to supervise")
-                now = time.monotonic()
-                crashes.append(now)
-                while crashes and crashes[0] < now - self.restart_window_s:
-                    crashes.popleft()
-                if len(crashes) > self.restart_limit:
-                    raise errors.NginxError(
-                        f"nginx keeps dying: {len(crashes)} times in {self.restart_window_s:g} s; "
-                        f"last: {detail}"
-                    )
-                delay = RESTART_BACKOFF_S[min(len(crashes), len(RESTART_BACKOFF_S)) - 1]
+                delay = self._restart_delay(crashes, detail)
                 log.warning("nginx is down (%s); restarting in %g s", detail, delay)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
@@ -245,21 +236,24 @@ class NginxProcess:
 
     # ------------------------------------------------------------ internals
 
+    def _restart_delay(self, crashes: collections.deque[float], detail: str) -> float:
+        """Count a death; the pause before the restart, or ``NginxError`` if nginx keeps dying."""
+        now = time.monotonic()
+        crashes.append(now)
+        while crashes and crashes[0] < now - self.restart_window_s:
+            crashes.popleft()
+        if len(crashes) > self.restart_limit:
+            raise errors.NginxError(
+                f"nginx keeps dying: {len(crashes)} times in {self.restart_window_s:g} s; last: {detail}"
+            )
+        return RESTART_BACKOFF_S[min(len(crashes), len(RESTART_BACKOFF_S)) - 1]
+
     async def _spawn(self) -> None:
         """Start nginx on the config file and wait until it listens (the pid file names it)."""
         await asyncio.to_thread(self.pid_path.unlink, missing_ok=True)
         self._stderr = nginx_output.ErrorLog()
-        argv = [
-            self.binary,
-            "-e",
-            "stderr",
-            "-p",
-            f"{self.state_dir}/",
-            "-c",
-            str(self.config_path),
-            "-g",
-            "daemon off;",
-        ]
+        argv = [self.binary, "-e", "stderr", "-p", f"{self.state_dir}/", "-c", str(self.config_path)]
+        argv += ["-g", "daemon off;"]
         # Pipes of our own, not asyncio's PIPE: with asyncio's, Process.wait() (Python 3.11)
         # also waits for the pipes to close, which workers orphaned by a killed master keep
         # open; with ours, wait() returns when the master exits.
