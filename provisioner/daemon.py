@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import random
+import resource
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -87,7 +88,17 @@ def proxy_config(settings: Settings) -> rendering.ProxyConfig:
         max_body_size=settings.nginx_max_body_size,
         proxy_timeout_s=settings.nginx_proxy_timeout_seconds,
         upstream_headers=upstream_auth_headers(settings),
+        max_concurrency=settings.nginx_max_concurrency,
+        worker_processes=settings.nginx_worker_processes,
+        upstream_keepalive_timeout_s=settings.nginx_upstream_keepalive_timeout_seconds,
+        max_open_files=open_files_hard_limit(),
     )
+
+
+def open_files_hard_limit() -> int | None:
+    """How far nginx's workers may raise their open-file limit (None: unlimited)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return None if hard == resource.RLIM_INFINITY else hard
 
 
 def upstream_auth_headers(settings: Settings) -> dict[str, str]:

