@@ -56,7 +56,7 @@ EVENT_KINDS = reputation.EVENT_KINDS
 summarize_events = reputation.summarize_events
 
 HOURS_PER_MONTH: Final = 30 * 24
-#: Vast accepts a bid between these ($/h, vast-api.md §5)
+#: Vast accepts a bid between these ($/h, docs/vast-api.md §6.1)
 MIN_BID: Final = 0.001
 MAX_BID: Final = 128.0
 #: at most this many ids in one ``notin`` list; the client-side check covers any others

@@ -91,7 +91,7 @@ def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=False)
 
 
-# --- worked examples (vast-api.md §4.2)
+# --- worked examples (docs/vast-api.md §5.2)
 
 DEFAULTS: dict[str, Any] = {"verified": {"eq": True}, "external": {"eq": False}, "rentable": {"eq": True}}
 
@@ -151,7 +151,7 @@ DEFAULTS: dict[str, Any] = {"verified": {"eq": True}, "external": {"eq": False},
     ],
 )
 def test_worked_examples(text: str, expected: dict[str, Any]) -> None:
-    """The worked examples of vast-api.md §4.2 give exactly the documented JSON, key order included."""
+    """The worked examples of docs/vast-api.md §5.2 give exactly the documented JSON, key order included."""
     result = query.parse_query(text)
     assert result == expected
     assert dumps(result) == dumps(expected)
@@ -613,7 +613,7 @@ def test_multiplied_values_are_floats() -> None:
 
 
 def test_search_body_matches_captured_wire_request() -> None:
-    """The body for the §10 capture is byte-for-byte what vastai 1.9.1 sent."""
+    """The body of the first docs/vast-api.md §10 capture is byte-for-byte what vastai 1.9.1 sent."""
     body = query.search_body(query.parse_query("gpu_name=RTX_3060 num_gpus=1 reliability>0.98"))
     captured = (
         '{"verified": {"eq": true}, "external": {"eq": false}, "rentable": {"eq": true}, '
@@ -624,7 +624,7 @@ def test_search_body_matches_captured_wire_request() -> None:
 
 
 def test_search_body_with_order_and_limit_matches_capture() -> None:
-    """The second §10 capture: order dph+ and limit 10 go between the filter and allocated_storage."""
+    """The second docs/vast-api.md §10 capture: order dph+ and limit 10 go between the filter and allocated_storage."""
     body = query.search_body(
         query.parse_query("gpu_name=RTX_3060 num_gpus=1 reliability>0.98 dph<0.5 geolocation in [US,CA]"),
         order=[["dph_total", "asc"]],
