@@ -624,7 +624,7 @@ def test_search_body_matches_captured_wire_request() -> None:
 
 
 def test_search_body_with_order_and_limit_matches_capture() -> None:
-    """The second docs/vast-api.md §10 capture: order dph+ and limit 10 go between the filter and allocated_storage."""
+    """docs/vast-api.md §10, second capture: order dph+ and limit 10 come before allocated_storage."""
     body = query.search_body(
         query.parse_query("gpu_name=RTX_3060 num_gpus=1 reliability>0.98 dph<0.5 geolocation in [US,CA]"),
         order=[["dph_total", "asc"]],
