@@ -195,22 +195,22 @@ def offers(
 
     Exits 1, saying which constraint removed the most offers, when no offer may be rented.
     """
-    from provisioner import selection  # noqa: PLC0415
+    from provisioner import offer_report  # noqa: PLC0415
 
     cfg = _guard(settings_mod.load_settings)
     survey = _guard(lambda: asyncio.run(daemon.survey_offers(cfg)))
     if survey.store_error:
         print(f"provisioner: warning: {survey.store_error}; bans are not marked", file=sys.stderr)
-    shown = selection.shown_offers(survey.scored, top)
+    shown = offer_report.shown_offers(survey.scored, top)
     first = survey.usable[0].offer.id if survey.usable else None
-    reason = None if survey.usable else selection.explain_no_match(survey.scored, survey.relaxed)
+    reason = None if survey.usable else offer_report.explain_no_match(survey.scored, survey.relaxed)
     if as_json:
-        rows = [selection.offer_row(s, i, selection.note_of(s, first)) for i, s in enumerate(shown, 1)]
-        excluded = selection.exclusion_counts(survey.scored)
+        rows = [offer_report.offer_row(s, i, offer_report.note_of(s, first)) for i, s in enumerate(shown, 1)]
+        excluded = offer_report.exclusion_counts(survey.scored)
         usable = len(survey.usable)
         print(json.dumps({"offers": rows, "usable": usable, "excluded": excluded, "reason": reason}))
     elif shown:
-        print(selection.render_offers(shown, first), end="")
+        print(offer_report.render_offers(shown, first), end="")
     if reason is not None:
         raise _fail(reason, daemon.EXIT_FAILURE)
 

@@ -34,6 +34,7 @@ from provisioner import (
     fleet,
     logs,
     model,
+    offer_report,
     planning,
     remote_logs,
     rendering,
@@ -193,7 +194,7 @@ class OfferSurvey:
     scored: list[selection.Scored]
     body: Mapping[str, Any]
     #: when no offer may be rented: (constraint dropped, offers the search returns without it)
-    relaxed: list[tuple[selection.Relaxation, int]]
+    relaxed: list[tuple[offer_report.Relaxation, int]]
     #: set when the blacklist could not be read (offers are then not marked)
     store_error: str | None = None
 
@@ -226,10 +227,10 @@ async def survey_offers(settings: Settings) -> OfferSurvey:
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0)) as http:
         vast = vast_client.VastClient(http, settings.vast_api_key, base_url=settings.vast_api_url)
         scored = selection.score_offers(await vast.search_offers(body), criteria, standing)
-        relaxed: list[tuple[selection.Relaxation, int]] = []
+        relaxed: list[tuple[offer_report.Relaxation, int]] = []
         if not scored:
             full = selection.search_filter(base, criteria, selection.Standing())
-            for option in selection.relaxations(full, criteria, MAX_DIAGNOSIS_SEARCHES):
+            for option in offer_report.relaxations(full, criteria, MAX_DIAGNOSIS_SEARCHES):
                 wider = query.search_body(
                     option.filter,
                     offer_type=body["type"],

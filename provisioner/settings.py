@@ -31,14 +31,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from provisioner import errors, model, rendering
+from provisioner import errors, imageref, model, rendering
 
 #: env vars named ``VAST_ENV_<NAME>`` become env ``NAME`` in the remote container.
 REMOTE_ENV_PREFIX = "VAST_ENV_"
 #: Vast accepts a label of at most 256 characters at create time (vast-api.md §5).
 MAX_LABEL_LEN = 256
 _HEALTH_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/\-%]*$")
-_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@\-]{0,1023}$")
 _POD_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.\-]{0,251}[a-z0-9])?$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\- ]{0,127}$")
@@ -310,9 +309,7 @@ class Settings(BaseSettings):
     @field_validator("vast_template_image")
     @classmethod
     def _image(cls, value: str) -> str:
-        if not _IMAGE_RE.fullmatch(value):
-            raise ValueError("is not a docker image reference")
-        return value
+        return imageref.validate(value)
 
     @field_validator("docker_login")
     @classmethod
