@@ -73,26 +73,28 @@ async def run_demo(*, check: bool, listen_port: int, boot_delay_s: float, timeou
         proc.install_signal_handlers()
         runner = asyncio.create_task(proc.run())
         if not check:
-            return await runner
+            await runner
+            return 0
         try:
             answer = await _first_answer(url, runner, timeout_s)
         finally:
             proc.stop.set()
-            code = await runner
+            await runner
         print(json.dumps(answer, indent=2), flush=True)
         print("demo check passed: a request through the proxy reached the simulated GPU", flush=True)
-        return code
+        return 0
     finally:
         await asgi.stop_server(server, task)
 
 
-async def _first_answer(url: str, runner: asyncio.Task[int], timeout_s: float) -> dict[str, object]:
+async def _first_answer(url: str, runner: asyncio.Task[None], timeout_s: float) -> dict[str, object]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     async with httpx.AsyncClient(timeout=5.0) as http:
         while loop.time() < deadline:
             if runner.done():
-                raise errors.ProvisionerError(f"the provisioner stopped early (exit {runner.result()})")
+                runner.result()  # raises what ended it
+                raise errors.ProvisionerError("the provisioner stopped early")
             with contextlib.suppress(httpx.HTTPError):
                 response = await http.get(url)
                 if response.status_code == 200:

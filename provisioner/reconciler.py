@@ -19,7 +19,17 @@ from typing import Any, Protocol
 
 import httpx
 
-from provisioner import errors, model, planning, rendering, rentguard, renting, selection, upstream_health
+from provisioner import (
+    errors,
+    events,
+    model,
+    planning,
+    rendering,
+    rentguard,
+    renting,
+    selection,
+    upstream_health,
+)
 from provisioner.vast import client as vast_client
 
 log = logging.getLogger("provisioner.reconciler")
@@ -57,16 +67,8 @@ class FleetPort(Protocol):
     async def release_rent(self, label: str, token: str) -> None: ...
 
 
-@dataclass
-class Event:
-    """A notable thing that happened, for logs and ``provisioner status``."""
-
-    at: float
-    kind: str
-    detail: str
-    instance_id: int | None = None
-    #: the machine-readable cause (a metric label): destroy/ban/rent reasons
-    reason: str | None = None
+#: THROWAWAY (H12edge): the shared record of events.py (interfaces.md); H12core's version wins at merge
+Event = events.Event
 
 
 @dataclass
@@ -112,6 +114,24 @@ class ReconcilerState:
     #: the spend-cap situation last logged (logged once per distinct situation)
     spend_noted: str | None = None
     events: collections.deque[Event] = field(default_factory=lambda: collections.deque(maxlen=50))
+
+
+@dataclass(frozen=True)
+class ReconcilerView:
+    """THROWAWAY (H12edge): the read-only view of /work/coord/interfaces.md; H12core's wins at merge."""
+
+    phase: planning.Phase | None
+    last_tick_at: float
+    last_list_ok_at: float
+    serving: model.Instance | None
+    serving_healthy: bool | None
+    unserve_reason: str
+    upstreams: Mapping[int, model.Upstream]
+    last_plan: planning.Plan | None
+    last_observation: planning.Observation | None
+    first_seen: Mapping[int, float]
+    template_pending: bool
+    events: tuple[events.Event, ...]
 
 
 Clock = Callable[[], float]
@@ -170,6 +190,35 @@ class Reconciler:
         self.max_fleet_dph = max_fleet_dph
         self.state = ReconcilerState()
 
+    # ------------------------------------------------------------ read-only surface (THROWAWAY, H12edge)
+
+    def view(self) -> ReconcilerView:
+        """What runtime/admin/metrics/status read (interfaces.md); H12core's version wins at merge."""
+        st = self.state
+        serving = st.serving
+        return ReconcilerView(
+            phase=st.phase if st.last_tick_at else None,
+            last_tick_at=st.last_tick_at,
+            last_list_ok_at=st.last_list_ok_at,
+            serving=serving,
+            serving_healthy=st.healthy.get(serving.id) if serving is not None else None,
+            unserve_reason=st.unserve_reason,
+            upstreams=dict(st.upstreams),
+            last_plan=st.last_plan,
+            last_observation=st.last_observation,
+            first_seen=dict(st.first_seen),
+            template_pending=st.template_pending,
+            events=tuple(st.events),
+        )
+
+    def mark_template_pending(self) -> None:
+        """The template is not checked yet (the API was busy): renting waits for it."""
+        self.state.template_pending = True
+
+    @property
+    def has_fleet(self) -> bool:
+        return self.fleet is not None
+
     # ------------------------------------------------------------ events
 
     def record(
@@ -181,7 +230,7 @@ class Reconciler:
         *,
         reason: str | None = None,
     ) -> None:
-        event = Event(self.clock(), kind, detail, instance_id, reason)
+        event = Event(self.clock(), events.EventKind(kind), detail, instance_id, reason)
         self.state.events.append(event)
         log.log(level, "%s: %s", kind, detail, extra={"event": kind, "instance_id": instance_id})
         if self.on_event is not None:

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from provisioner import daemon, planning, reconciler
+from provisioner import planning, reconciler, wiring
 from provisioner.settings import load_settings
 from provisioner.vast import client as vast_client
 from tests.fakes import Clock
@@ -38,12 +38,12 @@ def make_reconciler(
     return reconciler.Reconciler(
         vast=vast_client.VastClient(http, settings.vast_api_key, base_url=BASE),
         proxy=FakeProxy(),
-        proxy_config=daemon.proxy_config(settings),
+        proxy_config=wiring.proxy_config(settings),
         desired=settings.desired_spec(),
         policy=planning.Policy(boot_timeout_s=settings.boot_timeout_seconds),
-        search_body=daemon.build_search_body(settings),
-        choose_offers=daemon.build_chooser(settings),
-        rent_request=daemon.build_rent_request(settings),
+        search_body=wiring.build_search_body(settings),
+        choose_offers=wiring.build_chooser(settings),
+        rent_request=wiring.build_rent_request(settings),
         health_http=http,
         allow_private_upstreams=settings.vast_allow_private_upstreams,
         bans=bans,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from provisioner import errors, model
-from provisioner.settings import load_settings, parse_docker_login, parse_proxy_ports, split_image
+from provisioner.config_parsing import parse_docker_login, parse_proxy_ports, split_image
+from provisioner.settings import load_settings
 
 
 def test_defaults(env: pytest.MonkeyPatch) -> None:
@@ -40,7 +41,7 @@ def test_secrets_do_not_print(env: pytest.MonkeyPatch) -> None:
     s = load_settings()
     assert "k3y-abcdef" not in repr(s)
     assert "hunter2secret" not in repr(s)
-    login = s.parsed_docker_login
+    login = s.docker_login
     assert login is not None
     assert login.as_vast_string() == "-u bob -p hunter2secret ghcr.io"
     assert "hunter2secret" not in repr(login)
