@@ -30,9 +30,9 @@ import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
-from provisioner import admin, errors, fleet, logs, remote_logs, rendering, runtime, wiring
+from provisioner import admin, errors, fleet, logs, planning, remote_logs, rendering, runtime, wiring
 from provisioner import metrics as metrics_mod
 from provisioner import nginx as nginx_mod
 from provisioner.reconciler import ReconcilerView
@@ -63,7 +63,7 @@ class Reconciles(Protocol):
     @property
     def has_fleet(self) -> bool: ...
 
-    async def tick(self) -> object: ...
+    async def tick(self) -> planning.Plan: ...
 
     async def ensure_template(self, creator_id: int | None) -> str: ...
 
@@ -78,9 +78,19 @@ class Reconciles(Protocol):
     def view(self) -> ReconcilerView: ...
 
 
-def next_backoff(backoff_s: float) -> float:
-    """The next backoff after a failure: doubled, up to ``TICK_BACKOFF_CAP_S``."""
-    return min(backoff_s * 2, TICK_BACKOFF_CAP_S)
+class KeyCheck(Protocol):
+    """The Vast call that checks the key and names the account (``VastClient.whoami``)."""
+
+    async def whoami(self) -> dict[str, Any]: ...
+
+
+def backoff_s(failures: int) -> float:
+    """The backoff after ``failures`` failed ticks in a row (>= 1): 2 s doubling up to 60 s.
+
+    The shape of core's ``backoff.exponential_s(failures, start_s=2, cap_s=60)``; at merge this
+    becomes a call to it.
+    """
+    return min(TICK_BACKOFF_START_S * 2.0 ** (failures - 1), TICK_BACKOFF_CAP_S)
 
 
 class Daemon:
@@ -233,8 +243,8 @@ class Daemon:
         if wakeable:
             self.wake.clear()
 
-    async def _reconcile_loop(self, vast: vast_client.VastClient, rec: Reconciles) -> None:
-        backoff = TICK_BACKOFF_START_S
+    async def _reconcile_loop(self, vast: KeyCheck, rec: Reconciles) -> None:
+        failures = 0  # in a row: the backoff grows with them
         while not self.stop.is_set():
             self.runtime.loop_heartbeat_at = self.clock()
             try:
@@ -243,35 +253,36 @@ class Daemon:
                     seen = rec.view().last_observation
                     if not self.runtime.prepared and seen is not None and not seen.instances:
                         # nothing to serve meanwhile: spend no list call until the template is checked
-                        wait = self.rng.uniform(backoff / 2, backoff)
-                        backoff = next_backoff(backoff)
-                        await self.pause(wait, True)
+                        failures += 1
+                        await self.pause(self._jittered(failures), True)
                         continue
                 plan = await rec.tick()
             except errors.AuthError:
                 raise
             except (errors.VastError, errors.NginxError) as exc:
-                wait = self._failure_wait(exc, backoff)
-                backoff = next_backoff(backoff)
-                await self.pause(wait, True)
+                failures += 1
+                await self.pause(self._failure_wait(exc, failures), True)
                 continue
-            backoff = TICK_BACKOFF_START_S
+            failures = 0
             self.runtime.last_error = None
             self._after_tick(rec)
-            next_check_s = float(getattr(plan, "next_check_s", self.settings.reconcile_interval_seconds))
-            await self.pause(next_check_s * self.rng.uniform(1 - POLL_JITTER, 1 + POLL_JITTER), True)
+            await self.pause(plan.next_check_s * self.rng.uniform(1 - POLL_JITTER, 1 + POLL_JITTER), True)
 
-    def _failure_wait(self, exc: errors.VastError | errors.NginxError, backoff: float) -> float:
-        """How long to wait after a failed tick; logged and (when rate limited) counted."""
+    def _jittered(self, failures: int) -> float:
+        """Equal jitter: pods that failed together (a shared key, an API outage) spread out."""
+        base = backoff_s(failures)
+        return self.rng.uniform(base / 2, base)
+
+    def _failure_wait(self, exc: errors.VastError | errors.NginxError, failures: int) -> float:
+        """How long to wait after the ``failures``-th failed tick in a row; logged, 429 waits counted."""
         if isinstance(exc, errors.RateLimited):
             # at least what the server asked for, and a backoff that grows with jitter on top
-            wait = max(exc.retry_after_s or 0.0, 1.0) + self.rng.uniform(0.0, backoff)
+            wait = max(exc.retry_after_s or 0.0, 1.0) + self.rng.uniform(0.0, backoff_s(failures))
             self.metrics.note_rate_limit_wait(exc.call, wait)
             self._note_error(exc, f"rate limited; next try in {wait:.0f}s")
             return wait
-        # nginx keeps serving its previous config when a new one is refused;
-        # jitter: pods that failed together (a shared key, an API outage) spread out
-        wait = self.rng.uniform(backoff / 2, backoff)
+        # nginx keeps serving its previous config when a new one is refused
+        wait = self._jittered(failures)
         self._note_error(exc, f"next try in {wait:.0f}s")
         return wait
 
@@ -283,7 +294,7 @@ class Daemon:
         if view.last_observation is not None:
             self.metrics.note_instances(view.last_observation.instances)
 
-    async def _prepare(self, vast: vast_client.VastClient, rec: Reconciles) -> None:
+    async def _prepare(self, vast: KeyCheck, rec: Reconciles) -> None:
         """Check the key and the template. A transient failure does not hold the tick back: an
         instance that already runs is served meanwhile; only renting waits for the template's hash."""
         try:
