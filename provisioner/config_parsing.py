@@ -2,7 +2,8 @@
 
 Each ``parse_*`` takes the raw text of one variable and returns its parsed value, or raises
 ``ValueError`` with a message that never echoes a secret; ``settings.py`` names the variable.
-Each ``check_*`` validates one plain value and returns it (normalised where said).
+Each ``check_*`` validates one plain value and returns it (normalised where said). The one error
+mapping of ``Settings`` and ``ReaperSettings`` (``check_required``, ``config_error``) lives here too.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr
+from pydantic import AliasChoices, SecretStr, ValidationError
 
 from provisioner import errors, model, rendering, selection
 from provisioner.vast import query
 
+#: env vars named ``VAST_ENV_<NAME>`` become env ``NAME`` in the remote container.
+REMOTE_ENV_PREFIX: Final = "VAST_ENV_"
 #: Vast accepts a label of at most 256 characters at create time (vast-api.md §5).
 MAX_LABEL_LEN: Final = 256
 _HEALTH_PATH_RE: Final = re.compile(r"^/[A-Za-z0-9._~/\-%]*$")
@@ -273,3 +276,65 @@ def check_label_prefix(value: str) -> str:
     if len(value) > MAX_LABEL_LEN or any(not c.isprintable() for c in value):
         raise ValueError(f"must be at most {MAX_LABEL_LEN} printable characters")
     return value
+
+
+# ---------------------------------------------------------------- the one error mapping (settings.py)
+
+
+def check_required(names: tuple[str, ...], overrides: Mapping[str, Any], env: Mapping[str, str]) -> None:
+    """Every required variable that is unset or blank, named in one ``ConfigError``."""
+    unset = [n for n in names if n.lower() not in overrides and n not in env]
+    empty = [n for n in names if n.lower() not in overrides and n in env and not env[n].strip()]
+    if len(unset) + len(empty) == 1:
+        name = (unset or empty)[0]
+        raise errors.ConfigError(name, "is required and not set" if unset else "is empty")
+    if unset and not empty:
+        raise errors.ConfigError(", ".join(unset), "are required and not set")
+    if unset or empty:
+        problems = [f"{n} is not set" for n in unset] + [f"{n} is empty" for n in empty]
+        raise errors.ConfigError(", ".join(unset + empty), "are required: " + "; ".join(problems))
+
+
+def remote_env(environ: Mapping[str, str]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for key, value in environ.items():
+        if not key.startswith(REMOTE_ENV_PREFIX):
+            continue
+        name = key[len(REMOTE_ENV_PREFIX) :]
+        if not is_env_name(name):
+            raise errors.ConfigError(key, "the part after VAST_ENV_ is not a valid env var name")
+        if len(value) > 256 or len(name) > 256:
+            raise errors.ConfigError(key, "Vast allows at most 256 characters per env key and value")
+        result[name] = value
+    return result
+
+
+def config_error(exc: ValidationError, fields: Mapping[str, Any]) -> errors.ConfigError:
+    """The first validation error as ``ConfigError`` naming its env var (one line, no value echoed)."""
+    first = exc.errors()[0]
+    message = _first_line(str(first.get("msg", "is invalid")))
+    loc = tuple(first.get("loc", ()))
+    if not loc and ":" in message and message.split(":", 1)[0].isupper():
+        variable, _, problem = message.partition(":")
+        return errors.ConfigError(variable.strip(), problem.strip())
+    if first.get("type") == "missing":
+        message = "is required and not set"
+    return errors.ConfigError(_env_name(loc, fields), message)
+
+
+def _env_name(loc: tuple[int | str, ...], fields: Mapping[str, Any]) -> str:
+    if not loc:
+        return "configuration"
+    name = str(loc[0])
+    info = fields.get(name)
+    if info is not None and isinstance(info.validation_alias, AliasChoices):
+        return str(info.validation_alias.choices[0]).upper()
+    return name.upper()
+
+
+def _first_line(message: str) -> str:
+    text = message.split("\n", 1)[0].strip()
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+    return text

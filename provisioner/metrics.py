@@ -116,25 +116,7 @@ class Metrics:
             buckets=TIME_TO_READY_BUCKETS_S,
             registry=reg,
         )
-        self.api_requests = Counter(
-            f"{PREFIX}_vast_api_requests",
-            "HTTP requests to the Vast.ai API, by call and status (transport: no answer).",
-            ["call", "status"],
-            registry=reg,
-        )
-        self.api_errors = Counter(
-            f"{PREFIX}_vast_api_errors",
-            "Vast.ai API requests that failed (no answer, 4xx, 5xx), by call and status.",
-            ["call", "status"],
-            registry=reg,
-        )
-        self.api_duration = Histogram(
-            f"{PREFIX}_vast_api_request_duration_seconds",
-            "Duration of one HTTP request to the Vast.ai API, by call.",
-            ["call"],
-            buckets=API_DURATION_BUCKETS_S,
-            registry=reg,
-        )
+        self.api_requests, self.api_errors, self.api_duration = _api_metrics(reg)
         self.rate_limit_wait = Counter(
             f"{PREFIX}_vast_rate_limit_wait_seconds",
             "Seconds spent waiting because the Vast.ai API rate-limited us, by call.",
@@ -183,6 +165,30 @@ class Metrics:
     def bind(self, state: Runtime) -> None:
         """Serve ``state`` (read at scrape time) from this registry."""
         self.registry.register(RuntimeCollector(state, self.cost))
+
+
+def _api_metrics(reg: CollectorRegistry) -> tuple[Counter, Counter, Histogram]:
+    """Requests, errors and durations of the Vast.ai API calls."""
+    requests = Counter(
+        f"{PREFIX}_vast_api_requests",
+        "HTTP requests to the Vast.ai API, by call and status (transport: no answer).",
+        ["call", "status"],
+        registry=reg,
+    )
+    errors = Counter(
+        f"{PREFIX}_vast_api_errors",
+        "Vast.ai API requests that failed (no answer, 4xx, 5xx), by call and status.",
+        ["call", "status"],
+        registry=reg,
+    )
+    duration = Histogram(
+        f"{PREFIX}_vast_api_request_duration_seconds",
+        "Duration of one HTTP request to the Vast.ai API, by call.",
+        ["call"],
+        buckets=API_DURATION_BUCKETS_S,
+        registry=reg,
+    )
+    return requests, errors, duration
 
 
 class VastCallObserver:

@@ -17,7 +17,7 @@ import hmac
 import os
 import shlex
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
@@ -34,13 +34,13 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from provisioner import config_parsing as cp
-from provisioner import errors, model, selection
+from provisioner import model, selection
 from provisioner.config_parsing import DockerLogin, SearchQuery, parse_proxy_ports, split_image
 
 __all__ = ["ReaperSettings", "Settings", "VastAccess", "load_reaper_settings", "load_settings"]
 
 #: env vars named ``VAST_ENV_<NAME>`` become env ``NAME`` in the remote container.
-REMOTE_ENV_PREFIX = "VAST_ENV_"
+REMOTE_ENV_PREFIX = cp.REMOTE_ENV_PREFIX
 _T = TypeVar("_T")
 
 
@@ -118,11 +118,11 @@ class VastAccess(BaseSettings):
 
         ``overrides`` (field name -> value) take precedence over the environment (the demo uses them).
         """
-        _check_required(cls.REQUIRED, overrides, os.environ)
+        cp.check_required(cls.REQUIRED, overrides, os.environ)
         try:
             return cls(**overrides)
         except ValidationError as exc:
-            raise _config_error(exc, cls.model_fields) from None
+            raise cp.config_error(exc, cls.model_fields) from None
 
 
 class Settings(VastAccess):
@@ -346,7 +346,7 @@ class ReaperSettings(VastAccess):
 
 def load_settings(**overrides: Any) -> Settings:
     """``Settings`` from the environment (plus ``VAST_ENV_*``); ``ConfigError`` naming the variable(s)."""
-    remote_env = _remote_env(os.environ)
+    remote_env = cp.remote_env(os.environ)
     settings = Settings.load(**overrides)
     settings.remote_env = remote_env
     return settings
@@ -372,65 +372,3 @@ def find_nginx_binary() -> str | None:
     if not os.access(path, os.X_OK):
         path.chmod(path.stat().st_mode | 0o111)
     return str(path)
-
-
-# ---------------------------------------------------------------- the one error mapping
-
-
-def _check_required(names: tuple[str, ...], overrides: Mapping[str, Any], env: Mapping[str, str]) -> None:
-    """Every required variable that is unset or blank, named in one ``ConfigError``."""
-    unset = [n for n in names if n.lower() not in overrides and n not in env]
-    empty = [n for n in names if n.lower() not in overrides and n in env and not env[n].strip()]
-    if len(unset) + len(empty) == 1:
-        name = (unset or empty)[0]
-        raise errors.ConfigError(name, "is required and not set" if unset else "is empty")
-    if unset and not empty:
-        raise errors.ConfigError(", ".join(unset), "are required and not set")
-    if unset or empty:
-        problems = [f"{n} is not set" for n in unset] + [f"{n} is empty" for n in empty]
-        raise errors.ConfigError(", ".join(unset + empty), "are required: " + "; ".join(problems))
-
-
-def _remote_env(environ: Mapping[str, str]) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for key, value in environ.items():
-        if not key.startswith(REMOTE_ENV_PREFIX):
-            continue
-        name = key[len(REMOTE_ENV_PREFIX) :]
-        if not cp.is_env_name(name):
-            raise errors.ConfigError(key, "the part after VAST_ENV_ is not a valid env var name")
-        if len(value) > 256 or len(name) > 256:
-            raise errors.ConfigError(key, "Vast allows at most 256 characters per env key and value")
-        result[name] = value
-    return result
-
-
-def _config_error(exc: ValidationError, fields: Mapping[str, Any]) -> errors.ConfigError:
-    """The first validation error as ``ConfigError`` naming its env var (one line, no value echoed)."""
-    first = exc.errors()[0]
-    message = _first_line(str(first.get("msg", "is invalid")))
-    loc = tuple(first.get("loc", ()))
-    if not loc and ":" in message and message.split(":", 1)[0].isupper():
-        variable, _, problem = message.partition(":")
-        return errors.ConfigError(variable.strip(), problem.strip())
-    if first.get("type") == "missing":
-        message = "is required and not set"
-    return errors.ConfigError(_env_name(loc, fields), message)
-
-
-def _env_name(loc: tuple[int | str, ...], fields: Mapping[str, Any]) -> str:
-    if not loc:
-        return "configuration"
-    name = str(loc[0])
-    info = fields.get(name)
-    if info is not None and isinstance(info.validation_alias, AliasChoices):
-        return str(info.validation_alias.choices[0]).upper()
-    return name.upper()
-
-
-def _first_line(message: str) -> str:
-    text = message.split("\n", 1)[0].strip()
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if text.startswith(prefix):
-            text = text[len(prefix) :]
-    return text

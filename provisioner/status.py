@@ -221,6 +221,18 @@ def render_table(report: Mapping[str, Any]) -> str:
         lines.append(f"process     {health}")
     else:
         lines.append("phase       unknown (the pod's admin server did not answer)")
+    lines += _instance_lines(report)
+    lines += _cost_and_ban_lines(report)
+    if report.get("last_error"):
+        lines.append(f"last error  {report['last_error']}")
+    lines += _instances_table(report)
+    lines += _events_table(report)
+    return "\n".join(lines) + "\n"
+
+
+def _instance_lines(report: Mapping[str, Any]) -> list[str]:
+    """The focus instance and its upstream."""
+    lines: list[str] = []
     inst = report.get("instance")
     if inst:
         gpus = f"{inst.get('num_gpus') or '?'}x {inst.get('gpu_name') or '?'}"
@@ -240,6 +252,12 @@ def render_table(report: Mapping[str, Any]) -> str:
         lines.append(f"upstream    {where}  ({health})")
     else:
         lines.append("upstream    none (nginx answers 503)")
+    return lines
+
+
+def _cost_and_ban_lines(report: Mapping[str, Any]) -> list[str]:
+    """The cost rate and the bans (with their table)."""
+    lines: list[str] = []
     cost = f"{_money(report.get('cost_per_hour'))}/h now"
     if report.get("accrued_cost") is not None:
         cost += f", {_money(report.get('accrued_cost'), 4)} since the provisioner started"
@@ -257,8 +275,13 @@ def render_table(report: Mapping[str, Any]) -> str:
     else:
         lines.append(f"bans        {len(bans)} {where}")
     lines += _ban_table(bans or [], report.get("generated_at"))
-    if report.get("last_error"):
-        lines.append(f"last error  {report['last_error']}")
+    return lines
+
+
+def _instances_table(report: Mapping[str, Any]) -> list[str]:
+    """Every instance, when there is more than the focus one."""
+    lines: list[str] = []
+    inst = report.get("instance")
     instances = report.get("instances") or []
     if len(instances) > 1 or (instances and not inst):
         lines += ["", "instances"]
@@ -278,6 +301,12 @@ def render_table(report: Mapping[str, Any]) -> str:
                 for i in instances
             ],
         )
+    return lines
+
+
+def _events_table(report: Mapping[str, Any]) -> list[str]:
+    """The recent events."""
+    lines: list[str] = []
     events = report.get("events") or []
     lines += ["", "recent events" if events else "recent events: none"]
     if events:
@@ -288,4 +317,4 @@ def render_table(report: Mapping[str, Any]) -> str:
                 for e in events
             ],
         )
-    return "\n".join(lines) + "\n"
+    return lines
