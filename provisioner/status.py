@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import httpx
 
-from provisioner import errors, planning, rendering, runtime, upstream_health, wiring
+from provisioner import errors, model, planning, rendering, runtime, upstream_health, wiring
 from provisioner.runtime import SOURCE_ADMIN
 from provisioner.settings import Settings
 from provisioner.vast import client as vast_client
@@ -124,7 +124,9 @@ async def from_vast(
     }
 
 
-async def probe_upstream(settings: Settings, focus: Any) -> tuple[list[dict[str, Any]], bool | None]:
+async def probe_upstream(
+    settings: Settings, focus: model.Instance
+) -> tuple[list[dict[str, Any]], bool | None]:
     """The focus instance's upstreams and whether they answer, checked as the reconciler checks them:
     the address must pass ``check_upstream_ip`` and the probe carries ``UPSTREAM_AUTH_HEADER``."""
     raw_host = (focus.public_ipaddr or "").strip()
