@@ -128,7 +128,9 @@ class Daemon:
         if self.stop.is_set():
             log.error("second signal: stopping nginx now, exiting")
             self.forced = True
-            _background.add(asyncio.ensure_future(self._force_exit()))
+            forcing = asyncio.ensure_future(self._force_exit())
+            _background.add(forcing)
+            forcing.add_done_callback(_background.discard)
             return
         log.info("received %s: shutting down (the instance is kept)", signal.Signals(sig).name)
         self.request_stop()
