@@ -21,10 +21,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
-# Only what the wheel needs (see .dockerignore): the metadata, the README it embeds, the package with
-# its jinja2 templates (shipped as package data, so a plain `pip install` finds them).
+# Only what the wheel needs (see .dockerignore): the metadata, the README it embeds, the package and
+# the top-level templates/ (pyproject maps it to provisioner/templates/ in the wheel, so a plain
+# `pip install` finds it).
 COPY pyproject.toml README.md ./
 COPY provisioner ./provisioner
+COPY templates ./templates
 # Fail the build if the nginx template did not make it into the wheel.
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN pip wheel --wheel-dir /wheels . \

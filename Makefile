@@ -29,12 +29,14 @@ install: $(RUNTIME_STAMP)
 demo: $(RUNTIME_STAMP)
 	$(BIN)/provisioner demo
 
-## Lint, type-check and run the whole test suite (unit and integration).
+## Lint, type-check, check the import rules and run the whole test suite (unit and integration) with
+## branch coverage printed.
 test: $(STAMP)
 	$(BIN)/ruff check provisioner tests bench
 	$(BIN)/ruff format --check provisioner tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q -p no:cacheprovider -n 4
+	$(BIN)/lint-imports
+	$(BIN)/pytest -q -p no:cacheprovider -n 4 --cov=provisioner --cov-branch --cov-report=term:skip-covered
 
 ## The benchmarks of docs/performance.md (about 10 minutes; prints tables, saves plots under docs/img).
 bench: $(STAMP)

@@ -115,23 +115,24 @@ async def _run_in(workdir: Path, check: bool, listen_port: int, boot_delay_s: fl
         if not check:
             announcer = asyncio.create_task(_announce_when_ready(url, environment, runner))
             try:
-                return await runner
+                await runner
+                return 0
             finally:
                 announcer.cancel()
         try:
             answer = await _first_answer(url, runner, timeout_s)
         finally:
             proc.stop.set()
-            code = await runner
+            await runner
         print(json.dumps(answer, indent=2), flush=True)
         _announce(url, environment)
         print("demo check passed: a request through the proxy reached the simulated GPU", flush=True)
-        return code
+        return 0
     finally:
         await asgi.stop_server(server, task)
 
 
-async def _announce_when_ready(url: str, environment: Mapping[str, str], runner: asyncio.Task[int]) -> None:
+async def _announce_when_ready(url: str, environment: Mapping[str, str], runner: asyncio.Task[None]) -> None:
     """Print the next steps once the proxy serves (or say that it does not yet, after a long wait)."""
     try:
         await _first_answer(url, runner, timeout_s=600.0)
@@ -155,12 +156,13 @@ def _announce(url: str, environment: Mapping[str, str]) -> None:
     print("\n".join(lines), flush=True)
 
 
-async def _first_answer(url: str, runner: asyncio.Task[int], timeout_s: float) -> dict[str, object]:
+async def _first_answer(url: str, runner: asyncio.Task[None], timeout_s: float) -> dict[str, object]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     async with httpx.AsyncClient(timeout=5.0) as http:
         while loop.time() < deadline:
             if runner.done():
+                runner.result()  # raises what ended it
                 raise errors.ProvisionerError("the provisioner stopped before the first answer")
             with contextlib.suppress(httpx.HTTPError):
                 response = await http.get(url)

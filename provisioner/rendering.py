@@ -296,7 +296,7 @@ def _headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
 def _environment() -> jinja2.Environment:
     # nginx config, not HTML: no autoescape; every value is validated before it gets here
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("provisioner", "templates"),
+        loader=jinja2.PackageLoader("provisioner.templates", "."),
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # noqa: S701
         keep_trailing_newline=True,

@@ -145,7 +145,7 @@ def test_manifest_env_loads_as_valid_settings(path: Path, monkeypatch: pytest.Mo
     assert cfg.pod_name == "vast-pod-1"
     assert cfg.label == "k8s_pod=team-a/vast-pod-1"
     assert "team-a" in cfg.vast_template_name
-    assert cfg.parsed_docker_login is not None
+    assert cfg.docker_login is not None
     assert cfg.nginx_config_path.is_relative_to("/tmp")
 
 

@@ -445,7 +445,7 @@ def test_check_upstream_ip_allow_private_still_rejects_names(host: str) -> None:
 
 
 def test_template_ships_in_the_package() -> None:
-    """The template is loaded from the provisioner package (so it ships in the wheel)."""
-    import provisioner
+    """The template is loaded from the provisioner.templates package (top-level templates/, in the wheel)."""
+    import importlib.resources
 
-    assert (Path(provisioner.__file__).parent / "templates" / "nginx.conf.j2").is_file()
+    assert (importlib.resources.files("provisioner.templates") / "nginx.conf.j2").is_file()

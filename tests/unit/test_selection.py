@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from provisioner import daemon, errors, model, offer_report, reputation, scoring, selection
+from provisioner import errors, model, offer_report, reputation, scoring, selection, wiring
 from provisioner.reputation import HostEvent, Record
 from provisioner.selection import Criteria, Standing, Weights
 from provisioner.settings import load_settings
@@ -499,7 +499,7 @@ def test_settings_become_criteria(env: pytest.MonkeyPatch) -> None:
         "VAST_DISK_GB": "50",
     }.items():
         env.setenv(key, value)
-    crit = daemon.build_criteria(load_settings())
+    crit = wiring.build_criteria(load_settings())
     assert crit == Criteria(
         ports_needed=2,
         disk_gb=50.0,
@@ -519,7 +519,7 @@ def test_settings_become_criteria(env: pytest.MonkeyPatch) -> None:
 def test_blank_price_cap_means_none(env: pytest.MonkeyPatch) -> None:
     """An empty VAST_MAX_PRICE (as manifests often leave it) means no cap."""
     env.setenv("VAST_MAX_PRICE", "")
-    assert daemon.build_criteria(load_settings()).max_price is None
+    assert wiring.build_criteria(load_settings()).max_price is None
 
 
 @pytest.mark.parametrize(
@@ -545,7 +545,7 @@ def test_daemon_search_body_carries_bans_and_cost_controls(env: pytest.MonkeyPat
     """The body the daemon sends holds the query, the price cap, the ports and the bans."""
     env.setenv("VAST_SEARCH_QUERY", "gpu_name=RTX_4090")
     env.setenv("VAST_MAX_PRICE", "0.7")
-    body = daemon.build_search_body(load_settings())(Standing(banned_hosts=frozenset({5, 4})))
+    body = wiring.build_search_body(load_settings())(Standing(banned_hosts=frozenset({5, 4})))
     assert body["gpu_name"] == {"eq": "RTX 4090"}
     assert body["dph_total"] == {"lte": 0.7}
     assert body["direct_port_count"] == {"gte": 1}
