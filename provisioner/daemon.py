@@ -32,12 +32,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
-from provisioner import admin, errors, fleet, logs, planning, remote_logs, rendering, runtime, wiring
+from provisioner import admin, errors, fleet, logs, pacer, planning, remote_logs, rendering, runtime, wiring
 from provisioner import metrics as metrics_mod
 from provisioner import nginx as nginx_mod
 from provisioner.reconciler import ReconcilerView
 from provisioner.settings import Settings, find_nginx_binary
 from provisioner.vast import client as vast_client
+from provisioner.vast import transport
 
 log = logging.getLogger("provisioner.daemon")
 
@@ -115,6 +116,11 @@ class Daemon:
         self.pause: Pause = pause or self._pause
         self.nginx: nginx_mod.NginxProcess | None = None
         self.forced = False
+        #: the Vast calls' pacer (issue 13): a rate-limited tick waits for its slot, not a backoff
+        self.pacer: pacer.Pacer | None = None
+        #: the account, asked once per process (whoami)
+        self.account: dict[str, Any] | None = None
+        self.prepare_error: errors.VastError | None = None
 
     # ------------------------------------------------------------ signals
 
@@ -158,9 +164,13 @@ class Daemon:
             api_http = await stack.enter_async_context(wiring.vast_http(settings))
             health_http = await stack.enter_async_context(wiring.health_http(settings))
             store = await stack.enter_async_context(wiring.open_blacklist(settings))
+            kit = wiring.fleet_kit(
+                settings, await stack.enter_async_context(wiring.open_fleet_store(settings))
+            )
+            self.pacer = kit.pace
             observer = metrics_mod.VastCallObserver(self.metrics)
-            vast = wiring.vast_over(settings, api_http, observer)
-            clients = wiring.Clients(vast=vast, proxy=nginx, health_http=health_http, store=store)
+            vast = wiring.vast_over(settings, api_http, observer, pace=kit.pace)
+            clients = wiring.Clients(vast=vast, proxy=nginx, health_http=health_http, store=store, kit=kit)
             rec = wiring.build_reconciler(settings, clients, on_event=self.metrics.on_event)
             self.runtime.reconciler = rec
             self.metrics.bind(self.runtime)
@@ -256,14 +266,15 @@ class Daemon:
                     if not self.runtime.prepared and seen is not None and not seen.instances:
                         # nothing to serve meanwhile: spend no list call until the template is checked
                         failures += 1
-                        await self.pause(self._jittered(failures), True)
+                        slot_s = await self._slot_wait(self.prepare_error) if self.prepare_error else None
+                        await self.pause(slot_s or self._jittered(failures), True)
                         continue
                 plan = await rec.tick()
             except errors.AuthError:
                 raise
             except (errors.VastError, errors.NginxError) as exc:
                 failures += 1
-                await self.pause(self._failure_wait(exc, failures), True)
+                await self.pause(await self._slot_wait(exc) or self._failure_wait(exc, failures), True)
                 continue
             failures = 0
             self.runtime.last_error = None
@@ -274,6 +285,15 @@ class Daemon:
         """Equal jitter: pods that failed together (a shared key, an API outage) spread out."""
         base = backoff_s(failures)
         return self.rng.uniform(base / 2, base)
+
+    async def _slot_wait(self, exc: errors.VastError | errors.NginxError) -> float | None:
+        """A 429 with the pacer knowing the endpoint's next slot: wait for it, not for a doubling backoff."""
+        if not isinstance(exc, errors.RateLimited) or self.pacer is None:
+            return None
+        wait = max(await self.pacer.free_in_s(transport.endpoint_of(exc.call)), 0.1)
+        self.metrics.note_rate_limit_wait(exc.call, wait)
+        self._note_error(exc, f"rate limited; next slot in {wait:.1f}s")
+        return wait
 
     def _failure_wait(self, exc: errors.VastError | errors.NginxError, failures: int) -> float:
         """How long to wait after the ``failures``-th failed tick in a row; logged, 429 waits counted."""
@@ -300,10 +320,11 @@ class Daemon:
         """Check the key and the template. A transient failure does not hold the tick back: an
         instance that already runs is served meanwhile; only renting waits for the template's hash."""
         try:
-            user = await vast.whoami()
+            user = self.account = self.account or await vast.whoami()
             creator = user.get("id")
             await rec.ensure_template(creator if isinstance(creator, int) else None)
         except (errors.RateLimited, errors.VastUnavailable) as exc:
+            self.prepare_error = exc
             rec.mark_template_pending()
             self._note_error(exc, "template not checked yet: serving what exists, renting waits for it")
             return

@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
-from provisioner import errors, pacer
+from provisioner import errors, model, pacer
 
 log = logging.getLogger("provisioner.fleetview")
 
@@ -52,6 +52,8 @@ VIEW_TTL_MS: Final = 3_600_000
 DEFAULT_LOCK_TTL_S: Final = 20.0
 #: how often a waiting pod looks for the new version
 DEFAULT_POLL_S: Final = 0.05
+#: a shared check (the template's hash) done by one pod is trusted by the others this long
+CHECK_TTL_S: Final = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,3 +253,67 @@ class FleetView(Generic[T]):
         with contextlib.suppress(errors.StoreError):  # this pod still has its list; the others list again
             await self._script("view-publish", _PUBLISH_LUA, keys, token, at_ms, payload, VIEW_TTL_MS)
         return Snapshot(items, self._clock() - started, shared=True, fetched=True)
+
+
+# ---------------------------------------------------------------- what the reconciler and the daemon use
+
+
+def label_prefix(label: str) -> str:
+    """The labels a pod's shared view keeps: ``k8s_pod=web-0`` -> ``k8s_pod=``; without ``=``, the label."""
+    head, sep, _ = label.partition("=")
+    return head + sep if sep else label
+
+
+class OwnInstances:
+    """The reconciler's list, read from the fleet's view: this pod's rows (exact label), parsed."""
+
+    def __init__(self, view: FleetView[dict[str, Any]]) -> None:
+        self.view = view
+
+    async def own(self, label: str, max_age_s: float) -> list[model.Instance]:
+        """``label``'s instances as listed no more than ``max_age_s`` ago (a malformed row raises)."""
+        snap = await self.view.get(max_age_s, label=label)
+        found = {i.id: i for i in (model.Instance.from_api(row, "list instances") for row in snap.items)}
+        return sorted(found.values(), key=lambda i: i.id)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"not a string: {type(value).__name__}")
+    return value
+
+
+class SharedChecks:
+    """A check the fleet does once (the template's hash): the first pod computes, the others read it.
+
+    Built on :class:`FleetView` with one item: single flight, a freshness bound, the same fallback
+    (without Redis each process computes it itself). Key ``P view:<B>:check:<name>`` (+ ``:lock``).
+    """
+
+    def __init__(
+        self,
+        redis: pacer.Client | None,
+        budget: str,
+        *,
+        prefix: str = pacer.DEFAULT_KEY_PREFIX,
+        failover: pacer.Failover | None = None,
+    ) -> None:
+        self._redis = redis
+        self._budget = budget
+        self._prefix = prefix
+        self.failover = failover or pacer.Failover()
+
+    async def once(self, name: str, compute: Callable[[], Awaitable[str]], max_age_s: float) -> str:
+        """The value of check ``name`` computed no more than ``max_age_s`` ago, by whichever pod."""
+        tag = f"check:{name}"
+
+        async def fetch() -> list[str]:
+            return [await compute()]
+
+        codec: Codec[str] = Codec(label_of=lambda _: tag, encode=lambda v: v, decode=_text)
+        keys = Keys(self._budget, tag, self._prefix)
+        view = FleetView(fetch, self._redis, keys, codec, failover=self.failover)
+        snap = await view.get(max_age_s)
+        if not snap.items:
+            raise errors.StoreError(f"shared check {name}: no value")
+        return snap.items[0]

@@ -300,7 +300,7 @@ async def run(settings: ReaperSettings, *, apply: bool, max_share: float | None 
         settings.blacklist_redis_url.get_secret_value(), timeout_s=settings.blacklist_redis_timeout_seconds
     )
     try:
-        async with wiring.open_vast(settings) as vast:
+        async with wiring.open_vast(settings, redis=redis) as vast:  # paced with the pods
             record = fleet.Fleet(
                 redis,
                 keys=store.Keys(settings.blacklist_key_prefix),

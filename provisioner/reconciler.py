@@ -10,6 +10,8 @@ this tick". Readers (admin, metrics, status) see it only through :meth:`Reconcil
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,6 +22,7 @@ from provisioner import (
     applying,
     errors,
     events,
+    fleetview,
     model,
     planning,
     progress,
@@ -50,6 +53,10 @@ class Adapters:
     health: upstream_health.Checker
     bans: tracking.HostBans | None = None
     fleet: FleetPort | None = None
+    #: the fleet's shared instance view (``fleetview.OwnInstances``); None: list by label here
+    lister: renting.InstanceLister | None = None
+    #: the fleet's shared checks; None: this process checks the template itself
+    checks: fleetview.SharedChecks | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,8 @@ class ReconcilerView:
     first_seen: Mapping[int, float]
     template_pending: bool
     events: tuple[events.Event, ...]
+    #: ``queued for rental (position k of n)`` while this pod waits for its turn to rent
+    rental_queue: str | None = None
 
 
 class Reconciler:
@@ -127,7 +136,7 @@ class Reconciler:
         self.state.template_pending = True
 
     def view(self) -> ReconcilerView:
-        return view_of(self.state)
+        return dataclasses.replace(view_of(self.state), rental_queue=self.renter.queue_line)
 
     # ------------------------------------------------------------ events
 
@@ -157,6 +166,19 @@ class Reconciler:
     # ------------------------------------------------------------ template
 
     async def ensure_template(self, creator_id: int | None) -> str:
+        """The template's hash, checked once for the fleet (the shared check) or by this pod."""
+        checks = self.adapters.checks
+        if checks is None:
+            hash_id = await self._check_template(creator_id)
+        else:
+            digest = hashlib.sha256(repr(self.desired.template).encode()).hexdigest()[:16]
+            compute = lambda: self._check_template(creator_id)  # noqa: E731
+            hash_id = await checks.once(f"template:{creator_id}:{digest}", compute, fleetview.CHECK_TTL_S)
+        self.state.template_hash = hash_id
+        self.state.template_pending = False
+        return hash_id
+
+    async def _check_template(self, creator_id: int | None) -> str:
         """Create or update our private template so it holds the desired content; return its hash."""
         spec = self.desired.template
         existing = await self.vast.find_template(spec.name, creator_id)
@@ -170,8 +192,6 @@ class Reconciler:
             template = await self.vast.update_template(existing, spec)
             detail = f"{spec.name} hash {existing.hash_id} -> {template.hash_id}"
             self.record(events.EventKind.TEMPLATE_UPDATED, detail)
-        self.state.template_hash = template.hash_id
-        self.state.template_pending = False
         return template.hash_id
 
     # ------------------------------------------------------------ health
@@ -196,7 +216,7 @@ class Reconciler:
     async def observe(self) -> planning.Observation:
         """List our instances (a failure raises: never conclude 'none' from a failed list)."""
         now = self.clock()
-        listed = await self.vast.list_by_label(self.desired.label)
+        listed = await self._list_own()
         foreign = [i.id for i in listed if i.label != self.desired.label]
         if foreign:
             raise errors.VastBadResponse("list instances", f"label filter returned other labels: {foreign}")
@@ -226,6 +246,14 @@ class Reconciler:
             rent_hold_until=self.state.rent_hold_until,
             condemned=tracked.condemned(),
         )
+
+    async def _list_own(self) -> list[model.Instance]:
+        """Our instances: from the fleet's view (no older than this pod's poll interval), else listed."""
+        if self.adapters.lister is None:
+            return await self.vast.list_by_label(self.desired.label)
+        plan = self.state.last_plan
+        max_age_s = self.policy.boot_interval_s if plan is None else plan.next_check_s
+        return await self.adapters.lister.own(self.desired.label, max_age_s)
 
     async def _confirm_rentals(self, instances: dict[int, model.Instance], now: float) -> None:
         """A rental the list does not show yet (lag) is looked up directly; until it is seen (or the

@@ -18,10 +18,11 @@ import contextlib
 import dataclasses
 import enum
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
-from provisioner import errors, events, fleet, model, rentguard, selection
+from provisioner import errors, events, fleet, model, rentguard, rentqueue, selection
 from provisioner.vast import client as vast_client
 
 #: how long to hold off renting after a rent (until a list shows it) or a rent whose outcome is unknown
@@ -39,6 +40,22 @@ class RentBans(Protocol):
     """The part of the blacklist a rental reads (``blacklist.Guarded`` never raises)."""
 
     async def standing(self) -> selection.Standing: ...
+
+
+class InstanceLister(Protocol):
+    """The fleet's shared instance view (``fleetview.OwnInstances``)."""
+
+    async def own(self, label: str, max_age_s: float) -> list[model.Instance]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Turns:
+    """The fleet's rental queue (``rentqueue.RentQueue``): pods rent one after another, each its own
+    offer; ``lister`` gives the list under the rent lock (no older than the lock)."""
+
+    queue: rentqueue.RentQueue
+    pod: str
+    lister: InstanceLister | None = None
 
 
 class RentFleet(Protocol):
@@ -110,8 +127,12 @@ class Renter:
         bans: RentBans | None = None,
         fleet: RentFleet | None = None,
         guard: rentguard.RentGuard | None = None,
+        turns: Turns | None = None,
     ) -> None:
         self.vast = vast
+        self.turns = turns
+        #: where this pod stands in the rental queue while it waits (for ``/readyz``), else None
+        self.position: rentqueue.Position | None = None
         self.spec = spec
         self.bans = bans
         self.fleet = fleet
@@ -144,8 +165,33 @@ class Renter:
             return Outcome(Result.HELD, notes=self._backoff_note(ask, wait))
         if self.fleet is None:
             return await self._search_and_rent(ask)
+        async with self._turn():
+            return await self._rent_in_turn(ask, self.fleet)
+
+    @property
+    def queue_line(self) -> str | None:
+        """``queued for rental (position k of n)`` while waiting for a turn behind other pods."""
+        return self.position.line if self.position is not None and self.position.k > 1 else None
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """This pod's turn in the fleet's rental queue (at once without one)."""
+        if self.turns is None:
+            yield
+            return
         try:
-            async with self.fleet.rent_lock(ask.label) as held:
+            async with self.turns.queue.turn(self.turns.pod, self._note_position):
+                self.position = None
+                yield
+        finally:
+            self.position = None
+
+    def _note_position(self, position: rentqueue.Position) -> None:
+        self.position = position if position.k > 1 else None
+
+    async def _rent_in_turn(self, ask: Ask, pods: RentFleet) -> Outcome:
+        try:
+            async with pods.rent_lock(ask.label) as held:
                 if not held:
                     text = "another process holds this label's rent lock; not renting"
                     return self._held(ask, events.EventKind.RENT_LOCK_HELD, text)
@@ -155,9 +201,17 @@ class Renter:
             text = "the rent took longer than its bound; listing by label before any new rental"
             return Outcome(Result.UNKNOWN, notes=(_note(ask, events.EventKind.RENT_UNKNOWN, text),))
 
+    async def _listed_since(self, label: str, since: float) -> list[model.Instance]:
+        """``label``'s instances from a list requested after ``since`` (monotonic): never an older one."""
+        lister = self.turns.lister if self.turns is not None else None
+        if lister is None:
+            return await self.vast.list_by_label(label)
+        return await lister.own(label, max_age_s=time.monotonic() - since)
+
     async def _rent_locked(self, ask: Ask) -> Outcome:
         # under the lock, look again: another process may have rented since this tick's list
-        fresh = [i for i in await self.vast.list_by_label(ask.label) if i.id not in ask.known_ids]
+        locked_at = time.monotonic()
+        fresh = [i for i in await self._listed_since(ask.label, locked_at) if i.id not in ask.known_ids]
         if fresh:
             text = f"instance {fresh[0].id} appeared meanwhile; adopting it"
             note = _note(ask, events.EventKind.RENT_SKIPPED, text, fresh[0].id, level=logging.INFO)
@@ -200,8 +254,13 @@ class Renter:
 
     async def _rent_best(self, ask: Ask, ranked: list[selection.Scored], notes: list[Note]) -> Outcome:
         """Rent the first offer still there; an unknown outcome stops at once (never rent twice)."""
-        for choice in ranked[:MAX_OFFER_ATTEMPTS]:
+        tried: set[int] = set()
+        for _ in range(MAX_OFFER_ATTEMPTS):
+            choice = await self._pick(ranked, tried)
+            if choice is None:
+                break
             offer = choice.offer
+            tried.add(offer.id)
             request = self.spec.rent_request(ask.template_hash)
             if choice.bid_price is not None:
                 request = dataclasses.replace(request, bid_price=choice.bid_price)
@@ -225,8 +284,17 @@ class Renter:
                 _note(ask, events.EventKind.RENT, text, new_id, level=logging.INFO, reason=ask.reason)
             )
             return Outcome(Result.RENTED, new_id, price(choice), tuple(notes))
-        notes.append(_note(ask, events.EventKind.NO_OFFERS, "every offer tried was taken"))
+        text = "every offer tried was taken" if tried else "every usable offer is claimed by another pod"
+        notes.append(_note(ask, events.EventKind.NO_OFFERS, text))
         return Outcome(Result.NO_OFFERS, notes=tuple(notes))
+
+    async def _pick(self, ranked: list[selection.Scored], tried: set[int]) -> selection.Scored | None:
+        """The best offer not tried yet that no other pod claimed (claimed for this pod in the queue)."""
+        left = [c for c in ranked if c.offer.id not in tried]
+        if self.turns is None or not left:
+            return left[0] if left else None
+        picked = await self.turns.queue.pick(self.turns.pod, [c.offer.id for c in left])
+        return next((c for c in left if c.offer.id == picked), None)
 
     async def _within_spend_cap(
         self, ask: Ask, ranked: list[selection.Scored], notes: list[Note]

@@ -96,7 +96,7 @@ def readiness(runtime: Runtime) -> tuple[bool, str]:
     if runtime.nginx is None or not runtime.nginx.is_running:
         return False, "nginx is not running"
     if view.serving is None:
-        return False, view.unserve_reason
+        return False, view.rental_queue or view.unserve_reason
     if view.serving_healthy is False:
         return False, "upstream failing its health check"
     return True, "ok"

@@ -109,6 +109,11 @@ class VastAccess(BaseSettings):
     blacklist_redis_timeout_seconds: float = Field(
         0.5, gt=0, le=10, description="Redis connect and socket timeout."
     )
+    vast_pace_intervals: str = Field(
+        "",
+        description="Minimum seconds between calls per endpoint, e.g. 'list_instances=1,create_instance=4.5'"
+        " (default: Vast's published limits; wiring.py checks the names).",
+    )
     debug: bool = Field(False, description="Debug logging.")
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
 

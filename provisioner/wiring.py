@@ -9,7 +9,11 @@ The one place where configuration becomes objects, so that nothing below it read
 * ``proxy_config``, ``build_criteria``, ``build_search_body``, ``build_chooser``, ``build_rent_request``
   turn settings into the values the planner, the renter and the renderer take;
 * ``connect_blacklist`` / ``open_blacklist`` give the Redis blacklist (closed after), and
-  ``build_reconciler`` assembles the reconciler in ONE function (the daemon and the unit tests share it).
+  ``build_reconciler`` assembles the reconciler in ONE function (the daemon and the unit tests share it);
+* ``fleet_kit`` builds the fleet primitives of one API key (issue 13): the pacer every Vast client
+  sends through, the shared instance view, the rent queue and the shared template check. They are
+  fleet-wide in Redis whenever the command uses the pods' Redis (``run``, ``offers``, ``status`` with
+  ``BLACKLIST_ENABLED=true``; ``reap`` always), per process otherwise.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ from provisioner import (
     blacklist,
     events,
     fleet,
+    fleetview,
     model,
+    pacer,
     planning,
     reconciler,
     rendering,
     renting,
+    rentqueue,
     selection,
     store,
     upstream_health,
@@ -47,6 +54,8 @@ VAST_CONNECT_TIMEOUT_S: Final = 10.0
 HEALTH_TIMEOUT_S: Final = 3.0
 #: the longest an unhealthy served instance is kept before it is replaced (seconds)
 UNHEALTHY_TIMEOUT_CAP_S: Final = 300.0
+#: BOOT_POLL_SECONDS when unset and the view is shared: the fleet lists once a second however many boot
+SHARED_BOOT_POLL_S: Final = 1.0
 
 #: the search body for the current bans and reputation
 SearchBody = Callable[[selection.Standing], Mapping[str, object]]
@@ -65,19 +74,34 @@ def vast_http(access: VastAccess) -> httpx.AsyncClient:
 
 
 def vast_over(
-    access: VastAccess, http: httpx.AsyncClient, observer: vast_client.CallObserver | None = None
+    access: VastAccess,
+    http: httpx.AsyncClient,
+    observer: vast_client.CallObserver | None = None,
+    *,
+    pace: pacer.Pacer | None = None,
 ) -> vast_client.VastClient:
-    """The Vast.ai client over an ``http`` built by ``vast_http``."""
-    return vast_client.VastClient(http, access.vast_api_key, base_url=access.vast_api_url, observer=observer)
+    """The Vast.ai client over an ``http`` built by ``vast_http``; every call waits for its pacer slot
+    (``pace``, or this process's own pacer when none is given)."""
+    return vast_client.VastClient(
+        http,
+        access.vast_api_key,
+        base_url=access.vast_api_url,
+        observer=observer,
+        pacer=pace or build_pacer(access, None),
+    )
 
 
 @contextlib.asynccontextmanager
 async def open_vast(
-    access: VastAccess, observer: vast_client.CallObserver | None = None
+    access: VastAccess, observer: vast_client.CallObserver | None = None, *, redis: store.Client | None = None
 ) -> AsyncIterator[vast_client.VastClient]:
-    """A Vast.ai client on its own ``vast_http`` client, closed after."""
-    async with vast_http(access) as http:
-        yield vast_over(access, http, observer)
+    """A Vast.ai client on its own ``vast_http`` client, closed after; paced fleet-wide through ``redis``
+    (or through a Redis client of its own when the command uses the pods' Redis)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if redis is None:
+            redis = await stack.enter_async_context(open_fleet_store(access))
+        http = await stack.enter_async_context(vast_http(access))
+        yield vast_over(access, http, observer, pace=build_pacer(access, redis))
 
 
 def upstream_auth_headers(settings: Settings) -> dict[str, str]:
@@ -188,8 +212,16 @@ def build_policy(settings: Settings) -> planning.Policy:
         boot_timeout_s=settings.boot_timeout_seconds,
         unhealthy_timeout_s=min(settings.boot_timeout_seconds, UNHEALTHY_TIMEOUT_CAP_S),
         steady_interval_s=settings.reconcile_interval_seconds,
-        boot_interval_s=settings.boot_poll_seconds,
+        boot_interval_s=boot_poll_s(settings),
     )
+
+
+def boot_poll_s(settings: Settings) -> float:
+    """``BOOT_POLL_SECONDS``; unset, 1 s with the shared view (the fleet lists once per interval
+    however many pods boot) and the old 5 s without it (each pod would list on its own)."""
+    if "boot_poll_seconds" in settings.model_fields_set or not uses_fleet_store(settings):
+        return settings.boot_poll_seconds
+    return SHARED_BOOT_POLL_S
 
 
 # ---------------------------------------------------------------- Redis
@@ -231,6 +263,69 @@ async def open_blacklist(settings: Settings) -> AsyncIterator[blacklist.Blacklis
         yield store
 
 
+# ---------------------------------------------------------------- the fleet on one API key (issue 13)
+
+
+def uses_fleet_store(access: VastAccess) -> bool:
+    """Whether this command shares the pods' Redis: ``reap`` always, the others with ``BLACKLIST_ENABLED``."""
+    return not isinstance(access, Settings) or access.blacklist_enabled
+
+
+@contextlib.asynccontextmanager
+async def open_fleet_store(access: VastAccess) -> AsyncIterator[store.Client | None]:
+    """The pods' Redis for the fleet primitives when this command uses it (closed after), else None."""
+    if not uses_fleet_store(access):
+        yield None
+        return
+    client = store.connect(
+        access.blacklist_redis_url.get_secret_value(), timeout_s=access.blacklist_redis_timeout_seconds
+    )
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def build_pacer(
+    access: VastAccess, redis: store.Client | None, failover: pacer.Failover | None = None
+) -> pacer.Pacer:
+    """The pacer of this API key: fleet-wide in ``redis`` (keys from a hash of the key), else per process.
+
+    Intervals: Vast's published ones, ``VAST_PACE_INTERVALS`` applied (a bad one is ``ConfigError``: exit 2).
+    """
+    limits = pacer.limits_with(pacer.parse_intervals(access.vast_pace_intervals))
+    keys = pacer.Keys(pacer.budget_id(access.vast_api_key.get_secret_value()), access.blacklist_key_prefix)
+    return pacer.Pacer(redis, keys, limits=limits, failover=failover)
+
+
+@dataclass(frozen=True)
+class FleetKit:
+    """The fleet primitives of one API key, sharing one Redis outage state (one log line per outage)."""
+
+    pace: pacer.Pacer
+    redis: store.Client | None
+    failover: pacer.Failover
+
+
+def fleet_kit(access: VastAccess, redis: store.Client | None) -> FleetKit:
+    failover = pacer.Failover(
+        deadline_s=max(pacer.DEFAULT_DEADLINE_S, access.blacklist_redis_timeout_seconds)
+    )
+    return FleetKit(build_pacer(access, redis, failover), redis, failover)
+
+
+def build_fleet_parts(
+    settings: Settings, vast: vast_client.VastClient, kit: FleetKit
+) -> tuple[fleetview.OwnInstances, rentqueue.RentQueue, fleetview.SharedChecks]:
+    """The shared instance view, the rent queue and the shared template check over ``kit``'s Redis."""
+    prefix, budget = settings.blacklist_key_prefix, kit.pace.keys.budget
+    view_keys = fleetview.Keys(budget, fleetview.label_prefix(settings.label), prefix)
+    view = fleetview.FleetView(vast.list_rows, kit.redis, view_keys, fleetview.RAW, failover=kit.failover)
+    queue = rentqueue.RentQueue(kit.redis, rentqueue.Keys(budget, prefix), failover=kit.failover)
+    checks = fleetview.SharedChecks(kit.redis, budget, prefix=prefix, failover=kit.failover)
+    return fleetview.OwnInstances(view), queue, checks
+
+
 # ---------------------------------------------------------------- the reconciler
 
 
@@ -242,6 +337,8 @@ class Clients:
     proxy: applying.ProxyPort
     health_http: httpx.AsyncClient
     store: blacklist.Blacklist | None = None
+    #: the fleet primitives; with a Redis the reconciler lists through the shared view and rents in turn
+    kit: FleetKit | None = None
 
 
 def health_checker(settings: Settings, http: httpx.AsyncClient) -> upstream_health.Checker:
@@ -275,12 +372,17 @@ def build_reconciler(
         rent_request=build_rent_request(settings),
         max_fleet_dph=settings.vast_max_fleet_dph,
     )
+    lister = queue = checks = None
+    if clients.kit is not None and clients.kit.redis is not None:
+        lister, queue, checks = build_fleet_parts(settings, clients.vast, clients.kit)
     adapters = reconciler.Adapters(
         vast=clients.vast,
         proxy=clients.proxy,
         health=health_checker(settings, clients.health_http),
         bans=guarded,
         fleet=pods,
+        lister=lister,
+        checks=checks,
     )
     config = reconciler.ReconcilerConfig(
         desired=settings.desired_spec(),
@@ -288,5 +390,6 @@ def build_reconciler(
         policy=build_policy(settings),
         drain_s=float(settings.nginx_drain_seconds),
     )
-    renter = renting.Renter(clients.vast, spec, bans=guarded, fleet=pods)
+    turns = renting.Turns(queue, settings.pod_name, lister) if queue is not None else None
+    renter = renting.Renter(clients.vast, spec, bans=guarded, fleet=pods, turns=turns)
     return reconciler.Reconciler(adapters, renter, config, clock=clock or time.time, on_event=on_event)

@@ -174,8 +174,15 @@ class VastClient(transport.Transport):
 
     async def list_instances(self, select_filters: Mapping[str, Any] | None = None) -> list[model.Instance]:
         """``GET /api/v1/instances/``, every page (``next_token``), in id order; never the v0 list."""
+        rows = await self.list_rows(select_filters)
+        # a malformed row raises: skipping it could make us rent a second instance
+        found = {i.id: i for i in (model.Instance.from_api(row, "list instances") for row in rows)}
+        return sorted(found.values(), key=lambda i: i.id)
+
+    async def list_rows(self, select_filters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The raw rows of every page of ``GET /api/v1/instances/`` (the shared view stores them so)."""
         call = "list instances"
-        found: dict[int, model.Instance] = {}
+        rows: list[dict[str, Any]] = []
         token: str | None = None
         for _ in range(MAX_PAGES):
             params: dict[str, Any] = {
@@ -187,17 +194,17 @@ class VastClient(transport.Transport):
                 params["after_token"] = token
             response = await self._request(call, "GET", "/api/v1/instances/", params=params)
             data = self._json(call, response)
-            rows = data.get("instances") if isinstance(data, Mapping) else None
-            if not isinstance(rows, list):
+            page = data.get("instances") if isinstance(data, Mapping) else None
+            if not isinstance(page, list):
                 raise errors.VastBadResponse(
                     call, "answer has no 'instances' list", status=response.status_code
                 )
-            for row in rows:  # a malformed row raises: skipping it could make us rent a second instance
-                instance = model.Instance.from_api(row, call)
-                found[instance.id] = instance
+            if not all(isinstance(row, dict) for row in page):
+                raise errors.VastBadResponse(call, "an instance row is not an object")
+            rows.extend(page)
             next_token = data.get("next_token")
             if not next_token:
-                return sorted(found.values(), key=lambda i: i.id)
+                return rows
             if not isinstance(next_token, str):
                 raise errors.VastBadResponse(call, "'next_token' is not a string")
             token = next_token

@@ -2,14 +2,18 @@
 
 Idempotent calls are retried by tenacity with ``backoff.delay_s`` waits (exponential, capped,
 jittered from the random source given) and a capped ``Retry-After``; template writes only when the
-request never left (or a 429); a rent never (``Rule.NEVER``). Every unwanted answer and httpx error
-becomes one of ``provisioner.errors`` through ``wire.map_failure``. The API key goes only into the
-``Authorization`` header; request logs show the path, never the query, headers or bodies.
+request never left (or a 429); a rent never (``Rule.NEVER``). With a ``pacer`` (issue 13) each attempt
+is sent inside its endpoint's slot (``PACED_CALLS`` maps calls to endpoints): a 429 moves that slot
+for every pod on the key, and the retry waits for the slot instead of a backoff. Every unwanted
+answer and httpx error becomes one of ``provisioner.errors`` through ``wire.map_failure``. The API
+key goes only into the ``Authorization`` header; request logs show the path, never the query,
+headers or bodies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import logging
@@ -24,6 +28,7 @@ import tenacity
 from pydantic import SecretStr
 
 from provisioner import backoff, errors
+from provisioner import pacer as pacing
 from provisioner.vast import wire
 
 log = logging.getLogger("provisioner.vast.client")
@@ -33,6 +38,25 @@ USER_AGENT: Final = "vast-pod-provisioner/0.1"
 _LOG_FETCH_TIMEOUT_S: Final = 10.0
 
 Sleep = Callable[[float], Awaitable[None]]
+
+#: which pacer budget each call spends (vast-api.md §2.3); any other call spends ``Endpoint.OTHER``
+PACED_CALLS: Final[Mapping[str, pacing.Endpoint]] = {
+    "list instances": pacing.Endpoint.LIST_INSTANCES,
+    "show instance": pacing.Endpoint.SHOW_INSTANCE,
+    "destroy instance": pacing.Endpoint.DESTROY,
+    "find template": pacing.Endpoint.TEMPLATE_SEARCH,
+    "create template": pacing.Endpoint.TEMPLATE_CREATE,
+    "update template": pacing.Endpoint.TEMPLATE_CREATE,
+    wire.CALL_RENT: pacing.Endpoint.CREATE_INSTANCE,
+    "search offers": pacing.Endpoint.SEARCH_OFFERS,
+    "whoami": pacing.Endpoint.WHOAMI,
+    "request logs": pacing.Endpoint.LOGS,
+}
+
+
+def endpoint_of(call: str) -> pacing.Endpoint:
+    """The pacer budget a call spends."""
+    return PACED_CALLS.get(call, pacing.Endpoint.OTHER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +128,10 @@ class Transport:
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.time,
         rand: backoff.Uniform = random.uniform,
+        pacer: pacing.Pacer | None = None,
     ) -> None:
         self._http = http
+        self.pacer = pacer
         self._api_key = api_key
         self._base_url = base_url.rstrip("/")
         self._retry = retry
@@ -146,10 +172,11 @@ class Transport:
         url = self._base_url + path + (f"?{wire.encode_query(params)}" if params else "")
 
         async def attempt() -> httpx.Response:
-            response = await self._send(call, method, url, body)
-            if response.is_success or (accept is not None and accept(response)):
-                return response
-            raise self._error(call, response)
+            async with self._slot(call):
+                response = await self._send(call, method, url, body)
+                if response.is_success or (accept is not None and accept(response)):
+                    return response
+                raise self._error(call, response)
 
         if retry is Rule.NEVER:
             return await attempt()
@@ -173,6 +200,12 @@ class Transport:
         )
         response: httpx.Response = await retrying(attempt)
         return response
+
+    def _slot(self, call: str) -> contextlib.AbstractAsyncContextManager[object]:
+        """The endpoint's pacer slot (a 429 leaving it moves the slot fleet-wide), or nothing."""
+        if self.pacer is None:
+            return contextlib.nullcontext()
+        return self.pacer.slot(endpoint_of(call))
 
     async def _send(
         self, call: str, method: str, url: str, body: Mapping[str, Any] | None, *, auth: bool = True
@@ -213,6 +246,8 @@ class Transport:
 
     def _wait_s(self, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, errors.RateLimited) and self.pacer is not None:
+            return 0.0  # the 429 moved the endpoint's slot: the next attempt waits for it there
         wait = self._retry.backoff_s(state.attempt_number, self._rand)
         if isinstance(exc, errors.RateLimited) and exc.retry_after_s is not None:
             # the server's minimum, plus the growing jittered backoff: clients sharing a key that were
