@@ -17,15 +17,8 @@ says how to read an item's label and how to turn it into JSON and back. Only ite
 starts with the fleet's prefix are kept. Without Redis, or while it fails, each pod keeps its own
 view (it lists itself, once per ``max_age_s``, single flight within the process).
 
-``P`` is the key prefix, ``B`` the budget id (``pacer.budget_id``), ``F`` the fleet's label prefix:
-
-==========================  ======  ========================================  ===================
-key                         type    holds                                     lifetime
-==========================  ======  ========================================  ===================
-``P view:<B>:<F>``          hash    ``at``: when the list was requested (ms,  ``VIEW_TTL_MS``
-                                    Redis clock); ``items``: a JSON array
-``P view:<B>:<F>:lock``     string  the token of the pod listing now          ``lock_ttl_s``
-==========================  ======  ========================================  ===================
+Redis keys: ``store.py``'s one key table (``P pace:<B>:<endpoint>``, ``P view:<B>:<F>``, ``P rentq:<B>``,
+``P claim:<B>:<offer_id>``); ``B`` is the budget id (:func:`pacer.budget_id`), never the API key.
 """
 
 from __future__ import annotations
@@ -40,7 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
-from provisioner import errors, model, pacer
+from provisioner import errors, model, pacer, store
 
 log = logging.getLogger("provisioner.fleetview")
 
@@ -66,7 +59,7 @@ class Keys:
 
     @property
     def view(self) -> str:
-        return f"{self.prefix}view:{self.budget}:{self.fleet}"
+        return store.Keys(self.prefix).view(self.budget, self.fleet)
 
     @property
     def lock(self) -> str:

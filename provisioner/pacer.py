@@ -11,15 +11,8 @@ sends two calls of this process closer than the interval. A 429 that still arriv
 endpoint's next slot for everyone (:meth:`Pacer.penalize`, or automatically when
 ``errors.RateLimited`` leaves ``async with pacer.slot(endpoint)``).
 
-``P`` is the key prefix (``BLACKLIST_KEY_PREFIX``), ``B`` the budget id, a truncated SHA-256 of
-the API key (:func:`budget_id`; the key itself is never stored or logged):
-
-=============================  ======  ====================================  ======================
-key                            type    holds                                 lifetime
-=============================  ======  ====================================  ======================
-``P pace:<B>:<endpoint>``      string  the endpoint's next free slot, unix   the slot + ``SLOT_KEY
-                                       milliseconds on the Redis clock       _SLACK_MS``
-=============================  ======  ====================================  ======================
+Redis keys: ``store.py``'s one key table (``P pace:<B>:<endpoint>``, ``P view:<B>:<F>``, ``P rentq:<B>``,
+``P claim:<B>:<offer_id>``); ``B`` is the budget id (:func:`pacer.budget_id`), never the API key.
 
 :class:`Failover` is the outage guard the fleet modules share (``fleetview``, ``rentqueue``): pass
 one instance to all of them and an outage is logged once when it starts and once when it ends.
@@ -41,7 +34,7 @@ from typing import Any, Final, TypeAlias, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from provisioner import errors
+from provisioner import errors, store
 
 log = logging.getLogger("provisioner.pacer")
 
@@ -51,7 +44,7 @@ Sleep = Callable[[float], Awaitable[None]]
 #: the Redis client the fleet modules talk through (decode_responses=True; tests pass fakeredis)
 Client: TypeAlias = aioredis.Redis
 
-DEFAULT_KEY_PREFIX: Final = "vastprov:"
+DEFAULT_KEY_PREFIX: Final = store.DEFAULT_KEY_PREFIX
 #: a slot key outlives its next free slot by this much, then expires (nothing to clean up)
 SLOT_KEY_SLACK_MS: Final = 60_000
 #: added to every interval: two calls sent exactly one interval apart may arrive closer than that
@@ -149,7 +142,7 @@ class Keys:
     prefix: str = DEFAULT_KEY_PREFIX
 
     def slot(self, endpoint: Endpoint) -> str:
-        return f"{self.prefix}pace:{self.budget}:{endpoint.value}"
+        return store.Keys(self.prefix).pace(self.budget, endpoint.value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,15 +13,8 @@ holds its turn (:meth:`RentQueue.turn`) a background task keeps beating. Claims 
 ``claim_ttl_s``. Without Redis, or while it fails, the queue and the claims are per process
 (the pod is alone in its own queue).
 
-``P`` is the key prefix, ``B`` the budget id (``pacer.budget_id``):
-
-===========================  ==========  ====================================  =========================
-key                          type        holds                                 lifetime
-===========================  ==========  ====================================  =========================
-``P rentq:<B>``              sorted set  pods scored by when they joined (ms)  pruned; ``2 x member_ttl``
-``P rentq:<B>:beats``        sorted set  pods scored by their latest beat      pruned; ``2 x member_ttl``
-``P claim:<B>:<offer_id>``   string      the pod renting that offer            ``claim_ttl_s``
-===========================  ==========  ====================================  =========================
+Redis keys: ``store.py``'s one key table (``P pace:<B>:<endpoint>``, ``P view:<B>:<F>``, ``P rentq:<B>``,
+``P claim:<B>:<offer_id>``); ``B`` is the budget id (:func:`pacer.budget_id`), never the API key.
 """
 
 from __future__ import annotations
@@ -34,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from provisioner import errors, pacer
+from provisioner import errors, pacer, store
 
 log = logging.getLogger("provisioner.rentqueue")
 
@@ -55,14 +48,14 @@ class Keys:
 
     @property
     def queue(self) -> str:
-        return f"{self.prefix}rentq:{self.budget}"
+        return store.Keys(self.prefix).rent_queue(self.budget)
 
     @property
     def beats(self) -> str:
         return f"{self.queue}:beats"
 
     def claim(self, offer_id: int) -> str:
-        return f"{self.prefix}claim:{self.budget}:{offer_id}"
+        return store.Keys(self.prefix).claim(self.budget, offer_id)
 
 
 @dataclass(frozen=True, slots=True)

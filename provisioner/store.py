@@ -16,7 +16,22 @@ key                        type        holds                                    
 ``P heartbeats``           sorted set  labels scored by their latest heartbeat     pruned past the TTL
 ``P heartbeats:since``     string      when the first heartbeat was written here   no expiry
 ``P rentlock:<label>``     string      the token of the process that may rent      ``RENT_LOCK_TTL_S``
+``P pace:<B>:<endpoint>``  string      the endpoint's next free slot, unix ms on   the slot + ``pacer.
+                                       the Redis clock (``pacer.py``)              SLOT_KEY_SLACK_MS``
+``P view:<B>:<F>``         hash        ``at`` (ms, Redis clock: when the list was  ``fleetview.VIEW_TTL
+                                       requested), ``items`` (JSON rows)           _MS``
+``P view:<B>:<F>:lock``    string      the token of the pod listing now            the view's lock TTL
+``P view:<B>:check:<n>``   hash        a shared check's value (the template hash   as ``view:``; trusted
+                                       ``template:<creator>:<spec digest>``)       ``CHECK_TTL_S``
+``P rentq:<B>``            sorted set  pods queued to rent, by join time (ms)      pruned; 2 x member TTL
+``P rentq:<B>:beats``      sorted set  the same pods, by their latest beat         pruned; 2 x member TTL
+``P claim:<B>:<offer_id>`` string      the pod renting that offer                  ``rentqueue`` claim TTL
 =========================  ==========  ==========================================  =======================
+
+``B`` is the budget id, a truncated SHA-256 of the API key (``pacer.budget_id``; never the key),
+``F`` the fleet's label prefix (``fleetview.label_prefix``: ``k8s_pod=`` for the default labels).
+The last seven rows are the fleet primitives of issue 13 (``pacer.py``, ``fleetview.py``,
+``rentqueue.py``); their ``Keys`` classes build the names through :class:`Keys` below.
 
 The ban TTL is ``BLACKLIST_BAN_TTL_SECONDS``, the restart window ``BLACKLIST_RESTART_TTL_SECONDS``
 (``blacklist.py`` owns those records; ``fleet.py`` the heartbeats).
@@ -107,6 +122,18 @@ class Keys:
 
     def rent_lock(self, label: str) -> str:
         return f"{self.prefix}rentlock:{label}"
+
+    def pace(self, budget: str, endpoint: str) -> str:
+        return f"{self.prefix}pace:{budget}:{endpoint}"
+
+    def view(self, budget: str, fleet: str) -> str:
+        return f"{self.prefix}view:{budget}:{fleet}"
+
+    def rent_queue(self, budget: str) -> str:
+        return f"{self.prefix}rentq:{budget}"
+
+    def claim(self, budget: str, offer_id: int) -> str:
+        return f"{self.prefix}claim:{budget}:{offer_id}"
 
 
 def connect(url: str, *, timeout_s: float) -> Client:
