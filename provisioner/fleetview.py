@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 from provisioner import errors, model, pacer, store
+from provisioner.vast import client as vast_client
 
 log = logging.getLogger("provisioner.fleetview")
 
@@ -47,6 +49,8 @@ DEFAULT_LOCK_TTL_S: Final = 20.0
 DEFAULT_POLL_S: Final = 0.05
 #: a shared check (the template's hash) done by one pod is trusted by the others this long
 CHECK_TTL_S: Final = 600.0
+#: a shared offer search serves the rental queue this long (claims keep pods off one offer)
+SEARCH_MAX_AGE_S: Final = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,3 +314,50 @@ class SharedChecks:
         if not snap.items:
             raise errors.StoreError(f"shared check {name}: no value")
         return snap.items[0]
+
+
+def _row(value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise ValueError(f"not an offer object: {type(value).__name__}")
+    return value
+
+
+class SharedSearch:
+    """One offer search per query for the whole queue, reused for ``max_age_s``.
+
+    Vast allows one search per 6 s per key but one rent per 4.5 s: pods renting one after another
+    would otherwise be held to the search interval. The rent queue's claims keep two pods off one
+    offer of the shared result. Key ``P view:<B>:search:<digest of the body>`` (+ ``:lock``).
+    """
+
+    def __init__(
+        self,
+        search: Callable[[Mapping[str, Any]], Awaitable[Sequence[Any]]],
+        redis: pacer.Client | None,
+        budget: str,
+        *,
+        prefix: str = pacer.DEFAULT_KEY_PREFIX,
+        failover: pacer.Failover | None = None,
+        max_age_s: float = SEARCH_MAX_AGE_S,
+    ) -> None:
+        self._search = search
+        self._redis = redis
+        self._budget = budget
+        self._prefix = prefix
+        self.failover = failover or pacer.Failover()
+        self.max_age_s = max_age_s
+
+    async def offers(self, body: Mapping[str, Any]) -> list[model.Offer]:
+        """The offers for ``body``, searched by whichever pod no more than ``max_age_s`` ago."""
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        tag = f"search:{digest}"
+
+        async def fetch() -> Sequence[Any]:
+            return await self._search(body)
+
+        codec: Codec[Any] = Codec(label_of=lambda _: tag, encode=lambda v: v, decode=_row)
+        view = FleetView(
+            fetch, self._redis, Keys(self._budget, tag, self._prefix), codec, failover=self.failover
+        )
+        snap = await view.get(self.max_age_s)
+        return vast_client.parse_offers(snap.items)

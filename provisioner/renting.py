@@ -48,6 +48,12 @@ class InstanceLister(Protocol):
     async def own(self, label: str, max_age_s: float) -> list[model.Instance]: ...
 
 
+class OfferSearch(Protocol):
+    """The fleet's shared offer search (``fleetview.SharedSearch``)."""
+
+    async def offers(self, body: Mapping[str, Any]) -> list[model.Offer]: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Turns:
     """The fleet's rental queue (``rentqueue.RentQueue``): pods rent one after another, each its own
@@ -56,6 +62,7 @@ class Turns:
     queue: rentqueue.RentQueue
     pod: str
     lister: InstanceLister | None = None
+    search: OfferSearch | None = None
 
 
 class RentFleet(Protocol):
@@ -241,7 +248,9 @@ class Renter:
         avoided = self.guard.avoided(ask.now)
         if avoided:
             standing = dataclasses.replace(standing, banned_hosts=standing.banned_hosts | avoided)
-        offers = await self.vast.search_offers(self.spec.search_body(standing))
+        body = self.spec.search_body(standing)
+        search = self.turns.search if self.turns is not None else None
+        offers = await (search.offers(body) if search is not None else self.vast.search_offers(body))
         ranked = self.spec.choose_offers(offers, standing)
         if not ranked:
             text = f"no usable offer ({len(offers)} returned by the search)"

@@ -316,14 +316,16 @@ def fleet_kit(access: VastAccess, redis: store.Client | None) -> FleetKit:
 
 def build_fleet_parts(
     settings: Settings, vast: vast_client.VastClient, kit: FleetKit
-) -> tuple[fleetview.OwnInstances, rentqueue.RentQueue, fleetview.SharedChecks]:
-    """The shared instance view, the rent queue and the shared template check over ``kit``'s Redis."""
-    prefix, budget = settings.blacklist_key_prefix, kit.pace.keys.budget
+) -> tuple[fleetview.OwnInstances, fleetview.SharedChecks, renting.Turns]:
+    """The shared instance view, the shared template check, and the rent queue with the shared search."""
+    prefix, budget, failover = settings.blacklist_key_prefix, kit.pace.keys.budget, kit.failover
     view_keys = fleetview.Keys(budget, fleetview.label_prefix(settings.label), prefix)
-    view = fleetview.FleetView(vast.list_rows, kit.redis, view_keys, fleetview.RAW, failover=kit.failover)
-    queue = rentqueue.RentQueue(kit.redis, rentqueue.Keys(budget, prefix), failover=kit.failover)
-    checks = fleetview.SharedChecks(kit.redis, budget, prefix=prefix, failover=kit.failover)
-    return fleetview.OwnInstances(view), queue, checks
+    view = fleetview.FleetView(vast.list_rows, kit.redis, view_keys, fleetview.RAW, failover=failover)
+    lister = fleetview.OwnInstances(view)
+    queue = rentqueue.RentQueue(kit.redis, rentqueue.Keys(budget, prefix), failover=failover)
+    search = fleetview.SharedSearch(vast.search_rows, kit.redis, budget, prefix=prefix, failover=failover)
+    checks = fleetview.SharedChecks(kit.redis, budget, prefix=prefix, failover=failover)
+    return lister, checks, renting.Turns(queue, settings.pod_name, lister, search)
 
 
 # ---------------------------------------------------------------- the reconciler
@@ -372,9 +374,9 @@ def build_reconciler(
         rent_request=build_rent_request(settings),
         max_fleet_dph=settings.vast_max_fleet_dph,
     )
-    lister = queue = checks = None
+    lister = checks = turns = None
     if clients.kit is not None and clients.kit.redis is not None:
-        lister, queue, checks = build_fleet_parts(settings, clients.vast, clients.kit)
+        lister, checks, turns = build_fleet_parts(settings, clients.vast, clients.kit)
     adapters = reconciler.Adapters(
         vast=clients.vast,
         proxy=clients.proxy,
@@ -390,6 +392,5 @@ def build_reconciler(
         policy=build_policy(settings),
         drain_s=float(settings.nginx_drain_seconds),
     )
-    turns = renting.Turns(queue, settings.pod_name, lister) if queue is not None else None
     renter = renting.Renter(clients.vast, spec, bans=guarded, fleet=pods, turns=turns)
     return reconciler.Reconciler(adapters, renter, config, clock=clock or time.time, on_event=on_event)

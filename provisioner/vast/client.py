@@ -108,6 +108,17 @@ def _positive_id(value: int, what: str) -> int:
     return value
 
 
+def parse_offers(raw_offers: Sequence[Any], call: str = "search offers") -> list[model.Offer]:
+    """Offers from raw search rows; malformed ones are skipped."""
+    offers = []
+    for raw in raw_offers:
+        try:
+            offers.append(model.Offer.from_api(raw, call))
+        except errors.VastBadResponse as exc:
+            log.debug("skipping a malformed offer: %s", exc)
+    return offers
+
+
 # ---------------------------------------------------------------- the client
 
 
@@ -129,19 +140,17 @@ class VastClient(transport.Transport):
 
     async def search_offers(self, body: Mapping[str, Any]) -> list[model.Offer]:
         """``POST /api/v0/bundles/`` with a flat filter body; malformed offers are skipped."""
+        return parse_offers(await self.search_rows(body))
+
+    async def search_rows(self, body: Mapping[str, Any]) -> list[Any]:
+        """``POST /api/v0/bundles/``: the raw offer rows (a shared search stores them so)."""
         call = "search offers"
         response = await self._request(call, "POST", "/api/v0/bundles/", body=body)
         data = self._json(call, response)
         raw_offers = data.get("offers") if isinstance(data, Mapping) else None
         if not isinstance(raw_offers, list):
             raise errors.VastBadResponse(call, "answer has no 'offers' list", status=response.status_code)
-        offers = []
-        for raw in raw_offers:
-            try:
-                offers.append(model.Offer.from_api(raw, call))
-            except errors.VastBadResponse as exc:
-                log.debug("skipping a malformed offer: %s", exc)
-        return offers
+        return raw_offers
 
     # ------------------------------------------------------------ renting
 

@@ -306,3 +306,43 @@ async def test_a_rate_limited_tick_waits_for_the_slot_not_a_doubling_backoff(env
     pace.free_in_s = free_in_s  # type: ignore[method-assign]
     await d._reconcile_loop(Account(), FakeRec(limited))
     assert all(0.9 < w <= 1.0 for w in pauses.waits[:3]), pauses.waits
+
+
+async def test_one_offer_search_serves_the_whole_queue(pods: list[fakeredis.FakeAsyncRedis]) -> None:
+    """Pods searching with one body within the search's age share one search call; another body searches."""
+    calls: list[Any] = []
+
+    async def search(body: Any) -> list[Any]:
+        calls.append(body)
+        await asyncio.sleep(0.02)
+        return [offer(1, 0.1), {"id": "broken"}]
+
+    shared = [fleetview.SharedSearch(search, pods[i % 2], "b") for i in range(4)]
+    found = await asyncio.gather(*(s.offers({"gpu": "x"}) for s in shared))
+    assert [[o.id for o in f] for f in found] == [[1]] * 4, "a malformed offer is skipped"
+    assert len(calls) == 1
+    await shared[0].offers({"gpu": "y"})
+    assert len(calls) == 2
+
+
+async def test_with_a_fleet_store_the_reconciler_lists_and_rents_through_the_fleet(
+    env: pytest.MonkeyPatch, server: fakeredis.FakeServer
+) -> None:
+    """build_reconciler over a kit with Redis: shared view, shared template check, rent queue wired."""
+    env.setenv("BLACKLIST_ENABLED", "true")
+    settings = load_settings()
+    redis = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
+    kit = wiring.fleet_kit(settings, redis)
+    async with httpx.AsyncClient() as http:
+        vast = wiring.vast_over(settings, http, pace=kit.pace)
+        clients = wiring.Clients(vast=vast, proxy=builders.FakeProxy(), health_http=http, kit=kit)
+        rec = wiring.build_reconciler(settings, clients)
+        alone = wiring.build_reconciler(
+            settings, dataclasses.replace(clients, kit=wiring.fleet_kit(settings, None))
+        )
+    await redis.aclose()
+    assert vast.pacer is kit.pace
+    assert isinstance(rec.adapters.lister, fleetview.OwnInstances)
+    assert rec.adapters.checks is not None and rec.renter.turns is not None
+    assert rec.renter.turns.pod == settings.pod_name and rec.renter.turns.search is not None
+    assert alone.adapters.lister is None and alone.renter.turns is None, "no Redis: each pod lists itself"
