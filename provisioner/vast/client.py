@@ -287,7 +287,7 @@ class VastClient(transport.Transport):
     async def create_template(
         self, spec: model.TemplateSpec, *, creator_id: int | None = None
     ) -> model.Template:
-        """``POST /api/v0/template/``, then read it back by name for its current ``hash_id``.
+        """``POST /api/v0/template/``; read it back by name only when the answer lacks the template.
 
         Like a rent, an ambiguous answer is not posted again: the template is looked up by name instead.
         """
@@ -351,6 +351,8 @@ class VastClient(transport.Transport):
                 answered = model.Template.from_api({**sent, **raw}, call)
             except errors.VastBadResponse:
                 log.debug("the %s answer carries no usable template", call)
+        if old_hash is None and answered is not None:
+            return answered  # a new template's answer has its hash: no read-back (a 3 s search slot)
         found = await self.find_template(spec.name, creator_id)
         if found is not None and not (
             found.hash_id == old_hash and answered is not None and answered.hash_id != old_hash

@@ -466,13 +466,16 @@ async def test_create_template_posts_and_reads_back(router: respx.MockRouter, va
     assert get.call_count == 1
 
 
-async def test_create_template_falls_back_to_the_answer(router: respx.MockRouter, vast: VastClient) -> None:
-    """If the read-back does not see the new template yet, the template in the POST answer is used."""
+async def test_create_template_takes_the_hash_from_the_answer(
+    router: respx.MockRouter, vast: VastClient
+) -> None:
+    """A create answer carrying the template is used as is: no read-back (it would wait a search slot)."""
     answer = {"success": True, "template": {"id": 78, "hash_id": "h2"}}
     router.post("/api/v0/template/").respond(200, json=answer)
-    router.get("/api/v0/template/").mock(return_value=templates())
+    get = router.get("/api/v0/template/").mock(return_value=templates())
     template = await vast.create_template(SPEC)
     assert (template.id, template.hash_id, template.name) == (78, "h2", "k8s-nginx")
+    assert get.call_count == 0
 
 
 @pytest.mark.parametrize(
