@@ -128,9 +128,9 @@ def test_pace_intervals_are_read_from_the_environment(env: pytest.MonkeyPatch) -
     """VAST_PACE_INTERVALS replaces the named intervals; the others keep Vast's published ones."""
     env.setenv("VAST_PACE_INTERVALS", "list_instances=2.5, create_instance=6")
     pace = wiring.build_pacer(load_settings(), None)
-    assert pace.interval_s(pacer.Endpoint.LIST_INSTANCES) == pytest.approx(2.5 + pacer.DEFAULT_MARGIN_S)
-    assert pace.interval_s(pacer.Endpoint.CREATE_INSTANCE) == pytest.approx(6 + pacer.DEFAULT_MARGIN_S)
-    assert pace.interval_s(pacer.Endpoint.SHOW_INSTANCE) == pytest.approx(2.0 + pacer.DEFAULT_MARGIN_S)
+    assert pace.interval_s(pacer.Endpoint.LIST_INSTANCES) == pytest.approx(2.5 + wiring.PACE_MARGIN_S)
+    assert pace.interval_s(pacer.Endpoint.CREATE_INSTANCE) == pytest.approx(6 + wiring.PACE_MARGIN_S)
+    assert pace.interval_s(pacer.Endpoint.SHOW_INSTANCE) == pytest.approx(2.0 + wiring.PACE_MARGIN_S)
     assert pace.keys.budget == pacer.budget_id(load_settings().vast_api_key.get_secret_value())
 
 
