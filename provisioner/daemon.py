@@ -121,6 +121,7 @@ class Daemon:
         #: the account, asked once per process (whoami)
         self.account: dict[str, Any] | None = None
         self.prepare_error: errors.VastError | None = None
+        self.key_check: KeyCheck | None = None  # whoami shared by the fleet (with a Redis)
 
     # ------------------------------------------------------------ signals
 
@@ -172,6 +173,7 @@ class Daemon:
             vast = wiring.vast_over(settings, api_http, observer, pace=kit.pace)
             clients = wiring.Clients(vast=vast, proxy=nginx, health_http=health_http, store=store, kit=kit)
             rec = wiring.build_reconciler(settings, clients, on_event=self.metrics.on_event)
+            self.key_check = kit.account(vast, settings.blacklist_key_prefix)
             self.runtime.reconciler = rec
             self.metrics.bind(self.runtime)
             await self._start_admin(stack)
@@ -213,7 +215,7 @@ class Daemon:
         ends it and is raised as such (``cli.py`` maps them to exit codes 3 and 4)."""
         try:
             async with asyncio.TaskGroup() as group:
-                ticking = group.create_task(self._reconcile_loop(vast, rec))
+                ticking = group.create_task(self._reconcile_loop(self.key_check or vast, rec))
                 group.create_task(self._health_loop(rec))
                 group.create_task(nginx.supervise(self.stop))
                 group.create_task(self._until_stopped(ticking))

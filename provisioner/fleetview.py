@@ -32,7 +32,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from provisioner import errors, model, pacer, store
 from provisioner.vast import client as vast_client
@@ -261,6 +261,12 @@ def label_prefix(label: str) -> str:
     return head + sep if sep else label
 
 
+class InstanceLister(Protocol):
+    """What the reconciler lists through (:class:`OwnInstances`, or a fake in tests)."""
+
+    async def own(self, label: str, max_age_s: float) -> list[model.Instance]: ...
+
+
 class OwnInstances:
     """The reconciler's list, read from the fleet's view: this pod's rows (exact label), parsed."""
 
@@ -314,6 +320,37 @@ class SharedChecks:
         if not snap.items:
             raise errors.StoreError(f"shared check {name}: no value")
         return snap.items[0]
+
+
+class SharedAccount:
+    """``whoami`` once for the fleet (the account id): one pod asks, the others read it for ``CHECK_TTL_S``;
+    a refused key raises in the asking pod, and the others ask themselves (each sees its refusal)."""
+
+    def __init__(self, whoami: Callable[[], Awaitable[dict[str, Any]]], checks: SharedChecks) -> None:
+        self._whoami = whoami
+        self._checks = checks
+
+    @classmethod
+    def over(
+        cls,
+        whoami: Callable[[], Awaitable[dict[str, Any]]],
+        redis: pacer.Client | None,
+        budget: str,
+        prefix: str,
+        failover: pacer.Failover,
+    ) -> SharedAccount | None:
+        """The shared account over ``redis``; None without one (each process asks itself)."""
+        if redis is None:
+            return None
+        return cls(whoami, SharedChecks(redis, budget, prefix=prefix, failover=failover))
+
+    async def whoami(self) -> dict[str, Any]:
+        async def ask() -> str:
+            user = await self._whoami()
+            return json.dumps({"id": user.get("id")})
+
+        account: dict[str, Any] = json.loads(await self._checks.once("whoami", ask, CHECK_TTL_S))
+        return account
 
 
 def _row(value: Any) -> Any:

@@ -54,7 +54,7 @@ class Adapters:
     bans: tracking.HostBans | None = None
     fleet: FleetPort | None = None
     #: the fleet's shared instance view (``fleetview.OwnInstances``); None: list by label here
-    lister: renting.InstanceLister | None = None
+    lister: fleetview.InstanceLister | None = None
     #: the fleet's shared checks; None: this process checks the template itself
     checks: fleetview.SharedChecks | None = None
 

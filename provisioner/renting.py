@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import enum
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
@@ -42,12 +41,6 @@ class RentBans(Protocol):
     async def standing(self) -> selection.Standing: ...
 
 
-class InstanceLister(Protocol):
-    """The fleet's shared instance view (``fleetview.OwnInstances``)."""
-
-    async def own(self, label: str, max_age_s: float) -> list[model.Instance]: ...
-
-
 class OfferSearch(Protocol):
     """The fleet's shared offer search (``fleetview.SharedSearch``)."""
 
@@ -57,11 +50,10 @@ class OfferSearch(Protocol):
 @dataclasses.dataclass(frozen=True)
 class Turns:
     """The fleet's rental queue (``rentqueue.RentQueue``): pods rent one after another, each its own
-    offer; ``lister`` gives the list under the rent lock (no older than the lock)."""
+    offer, from one shared offer search."""
 
     queue: rentqueue.RentQueue
     pod: str
-    lister: InstanceLister | None = None
     search: OfferSearch | None = None
 
 
@@ -208,17 +200,11 @@ class Renter:
             text = "the rent took longer than its bound; listing by label before any new rental"
             return Outcome(Result.UNKNOWN, notes=(_note(ask, events.EventKind.RENT_UNKNOWN, text),))
 
-    async def _listed_since(self, label: str, since: float) -> list[model.Instance]:
-        """``label``'s instances from a list requested after ``since`` (monotonic): never an older one."""
-        lister = self.turns.lister if self.turns is not None else None
-        if lister is None:
-            return await self.vast.list_by_label(label)
-        return await lister.own(label, max_age_s=time.monotonic() - since)
-
     async def _rent_locked(self, ask: Ask) -> Outcome:
         # under the lock, look again: another process may have rented since this tick's list
-        locked_at = time.monotonic()
-        fresh = [i for i in await self._listed_since(ask.label, locked_at) if i.id not in ask.known_ids]
+        # (a label-filtered list of its own, one page, not a refresh of the fleet's view: at 50 pods the
+        # view is two pages and the rent queue would wait for a whole refresh per rental)
+        fresh = [i for i in await self.vast.list_by_label(ask.label) if i.id not in ask.known_ids]
         if fresh:
             text = f"instance {fresh[0].id} appeared meanwhile; adopting it"
             note = _note(ask, events.EventKind.RENT_SKIPPED, text, fresh[0].id, level=logging.INFO)

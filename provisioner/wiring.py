@@ -10,10 +10,8 @@ The one place where configuration becomes objects, so that nothing below it read
   turn settings into the values the planner, the renter and the renderer take;
 * ``connect_blacklist`` / ``open_blacklist`` give the Redis blacklist (closed after), and
   ``build_reconciler`` assembles the reconciler in ONE function (the daemon and the unit tests share it);
-* ``fleet_kit`` builds the fleet primitives of one API key (issue 13): the pacer every Vast client
-  sends through, the shared instance view, the rent queue and the shared template check. They are
-  fleet-wide in Redis whenever the command uses the pods' Redis (``run``, ``offers``, ``status`` with
-  ``BLACKLIST_ENABLED=true``; ``reap`` always), per process otherwise.
+* ``fleet_kit`` / ``build_fleet_parts``: issue 13's pacer, shared view, checks and rent queue; in Redis
+  when the command uses the pods' Redis (``BLACKLIST_ENABLED=true``; ``reap`` always), else per process.
 """
 
 from __future__ import annotations
@@ -82,8 +80,7 @@ def vast_over(
     *,
     pace: pacer.Pacer | None = None,
 ) -> vast_client.VastClient:
-    """The Vast.ai client over an ``http`` built by ``vast_http``; every call waits for its pacer slot
-    (``pace``, or this process's own pacer when none is given)."""
+    """The Vast.ai client over `vast_http`'s; each call waits for its `pace` slot (default: per process)."""
     return vast_client.VastClient(
         http,
         access.vast_api_key,
@@ -308,6 +305,11 @@ class FleetKit:
     redis: store.Client | None
     failover: pacer.Failover
 
+    def account(self, vast: vast_client.VastClient, prefix: str) -> fleetview.SharedAccount | None:
+        """whoami once for the fleet when the pods share a Redis; None: each process asks itself."""
+        budget = self.pace.keys.budget
+        return fleetview.SharedAccount.over(vast.whoami, self.redis, budget, prefix, self.failover)
+
 
 def fleet_kit(access: VastAccess, redis: store.Client | None) -> FleetKit:
     failover = pacer.Failover(
@@ -327,7 +329,7 @@ def build_fleet_parts(
     queue = rentqueue.RentQueue(kit.redis, rentqueue.Keys(budget, prefix), failover=failover)
     search = fleetview.SharedSearch(vast.search_rows, kit.redis, budget, prefix=prefix, failover=failover)
     checks = fleetview.SharedChecks(kit.redis, budget, prefix=prefix, failover=failover)
-    return lister, checks, renting.Turns(queue, settings.pod_name, lister, search)
+    return lister, checks, renting.Turns(queue, settings.pod_name, search)
 
 
 # ---------------------------------------------------------------- the reconciler

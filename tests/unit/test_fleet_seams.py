@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -208,11 +207,11 @@ async def test_own_instances_keeps_exactly_this_label(pods: list[fakeredis.FakeA
 # ---------------------------------------------------------------- the renter's turn
 
 
-def queue_renter(http: httpx.AsyncClient, redis: Any, pod: str, lister: Any = None) -> renting.Renter:
+def queue_renter(http: httpx.AsyncClient, redis: Any, pod: str) -> renting.Renter:
     vast = VastClient(http, KEY, base_url=BASE, retry=RetryPolicy(attempts=1))
     spec = renting.RentSpec(search_body=search_body, choose_offers=ranked, rent_request=request)
     queue = rentqueue.RentQueue(redis, rentqueue.Keys("b"), poll_s=0.01)
-    return renting.Renter(vast, spec, fleet=Fleet(), turns=renting.Turns(queue, pod, lister))
+    return renting.Renter(vast, spec, fleet=Fleet(), turns=renting.Turns(queue, pod))
 
 
 @respx.mock
@@ -231,8 +230,9 @@ async def test_pods_in_the_queue_rent_different_offers(
         return httpx.Response(200, json={"success": True, "new_contract": 100 + oid})
 
     respx.put(url__regex=rf"{BASE}/api/v0/asks/\d+/").mock(side_effect=rent)
-    a = queue_renter(http, pods[0], "web-0", Lister([]))
-    b = queue_renter(http, pods[1], "web-1", Lister([]))
+    respx.get(LIST).mock(return_value=httpx.Response(200, json=rows()))
+    a = queue_renter(http, pods[0], "web-0")
+    b = queue_renter(http, pods[1], "web-1")
     out = await asyncio.gather(
         a.rent(make_ask(label="k8s_pod=web-0")), b.rent(make_ask(label="k8s_pod=web-1"))
     )
@@ -247,7 +247,7 @@ async def test_a_waiting_pod_says_its_position(
     """While another pod holds the turn, the renter reports `queued for rental (position 2 of 2)`."""
     head = rentqueue.RentQueue(pods[0], rentqueue.Keys("b"))
     await head.join("web-0")
-    b = queue_renter(http, pods[1], "web-1", Lister([]))
+    b = queue_renter(http, pods[1], "web-1")
     waiting = asyncio.create_task(b.rent(make_ask(label="k8s_pod=web-1")))
     for _ in range(200):
         await asyncio.sleep(0.01)
@@ -262,15 +262,17 @@ async def test_a_waiting_pod_says_its_position(
 
 
 @respx.mock
-async def test_under_the_lock_the_list_is_younger_than_the_lock(http: httpx.AsyncClient) -> None:
-    """The renter's look under the rent lock asks the view for a list no older than the lock."""
-    other = model.Instance.from_api({"id": 9, "label": "k8s_pod=web-0", "actual_status": "loading"}, "t")
-    lister = Lister([other])
-    r = queue_renter(http, None, "web-0", lister)
-    before = time.monotonic()
-    out = await r.rent(make_ask(label="k8s_pod=web-0"))
-    assert out.result is renting.Result.SKIPPED, "an instance rented meanwhile is adopted"
-    assert len(lister.max_ages) == 1 and 0 <= lister.max_ages[0] <= time.monotonic() - before
+async def test_under_the_lock_the_renter_lists_its_label_itself(
+    http: httpx.AsyncClient, pods: list[fakeredis.FakeAsyncRedis]
+) -> None:
+    """In its turn, under the rent lock, the renter lists its own label (a list younger than the lock,
+    one page): an instance rented meanwhile is adopted, nothing is rented."""
+    listed = respx.get(LIST).mock(return_value=httpx.Response(200, json=rows(9)))
+    rent = respx.put(url__regex=rf"{BASE}/api/v0/asks/\d+/")
+    out = await queue_renter(http, pods[0], "web-0").rent(make_ask(label="k8s_pod=web-0"))
+    assert out.result is renting.Result.SKIPPED
+    assert listed.call_count == 1 and rent.call_count == 0
+    assert "label" in str(listed.calls.last.request.url), "filtered by label on the server"
 
 
 # ---------------------------------------------------------------- one template check, slot waits
