@@ -21,8 +21,11 @@ key                        type        holds                                    
 ``P view:<B>:<F>``         hash        ``at`` (ms, Redis clock: when the list was  ``fleetview.VIEW_TTL
                                        requested), ``items`` (JSON rows)           _MS``
 ``P view:<B>:<F>:lock``    string      the token of the pod listing now            the view's lock TTL
-``P view:<B>:check:<n>``   hash        a shared check's value (the template hash   as ``view:``; trusted
-                                       ``template:<creator>:<spec digest>``)       ``CHECK_TTL_S``
+``P view:<B>:check:<n>``   hash        a shared check's value: the template hash   as ``view:``; trusted
+                                       (``template:<creator>:<digest>``), the      ``CHECK_TTL_S``
+                                       account id (``whoami``)
+``P view:<B>:search:<d>``  hash        one offer search's rows (``d``: digest of   as ``view:``; fresh
+                                       the body), shared by the rental queue       ``SEARCH_MAX_AGE_S``
 ``P rentq:<B>``            sorted set  pods queued to rent, by join time (ms)      pruned; 2 x member TTL
 ``P rentq:<B>:beats``      sorted set  the same pods, by their latest beat         pruned; 2 x member TTL
 ``P claim:<B>:<offer_id>`` string      the pod renting that offer                  ``rentqueue`` claim TTL
@@ -30,7 +33,7 @@ key                        type        holds                                    
 
 ``B`` is the budget id, a truncated SHA-256 of the API key (``pacer.budget_id``; never the key),
 ``F`` the fleet's label prefix (``fleetview.label_prefix``: ``k8s_pod=`` for the default labels).
-The last seven rows are the fleet primitives of issue 13 (``pacer.py``, ``fleetview.py``,
+The last eight rows are the fleet primitives of issue 13 (``pacer.py``, ``fleetview.py``,
 ``rentqueue.py``); their ``Keys`` classes build the names through :class:`Keys` below.
 
 The ban TTL is ``BLACKLIST_BAN_TTL_SECONDS``, the restart window ``BLACKLIST_RESTART_TTL_SECONDS``
