@@ -5,6 +5,11 @@ jittered from the random source given) and a capped ``Retry-After``; template wr
 request never left (or a 429); a rent never (``Rule.NEVER``). Every unwanted answer and httpx error
 becomes one of ``provisioner.errors`` through ``wire.map_failure``. The API key goes only into the
 ``Authorization`` header; request logs show the path, never the query, headers or bodies.
+
+A 401/403 is ``AuthError`` (the daemon exits 3) only while the key has never worked in this process;
+once an authenticated call has succeeded, a refusal is ``AuthRefusedAgain`` (a transient fault,
+retried like a 5xx, logged as a WARNING with ``event=auth-refused``): an edge proxy's access denial
+or an auth blip must not stop the proxy while the instance bills.
 """
 
 from __future__ import annotations
@@ -113,13 +118,24 @@ class Transport:
         self._sleep = sleep
         self._clock = clock
         self._rand = rand
+        #: an authenticated call has succeeded in this process (a later 401/403 is a glitch)
+        self.key_worked = False
 
     @property
     def _secret(self) -> str:
         return self._api_key.get_secret_value()
 
     def _error(self, call: str, failure: httpx.Response | httpx.HTTPError) -> errors.VastError:
-        return wire.map_failure(call, failure, secret=self._secret, now=self._clock())
+        error = wire.map_failure(call, failure, secret=self._secret, now=self._clock())
+        if isinstance(error, errors.AuthError) and self.key_worked:
+            log.warning(
+                "%s: the Vast.ai API refused the key that worked before (%s); retrying with backoff",
+                call,
+                error.reason,
+                extra={"event": "auth-refused", "status": error.status},
+            )
+            return errors.AuthRefusedAgain(call, error.reason, status=error.status)
+        return error
 
     def _json(self, call: str, response: httpx.Response) -> Any:
         """The JSON body of a 2xx answer; not JSON or ``success: false`` raise through ``map_failure``."""
@@ -196,6 +212,8 @@ class Transport:
             self._observe(call, None, started)
             raise self._error(call, exc) from exc
         self._observe(call, response.status_code, started)
+        if auth and response.is_success:
+            self.key_worked = True
         # the path only: no query string (it may hold a result token), never headers or bodies
         log.debug(
             "%s: %s %s -> %s in %.3fs",

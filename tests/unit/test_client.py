@@ -1020,3 +1020,52 @@ async def test_list_by_label_refuses_empty_label(vast: VastClient) -> None:
     """An empty label would match unlabelled instances, so it is refused."""
     with pytest.raises(ValueError):
         await vast.list_by_label("")
+
+
+# ---------------------------------------------------------------- a key that worked, refused later (issue 16)
+
+AUTH_BLIPS = [
+    httpx.Response(401, json={"error": "auth_error", "msg": "Invalid user key"}),
+    httpx.Response(403, json={"error": "not_authorized", "msg": "nope"}),
+    httpx.Response(403, text="<html><body>403 Forbidden</body></html>"),
+]
+
+
+@pytest.mark.parametrize("blip", AUTH_BLIPS, ids=["401", "403", "edge-html-403"])
+async def test_a_refusal_after_the_key_worked_is_retried(
+    router: respx.MockRouter, vast: VastClient, sleep: FakeSleep, blip: httpx.Response, caplog: Any
+) -> None:
+    """Once a call succeeded, one 401/403 is a transient fault: retried with backoff, logged as a WARNING."""
+    router.get("/api/v0/users/current").respond(json={"id": 1})
+    listing = {"instances": [], "next_token": None}
+    router.get("/api/v1/instances/").mock(side_effect=[blip, httpx.Response(200, json=listing)])
+    await vast.whoami()
+    with caplog.at_level("WARNING", logger="provisioner.vast.client"):
+        assert await vast.list_instances() == []
+    assert len(sleep.waits) == 1, "one backoff before the retry"
+    refused = [r for r in caplog.records if getattr(r, "event", None) == "auth-refused"]
+    assert len(refused) == 1 and refused[0].levelname == "WARNING"
+
+
+async def test_a_lasting_refusal_after_the_key_worked_is_not_an_auth_error(
+    router: respx.MockRouter, vast: VastClient
+) -> None:
+    """A key refused on every retry after it worked raises AuthRefusedAgain (retryable), not AuthError."""
+    router.get("/api/v0/users/current").respond(json={"id": 1})
+    router.get("/api/v1/instances/").respond(403, json={"error": "not_authorized"})
+    await vast.whoami()
+    with pytest.raises(errors.AuthRefusedAgain) as caught:
+        await vast.list_instances()
+    assert not isinstance(caught.value, errors.AuthError)
+    assert isinstance(caught.value, errors.VastUnavailable) and caught.value.status == 403
+
+
+async def test_a_key_refused_from_the_start_is_an_auth_error(
+    router: respx.MockRouter, vast: VastClient, sleep: FakeSleep
+) -> None:
+    """A key that never worked in this process: 401 is AuthError at once (the daemon exits 3), no retry."""
+    route = router.get("/api/v0/users/current").respond(401, json={"error": "auth_error"})
+    with pytest.raises(errors.AuthError):
+        await vast.whoami()
+    assert route.call_count == 1 and not sleep.waits
+    assert vast.key_worked is False
