@@ -89,6 +89,10 @@ class Blacklist:
     def deadline_s(self) -> float:
         return self._deadline_s
 
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
     async def _run(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         return await store.run_redis(op, fn, self._deadline_s)
 

@@ -129,6 +129,8 @@ class Offer:
 
 #: actual_status values from which an instance never reaches ``running`` (vast-api.md §6.5).
 DEAD_STATUSES = frozenset({"exited", "offline", "unknown", "destroyed", "terminated", "stopped", "frozen"})
+#: every actual_status value Vast is known to use (vast-api.md §6.5); ``null`` means provisioning.
+KNOWN_STATUSES = DEAD_STATUSES | {"created", "loading", "running", "rebooting", "recycling", "restarting"}
 #: words in ``status_msg`` that mean the container failed to start.
 FAILURE_MARKERS = (
     "oci runtime",
@@ -195,6 +197,11 @@ class Instance:
     @property
     def is_running(self) -> bool:
         return self.actual_status == "running"
+
+    @property
+    def status_unknown(self) -> bool:
+        """An ``actual_status`` Vast was never seen to use: neither booting nor dead, just unknown."""
+        return self.actual_status is not None and self.actual_status not in KNOWN_STATUSES
 
     def host_port(self, container_port: int) -> int | None:
         return self.ports.get(container_port)

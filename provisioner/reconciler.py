@@ -18,6 +18,7 @@ from typing import Protocol
 
 from provisioner import (
     applying,
+    doubt,
     errors,
     events,
     model,
@@ -38,7 +39,9 @@ Clock = Callable[[], float]
 class FleetPort(Protocol):
     """The pods' shared heartbeats (optional); ``fleet.GuardedFleet`` never raises."""
 
-    async def beat(self, label: str, instance_ids: Sequence[int], dph: float) -> None: ...
+    async def beat(
+        self, label: str, instance_ids: Sequence[int], dph: float, *, settle: bool = False
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class ReconcilerView:
     first_seen: Mapping[int, float]
     template_pending: bool
     events: tuple[events.Event, ...]
+    #: why this pod rents nothing although it needs an instance (spend cap, rent brakes, template)
+    waiting_reason: str | None = None
 
 
 class Reconciler:
@@ -207,6 +212,7 @@ class Reconciler:
             self.state.adoptions_counted = True
             await self._count_adoptions(listed)
         await self._confirm_rentals(instances, now)
+        await self._confirm_doubts(instances, now)
         tracked = self.state.tracked
         for iid in instances:
             if tracked[iid].first_seen is None:
@@ -244,6 +250,49 @@ class Reconciler:
             elif now >= self.state.rent_hold_until:
                 tracked[iid].unconfirmed = False
 
+    async def _confirm_doubts(self, instances: dict[int, model.Instance], now: float) -> None:
+        """An expected instance missing from the list, or the served one listed without its endpoints,
+        is shown directly, and the served one health-checked, before the tick believes it."""
+        state, desired = self.state, self.desired
+        served = state.serving
+        previous = state.last_observation.instances if state.last_observation is not None else ()
+        for iid in doubt.expected_ids(previous, served):
+            record = state.tracked.get(iid)
+            is_served = served is not None and served.id == iid
+            if (record is not None and record.destroyed) or (iid in instances and not is_served):
+                continue
+            finding = await doubt.confirm(
+                iid, instances.get(iid), desired.label, desired, self.vast.show_instance
+            )
+            if finding is None:
+                if record is not None:
+                    record.doubted_since = None
+                continue
+            if served is not None and is_served:
+                since = record.doubted_since if record is not None and record.doubted_since else now
+                check = self.adapters.health.check
+                finding = await doubt.settle_served(finding, served, desired, check, now - since)
+            self._apply_finding(finding, instances, now)
+
+    def _apply_finding(
+        self, finding: doubt.Finding, instances: dict[int, model.Instance], now: float
+    ) -> None:
+        iid, record = finding.instance_id, self.state.tracked[finding.instance_id]
+        if finding.entry is None:
+            instances.pop(iid, None)
+            record.doubted_since = None
+            log.warning("instance %s was %s and show confirms it is gone", iid, finding.odd)
+            return
+        instances[iid] = finding.entry
+        if not finding.kept:
+            record.doubted_since = None
+            log.info("instance %s was %s once; show lists it: the list answer is ignored", iid, finding.odd)
+            return
+        if record.doubted_since is None:
+            record.doubted_since = now
+            detail = f"{finding.odd}, but it answers: still served on its last known address"
+            self.record(events.EventKind.LIST_DOUBTED, detail, iid, logging.WARNING)
+
     async def _check_listed(self, instances: Iterable[model.Instance], now: float) -> None:
         """Health-check each instance with endpoints; one that lost them restarts its boot clock."""
         for inst in instances:
@@ -276,19 +325,15 @@ class Reconciler:
 
     # ------------------------------------------------------------ tick
 
-    async def apply(self, plan: planning.Plan) -> None:
-        await self.executor.apply(plan)
-
-    async def render_unavailable(self, reason: str) -> None:
-        await self.executor.render_unavailable(reason)
-
     async def tick(self) -> planning.Plan:
         """Observe, plan and apply once. Vast errors propagate to the loop, which backs off."""
         observation = await self.observe()
         self.state.last_observation = observation
         plan = planning.plan(self.desired, observation, self.policy)
         self._log_progress(plan, observation)
-        await self.apply(plan)
+        if not any(isinstance(action, planning.Rent) for action in plan.actions):
+            self.state.waiting_reason = None
+        await self.executor.apply(plan)
         await self.beat()
         self.state.last_plan = plan
         self.state.phase = plan.phase
@@ -307,38 +352,18 @@ class Reconciler:
         """Write this pod's heartbeat (the reaper and the other pods' spend guards read it)."""
         if self.adapters.fleet is not None:
             ids, dph = self.own_spend()
-            await self.adapters.fleet.beat(self.desired.label, ids, dph)
+            settle, self.state.spend_reserved = self.state.spend_reserved, False
+            await self.adapters.fleet.beat(self.desired.label, ids, dph, settle=settle)
 
     # ------------------------------------------------------------ progress lines
 
     def log_progress_if_quiet(self, quiet_s: float) -> None:
-        """Repeat the progress line (elapsed as of now) when none was logged for ``quiet_s``.
+        """Repeat the progress line when none was logged for ``quiet_s`` (``progress.log_if_quiet``)."""
+        progress.log_if_quiet(log, self.state, self.clock(), quiet_s)
 
-        Ticks log progress themselves; this covers long poll intervals and failing ticks, so the
-        log is never silent for long while this pod has no healthy instance.
-        """
-        now = self.clock()
-        state = self.state
-        plan, obs = state.last_plan, state.last_observation
-        serving = plan is not None and plan.phase is planning.Phase.SERVING
-        if serving or now - state.last_progress_at < quiet_s:
-            return
-        if plan is None or obs is None:
-            state.last_progress_at = now
-            log.info("no successful reconcile tick yet: %s", state.unserve_reason)
-            return
-        if not self._log_progress(plan, obs, now):
-            state.last_progress_at = now
-            since = now - state.last_list_ok_at
-            log.info("%s: %s; last successful list %.0fs ago", plan.phase, state.unserve_reason, since)
-
-    def _log_progress(self, plan: planning.Plan, obs: planning.Observation, now: float | None = None) -> bool:
-        """One line per booting or ready instance; True when any was logged."""
-        at = obs.now if now is None else now
-        if progress.log_instances(log, plan, obs, at):
-            self.state.last_progress_at = at
-            return True
-        return False
+    def _log_progress(self, plan: planning.Plan, obs: planning.Observation) -> None:
+        if progress.log_instances(log, plan, obs, obs.now):
+            self.state.last_progress_at = obs.now
 
 
 def view_of(state: tracking.ReconcilerState) -> ReconcilerView:
@@ -358,6 +383,7 @@ def view_of(state: tracking.ReconcilerState) -> ReconcilerView:
         first_seen=state.tracked.first_seen(),
         template_pending=state.template_pending,
         events=tuple(state.events),
+        waiting_reason=state.waiting_reason,
     )
 
 

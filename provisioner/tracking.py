@@ -56,6 +56,10 @@ class Tracked:
     rent_price: float | None = None
     #: rented (or maybe rented) by this process and not shown by a list yet
     unconfirmed: bool = False
+    #: destroyed by this process (its absence from the next list is expected, not doubted)
+    destroyed: bool = False
+    #: since when an odd list answer about it is doubted (the last known entry stands in)
+    doubted_since: float | None = None
 
 
 class Tracker:
@@ -130,6 +134,10 @@ class ReconcilerState:
     template_hash: str | None = None
     #: the template is not checked yet (the API was busy): renting waits for it
     template_pending: bool = False
+    #: why no rental happens although one is wanted (spend cap, rent brakes, template, no offer)
+    waiting_reason: str | None = None
+    #: a rental's $/h is reserved in Redis until the next heartbeat counts it
+    spend_reserved: bool = False
     serving: model.Instance | None = None
     upstreams: dict[int, model.Upstream] = field(default_factory=dict)
     unserve_reason: str = "starting"
