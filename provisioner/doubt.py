@@ -16,10 +16,13 @@ address or a port, a status Vast was never seen to use) are doubted.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from provisioner import model, planning
+from provisioner import model, planning, tracking
+
+log = logging.getLogger("provisioner.reconciler")
 
 #: how long a served instance that the list and ``show`` call gone may keep serving while it answers
 GONE_DOUBT_S = 60.0
@@ -91,3 +94,64 @@ def expected_ids(previous: Iterable[model.Instance], served: model.Instance | No
     if served is not None:
         ids.add(served.id)
     return sorted(ids)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where a doubted entry is confirmed: ``show`` (the Vast client) and the upstream health check."""
+
+    show: Show
+    check: Check
+
+
+async def confirm_expected(
+    state: tracking.ReconcilerState,
+    instances: dict[int, model.Instance],
+    now: float,
+    desired: model.DesiredSpec,
+    sources: Sources,
+) -> list[tuple[int, str]]:
+    """Confirm every expected instance the list (``instances``, corrected in place) contradicts.
+
+    Returns the doubts that began now (instance id, detail): the reconciler records them.
+    """
+    served = state.serving
+    previous = state.last_observation.instances if state.last_observation is not None else ()
+    began: list[tuple[int, str]] = []
+    for iid in expected_ids(previous, served):
+        record = state.tracked.get(iid)
+        is_served = served is not None and served.id == iid
+        if (record is not None and record.destroyed) or (iid in instances and not is_served):
+            continue
+        finding = await confirm(iid, instances.get(iid), desired.label, desired, sources.show)
+        if finding is None:
+            if record is not None:
+                record.doubted_since = None
+            continue
+        if served is not None and is_served:
+            since = record.doubted_since if record is not None and record.doubted_since else now
+            finding = await settle_served(finding, served, desired, sources.check, now - since)
+        if _apply(finding, state.tracked[iid], instances, now):
+            began.append((iid, f"{finding.odd}, but it answers: still served on its last known address"))
+    return began
+
+
+def _apply(
+    finding: Finding, record: tracking.Tracked, instances: dict[int, model.Instance], now: float
+) -> bool:
+    """Put what was confirmed into ``instances``; True when a doubt episode begins."""
+    iid = finding.instance_id
+    if finding.entry is None:
+        instances.pop(iid, None)
+        record.doubted_since = None
+        log.warning("instance %s was %s and show confirms it is gone", iid, finding.odd)
+        return False
+    instances[iid] = finding.entry
+    if not finding.kept:
+        record.doubted_since = None
+        log.info("instance %s was %s once; show lists it: the list answer is ignored", iid, finding.odd)
+        return False
+    if record.doubted_since is not None:
+        return False
+    record.doubted_since = now
+    return True

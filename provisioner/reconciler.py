@@ -134,6 +134,15 @@ class Reconciler:
     def view(self) -> ReconcilerView:
         return view_of(self.state)
 
+    async def note_clean_stop(self) -> None:
+        """The process stops cleanly (SIGTERM): the next start adopting these instances is no crash
+        and does not count toward the restart threshold. The daemon calls this on shutdown."""
+        obs = self.state.last_observation
+        ids = {i.id for i in obs.instances} if obs is not None else set()
+        ids.update(self.state.tracked.unconfirmed())
+        if self.adapters.bans is not None and ids:
+            await self.adapters.bans.mark_clean_stop(ids)
+
     # ------------------------------------------------------------ events
 
     def record(
@@ -251,46 +260,9 @@ class Reconciler:
                 tracked[iid].unconfirmed = False
 
     async def _confirm_doubts(self, instances: dict[int, model.Instance], now: float) -> None:
-        """An expected instance missing from the list, or the served one listed without its endpoints,
-        is shown directly, and the served one health-checked, before the tick believes it."""
-        state, desired = self.state, self.desired
-        served = state.serving
-        previous = state.last_observation.instances if state.last_observation is not None else ()
-        for iid in doubt.expected_ids(previous, served):
-            record = state.tracked.get(iid)
-            is_served = served is not None and served.id == iid
-            if (record is not None and record.destroyed) or (iid in instances and not is_served):
-                continue
-            finding = await doubt.confirm(
-                iid, instances.get(iid), desired.label, desired, self.vast.show_instance
-            )
-            if finding is None:
-                if record is not None:
-                    record.doubted_since = None
-                continue
-            if served is not None and is_served:
-                since = record.doubted_since if record is not None and record.doubted_since else now
-                check = self.adapters.health.check
-                finding = await doubt.settle_served(finding, served, desired, check, now - since)
-            self._apply_finding(finding, instances, now)
-
-    def _apply_finding(
-        self, finding: doubt.Finding, instances: dict[int, model.Instance], now: float
-    ) -> None:
-        iid, record = finding.instance_id, self.state.tracked[finding.instance_id]
-        if finding.entry is None:
-            instances.pop(iid, None)
-            record.doubted_since = None
-            log.warning("instance %s was %s and show confirms it is gone", iid, finding.odd)
-            return
-        instances[iid] = finding.entry
-        if not finding.kept:
-            record.doubted_since = None
-            log.info("instance %s was %s once; show lists it: the list answer is ignored", iid, finding.odd)
-            return
-        if record.doubted_since is None:
-            record.doubted_since = now
-            detail = f"{finding.odd}, but it answers: still served on its last known address"
+        """Confirm what contradicts what the pod knows before the tick believes it (``doubt.py``)."""
+        sources = doubt.Sources(self.vast.show_instance, self.adapters.health.check)
+        for iid, detail in await doubt.confirm_expected(self.state, instances, now, self.desired, sources):
             self.record(events.EventKind.LIST_DOUBTED, detail, iid, logging.WARNING)
 
     async def _check_listed(self, instances: Iterable[model.Instance], now: float) -> None:

@@ -30,6 +30,8 @@ class HostBans(Protocol):
 
     async def record(self, instance: model.Instance, kind: str, value: float = 0.0) -> None: ...
 
+    async def mark_clean_stop(self, instance_ids: Iterable[int]) -> None: ...
+
 
 @dataclass
 class Tracked:
