@@ -191,3 +191,109 @@ async def closed_loop(
     finally:
         await asyncio.gather(*(conn.close() for conn in conns))
     return latencies, wall_s, errors[0]
+
+
+async def open_all(host: str, port: int, count: int) -> list[Connection]:
+    """``count`` keepalive connections, each already past one request-free TCP connect."""
+    conns = [Connection(host, port) for _ in range(count)]
+    await asyncio.gather(*(conn.open() for conn in conns))
+    return conns
+
+
+async def close_all(conns: list[Connection]) -> None:
+    await asyncio.gather(*(conn.close() for conn in conns))
+
+
+@dataclass
+class Cell:
+    """One measured stretch of load: per-request latencies (or times to first event) and errors."""
+
+    latencies_s: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    errors: int = 0
+
+
+async def _one(conn: Connection, stream_target: str | None, target: str, body: bytes | None) -> float:
+    """One request (or one stream, read to its end): its latency (or time to the first event)."""
+    if stream_target is None:
+        headers = [("Content-Type", "application/json")] if body is not None else []
+        response = await conn.request("POST" if body is not None else "GET", target, body, headers)
+        if not 200 <= response.status < 300:
+            raise ClosedError(f"status {response.status}")
+        return response.latency_s
+    result = await conn.stream(stream_target)
+    if result.status != 200 or not result.event_at:
+        raise ClosedError(f"status {result.status}, {len(result.event_at)} events")
+    return result.event_at[0] - result.sent_at
+
+
+async def run_for(
+    conns: list[Connection],
+    duration_s: float,
+    target: str,
+    body: bytes | None = None,
+    stream_target: str | None = None,
+    rate: float = 0.0,
+) -> Cell:
+    """Closed loop: every connection sends requests (or opens streams) back to back for ``duration_s``.
+
+    With ``rate`` > 0 the connections take turns on a schedule of ``rate`` requests per second in all
+    (a connection still busy when its turn comes sends late, and the schedule does not catch up).
+    """
+    cell = Cell()
+    started = time.perf_counter()
+    deadline = started + duration_s
+
+    async def client(index: int, conn: Connection) -> None:
+        turn = 0
+        while time.perf_counter() < deadline:
+            if rate > 0:
+                wait = started + (turn * len(conns) + index) / rate - time.perf_counter()
+                turn += 1
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            try:
+                cell.latencies_s.append(await _one(conn, stream_target, target, body))
+            except (ClosedError, OSError):
+                cell.errors += 1
+                await conn.close()
+
+    await asyncio.gather(*(client(i, conn) for i, conn in enumerate(conns)))
+    cell.wall_s = time.perf_counter() - started
+    return cell
+
+
+async def burst(
+    conns: list[Connection], target: str, body: bytes | None = None, stream_target: str | None = None
+) -> Cell:
+    """Every connection sends one request at the same moment; each one's latency."""
+    cell = Cell()
+    started = time.perf_counter()
+
+    async def client(conn: Connection) -> None:
+        try:
+            cell.latencies_s.append(await _one(conn, stream_target, target, body))
+        except (ClosedError, OSError):
+            cell.errors += 1
+            await conn.close()
+
+    await asyncio.gather(*(client(conn) for conn in conns))
+    cell.wall_s = time.perf_counter() - started
+    return cell
+
+
+def load_for(
+    host: str, port: int, concurrency: int, duration_s: float, target: str, rate: float = 0.0
+) -> tuple[int, float, int]:
+    """In a process of its own: GETs for ``duration_s`` (see ``run_for``); (requests, wall s, errors)."""
+
+    async def run() -> Cell:
+        conns = await open_all(host, port, concurrency)
+        try:
+            await run_for(conns, 0.3, target, rate=rate)  # warm-up
+            return await run_for(conns, duration_s, target, rate=rate)
+        finally:
+            await close_all(conns)
+
+    cell = asyncio.run(run())
+    return len(cell.latencies_s), cell.wall_s, cell.errors

@@ -1,4 +1,9 @@
-"""The proxies under test: our nginx config (``render_nginx_conf``) and a baseline in the earlier style.
+"""The proxies under test: our nginx config (``render_nginx_conf``), our earlier one, and a baseline.
+
+``earlier_conf`` is what ``render_nginx_conf`` wrote before issue 14 (upstream ``keepalive 32``,
+``keepalive_timeout 60s``, nginx's default ``keepalive_requests 1000``, ``worker_connections 1024``),
+written out here so that the benchmarks can keep comparing against it. ``static_conf`` is a fast upstream
+(nginx answering 200 itself), for loads the Python GPU app cannot serve on a small machine.
 
 The baseline is written by hand the way the earlier implementation proxied (``/work/shared/prior-art.md``):
 one plain server block, ``proxy_pass http://IP:PORT;``, no upstream keepalive, HTTP/1.0 to the upstream,
@@ -61,6 +66,109 @@ BASELINE_SERVER = """
     }}
 """
 
+EARLIER_TEMPLATE = """\
+# Our config before issue 14 (render_nginx_conf at 7bb8c25; the 502/504 pages left out).
+worker_processes 1;
+pid {state}/nginx.pid;
+error_log stderr warn;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+    client_body_temp_path {state}/client_body_temp;
+    proxy_temp_path {state}/proxy_temp;
+    fastcgi_temp_path {state}/fastcgi_temp;
+    uwsgi_temp_path {state}/uwsgi_temp;
+    scgi_temp_path {state}/scgi_temp;
+
+    server_tokens off;
+    default_type application/octet-stream;
+    tcp_nodelay on;
+    keepalive_timeout 75s;
+    reset_timedout_connection on;
+
+    log_format provisioner_json escape=json
+        '{{"time":"$time_iso8601","remote_addr":"$remote_addr","method":"$request_method",'
+        '"uri":"$request_uri","status":$status,"bytes":$body_bytes_sent,"request_time":$request_time,'
+        '"listen_port":$server_port,"upstream_addr":"$upstream_addr","upstream_status":"$upstream_status",'
+        '"upstream_response_time":"$upstream_response_time"}}';
+    access_log /dev/stdout provisioner_json;
+
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      '';
+    }}
+
+    map $http_x_forwarded_proto $forwarded_proto {{
+        default $http_x_forwarded_proto;
+        ''      $scheme;
+    }}
+
+    upstream listener {{
+        server {host}:{port} max_fails=0;
+        keepalive 32;
+        keepalive_timeout 60s;
+    }}
+
+    server {{
+        listen 127.0.0.1:{listen};
+        client_max_body_size 10M;
+
+        location / {{
+            proxy_pass http://listener;
+            proxy_http_version 1.1;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Host $host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $forwarded_proto;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Forwarded-Port $server_port;
+            proxy_set_header Proxy "";
+
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_cache off;
+
+            proxy_connect_timeout 10s;
+            proxy_read_timeout 600s;
+            proxy_send_timeout 600s;
+
+            proxy_next_upstream off;
+        }}
+    }}
+}}
+"""
+
+STATIC_TEMPLATE = """\
+# A fast stand-in upstream: nginx answers itself.
+worker_processes 1;
+pid {state}/nginx.pid;
+error_log stderr warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    client_body_temp_path {state}/client_body_temp;
+    proxy_temp_path {state}/proxy_temp;
+    fastcgi_temp_path {state}/fastcgi_temp;
+    uwsgi_temp_path {state}/uwsgi_temp;
+    scgi_temp_path {state}/scgi_temp;
+    access_log off;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{listen};
+        location / {{
+            default_type application/json;
+            return 200 '{{"ok":true}}';
+        }}
+    }}
+}}
+"""
+
 #: a baseline variant for streams from a server that does not send ``X-Accel-Buffering: no``
 IGNORE_ACCEL = "\n            proxy_ignore_headers X-Accel-Buffering;"
 
@@ -74,6 +182,14 @@ def ours_conf(state_dir: Path, listen_port: int, host: str, port: int) -> str:
         listen_address="127.0.0.1",
     )
     return rendering.render_nginx_conf(cfg, {listen_port: model.Upstream(listen_port, host, port)})
+
+
+def earlier_conf(state_dir: Path, listen_port: int, host: str, port: int) -> str:
+    return EARLIER_TEMPLATE.format(state=state_dir, listen=listen_port, host=host, port=port)
+
+
+def static_conf(state_dir: Path, listen_port: int) -> str:
+    return STATIC_TEMPLATE.format(state=state_dir, listen=listen_port)
 
 
 def baseline_conf(state_dir: Path, servers: list[tuple[int, bool]], host: str, port: int) -> str:

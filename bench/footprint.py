@@ -12,14 +12,22 @@ extrapolated to an hour. CPU time is counted in clock ticks (10 ms), so over 120
 good to about ±0.3 s per hour. Then 3 000 proxied requests (8 clients) through the pod's nginx to the sim's
 GPU app, to show what traffic costs each process: nginx proxies, and the provisioner copies nginx's
 JSON access log line by line from a pipe to its own stdout.
+
+Then where the provisioner's memory goes: a fresh interpreter imports, one step at a time in the order
+``provisioner run`` needs them, the libraries and modules the process loads, and reports what each
+step adds to its RSS (``/proc/self/status``), plus what the daemon's two ``httpx`` clients add once
+created (each loads a TLS context with the CA bundle). Most of an idle provisioner is imported code.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +37,65 @@ from bench import _common, _httpclient, _procs
 
 HZ = os.sysconf("SC_CLK_TCK")
 LOAD_REQUESTS = 3000
+#: import steps of ``provisioner run``, in the order it needs them: (label, modules imported)
+IMPORT_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("ssl (TLS for the Vast API)", ("ssl",)),
+    ("asyncio", ("asyncio",)),
+    ("pydantic + pydantic-settings (Settings)", ("pydantic", "pydantic_settings")),
+    ("jinja2 (the nginx.conf template)", ("jinja2",)),
+    (
+        "rich, pygments, click: only for httpx's optional CLI (rich is there because typer needs it)",
+        (
+            "click",
+            "pygments.lexers",
+            "rich.console",
+            "rich.markup",
+            "rich.progress",
+            "rich.syntax",
+            "rich.table",
+        ),
+    ),
+    ("httpx (with httpcore, h11, anyio, idna, certifi)", ("httpx",)),
+    ("redis.asyncio (blacklist, fleet, rent lock)", ("redis.asyncio",)),
+    ("tenacity", ("tenacity",)),
+    ("typer (the CLI; click already loaded)", ("typer",)),
+    ("starlette + uvicorn (admin server)", ("starlette.applications", "uvicorn")),
+    ("prometheus-client (/metrics)", ("prometheus_client",)),
+    ("provisioner's own modules", ("provisioner.cli", "provisioner.daemon", "provisioner.reconciler")),
+)
+_IMPORT_PROBE = """
+import importlib, json, sys
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+rows = [["python itself", rss()]]
+for label, modules in json.loads(sys.argv[1]):
+    before = rss()
+    for name in modules:
+        importlib.import_module(name)
+    rows.append([label, rss() - before])
+import httpx
+for label in ("first httpx.AsyncClient (TLS context, CA bundle)", "second httpx.AsyncClient"):
+    before = rss()
+    httpx.AsyncClient()
+    rows.append([label, rss() - before])
+rows.append(["total", rss()])
+print(json.dumps(rows))
+"""
+
+
+def import_costs() -> list[list[Any]]:
+    """[label, MiB] per import step of a fresh interpreter (see the module docstring), and the total."""
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, json.dumps(IMPORT_STEPS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    rows: list[list[Any]] = json.loads(out)
+    return rows
 
 
 def cpu_s(pid: int, *, children: bool = False) -> float:
@@ -206,6 +273,8 @@ def main() -> None:
     with _common.timed("benchmark 5"):
         result = run(args.window, args.settle)
     report(result)
+    print("where the provisioner's RSS goes: a fresh interpreter importing what `provisioner run` does\n")
+    _common.print_table(["step", "RSS added MiB"], import_costs(), digits=1)
 
 
 if __name__ == "__main__":

@@ -1,176 +1,149 @@
-"""Benchmark 1: latency and throughput to a remote GPU — direct, through our nginx, through the baseline.
+"""Benchmark 1: the proxy at serving concurrency — direct vs ours vs our earlier config, and /healthz.
 
-    .venv/bin/python -m bench.proxy_latency [--one-way-ms 25] [--delay-method auto|netns|relay] [--quick]
+    .venv/bin/python -m bench.proxy_latency [--one-way-ms 25] [--delay-method auto|netns|relay]
+                                            [--duration 1.5] [--rounds 3] [--quick]
 
-The simulated GPU app (``bench._gpu``) sits behind an emulated network delay (``bench._network``: netns +
-tc netem, else a delaying relay; the output says which). Three paths to it:
+Part 1, the sweep (``bench._sweep``): the simulated GPU app (``bench._gpu``) behind an emulated network
+delay (``bench._network``: netns + tc netem, else a delaying relay; the output says which). Three paths:
 
-* ``direct``    client -> delayed GPU
-* ``ours``      client -> nginx with the config ``render_nginx_conf`` writes -> delayed GPU
-* ``baseline``  client -> nginx with the earlier implementation's config (``bench._proxies``) -> delayed GPU
+* ``direct``   client -> delayed GPU
+* ``ours``     client -> nginx with the config ``render_nginx_conf`` writes now -> delayed GPU
+* ``earlier``  client -> nginx with the config it wrote before issue 14 (``bench._proxies.earlier_conf``:
+  ``keepalive 32``) -> delayed GPU
 
-Closed-loop clients (1, then 16) on keepalive connections send ``POST /v1/completions`` with a 1 KB
-JSON body; the GPU echoes it. The client's keepalive is on everywhere, so the differences come from the
-proxy's hop to the GPU. The GPU app counts the TCP connections it accepts during the measured requests
-(``new upstream TCP conns``: after a warm-up that lets a proxy fill its keepalive pool; each client's one
-untimed first request is included).
+Closed-loop clients (1, 16, 64, 256) sending single requests (``POST`` 1 KB, echoed) or opening token
+streams (SSE; time to the first event), and bursts (64 and 256 requests at once after 1 s idle), each
+with p50, p99 and the TCP connections the GPU accepted during the measured part.
+
+Part 2 (``bench._healthz_load``): ``/healthz`` latency on a loop that also runs ``NginxProcess`` (and so
+copies nginx's access log) while the proxy carries 2,000 requests/s, then as many as the clients manage,
+against the same load sent straight to the upstream; with CPU per request of that process and of nginx's
+worker. Only 127.0.0.1; the whole run takes about 2 minutes.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-from pathlib import Path
 from typing import Any
 
-from bench import _common, _httpclient, _network, _proxies
+from bench import _common, _healthz_load, _network, _sweep
 
-PATHS = ("direct", "ours", "baseline")
-BODY = json.dumps({"model": "bench", "prompt": "lorem ipsum " * 80, "max_tokens": 16}).encode()
-TARGET = "/v1/completions"
-
-
-def measure(host: str, port: int, workdir: str, plan: list[list[int]]) -> list[dict[str, Any]]:
-    """Run where the client lives: start both nginx configs, load each path, return the raw figures."""
-    state = Path(workdir)
-    ours_port, base_port = _common.free_port(), _common.free_port()
-    targets = {"direct": (host, port), "ours": ("127.0.0.1", ours_port), "baseline": ("127.0.0.1", base_port)}
-    started: list[_proxies.Nginx] = []
-    results: list[dict[str, Any]] = []
-    try:
-        conf = _proxies.ours_conf(state / "ours", ours_port, host, port)
-        started.append(_proxies.Nginx(conf, state / "ours", [ours_port]))
-        conf = _proxies.baseline_conf(state / "baseline", [(base_port, False)], host, port)
-        started.append(_proxies.Nginx(conf, state / "baseline", [base_port]))
-        for concurrency, total in plan:
-            for name in PATHS:
-                h, p = targets[name]
-                warmup = max(3 * concurrency, 10)
-                asyncio.run(_httpclient.closed_loop(h, p, concurrency, warmup, "POST", TARGET, BODY))
-                asyncio.run(_httpclient.get_json(host, port, "/_bench/reset", "POST"))
-                latencies, wall_s, errors = asyncio.run(
-                    _httpclient.closed_loop(h, p, concurrency, total, "POST", TARGET, BODY)
-                )
-                counts: Any = asyncio.run(_httpclient.get_json(host, port, "/_bench/connections"))
-                results.append(
-                    {
-                        "path": name,
-                        "concurrency": concurrency,
-                        "requests": total,
-                        "latencies_s": latencies,
-                        "wall_s": wall_s,
-                        "errors": errors,
-                        "upstream_connections": counts["connections"],
-                        "upstream_requests": counts["requests"],
-                    }
-                )
-                p50 = _common.percentile(latencies, 50) * 1000
-                print(f"  {name:9} c={concurrency:<3} n={total:<5} p50={p50:6.1f} ms", flush=True)
-    finally:
-        for nginx in started:
-            nginx.stop()
-    return results
+LEVELS = [1, 16, 64, 256]
+BURSTS = [64, 256]
+HEALTHZ_RATES = [2000.0, 0.0]
+HEALTHZ_CLIENTS = 32
+#: the issue's target: ours within this many ms of direct at p50 and p99
+TARGET_MS = 2.0
 
 
-def report(results: list[dict[str, Any]], method: str, note: str, one_way_ms: float) -> None:
-    rtt_ms = 2 * one_way_ms
+def _stats(r: dict[str, Any]) -> tuple[float, float]:
+    lat = r["latencies_s"]
+    return _common.percentile(lat, 50) * 1000, _common.percentile(lat, 99) * 1000
+
+
+def report_sweep(results: list[dict[str, Any]], note: str) -> None:
     print(f"delay: {note}\n")
+    by = {(r["kind"], r["clients"], r["path"]): r for r in results}
     rows = []
-    by: dict[tuple[str, int], dict[str, float]] = {}
-    for r in results:
-        lat = r["latencies_s"]
-        p50, p99 = _common.percentile(lat, 50) * 1000, _common.percentile(lat, 99) * 1000
-        rps = r["requests"] / r["wall_s"]
-        by[(r["path"], r["concurrency"])] = {"p50": p50, "p99": p99, "rps": rps}
+    for kind, clients in dict.fromkeys((r["kind"], r["clients"]) for r in results):
+        d, o, e = (by[(kind, clients, p)] for p in _sweep.PATHS)
+        (dp50, dp99), (op50, op99), (ep50, ep99) = _stats(d), _stats(o), _stats(e)
+        within = op50 - dp50 <= TARGET_MS and op99 - dp99 <= TARGET_MS
         rows.append(
             [
-                r["path"],
-                r["concurrency"],
-                r["requests"],
-                p50,
-                p99,
-                sum(lat) / len(lat) * 1000,
-                rps,
-                r["upstream_connections"],
-                r["errors"],
+                kind,
+                clients,
+                len(o["latencies_s"]),
+                f"{dp50:.1f} / {dp99:.1f}",
+                f"{op50:.1f} / {op99:.1f}",
+                f"{ep50:.1f} / {ep99:.1f}",
+                f"{op50 - dp50:+.1f} / {op99 - dp99:+.1f}",
+                o["new_upstream"],
+                e["new_upstream"],
+                d["errors"] + o["errors"] + e["errors"],
+                "met" if within and o["new_upstream"] == 0 else "missed",
             ]
         )
     columns = [
-        "path",
+        "load",
         "clients",
-        "requests",
-        "p50 ms",
-        "p99 ms",
-        "mean ms",
-        "req/s",
-        "new upstream TCP conns",
+        "requests (ours)",
+        "direct p50 / p99 ms",
+        "ours p50 / p99 ms",
+        "earlier p50 / p99 ms",
+        "ours − direct p50 / p99 ms",
+        "new upstream conns, ours",
+        "… earlier",
         "errors",
+        f"ours ≤ direct + {TARGET_MS:g} ms, 0 new",
     ]
+    print("stream rows: time to the first event; burst rows: all requests of the measured bursts\n")
     _common.print_table(columns, rows)
-    comparison = []
-    for c in sorted({r["concurrency"] for r in results}):
-        d, o, b = by[("direct", c)], by[("ours", c)], by[("baseline", c)]
-        comparison.append(
+
+
+def report_healthz(results: list[dict[str, Any]]) -> None:
+    rows = []
+    for r in results:
+        probes = r["probes_s"]
+        rows.append(
             [
-                c,
-                o["p50"] - d["p50"],
-                o["p99"] - d["p99"],
-                b["p50"] - o["p50"],
-                (b["p50"] - o["p50"]) / rtt_ms,
-                o["rps"] / b["rps"],
-                "met" if o["p50"] - d["p50"] <= 1.0 else "missed",
+                f"{r['rate']:.0f}" if r["rate"] else "max",
+                r["path"],
+                r["requests"] / r["wall_s"],
+                _common.percentile(probes, 50) * 1000,
+                _common.percentile(probes, 99) * 1000,
+                max(probes) * 1000 if probes else float("nan"),
+                r["probe_failures"],
+                r["cpu_pod_s"] / max(r["requests"], 1) * 1e6,
+                r["cpu_nginx_s"] / max(r["requests"], 1) * 1e6,
+                r["errors"],
             ]
         )
     print(
-        f"targets: ours within 1 ms of direct at p50; "
-        f"about one RTT ({rtt_ms:g} ms) faster than the baseline\n"
+        f"/healthz under load: {HEALTHZ_CLIENTS} clients, GETs to a fast upstream on loopback; "
+        "the loop pod's CPU includes answering the probes\n"
     )
-    _common.print_table(
-        [
-            "clients",
-            "ours − direct p50 ms",
-            "ours − direct p99 ms",
-            "baseline − ours p50 ms",
-            "… in RTTs",
-            "ours/baseline req/s",
-            "≤ 1 ms target",
-        ],
-        comparison,
-        digits=2,
-    )
-    plot(results, f"{rtt_ms:g} ms RTT emulated by {'tc netem' if method == 'netns' else 'a delaying relay'}")
+    columns = [
+        "offered req/s",
+        "path",
+        "req/s",
+        "/healthz p50 ms",
+        "/healthz p99 ms",
+        "/healthz max ms",
+        "probe failures",
+        "loop pod CPU µs/req",
+        "nginx worker CPU µs/req",
+        "errors",
+    ]
+    _common.print_table(columns, rows)
 
 
 def plot(results: list[dict[str, Any]], subtitle: str) -> None:
     plt = _common.pyplot()
-    colors = {"direct": "#555555", "ours": "#1f77b4", "baseline": "#d62728"}
-    levels = sorted({r["concurrency"] for r in results})
-    fig, axes = plt.subplots(1, len(levels) + 1, figsize=(5 * (len(levels) + 1), 4.2))
-    for ax, c in zip(axes, levels, strict=False):
-        for r in (r for r in results if r["concurrency"] == c):
-            lat = sorted(x * 1000 for x in r["latencies_s"])
-            ys = [(i + 1) / len(lat) for i in range(len(lat))]
-            ax.plot(lat, ys, label=r["path"], color=colors[r["path"]], linewidth=1.8)
-        ax.set_title(f"latency CDF, {c} client{'s' if c > 1 else ''}")
-        ax.set_xlabel("request latency (ms)")
-        ax.set_ylabel("fraction of requests")
-        ax.legend(loc="lower right")
-    ax = axes[-1]
+    colors = {"direct": "#555555", "ours": "#1f77b4", "earlier": "#d62728"}
+    cells = list(dict.fromkeys((r["kind"], r["clients"]) for r in results))
+    by = {(r["kind"], r["clients"], r["path"]): r for r in results}
+    labels = [f"{kind}\n{clients}" for kind, clients in cells]
+    fig, axes = plt.subplots(3, 1, figsize=(12, 10), sharex=True)
     width = 0.27
-    for i, name in enumerate(PATHS):
-        values = [
-            next(r["requests"] / r["wall_s"] for r in results if r["path"] == name and r["concurrency"] == c)
-            for c in levels
-        ]
-        xs = [j + (i - 1) * width for j in range(len(levels))]
-        bars = ax.bar(xs, values, width, label=name, color=colors[name])
-        ax.bar_label(bars, fmt="%.0f", fontsize=8)
-    ax.set_xticks(range(len(levels)), [f"{c} client{'s' if c > 1 else ''}" for c in levels])
-    ax.set_ylabel("requests/s")
-    ax.set_title("throughput")
-    ax.legend()
-    fig.suptitle(f"POST 1 KB JSON to the simulated GPU; {subtitle}", fontsize=10)
+    for ax, (title, index) in zip(axes, (("p50 ms", 0), ("p99 ms", 1)), strict=False):
+        for i, name in enumerate(_sweep.PATHS):
+            xs = [j + (i - 1) * width for j in range(len(cells))]
+            values = [_stats(by[(k, c, name)])[index] for k, c in cells]
+            ax.bar(xs, values, width, label=name, color=colors[name])
+        ax.set_ylabel(title)
+        ax.legend(loc="upper left")
+    ax = axes[2]
+    for i, name in enumerate(_sweep.PATHS):
+        xs = [j + (i - 1) * width for j in range(len(cells))]
+        bars = ax.bar(xs, [by[(k, c, name)]["new_upstream"] for k, c in cells], width, color=colors[name])
+        ax.bar_label(bars, fontsize=7)
+    ax.set_ylabel("new upstream TCP conns")
+    ax.set_xticks(range(len(cells)), labels)
+    ax.set_xlabel(
+        "load (single requests, token streams: time to first event, bursts after 1 s idle) and clients"
+    )
+    fig.suptitle(f"direct vs ours vs the earlier config (keepalive 32); {subtitle}", fontsize=10)
     _common.save_plot(fig, "proxy_latency.png")
 
 
@@ -180,15 +153,28 @@ def main() -> None:
     )
     parser.add_argument("--one-way-ms", type=float, default=25.0, help="emulated delay each way (default 25)")
     parser.add_argument("--delay-method", choices=("auto", "netns", "relay"), default="auto")
-    parser.add_argument("--quick", action="store_true", help="a few requests only (smoke test)")
+    parser.add_argument("--duration", type=float, default=1.5, help="seconds per steady cell (default 1.5)")
+    parser.add_argument("--rounds", type=int, default=3, help="measured bursts per burst cell (default 3)")
+    parser.add_argument("--quick", action="store_true", help="a few short cells only (smoke test)")
     args = parser.parse_args()
-    plan = [[1, 40], [16, 200]] if args.quick else [[1, 300], [16, 2000]]
-    _common.header("Benchmark 1: proxy latency and throughput (direct vs ours vs baseline)")
+    levels, bursts, duration = (LEVELS, BURSTS, args.duration) if not args.quick else ([1, 16], [16], 0.4)
+    _common.header("Benchmark 1: the proxy at serving concurrency (direct vs ours vs earlier config)")
     with _common.timed("benchmark 1"), _network.delayed_gpu(args.one_way_ms, args.delay_method) as gpu:
         print(f"delay method: {gpu.method}\n", flush=True)
-        results = gpu.run_inner("bench.proxy_latency:measure", plan=plan)
+        sweep = gpu.run_inner(
+            "bench._sweep:measure",
+            levels=levels,
+            bursts=bursts,
+            duration_s=duration,
+            rounds=args.rounds if not args.quick else 1,
+            idle_s=1.0,
+        )
         method, note = gpu.method, gpu.note
-    report(results, method, note, args.one_way_ms)
+    healthz = _healthz_load.measure(3.0 if not args.quick else 1.0, HEALTHZ_CLIENTS, HEALTHZ_RATES)
+    report_sweep(sweep, note)
+    report_healthz(healthz)
+    emulator = "tc netem" if method == "netns" else "a delaying relay"
+    plot(sweep, f"{2 * args.one_way_ms:g} ms RTT emulated by {emulator}")
 
 
 if __name__ == "__main__":

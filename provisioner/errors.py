@@ -17,7 +17,9 @@ mapped at the boundary (``raise ... from exc``) and never escape raw.
     │   ├── VastRejected       any other 4xx: the request itself is wrong
     │   └── VastBadResponse    not JSON, or JSON of the wrong shape
     ├── StoreError             Redis failed or is unreachable
-    └── NginxError             nginx would not start, test or reload
+    ├── NginxError             nginx would not start, test or reload
+    ├── AdminServerError       the admin server cannot listen on ADMIN_HOST:ADMIN_PORT
+    └── ShutdownForced         a second signal cut the shutdown short
 """
 
 from __future__ import annotations
@@ -102,3 +104,16 @@ class StoreError(ProvisionerError):
 
 class NginxError(ProvisionerError):
     """nginx failed to start, to accept a config, or to reload."""
+
+
+class AdminServerError(ProvisionerError):
+    """The admin server cannot listen on ``ADMIN_HOST:ADMIN_PORT`` (the port is taken, say)."""
+
+    def __init__(self, host: str, port: int, problem: str) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(f"ADMIN_PORT: cannot listen on {host}:{port}: {problem}")
+
+
+class ShutdownForced(ProvisionerError):
+    """A second signal cut the shutdown short (nginx was stopped without its full drain)."""

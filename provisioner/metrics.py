@@ -2,12 +2,12 @@
 
 Three kinds of source feed them:
 
-* **events**: ``Metrics.on_event`` receives every ``reconciler.Event`` (rentals, destroys, bans, serves)
+* **events**: ``Metrics.on_event`` receives every ``events.Event`` (rentals, destroys, bans, serves)
   and turns them into counters and the time-to-ready histogram, in one place;
 * **calls**: ``VastCallObserver`` is the Vast client's ``CallObserver`` (one ``request_done`` per HTTP
   request, one ``rate_limit_wait`` per 429 backoff);
-* **state**: ``RuntimeCollector`` reads the daemon's state at scrape time (phase, instances, nginx
-  counters, readiness, cost), so nothing there can go stale between scrapes.
+* **state**: ``RuntimeCollector`` reads ``runtime.Runtime`` at scrape time (the reconciler's view: phase,
+  instances; nginx counters, readiness, cost), so nothing there can go stale between scrapes.
 
 Accrued cost: ``CostMeter`` integrates the summed ``dph_total`` ($/h) of every instance carrying our label
 over monotonic time. The set of instances and their prices is replaced after each successful list, an
@@ -20,17 +20,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from provisioner import admin
-
-if TYPE_CHECKING:
-    from provisioner import model
-    from provisioner.daemon import Runtime
-    from provisioner.events import Event
+from provisioner import events, model, reconciler, runtime
+from provisioner.runtime import Runtime
 
 PREFIX: Final = "vastprov"
 #: every phase a pod can be in (``planning.Phase`` plus ``starting`` before the first tick)
@@ -120,25 +116,7 @@ class Metrics:
             buckets=TIME_TO_READY_BUCKETS_S,
             registry=reg,
         )
-        self.api_requests = Counter(
-            f"{PREFIX}_vast_api_requests",
-            "HTTP requests to the Vast.ai API, by call and status (transport: no answer).",
-            ["call", "status"],
-            registry=reg,
-        )
-        self.api_errors = Counter(
-            f"{PREFIX}_vast_api_errors",
-            "Vast.ai API requests that failed (no answer, 4xx, 5xx), by call and status.",
-            ["call", "status"],
-            registry=reg,
-        )
-        self.api_duration = Histogram(
-            f"{PREFIX}_vast_api_request_duration_seconds",
-            "Duration of one HTTP request to the Vast.ai API, by call.",
-            ["call"],
-            buckets=API_DURATION_BUCKETS_S,
-            registry=reg,
-        )
+        self.api_requests, self.api_errors, self.api_duration = _api_metrics(reg)
         self.rate_limit_wait = Counter(
             f"{PREFIX}_vast_rate_limit_wait_seconds",
             "Seconds spent waiting because the Vast.ai API rate-limited us, by call.",
@@ -155,23 +133,26 @@ class Metrics:
 
     # ------------------------------------------------------------ feeds
 
-    def on_event(self, event: Event) -> None:
+    def on_event(self, event: events.Event) -> None:
         """The one place where reconciler events become metrics."""
         self.events.labels(event.kind).inc()
         reason = event.reason or "unknown"
         iid = event.instance_id
-        if event.kind == "rent":
+        if event.kind == events.EventKind.RENT:
             self.rentals.inc()
             if iid is not None:
                 self._rented_at[iid] = event.at
-        elif event.kind == "destroy":
+        elif event.kind == events.EventKind.DESTROY:
             self.replacements.labels(reason).inc()
             if iid is not None:
                 self._rented_at.pop(iid, None)
                 self.cost.drop(iid)
-        elif event.kind in ("ban", "condemn"):  # condemn: the blacklist banned an adopted instance's host
+        elif event.kind in (
+            events.EventKind.BAN,
+            events.EventKind.CONDEMN,
+        ):  # condemn: the blacklist banned an adopted instance's host
             self.bans.labels(reason).inc()
-        elif event.kind == "serve" and iid is not None and iid in self._rented_at:
+        elif event.kind == events.EventKind.SERVE and iid is not None and iid in self._rented_at:
             self.time_to_ready.observe(max(event.at - self._rented_at.pop(iid), 0.0))
 
     def note_instances(self, instances: Iterable[model.Instance]) -> None:
@@ -181,9 +162,33 @@ class Metrics:
     def note_rate_limit_wait(self, call: str, seconds: float) -> None:
         self.rate_limit_wait.labels(call_label(call)).inc(max(seconds, 0.0))
 
-    def bind(self, runtime: Runtime) -> None:
-        """Serve the state of ``runtime`` (read at scrape time) from this registry."""
-        self.registry.register(RuntimeCollector(runtime, self.cost))
+    def bind(self, state: Runtime) -> None:
+        """Serve ``state`` (read at scrape time) from this registry."""
+        self.registry.register(RuntimeCollector(state, self.cost))
+
+
+def _api_metrics(reg: CollectorRegistry) -> tuple[Counter, Counter, Histogram]:
+    """Requests, errors and durations of the Vast.ai API calls."""
+    requests = Counter(
+        f"{PREFIX}_vast_api_requests",
+        "HTTP requests to the Vast.ai API, by call and status (transport: no answer).",
+        ["call", "status"],
+        registry=reg,
+    )
+    errors = Counter(
+        f"{PREFIX}_vast_api_errors",
+        "Vast.ai API requests that failed (no answer, 4xx, 5xx), by call and status.",
+        ["call", "status"],
+        registry=reg,
+    )
+    duration = Histogram(
+        f"{PREFIX}_vast_api_request_duration_seconds",
+        "Duration of one HTTP request to the Vast.ai API, by call.",
+        ["call"],
+        buckets=API_DURATION_BUCKETS_S,
+        registry=reg,
+    )
+    return requests, errors, duration
 
 
 class VastCallObserver:
@@ -206,48 +211,22 @@ class VastCallObserver:
 class RuntimeCollector:
     """Gauges and counters read from the running daemon at each scrape."""
 
-    def __init__(self, runtime: Runtime, cost: CostMeter) -> None:
-        self.runtime = runtime
+    def __init__(self, state: Runtime, cost: CostMeter) -> None:
+        self.state = state
         self.cost = cost
 
     def collect(self) -> Iterator[Metric]:
-        runtime = self.runtime
-        rec: Any = runtime.reconciler
-        state = rec.view() if rec is not None else None
-        current = "starting" if state is None or state.phase is None else str(state.phase)
+        view = self.state.view()
+        current = runtime.phase_name(view)
         phase = GaugeMetricFamily(
             f"{PREFIX}_instance_state", "This pod's phase: 1 for the current one.", labels=["state"]
         )
         for name in STATES:
             phase.add_metric([name], 1.0 if name == current else 0.0)
         yield phase
-
-        ready, _ = admin.readiness(runtime)
+        ready, _ = runtime.readiness(self.state)
         yield GaugeMetricFamily(f"{PREFIX}_ready", "1 when a healthy upstream is served.", value=float(ready))
-
-        info = GaugeMetricFamily(
-            f"{PREFIX}_instance_info",
-            "One series per instance carrying this pod's label (latest list).",
-            labels=["instance_id", "host_id", "machine_id", "gpu_name", "status", "served"],
-        )
-        instances = _listed(state)
-        served_id = state.serving.id if state is not None and state.serving is not None else None
-        for inst in instances:
-            info.add_metric(
-                [
-                    str(inst.id),
-                    str(inst.host_id or ""),
-                    str(inst.machine_id or ""),
-                    inst.gpu_name or "",
-                    inst.actual_status or "none",
-                    "true" if inst.id == served_id else "false",
-                ],
-                1.0,
-            )
-        yield info
-        yield GaugeMetricFamily(
-            f"{PREFIX}_instances", "Instances carrying this pod's label (latest list).", value=len(instances)
-        )
+        yield from self._instances(view)
         yield GaugeMetricFamily(
             f"{PREFIX}_cost_per_hour_dollars",
             "What this pod's instances cost now, $/h (sum of dph_total; the served one when steady).",
@@ -258,14 +237,33 @@ class RuntimeCollector:
             "Accrued cost of this pod's instances since this process started, $ (estimate).",
             value=self.cost.dollars(),
         )
-        last_tick = state.last_tick_at if state is not None else 0.0
         yield GaugeMetricFamily(
             f"{PREFIX}_last_reconcile_timestamp_seconds",
             "Unix time of the last successful reconcile tick (0: none yet).",
-            value=last_tick,
+            value=view.last_tick_at if view is not None else 0.0,
+        )
+        yield from self._nginx()
+
+    def _instances(self, view: reconciler.ReconcilerView | None) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            f"{PREFIX}_instance_info",
+            "One series per instance carrying this pod's label (latest list).",
+            labels=["instance_id", "host_id", "machine_id", "gpu_name", "status", "served"],
+        )
+        observation = view.last_observation if view is not None else None
+        instances = tuple(observation.instances) if observation is not None else ()
+        served_id = view.serving.id if view is not None and view.serving is not None else None
+        for inst in instances:
+            labels = [str(inst.id), str(inst.host_id or ""), str(inst.machine_id or ""), inst.gpu_name or ""]
+            labels += [inst.actual_status or "none", "true" if inst.id == served_id else "false"]
+            info.add_metric(labels, 1.0)
+        yield info
+        yield GaugeMetricFamily(
+            f"{PREFIX}_instances", "Instances carrying this pod's label (latest list).", value=len(instances)
         )
 
-        nginx = runtime.nginx
+    def _nginx(self) -> Iterator[Metric]:
+        nginx = self.state.nginx
         yield GaugeMetricFamily(
             f"{PREFIX}_nginx_up",
             "1 when the nginx master runs.",
@@ -281,8 +279,3 @@ class RuntimeCollector:
             "Times nginx died and was started again.",
             value=nginx.restarts if nginx else 0,
         )
-
-
-def _listed(state: Any) -> tuple[model.Instance, ...]:
-    observation = getattr(state, "last_observation", None) if state is not None else None
-    return tuple(observation.instances) if observation is not None else ()

@@ -9,11 +9,12 @@ Everything nginx writes lives in the state directory, the directory of
 ``config_path``: the config, its temp copies, the pid file and nginx's temp
 directories (nginx creates those itself, also on ``nginx -t``).
 
-nginx's stdout and stderr are pipes of ours, read line by line and copied to our
-stdout and stderr; the tail of stderr is kept for error messages. The access log
-is written to ``/dev/stdout``, which nginx opens itself: that works on a pipe we
-own, but not on a stdout inherited from elsewhere when it belongs to another user
-(non-root container, ``su``) or is a socket (systemd's journal).
+nginx's stdout and stderr are pipes of ours, copied to our stdout and stderr by
+``nginx_output`` (the access log in whole-line batches; stderr line by line, its
+tail kept for error messages). The access log is written to ``/dev/stdout``,
+which nginx opens itself: that works on a pipe we own, but not on a stdout
+inherited from elsewhere when it belongs to another user (non-root container,
+``su``) or is a socket (systemd's journal).
 
 Only asyncio subprocesses here; config writes (with fsync) run in a thread,
 while the tiny reads of the pid file and of ``/proc`` are done in place.
@@ -26,14 +27,11 @@ import collections
 import contextlib
 import logging
 import os
-import re
 import signal
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-from provisioner import errors
+from provisioner import config_file, errors, nginx_output
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +40,7 @@ PID_FILE_NAME = "nginx.pid"
 #: Pauses before restarts after successive crashes; the last one repeats.
 RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
-_STDERR_TAIL_LINES = 20
-# "2026/11/22 17:02:49 [emerg] 8117#8117: " -> "[emerg] "
-_LOG_PREFIX_RE = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(\w+)\] \d+#\d+: (?:\*\d+ )?")
 _POLL_S = 0.02
-_LINE_LIMIT = 64 * 1024
 
 
 class NginxProcess:
@@ -77,9 +71,7 @@ class NginxProcess:
         self._config: str | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._pipe_tasks: list[asyncio.Task[None]] = []
-        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
-        self._error_count = 0  # [emerg]/[alert] lines seen, to notice a failed reload
-        self._last_errors: collections.deque[str] = collections.deque(maxlen=3)
+        self._stderr = nginx_output.ErrorLog()
         self._started = False
         self._lock = asyncio.Lock()
         self._stopping = False
@@ -105,7 +97,7 @@ class NginxProcess:
     async def test_config(self, text: str) -> None:
         """Run ``nginx -t`` on ``text``; raise ``NginxError`` with nginx's complaint if it fails."""
         await asyncio.to_thread(self.state_dir.mkdir, parents=True, exist_ok=True)
-        path = await asyncio.to_thread(self._write_temp, text)
+        path = await asyncio.to_thread(config_file.write_temp, self.config_path, text)
         try:
             argv = [self.binary, "-t", "-q", "-e", "stderr", "-p", f"{self.state_dir}/", "-c", str(path)]
             try:
@@ -128,7 +120,7 @@ class NginxProcess:
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)
         if proc.returncode != 0:
-            message = _summary((err + out).decode(errors="replace").splitlines(), path)
+            message = nginx_output.summary((err + out).decode(errors="replace").splitlines(), path)
             raise errors.NginxError(f"nginx rejected the config: {message}")
 
     async def apply(self, text: str) -> bool:
@@ -145,7 +137,7 @@ class NginxProcess:
                 return False
             await self.test_config(text)
             previous = self._config
-            await asyncio.to_thread(self._write_atomic, text)
+            await asyncio.to_thread(config_file.write_atomic, self.config_path, text)
             self._config = text
             if self.is_running:
                 try:
@@ -153,7 +145,7 @@ class NginxProcess:
                 except errors.NginxError:
                     # nginx keeps running the old config: put its file back so that a restart uses it
                     if previous is not None:
-                        await asyncio.to_thread(self._write_atomic, previous)
+                        await asyncio.to_thread(config_file.write_atomic, self.config_path, previous)
                     self._config = previous
                     raise
                 self.reloads += 1
@@ -168,7 +160,7 @@ class NginxProcess:
                 raise errors.NginxError(f"nginx is already running (pid {self.pid})")
             self._stopping = False
             await self.test_config(text)
-            await asyncio.to_thread(self._write_atomic, text)
+            await asyncio.to_thread(config_file.write_atomic, self.config_path, text)
             self._config = text
             self._started = True
             await self._spawn()
@@ -195,19 +187,10 @@ class NginxProcess:
                     if stop.is_set() or self._stopping:
                         return
                     await self._reap()
-                    detail = f"exit status {proc.returncode}{self._stderr_reason()}"
+                    detail = f"exit status {proc.returncode}{self._stderr.reason(self.config_path)}"
                 elif not self._started:
                     raise errors.NginxError("nginx was never started; nothing to supervise")
-                now = time.monotonic()
-                crashes.append(now)
-                while crashes and crashes[0] < now - self.restart_window_s:
-                    crashes.popleft()
-                if len(crashes) > self.restart_limit:
-                    raise errors.NginxError(
-                        f"nginx keeps dying: {len(crashes)} times in {self.restart_window_s:g} s; "
-                        f"last: {detail}"
-                    )
-                delay = RESTART_BACKOFF_S[min(len(crashes), len(RESTART_BACKOFF_S)) - 1]
+                delay = self._restart_delay(crashes, detail)
                 log.warning("nginx is down (%s); restarting in %g s", detail, delay)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
@@ -253,21 +236,24 @@ class NginxProcess:
 
     # ------------------------------------------------------------ internals
 
+    def _restart_delay(self, crashes: collections.deque[float], detail: str) -> float:
+        """Count a death; the pause before the restart, or ``NginxError`` if nginx keeps dying."""
+        now = time.monotonic()
+        crashes.append(now)
+        while crashes and crashes[0] < now - self.restart_window_s:
+            crashes.popleft()
+        if len(crashes) > self.restart_limit:
+            raise errors.NginxError(
+                f"nginx keeps dying: {len(crashes)} times in {self.restart_window_s:g} s; last: {detail}"
+            )
+        return RESTART_BACKOFF_S[min(len(crashes), len(RESTART_BACKOFF_S)) - 1]
+
     async def _spawn(self) -> None:
         """Start nginx on the config file and wait until it listens (the pid file names it)."""
         await asyncio.to_thread(self.pid_path.unlink, missing_ok=True)
-        self._stderr_tail.clear()
-        argv = [
-            self.binary,
-            "-e",
-            "stderr",
-            "-p",
-            f"{self.state_dir}/",
-            "-c",
-            str(self.config_path),
-            "-g",
-            "daemon off;",
-        ]
+        self._stderr = nginx_output.ErrorLog()
+        argv = [self.binary, "-e", "stderr", "-p", f"{self.state_dir}/", "-c", str(self.config_path)]
+        argv += ["-g", "daemon off;"]
         # Pipes of our own, not asyncio's PIPE: with asyncio's, Process.wait() (Python 3.11)
         # also waits for the pipes to close, which workers orphaned by a killed master keep
         # open; with ours, wait() returns when the master exits.
@@ -290,8 +276,8 @@ class NginxProcess:
             os.close(err_write)
         self._proc = proc
         self._pipe_tasks = [
-            asyncio.create_task(self._forward(out_read, to_stderr=False)),
-            asyncio.create_task(self._forward(err_read, to_stderr=True)),
+            asyncio.create_task(nginx_output.copy_access_log(out_read)),
+            asyncio.create_task(self._stderr.follow(err_read)),
         ]
         deadline = time.monotonic() + self.start_timeout_s
         while proc.returncode is None:
@@ -305,14 +291,16 @@ class NginxProcess:
                 async with asyncio.timeout(_POLL_S):
                     await proc.wait()
         await self._reap()
-        raise errors.NginxError(f"nginx exited at start with status {proc.returncode}{self._stderr_reason()}")
+        raise errors.NginxError(
+            f"nginx exited at start with status {proc.returncode}{self._stderr.reason(self.config_path)}"
+        )
 
     async def _reload(self) -> None:
         """SIGHUP the master; wait until only new workers accept, or nginx reports an error."""
         proc = self._proc
         assert proc is not None
         before = _accepting_workers(proc.pid)
-        errors_before = self._error_count
+        errors_before = self._stderr.error_count
         with contextlib.suppress(ProcessLookupError):  # died just now: noticed below
             proc.send_signal(signal.SIGHUP)
         if before is None:
@@ -321,16 +309,19 @@ class NginxProcess:
         while True:
             await asyncio.sleep(_POLL_S / 2)
             if proc.returncode is not None:
-                raise errors.NginxError(f"nginx exited while reloading{self._stderr_reason()}")
-            if self._error_count > errors_before:
-                failures = list(self._last_errors)[-(self._error_count - errors_before) :]
-                raise errors.NginxError(f"nginx did not reload: {_summary(failures, self.config_path)}")
+                raise errors.NginxError(
+                    f"nginx exited while reloading{self._stderr.reason(self.config_path)}"
+                )
+            if failures := self._stderr.errors_since(errors_before):
+                summary = nginx_output.summary(failures, self.config_path)
+                raise errors.NginxError(f"nginx did not reload: {summary}")
             now = _accepting_workers(proc.pid)
             if now is None or (now and not now & before):
                 return
             if time.monotonic() > deadline:
+                reason = self._stderr.reason(self.config_path)
                 raise errors.NginxError(
-                    f"nginx did not finish reloading within {self.start_timeout_s:g} s{self._stderr_reason()}"
+                    f"nginx did not finish reloading within {self.start_timeout_s:g} s{reason}"
                 )
 
     async def _kill(self, proc: asyncio.subprocess.Process) -> None:
@@ -353,66 +344,11 @@ class NginxProcess:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _forward(self, read_fd: int, *, to_stderr: bool) -> None:
-        """Copy one of nginx's outputs to ours line by line; remember stderr's tail and errors."""
-        reader = asyncio.StreamReader(limit=_LINE_LIMIT)
-        pipe = os.fdopen(read_fd, "rb", buffering=0)
-        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), pipe
-        )
-        sink = sys.stderr if to_stderr else sys.stdout
-        try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except ValueError:  # longer than _LINE_LIMIT: asyncio drops it, so do we
-                    continue
-                if not line:
-                    break
-                text = line.decode(errors="replace").rstrip("\n")
-                if to_stderr:
-                    self._stderr_tail.append(text)
-                    if "[emerg]" in text or "[alert]" in text:
-                        self._error_count += 1
-                        self._last_errors.append(text)
-                print(text, file=sink, flush=True)
-        finally:
-            transport.close()
-
-    def _stderr_reason(self) -> str:
-        lines = [line for line in self._stderr_tail if line.strip()]
-        return f": {_summary(lines, self.config_path)}" if lines else ""
-
     def _pid_file_names(self, pid: int) -> bool:
         try:
             return self.pid_path.read_text().strip() == str(pid)
         except OSError:
             return False
-
-    def _write_temp(self, text: str) -> Path:
-        fd, name = tempfile.mkstemp(dir=self.state_dir, prefix=f".{self.config_path.name}.", suffix=".test")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        return Path(name)
-
-    def _write_atomic(self, text: str) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=self.state_dir, prefix=f".{self.config_path.name}.", suffix=".new")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(name, 0o644)
-            os.replace(name, self.config_path)
-        except BaseException:
-            Path(name).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.state_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _accepting_workers(master_pid: int) -> set[int] | None:
@@ -434,17 +370,3 @@ def _accepting_workers(master_pid: int) -> set[int] | None:
         if b"worker process" in title and b"shutting down" not in title:
             accepting.add(int(child))
     return accepting
-
-
-def _summary(lines: list[str], path: Path) -> str:
-    """nginx's first distinct complaints, on one line, without time stamps or the temp file's name."""
-    seen: list[str] = []
-    for line in lines:
-        text = (
-            _LOG_PREFIX_RE.sub(r"[\1] ", line.strip()).removeprefix("nginx: ").replace(str(path), "<config>")
-        )
-        if text and text not in seen:
-            seen.append(text)
-        if len(seen) == 3:
-            break
-    return "; ".join(seen) or "no message"

@@ -34,9 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-import httpx
-
-from provisioner import errors, fleet, model, store
+from provisioner import errors, fleet, model, store, wiring
 from provisioner.settings import ReaperSettings
 from provisioner.vast import client as vast_client
 
@@ -298,14 +296,11 @@ async def run(settings: ReaperSettings, *, apply: bool, max_share: float | None 
         grace_s=settings.reap_grace_seconds,
         max_share=settings.reap_max_share if max_share is None else max_share,
     )
-    api_timeout_s = settings.vast_api_timeout_seconds
-    timeout = httpx.Timeout(api_timeout_s, connect=min(10.0, api_timeout_s))
     redis = store.connect(
         settings.blacklist_redis_url.get_secret_value(), timeout_s=settings.blacklist_redis_timeout_seconds
     )
     try:
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http:
-            vast = vast_client.VastClient(http, settings.vast_api_key, base_url=settings.vast_api_url)
+        async with wiring.open_vast(settings) as vast:
             record = fleet.Fleet(
                 redis,
                 keys=store.Keys(settings.blacklist_key_prefix),

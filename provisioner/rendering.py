@@ -10,7 +10,9 @@ values from small alphabets. A violation raises ``errors.NginxError``.
 
 A listener with an upstream proxies to it (HTTP/1.1, keepalive to the upstream,
 WebSocket upgrades, no buffering so server-sent events flow as produced, no
-retries on another upstream). A listener without one answers every request with
+retries on another upstream), its idle pool sized to ``max_concurrency`` so that after
+warm-up no request waits for a new connection to the GPU, a round trip away. A listener
+without one answers every request with
 ``503``, a short JSON body and ``Retry-After``, so probes fail and clients get a
 clear answer.
 """
@@ -60,6 +62,13 @@ RESERVED_HEADERS = frozenset(
     }
 )
 _FALLBACK_REASON = "unavailable"
+#: upper bounds of ``max_concurrency`` and ``worker_processes`` (settings validates against them too)
+MAX_CONCURRENCY_LIMIT = 4096
+WORKER_PROCESSES_LIMIT = 64
+#: upstream connections are recycled after this many requests or this long (nginx: 1000 and 1h);
+#: high, as the upstream is one GPU server and every new connection costs a round trip to it
+UPSTREAM_KEEPALIVE_REQUESTS = 100_000
+UPSTREAM_KEEPALIVE_TIME = "12h"
 
 
 @dataclass(frozen=True)
@@ -78,8 +87,20 @@ class ProxyConfig:
     retry_after_s: int = 10
     #: idle keepalive connections to each upstream kept per worker; 0 disables keepalive
     #: (``Connection: close`` upstream, as nginx >= 1.29.7 keeps connections alive by default).
-    keepalive: int = 32
-    worker_connections: int = 1024
+    #: None: ``max_concurrency``, so that after warm-up no request waits for a TCP handshake.
+    keepalive: int | None = None
+    #: None: derived from ``max_concurrency`` (see ``derived_worker_connections``).
+    worker_connections: int | None = None
+    #: expected peak of concurrent requests through the pod; sizes the pool and the connection limits.
+    max_concurrency: int = 256
+    #: nginx worker processes; each keeps its own upstream pool.
+    worker_processes: int = 1
+    #: how long an idle upstream connection stays in the pool; below the upstream server's own idle
+    #: timeout (uvicorn's default is 5 s) so that nginx, not the server, closes idle connections.
+    upstream_keepalive_timeout_s: int = 4
+    #: the hard limit on open files nginx's workers may raise theirs to (``RLIMIT_NOFILE``);
+    #: None: no cap. Above it, an unprivileged worker's ``setrlimit`` fails with an ``[alert]``.
+    max_open_files: int | None = None
     access_log: bool = True
     #: extra headers set on every proxied request (e.g. a shared secret); an empty value removes it.
     upstream_headers: Mapping[str, str] = field(default_factory=dict)
@@ -154,18 +175,49 @@ def _context(cfg: ProxyConfig, upstreams: Mapping[int, model.Upstream], reason: 
     ]
     return {
         "state_dir": state_dir,
+        "keepalive_requests": UPSTREAM_KEEPALIVE_REQUESTS,
+        "keepalive_time": UPSTREAM_KEEPALIVE_TIME,
         "pid_path": f"{state_dir}/{PID_FILE_NAME}",
         "temp_paths": [(name.removesuffix("_temp"), f"{state_dir}/{name}") for name in TEMP_DIR_NAMES],
-        "worker_connections": _int(cfg.worker_connections, "worker_connections", 16, 65535),
+        **_connection_limits(cfg),
         "access_log": bool(cfg.access_log),
         "max_body_size": _body_size(cfg.max_body_size),
         "proxy_timeout_s": _int(cfg.proxy_timeout_s, "proxy_timeout_s", 1, 86400),
         "connect_timeout_s": _int(cfg.connect_timeout_s, "connect_timeout_s", 1, 75),
         "retry_after_s": _int(cfg.retry_after_s, "retry_after_s", 0, 86400),
-        "keepalive": _int(cfg.keepalive, "keepalive", 0, 10000),
         "upstream_headers": _headers(cfg.upstream_headers),
         "reason": reason if isinstance(reason, str) and _REASON_RE.fullmatch(reason) else _FALLBACK_REASON,
         "servers": servers,
+    }
+
+
+def derived_worker_connections(max_concurrency: int) -> int:
+    """``worker_connections`` for a peak of ``max_concurrency`` requests: at least 1024.
+
+    Each proxied request holds two connections (client and upstream); the rest is room for
+    idle client keepalive connections and the idle upstream pool. Per worker, as nginx counts
+    it, since one worker may accept most of the clients.
+    """
+    return max(1024, 4 * max_concurrency)
+
+
+def _connection_limits(cfg: ProxyConfig) -> dict[str, int]:
+    """Worker count, connection and file limits, and the upstream pool, from ``max_concurrency``."""
+    concurrency = _int(cfg.max_concurrency, "max_concurrency", 1, MAX_CONCURRENCY_LIMIT)
+    keepalive = concurrency if cfg.keepalive is None else _int(cfg.keepalive, "keepalive", 0, 65535)
+    connections = derived_worker_connections(concurrency)
+    if cfg.worker_connections is not None:
+        connections = _int(cfg.worker_connections, "worker_connections", 16, 65535)
+    cap = None if cfg.max_open_files is None else _int(cfg.max_open_files, "max_open_files", 64, 2**62)
+    return {
+        "worker_processes": _int(cfg.worker_processes, "worker_processes", 1, WORKER_PROCESSES_LIMIT),
+        "worker_connections": connections,
+        # one descriptor per connection, twice over for log files, temp files and slack
+        "worker_rlimit_nofile": min(2 * connections, cap) if cap is not None else 2 * connections,
+        "keepalive": keepalive,
+        "upstream_keepalive_timeout_s": _int(
+            cfg.upstream_keepalive_timeout_s, "upstream_keepalive_timeout_s", 1, 3600
+        ),
     }
 
 
@@ -244,7 +296,7 @@ def _headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
 def _environment() -> jinja2.Environment:
     # nginx config, not HTML: no autoescape; every value is validated before it gets here
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("provisioner", "templates"),
+        loader=jinja2.PackageLoader("provisioner.templates", "."),
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # noqa: S701
         keep_trailing_newline=True,

@@ -18,137 +18,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import httpx
 
-from provisioner import errors, model, planning, upstream_health
+from provisioner import errors, model, planning, rendering, runtime, upstream_health, wiring
+from provisioner.runtime import SOURCE_ADMIN
+from provisioner.settings import Settings
 from provisioner.vast import client as vast_client
 
-if TYPE_CHECKING:
-    from provisioner.daemon import Runtime
-    from provisioner.reconciler import ReconcilerView
-    from provisioner.settings import Settings
-
-SOURCE_ADMIN: Final = "admin"
 SOURCE_VAST: Final = "vast-api"
-#: how many recent events the report carries
-EVENTS_SHOWN: Final = 20
 ADMIN_TIMEOUT_S: Final = 3.0
-_RANK: Final = {"healthy": 0, "ready": 1, "booting": 2}
-
-
-# ---------------------------------------------------------------- the daemon's side
-
-
-def focus_instance(state: ReconcilerView | None) -> model.Instance | None:
-    """The instance this pod is about: the served one, else the one it keeps booting (latest tick)."""
-    if state is None:
-        return None
-    if state.serving is not None:
-        return state.serving
-    plan, obs = state.last_plan, state.last_observation
-    if plan is None or obs is None:
-        return None
-    kept = [i for i in obs.instances if plan.verdicts.get(i.id, ("", ""))[0] in _RANK]
-    kept.sort(key=lambda i: (_RANK[plan.verdicts[i.id][0]], i.id))
-    return kept[0] if kept else None
-
-
-def instance_row(
-    inst: model.Instance,
-    now: float,
-    *,
-    served: bool = False,
-    verdict: str | None = None,
-    first_seen: float | None = None,
-) -> dict[str, Any]:
-    """One instance as plain JSON values."""
-    started = inst.start_date or first_seen
-    return {
-        "id": inst.id,
-        "actual_status": inst.actual_status,
-        "status_msg": inst.status_msg,
-        "verdict": verdict,
-        "served": served,
-        "host_id": inst.host_id,
-        "machine_id": inst.machine_id,
-        "gpu_name": inst.gpu_name,
-        "num_gpus": inst.num_gpus,
-        "dph_total": inst.dph_total,
-        "geolocation": inst.geolocation,
-        "public_ipaddr": (inst.public_ipaddr or "").strip() or None,
-        "start_date": inst.start_date,
-        "uptime_s": round(max(now - started, 0.0), 1) if started else None,
-        "image": inst.image_uuid,
-    }
-
-
-def snapshot(
-    runtime: Runtime, *, ready: tuple[bool, str], health: tuple[bool, str], now: float | None = None
-) -> dict[str, Any]:
-    """The admin server's ``/status``: the daemon's state as plain JSON values."""
-    now = time.time() if now is None else now
-    settings = runtime.settings
-    rec: Any = runtime.reconciler
-    state: ReconcilerView | None = rec.view() if rec is not None else None
-    focus = focus_instance(state)
-    instances: list[dict[str, Any]] = []
-    upstreams: list[dict[str, Any]] = []
-    upstream_healthy: bool | None = None
-    events: list[dict[str, Any]] = []
-    phase = "starting"
-    if state is not None:
-        if state.phase is not None:
-            phase = str(state.phase)
-        obs, plan = state.last_observation, state.last_plan
-        serving_id = state.serving.id if state.serving is not None else None
-        for inst in obs.instances if obs is not None else ():
-            verdict = plan.verdicts.get(inst.id, ("", ""))[0] if plan is not None else None
-            row = instance_row(
-                inst,
-                now,
-                served=inst.id == serving_id,
-                verdict=verdict or None,
-                first_seen=state.first_seen.get(inst.id),
-            )
-            instances.append(row)
-        upstreams = [
-            {"listen_port": lp, "host": up.host, "port": up.port}
-            for lp, up in sorted(state.upstreams.items())
-        ]
-        if serving_id is not None:
-            upstream_healthy = state.serving_healthy
-        events = [
-            {"at": e.at, "kind": e.kind, "detail": e.detail, "instance_id": e.instance_id, "reason": e.reason}
-            for e in list(state.events)[-EVENTS_SHOWN:]
-        ]
-    metrics: Any = getattr(runtime, "metrics", None)
-    focus_row = next((row for row in instances if focus is not None and row["id"] == focus.id), None)
-    if focus is not None and focus_row is None:
-        focus_row = instance_row(focus, now, served=True)
-    return {
-        "source": SOURCE_ADMIN,
-        "pod": settings.pod_name,
-        "label": settings.label,
-        "phase": phase,
-        "ready": ready[0],
-        "ready_reason": ready[1],
-        "healthy": health[0],
-        "health_reason": health[1],
-        "instance": focus_row,
-        "instances": instances,
-        "upstreams": upstreams,
-        "upstream_healthy": upstream_healthy,
-        "cost_per_hour": metrics.cost.dollars_per_hour if metrics is not None else None,
-        "accrued_cost": metrics.cost.dollars() if metrics is not None else None,
-        "bans": [ban_from_event(e) for e in events if e["kind"] == "ban"],
-        "bans_source": "events",
-        "events": events,
-        "last_error": runtime.last_error,
-        "started_at": runtime.started_at,
-        "generated_at": now,
-    }
 
 
 # ---------------------------------------------------------------- the command's side
@@ -166,25 +46,9 @@ def admin_base_url(settings: Settings) -> str:
     return f"http://{host}:{settings.admin_port}"
 
 
-def ban_from_event(event: Mapping[str, Any]) -> dict[str, Any]:
-    """A ``ban`` event as a ban row (without the blacklist the ban lives only in this event)."""
-    return {
-        "kind": "host",
-        "id": None,
-        "reason": event.get("reason"),
-        "by": None,
-        "instance_id": event.get("instance_id"),
-        "at": event.get("at"),
-        "expires_at": None,
-        "detail": event.get("detail"),
-    }
-
-
 async def from_blacklist(settings: Settings) -> list[dict[str, Any]]:
     """Every current ban in the shared blacklist (``StoreError`` when Redis does not answer)."""
-    from provisioner import daemon  # noqa: PLC0415 - the daemon imports this module
-
-    async with daemon.connect_blacklist(settings) as store:
+    async with wiring.connect_blacklist(settings) as store:
         records = await store.bans()
     return [
         {
@@ -233,14 +97,8 @@ async def from_vast(
     upstreams: list[dict[str, Any]] = []
     upstream_healthy: bool | None = None
     if focus is not None and planning.has_endpoints(focus, desired):
-        host = (focus.public_ipaddr or "").strip()
-        for pm in desired.ports:
-            port = focus.host_port(pm.container_port)
-            upstreams.append({"listen_port": pm.listen_port, "host": host, "port": port})
-        async with httpx.AsyncClient(timeout=3.0) as http:
-            ports = [int(u["port"]) for u in upstreams]
-            upstream_healthy = await upstream_health.probe(http, host, ports, settings.vast_health_path)
-    rows = [instance_row(i, now) for i in listed]
+        upstreams, upstream_healthy = await probe_upstream(settings, focus)
+    rows = [runtime.instance_row(i, now) for i in listed]
     return {
         "source": SOURCE_VAST,
         "source_detail": f"{settings.vast_api_url} (instances labelled {settings.label!r})",
@@ -266,14 +124,33 @@ async def from_vast(
     }
 
 
+async def probe_upstream(
+    settings: Settings, focus: model.Instance
+) -> tuple[list[dict[str, Any]], bool | None]:
+    """The focus instance's upstreams and whether they answer, checked as the reconciler checks them:
+    the address must pass ``check_upstream_ip`` and the probe carries ``UPSTREAM_AUTH_HEADER``."""
+    raw_host = (focus.public_ipaddr or "").strip()
+    ports = [(pm.listen_port, focus.host_port(pm.container_port)) for pm in settings.port_maps]
+    upstreams: list[dict[str, Any]] = [{"listen_port": lp, "host": raw_host, "port": p} for lp, p in ports]
+    try:
+        host = rendering.check_upstream_ip(raw_host, allow_private=settings.vast_allow_private_upstreams)
+    except errors.NginxError:
+        return upstreams, False
+    if any(p is None for _, p in ports):
+        return upstreams, False
+    async with wiring.health_http(settings) as http:
+        healthy = await upstream_health.probe(
+            http, host, [int(p) for _, p in ports if p is not None], settings.vast_health_path
+        )
+    return upstreams, healthy
+
+
 async def gather_status(settings: Settings, *, admin_url: str | None = None) -> dict[str, Any]:
     """The admin server's report, else the Vast API's."""
-    timeout = httpx.Timeout(30.0, connect=10.0)
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http:
+    async with wiring.vast_http(settings) as http:
         report = await from_admin(http, admin_url or admin_base_url(settings))
         if report is None:
-            vast = vast_client.VastClient(http, settings.vast_api_key, base_url=settings.vast_api_url)
-            report = await from_vast(settings, vast)
+            report = await from_vast(settings, wiring.vast_over(settings, http))
     if settings.blacklist_enabled:
         try:
             report["bans"] = await from_blacklist(settings)
@@ -346,6 +223,18 @@ def render_table(report: Mapping[str, Any]) -> str:
         lines.append(f"process     {health}")
     else:
         lines.append("phase       unknown (the pod's admin server did not answer)")
+    lines += _instance_lines(report)
+    lines += _cost_and_ban_lines(report)
+    if report.get("last_error"):
+        lines.append(f"last error  {report['last_error']}")
+    lines += _instances_table(report)
+    lines += _events_table(report)
+    return "\n".join(lines) + "\n"
+
+
+def _instance_lines(report: Mapping[str, Any]) -> list[str]:
+    """The focus instance and its upstream."""
+    lines: list[str] = []
     inst = report.get("instance")
     if inst:
         gpus = f"{inst.get('num_gpus') or '?'}x {inst.get('gpu_name') or '?'}"
@@ -365,6 +254,12 @@ def render_table(report: Mapping[str, Any]) -> str:
         lines.append(f"upstream    {where}  ({health})")
     else:
         lines.append("upstream    none (nginx answers 503)")
+    return lines
+
+
+def _cost_and_ban_lines(report: Mapping[str, Any]) -> list[str]:
+    """The cost rate and the bans (with their table)."""
+    lines: list[str] = []
     cost = f"{_money(report.get('cost_per_hour'))}/h now"
     if report.get("accrued_cost") is not None:
         cost += f", {_money(report.get('accrued_cost'), 4)} since the provisioner started"
@@ -382,8 +277,13 @@ def render_table(report: Mapping[str, Any]) -> str:
     else:
         lines.append(f"bans        {len(bans)} {where}")
     lines += _ban_table(bans or [], report.get("generated_at"))
-    if report.get("last_error"):
-        lines.append(f"last error  {report['last_error']}")
+    return lines
+
+
+def _instances_table(report: Mapping[str, Any]) -> list[str]:
+    """Every instance, when there is more than the focus one."""
+    lines: list[str] = []
+    inst = report.get("instance")
     instances = report.get("instances") or []
     if len(instances) > 1 or (instances and not inst):
         lines += ["", "instances"]
@@ -403,6 +303,12 @@ def render_table(report: Mapping[str, Any]) -> str:
                 for i in instances
             ],
         )
+    return lines
+
+
+def _events_table(report: Mapping[str, Any]) -> list[str]:
+    """The recent events."""
+    lines: list[str] = []
     events = report.get("events") or []
     lines += ["", "recent events" if events else "recent events: none"]
     if events:
@@ -413,4 +319,4 @@ def render_table(report: Mapping[str, Any]) -> str:
                 for e in events
             ],
         )
-    return "\n".join(lines) + "\n"
+    return lines

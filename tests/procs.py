@@ -124,6 +124,31 @@ def run_sim(tmp: Path, *, boot_delay_s: float = 1.0, extra: tuple[str, ...] = ()
         stop_process(proc)
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of the live processes whose command line contains ``text`` (a unique tmp path, say)."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Nothing listens on ``host:port`` (a bind succeeds)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int | None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)

@@ -1,12 +1,11 @@
 """The Vast.ai search-query language and the search request body (pure: no I/O).
 
-Owns four things, each written to match what the official ``vastai`` 1.9.1 CLI
+Owns three things, each written to match what the official ``vastai`` 1.9.1 CLI
 sends (``vastai/api/query.py::parse_query`` and ``search__offers`` in
 ``vastai/cli/commands/offers.py``), down to key order and value types:
 
 - :func:`parse_query`: the CLI's query string (``gpu_name=RTX_3060 num_gpus>=1``)
   to the JSON filter dict, with the CLI's default filters;
-- :func:`parse_order`: the ``-o`` order string (``dph+,score-``);
 - :func:`load_filter`: the value of ``VAST_SEARCH_QUERY``, either a query string
   or the console's JSON filter;
 - :func:`search_body` and :func:`merge_filters`: the ``POST /api/v0/bundles/``
@@ -27,8 +26,14 @@ the server cannot use. Everything the official parser rejects, we reject too.
 - ``nan`` or ``inf`` for a multiplied field (not valid JSON once sent).
 - A dotted ``driver_version`` whose three parts are not 1 to 3 digits each
   (``1..2`` or ``5_35.1.1`` would be padded into a meaningless number).
-- An order entry that is not a plain field name after its ``+``/``-`` marker
-  (``-dph+`` would sort by a column named ``-dph``).
+- A value of the wrong type for a field whose type the official field table
+  gives (``vastai search offers --help``): ``num_gpus=lots``, ``reliability>abc``
+  or ``datacenter=yes`` are sent as strings by the official parser, the server
+  matches nothing, and a provisioner would search forever. Integers
+  (``num_gpus``, ``compute_cap`` ...) need an integer, floats (``reliability``,
+  ``dph`` ...) a finite number, booleans (``verified`` ...) ``true``/``false``,
+  also in list elements and in the JSON form. Valid values are still sent
+  exactly as the official parser sends them (numbers as strings).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from provisioner import errors
+from provisioner.vast import fields
 
 # The official tokenizer, verbatim: field, operator, spaces, value, spaces.
 _TOKEN = re.compile(
@@ -72,84 +78,9 @@ _OPERATORS: dict[str, str] = {
 _LIST_OPERATORS = frozenset({"in", "notin"})
 _WILDCARDS = frozenset({"?", "*", "any"})
 
-# ``offers_fields`` of vastai 1.9.1.
-_OFFER_FIELDS = frozenset(
-    {
-        "bw_nvlink",
-        "cluster_id",
-        "compute_cap",
-        "cpu_arch",
-        "cpu_cores",
-        "cpu_cores_effective",
-        "cpu_ghz",
-        "cpu_ram",
-        "cuda_max_good",
-        "datacenter",
-        "direct_port_count",
-        "disk_bw",
-        "disk_space",
-        "dlperf",
-        "dlperf_per_dphtotal",
-        "dph_total",
-        "driver_version",
-        "duration",
-        "external",
-        "flops_per_dphtotal",
-        "geolocation",
-        "gpu_arch",
-        "gpu_display_active",
-        "gpu_frac",
-        "gpu_max_power",
-        "gpu_max_temp",
-        "gpu_mem_bw",
-        "gpu_name",
-        "gpu_ram",
-        "gpu_total_ram",
-        "has_avx",
-        "host_id",
-        "id",
-        "inet_down",
-        "inet_down_cost",
-        "inet_up",
-        "inet_up_cost",
-        "machine_id",
-        "min_bid",
-        "mobo_name",
-        "num_gpus",
-        "pci_gen",
-        "pcie_bw",
-        "reliability",
-        "rentable",
-        "rented",
-        "static_ip",
-        "storage_cost",
-        "total_flops",
-        "ubuntu_version",
-        "verification",
-        "verified",
-        "vms_enabled",
-    }
-)
-# Fields the official parser warns about but which Vast documents (and SkyPilot sends).
-_EXTRA_FIELDS = frozenset({"hosting_type", "os_version", "reliability2"})
-_ALIASES: dict[str, str] = {
-    "cuda_vers": "cuda_max_good",
-    "display_active": "gpu_display_active",
-    "dlperf_usd": "dlperf_per_dphtotal",
-    "dph": "dph_total",
-    "flops_usd": "flops_per_dphtotal",
-}
-_KNOWN_FIELDS = _OFFER_FIELDS | _EXTRA_FIELDS
-_SPELLABLE_FIELDS = sorted(_KNOWN_FIELDS | _ALIASES.keys())
-# Values are given in GB and days; the API wants MB and seconds.
-_MULTIPLIERS: dict[str, float] = {
-    "cpu_ram": 1000,
-    "gpu_ram": 1000,
-    "gpu_total_ram": 1000,
-    "duration": 24.0 * 60.0 * 60.0,
-}
-
-_ORDER_FIELD = re.compile(r"[a-zA-Z0-9_]+")
+_KNOWN_FIELDS = fields.OFFER_FIELDS | fields.EXTRA_FIELDS
+_SPELLABLE_FIELDS = sorted(_KNOWN_FIELDS | fields.ALIASES.keys())
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
 _DRIVER_PART = re.compile(r"[0-9]{1,3}")
 # Keys of the search body that are not filters; a filter must not set them.
 _BODY_KEYS = frozenset({"order", "type", "limit", "allocated_storage"})
@@ -195,7 +126,7 @@ def _apply_token(result: dict[str, Any], match: re.Match[str], previous: str) ->
     token = match.group(0).strip()
     op = raw_op.strip()
     if not op:
-        if previous and _ALIASES.get(field, field) not in _KNOWN_FIELDS:
+        if previous and fields.ALIASES.get(field, field) not in _KNOWN_FIELDS:
             raise errors.QueryError(
                 f"unexpected text at '{previous} {token}': quote values with spaces or use '_'"
             )
@@ -203,7 +134,7 @@ def _apply_token(result: dict[str, Any], match: re.Match[str], previous: str) ->
     op_name = _OPERATORS.get(op)
     if op_name is None:
         raise errors.QueryError(f"unknown operator {op!r} in {token!r}")
-    field = _ALIASES.get(field, field)
+    field = fields.ALIASES.get(field, field)
     if field not in _KNOWN_FIELDS:
         raise errors.QueryError(_unknown_field_message(match.group(1)))
     is_list = op_name in _LIST_OPERATORS
@@ -225,7 +156,9 @@ def _apply_token(result: dict[str, Any], match: re.Match[str], previous: str) ->
             raise errors.QueryError(f"a wildcard only works with '=' in {token!r}")
         result.pop(field, None)
         return
-    result.setdefault(field, {})[op_name] = _convert(field, value, token)
+    converted = _convert(field, value, token)
+    _check_type(field, converted, token)
+    result.setdefault(field, {})[op_name] = converted
 
 
 def _convert(field: str, value: Any, token: str) -> Any:
@@ -236,23 +169,61 @@ def _convert(field: str, value: Any, token: str) -> Any:
         items = [item.replace("_", " ").strip('"') for item in value]
         if not all(items):
             raise errors.QueryError(f"empty list element in {token!r}")
-        if field in _MULTIPLIERS:
+        if field in fields.MULTIPLIERS:
             raise errors.QueryError(f"{field} does not take a list in {token!r}")
         return items
     text = str(value).replace("_", " ").strip('"')
     if not text:
         raise errors.QueryError(f"empty value in {token!r}")
-    if field in _MULTIPLIERS:
+    if field in fields.MULTIPLIERS:
         try:
             number = float(text)
         except ValueError:
             raise errors.QueryError(f"{field} needs a number in {token!r}") from None
         if not math.isfinite(number):
             raise errors.QueryError(f"{field} needs a finite number in {token!r}")
-        return number * _MULTIPLIERS[field]
+        return number * fields.MULTIPLIERS[field]
     return {"true": True, "True": True, "false": False, "False": False, "null": None, "None": None}.get(
         text, text
     )
+
+
+def _check_type(field: str, value: Any, where: str) -> None:
+    """Raise if ``value`` (or an element of it) does not fit the field's type in the official table."""
+    if field in fields.INT_FIELDS:
+        check, wanted = _is_integer, "an integer"
+    elif field in fields.FLOAT_FIELDS:
+        check, wanted = _is_number, "a number"
+    elif field in fields.BOOL_FIELDS:
+        check, wanted = _is_bool, "true or false"
+    else:
+        return
+    for item in value if isinstance(value, list) else [value]:
+        if not check(item):
+            raise errors.QueryError(f"{field} needs {wanted}, not {item!r}, in {where!r}")
+
+
+def _is_integer(item: Any) -> bool:
+    """An int (not a bool), or the text of one."""
+    if isinstance(item, str):
+        return bool(_INT_TEXT.fullmatch(item.strip()))
+    return isinstance(item, int) and not isinstance(item, bool)
+
+
+def _is_number(item: Any) -> bool:
+    """A finite int or float (not a bool), or the text of one (no ``_`` digit separators)."""
+    if isinstance(item, str):
+        if "_" in item:
+            return False
+        try:
+            item = float(item)
+        except ValueError:
+            return False
+    return isinstance(item, int | float) and not isinstance(item, bool) and math.isfinite(item)
+
+
+def _is_bool(item: Any) -> bool:
+    return isinstance(item, bool)
 
 
 def _driver_number(text: str, token: str) -> int:
@@ -271,29 +242,6 @@ def _unknown_field_message(field: str) -> str:
     close = difflib.get_close_matches(field, _SPELLABLE_FIELDS, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown field {field!r}{hint}"
-
-
-def parse_order(text: str) -> list[list[str]]:
-    """Parse the ``-o`` order string: ``"dph+,score-"`` → ``[["dph_total","asc"],["score","desc"]]``.
-
-    A leading or trailing ``-`` means descending, ``+`` (or nothing) ascending;
-    empty entries are skipped and aliases apply, as in the CLI.
-    """
-    order: list[list[str]] = []
-    for raw in text.split(","):
-        name = raw.strip()
-        if not name:
-            continue
-        direction = "asc"
-        field = name
-        if name.strip("-") != name:
-            direction, field = "desc", name.strip("-")
-        if name.strip("+") != name:
-            direction, field = "asc", name.strip("+")
-        if not _ORDER_FIELD.fullmatch(field):
-            raise errors.QueryError(f"bad order entry {name!r}: write field, field+ or field-")
-        order.append([_ALIASES.get(field, field), direction])
-    return order
 
 
 def load_filter(value: str) -> dict[str, Any]:
@@ -317,6 +265,8 @@ def load_filter(value: str) -> dict[str, Any]:
             )
         if field in _BODY_KEYS:
             raise errors.QueryError(f"{field!r} is not a filter field; it is set separately")
+        for operand in constraint.values():
+            _check_type(field, operand, json.dumps({field: constraint}))
     return loaded
 
 

@@ -118,6 +118,8 @@ RENDER_CASES = [
     pytest.param({"upstream_headers": {"X-Secret": "a b#c", "X-Empty": ""}}, "one", id="headers"),
     pytest.param({"access_log": False, "keepalive": 0}, "one", id="no-log-no-keepalive"),
     pytest.param({"max_body_size": "0"}, "one", id="unlimited-body"),
+    pytest.param({"max_concurrency": 4096, "worker_processes": 4}, "one", id="largest-pool-four-workers"),
+    pytest.param({"max_concurrency": 1, "upstream_keepalive_timeout_s": 3600}, "one", id="smallest-pool"),
 ]
 
 
@@ -281,6 +283,44 @@ async def test_without_keepalive_each_request_opens_a_connection(
     for _ in range(3):
         assert (await get(port)).status_code == 200
     assert backend.connections == 3
+
+
+async def concurrent_slow_requests(port: int, count: int) -> list[int]:
+    """``count`` requests held open at the upstream at the same time; their status codes."""
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=20, trust_env=False, limits=limits
+    ) as client:
+        answers = await asyncio.gather(*(client.get("/slow?delay_s=0.5") for _ in range(count)))
+    return [answer.status_code for answer in answers]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expect_new"),
+    [
+        pytest.param({}, False, id="default-pool"),
+        pytest.param({"keepalive": 32}, True, id="earlier-pool-of-32"),
+    ],
+)
+async def test_100_concurrent_requests_after_warm_up_open_no_upstream_connection(
+    make_nginx: NginxFactory, tmp_path: Path, backend: Backend, overrides: dict[str, Any], expect_new: bool
+) -> None:
+    """With the default pool, 100 requests in flight at once reuse the warm pool: no new connection.
+
+    The control, the earlier pool of 32, keeps only 32 and opens the other 68 again.
+    """
+    port = free_port()
+    cfg = proxy_config(tmp_path / "state", port, **overrides)
+    await started(make_nginx, tmp_path, cfg, to(port, backend))
+    assert await concurrent_slow_requests(port, 100) == [200] * 100  # warm-up: 100 upstream connections
+    warm = backend.connections
+    assert warm >= 100
+    assert await concurrent_slow_requests(port, 100) == [200] * 100
+    new = backend.connections - warm
+    if expect_new:
+        assert new >= 100 - 32
+    else:
+        assert new == 0
 
 
 async def test_two_listeners_proxy_to_their_own_upstreams(

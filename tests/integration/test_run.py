@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -20,6 +21,8 @@ from tests.procs import (
     Sim,
     base_env,
     free_port,
+    port_is_free,
+    processes_mentioning,
     run_provisioner,
     run_sim,
     stop_process,
@@ -250,3 +253,21 @@ def test_sigterm_while_renting_exits_zero(sim: Sim, tmp_path: Path) -> None:
         assert prov.proc.wait(20) == 0
     assert len(live(sim, "k8s_pod=vast-pod-0")) <= 1
     assert stop_process(prov.proc) == 0
+
+
+def test_busy_admin_port_exits_cleanly_and_leaves_no_nginx(sim: Sim, tmp_path: Path) -> None:
+    """With ADMIN_PORT taken: exit 1 naming ADMIN_PORT, no nginx left behind, the proxy port free again."""
+    env = base_env(sim, tmp_path)
+    state_dir = str(Path(env["NGINX_CONFIG_PATH"]).parent)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(env["ADMIN_PORT"])))
+        taken.listen(1)
+        with run_provisioner(env, tmp_path) as prov:
+            assert prov.proc.wait(30) == 1, prov.output()
+        lines = [line for line in prov.output().splitlines() if line.startswith("provisioner: ")]
+        assert lines == [
+            f"provisioner: ADMIN_PORT: cannot listen on 127.0.0.1:{env['ADMIN_PORT']}: Address already in use"
+        ], prov.output()
+        assert "Traceback" not in prov.output()
+    assert processes_mentioning(state_dir) == [], "an nginx master (or worker) outlived the provisioner"
+    assert port_is_free(int(env["NGINX_LISTEN_PORT"])), "the proxy port is still held"

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from provisioner import daemon, planning, reconciler, renting, upstream_health
+from provisioner import planning, reconciler, renting, upstream_health, wiring
 from provisioner.settings import load_settings
 from provisioner.vast import client as vast_client
 from tests.fakes import Clock
@@ -38,9 +38,9 @@ def make_reconciler(
     vast = vast_client.VastClient(http, settings.vast_api_key, base_url=BASE)
     desired = settings.desired_spec()
     spec = renting.RentSpec(
-        search_body=daemon.build_search_body(settings),
-        choose_offers=daemon.build_chooser(settings),
-        rent_request=daemon.build_rent_request(settings),
+        search_body=wiring.build_search_body(settings),
+        choose_offers=wiring.build_chooser(settings),
+        rent_request=wiring.build_rent_request(settings),
         max_fleet_dph=settings.vast_max_fleet_dph,
     )
     health = upstream_health.Checker(http, desired.ports, allow_private=settings.vast_allow_private_upstreams)
@@ -49,7 +49,7 @@ def make_reconciler(
         renting.Renter(vast, spec, bans=bans, fleet=fleet),
         reconciler.ReconcilerConfig(
             desired=desired,
-            proxy_config=daemon.proxy_config(settings),
+            proxy_config=wiring.proxy_config(settings),
             policy=planning.Policy(boot_timeout_s=settings.boot_timeout_seconds),
         ),
         clock=clock,

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import SecretStr
 
-from provisioner import admin, metrics, model, planning, reconciler
-from provisioner.daemon import Runtime
-from provisioner.events import Event
-from provisioner.settings import Settings
-from provisioner.tracking import ReconcilerState
+from provisioner import admin, events, metrics, model, planning
+from provisioner.runtime import Runtime
+from tests.unit.views import FakeNginx, Shows, make_view, pod_settings
 
 SERVED = model.Instance(
     id=7,
@@ -31,6 +28,7 @@ SERVED = model.Instance(
     ports={8000: 40007},
     start_date=1000.0,
 )
+RENT = events.Event(1500.0, events.EventKind.RENT, "none: offer 1", 7, reason="none")
 
 
 def make_runtime(
@@ -41,40 +39,34 @@ def make_runtime(
     stopping: bool = False,
     heartbeat_age_s: float = 1.0,
     with_reconciler: bool = True,
-) -> Runtime:
-    runtime = Runtime(
-        settings=Settings(
-            pod_name="vast-pod-0",
-            vast_api_key=SecretStr("k3y-abcdef"),
-            vast_template_name="whisper",
-            vast_template_image="ghcr.io/acme/whisper:1.2",
-        )
-    )
-    runtime.nginx = SimpleNamespace(is_running=nginx_up, reloads=2, restarts=0)  # type: ignore[assignment]
+) -> tuple[Runtime, metrics.Metrics]:
+    runtime = Runtime(settings=pod_settings())
+    runtime.nginx = FakeNginx(is_running=nginx_up, reloads=2)
     runtime.loop_heartbeat_at = time.time() - heartbeat_age_s
     runtime.stopping = stopping
     if with_reconciler:
-        state = ReconcilerState()
-        state.last_tick_at = time.time()
-        state.phase = planning.Phase(phase)
+        view = make_view(
+            phase=planning.Phase(phase), last_tick_at=time.time(), unserve_reason=phase, events=(RENT,)
+        )
         if phase == "serving":
-            state.serving = SERVED
-            state.upstreams = {3000: model.Upstream(3000, "203.0.113.7", 40007)}
-            if healthy is not None:
-                state.tracked[SERVED.id].healthy = healthy
             obs = planning.Observation(now=2000.0, instances=(SERVED,), template_hash=None)
-            state.last_observation = obs
-        else:
-            state.unserve_reason = phase
-        state.events.append(Event(1500.0, "rent", "none: offer 1", 7, reason="none"))
-        runtime.reconciler = SimpleNamespace(view=lambda: reconciler.view_of(state))
-    runtime.metrics = metrics.Metrics()
-    runtime.metrics.bind(runtime)
-    return runtime
+            view = dataclasses.replace(
+                view,
+                serving=SERVED,
+                serving_healthy=healthy,
+                upstreams={3000: model.Upstream(3000, "203.0.113.7", 40007)},
+                last_observation=obs,
+            )
+        runtime.reconciler = Shows(view)
+    m = metrics.Metrics()
+    runtime.cost = m.cost
+    m.bind(runtime)
+    return runtime, m
 
 
-async def get(runtime: Runtime, path: str) -> httpx.Response:
-    transport = httpx.ASGITransport(app=admin.create_app(runtime))
+async def get(made: tuple[Runtime, metrics.Metrics], path: str) -> httpx.Response:
+    runtime, m = made
+    transport = httpx.ASGITransport(app=admin.create_app(runtime, m.registry))
     async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
         return await http.get(path)
 
@@ -133,3 +125,13 @@ async def test_status_endpoint_reports_instance_upstream_and_events() -> None:
     assert report["upstream_healthy"] is True
     assert [e["kind"] for e in report["events"]] == ["rent"]
     assert report["bans"] == [] and report["bans_source"] == "events"
+
+
+async def test_metrics_endpoint_without_a_registry_is_503() -> None:
+    """Before the metrics exist, /metrics says so with a 503 instead of an empty scrape."""
+    runtime, _ = make_runtime()
+    transport = httpx.ASGITransport(app=admin.create_app(runtime, None))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+        response = await http.get("/metrics")
+    assert response.status_code == 503
+    assert response.text == "no metrics yet\n"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -12,13 +11,14 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from provisioner import metrics, model, planning, reconciler
+from provisioner import metrics, model, planning
 from provisioner import nginx as nginx_mod
-from provisioner.daemon import Runtime
-from provisioner.events import Event
+from provisioner.events import Event, EventKind
+from provisioner.reconciler import ReconcilerView
+from provisioner.runtime import Runtime
 from provisioner.settings import Settings
-from provisioner.tracking import ReconcilerState
 from provisioner.vast.client import RetryPolicy, VastClient
+from tests.unit.views import Shows, make_view
 
 BASE = "http://vast.test"
 
@@ -135,13 +135,15 @@ async def test_observer_wired_into_the_client(respx_mock: respx.MockRouter) -> N
 def test_events_become_rentals_replacements_bans_and_time_to_ready() -> None:
     """rent/destroy/ban events count by reason; the first serve after a rent observes the time to ready."""
     m = metrics.Metrics()
-    m.on_event(Event(100.0, "rent", "none: offer 1", 7, reason="none"))
-    m.on_event(Event(190.0, "serve", "3000->203.0.113.7:40007", 7))
-    m.on_event(Event(250.0, "serve", "3000->203.0.113.7:40008 (port remapped)", 7))
-    m.on_event(Event(300.0, "ban", "host 17: boot-timeout", 8, reason="boot-timeout"))
-    m.on_event(Event(300.0, "destroy", "boot-timeout", 8, reason="boot-timeout"))
-    m.on_event(Event(400.0, "destroy", "image-drift (already gone)", 7, reason="image-drift"))
-    m.on_event(Event(500.0, "condemn", "host 19: restart-threshold", 9, reason="restart-threshold"))
+    m.on_event(Event(100.0, EventKind("rent"), "none: offer 1", 7, reason="none"))
+    m.on_event(Event(190.0, EventKind("serve"), "3000->203.0.113.7:40007", 7))
+    m.on_event(Event(250.0, EventKind("serve"), "3000->203.0.113.7:40008 (port remapped)", 7))
+    m.on_event(Event(300.0, EventKind("ban"), "host 17: boot-timeout", 8, reason="boot-timeout"))
+    m.on_event(Event(300.0, EventKind("destroy"), "boot-timeout", 8, reason="boot-timeout"))
+    m.on_event(Event(400.0, EventKind("destroy"), "image-drift (already gone)", 7, reason="image-drift"))
+    m.on_event(
+        Event(500.0, EventKind("condemn"), "host 19: restart-threshold", 9, reason="restart-threshold")
+    )
     assert sample(m, "vastprov_rentals_total") == 1
     assert sample(m, "vastprov_time_to_ready_seconds_count") == 1, "only the first serve of a rental"
     assert sample(m, "vastprov_time_to_ready_seconds_sum") == 90.0
@@ -155,16 +157,16 @@ def test_events_become_rentals_replacements_bans_and_time_to_ready() -> None:
 def test_serving_an_adopted_instance_is_not_a_time_to_ready() -> None:
     """An instance this process did not rent (adopted after a restart) gives no time-to-ready sample."""
     m = metrics.Metrics()
-    m.on_event(Event(10.0, "serve", "3000->203.0.113.7:40001", 1))
+    m.on_event(Event(10.0, EventKind("serve"), "3000->203.0.113.7:40001", 1))
     assert sample(m, "vastprov_time_to_ready_seconds_count") == 0
 
 
 def test_an_instance_destroyed_before_ready_gives_no_time_to_ready() -> None:
     """A rental destroyed before it served never yields a time-to-ready sample, even if its id comes back."""
     m = metrics.Metrics()
-    m.on_event(Event(0.0, "rent", "none", 5, reason="none"))
-    m.on_event(Event(50.0, "destroy", "dead", 5, reason="dead"))
-    m.on_event(Event(60.0, "serve", "x", 5))
+    m.on_event(Event(0.0, EventKind("rent"), "none", 5, reason="none"))
+    m.on_event(Event(50.0, EventKind("destroy"), "dead", 5, reason="dead"))
+    m.on_event(Event(60.0, EventKind("serve"), "x", 5))
     assert sample(m, "vastprov_time_to_ready_seconds_count") == 0
 
 
@@ -214,11 +216,9 @@ def scrape(m: metrics.Metrics) -> dict[str, list[tuple[dict[str, str], float]]]:
     return found
 
 
-def runtime_with(state: ReconcilerState | None, tmp_path: Path) -> Runtime:
+def runtime_with(view: ReconcilerView | None, tmp_path: Path) -> Runtime:
     runtime = Runtime(settings=settings())
-    runtime.reconciler = (
-        SimpleNamespace(view=lambda: reconciler.view_of(state)) if state is not None else None
-    )
+    runtime.reconciler = Shows(view) if view is not None else None
     runtime.nginx = nginx_mod.NginxProcess("nginx", tmp_path / "nginx.conf")
     return runtime
 
@@ -250,17 +250,17 @@ def test_every_documented_series_is_exposed(tmp_path: Path) -> None:
 def test_scrape_reads_phase_instances_and_nginx_counters(tmp_path: Path) -> None:
     """At scrape time: the phase is one-hot, each listed instance has an info series, nginx counters show."""
     served, booting = running(7, 0.40), running(8, 0.30, start_date=1.0)
-    state = ReconcilerState()
-    state.phase = planning.Phase.SERVING
-    state.last_tick_at = 1234.0
-    state.serving = served
-    state.last_observation = planning.Observation(now=1234.0, instances=(served, booting), template_hash=None)
-    runtime = runtime_with(state, tmp_path)
-    assert runtime.nginx is not None
-    runtime.nginx.reloads, runtime.nginx.restarts = 3, 1
+    observation = planning.Observation(now=1234.0, instances=(served, booting), template_hash=None)
+    view = make_view(
+        phase=planning.Phase.SERVING, last_tick_at=1234.0, serving=served, last_observation=observation
+    )
+    runtime = runtime_with(view, tmp_path)
+    nginx = nginx_mod.NginxProcess("nginx", tmp_path / "nginx.conf")
+    nginx.reloads, nginx.restarts = 3, 1
+    runtime.nginx = nginx
     m = metrics.Metrics()
     m.bind(runtime)
-    m.note_instances(state.last_observation.instances)
+    m.note_instances(observation.instances)
     found = scrape(m)
     phase = {labels["state"]: value for labels, value in found["vastprov_instance_state"]}
     assert phase["serving"] == 1 and sum(phase.values()) == 1

@@ -68,7 +68,7 @@ def test_main_context_is_complete_and_under_state_dir() -> None:
     assert not directives(text, "daemon")
     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         assert f"{kind}_temp_path {STATE}/{kind}_temp;" in text
-    assert "access_log /dev/stdout provisioner_json;" in text
+    assert "access_log /dev/stdout provisioner_json buffer=4k flush=1s;" in text
     assert "escape=json" in text
     for key in ("time", "remote_addr", "method", "uri", "status", "bytes", "request_time"):
         assert f'"{key}":' in text
@@ -90,8 +90,7 @@ def test_one_upstream_proxies_with_streaming_keepalive_and_no_retries() -> None:
     cfg = config(proxy_timeout_s=900, connect_timeout_s=5, keepalive=16, max_body_size="512k")
     text = rendering.render_nginx_conf(cfg, {3000: up(3000, "203.0.113.9", 41234)})
     assert re.search(
-        r"upstream listener_3000 \{\s*server 203\.0\.113\.9:41234 max_fails=0;\s*keepalive 16;"
-        r"\s*keepalive_timeout 60s;\s*\}",
+        r"upstream listener_3000 \{\s*server 203\.0\.113\.9:41234 max_fails=0;(\s*#[^\n]*)*\s*keepalive 16;",
         text,
     )
     (block,) = server_blocks(text)
@@ -119,6 +118,67 @@ def test_one_upstream_proxies_with_streaming_keepalive_and_no_retries() -> None:
     for line in expected:
         assert line in block, line
     assert "return 503" not in block
+
+
+def upstream_block(text: str) -> str:
+    (block,) = re.findall(r"\n    upstream listener_3000 \{\n(.*?)\n    \}\n", text, flags=re.S)
+    return str(block)
+
+
+def test_default_pool_covers_256_concurrent_requests() -> None:
+    """Defaults: a pool of 256 idle connections per worker, recycled rarely, closed idle after 4 s."""
+    text = rendering.render_nginx_conf(config(), {3000: up(3000, "203.0.113.9", 1)})
+    block = upstream_block(text)
+    assert directives(block, "keepalive") == ["256"]
+    assert directives(block, "keepalive_requests") == ["100000"]
+    assert directives(block, "keepalive_time") == ["12h"]
+    assert directives(block, "keepalive_timeout") == ["4s"]
+    assert directives(text, "worker_processes") == ["1"]
+    assert directives(text, "worker_connections") == ["1024"]
+    assert directives(text, "worker_rlimit_nofile") == ["2048"]
+    # client side: long-lived client connections are not closed every 1,000 requests either
+    outside = text.replace(block, "")
+    assert directives(outside, "keepalive_requests") == ["100000"]
+    assert directives(outside, "keepalive_time") == ["12h"]
+    assert directives(outside, "keepalive_timeout") == ["75s"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pool", "connections", "workers"),
+    [
+        pytest.param({"max_concurrency": 1}, 1, 1024, 1, id="tiny-keeps-1024-connections"),
+        pytest.param({"max_concurrency": 1000}, 1000, 4000, 1, id="1000-concurrent"),
+        pytest.param({"max_concurrency": 4096}, 4096, 16384, 1, id="largest"),
+        pytest.param({"max_concurrency": 64, "worker_processes": 4}, 64, 1024, 4, id="four-workers"),
+        pytest.param({"keepalive": 16, "worker_connections": 512}, 16, 512, 1, id="explicit-pool-and-limit"),
+    ],
+)
+def test_pool_and_limits_follow_max_concurrency(
+    overrides: dict[str, int], pool: int, connections: int, workers: int
+) -> None:
+    """The pool is max_concurrency per worker; worker_connections 4x it (min 1024); files 2x that."""
+    text = rendering.render_nginx_conf(config(**overrides), {3000: up(3000, "203.0.113.9", 1)})
+    assert directives(upstream_block(text), "keepalive") == [str(pool)]
+    assert directives(text, "worker_connections") == [str(connections)]
+    assert directives(text, "worker_rlimit_nofile") == [str(2 * connections)]
+    assert directives(text, "worker_processes") == [str(workers)]
+
+
+@pytest.mark.parametrize(
+    ("cap", "expected"),
+    [pytest.param(None, "32768", id="no-cap"), pytest.param(20000, "20000", id="capped-at-hard-limit")],
+)
+def test_open_file_limit_is_capped_at_the_hard_limit(cap: int | None, expected: str) -> None:
+    """worker_rlimit_nofile never asks for more than the hard limit nginx may raise to."""
+    text = rendering.render_nginx_conf(config(max_concurrency=4096, max_open_files=cap), None)
+    assert directives(text, "worker_rlimit_nofile") == [expected]
+
+
+def test_upstream_idle_timeout_is_configurable() -> None:
+    """upstream_keepalive_timeout_s sets the upstream pool's keepalive_timeout."""
+    cfg = config(upstream_keepalive_timeout_s=55)
+    text = rendering.render_nginx_conf(cfg, {3000: up(3000, "203.0.113.9", 1)})
+    assert directives(upstream_block(text), "keepalive_timeout") == ["55s"]
 
 
 def test_keepalive_zero_disables_upstream_keepalive() -> None:
@@ -254,6 +314,15 @@ BAD_CONFIGS: list[Any] = [
     pytest.param({"retry_after_s": -1}, id="retry-after-negative"),
     pytest.param({"keepalive": -1}, id="keepalive-negative"),
     pytest.param({"worker_connections": 1.5}, id="worker-connections-float"),
+    pytest.param({"max_concurrency": 0}, id="max-concurrency-0"),
+    pytest.param({"max_concurrency": 4097}, id="max-concurrency-over-limit"),
+    pytest.param({"max_concurrency": True}, id="max-concurrency-bool"),
+    pytest.param({"worker_processes": 0}, id="workers-0"),
+    pytest.param({"worker_processes": "auto"}, id="workers-auto-string"),
+    pytest.param({"worker_processes": 65}, id="workers-over-limit"),
+    pytest.param({"upstream_keepalive_timeout_s": 0}, id="upstream-idle-0"),
+    pytest.param({"max_open_files": "1024; x"}, id="open-files-string"),
+    pytest.param({"upstream_keepalive_timeout_s": "4s; x"}, id="upstream-idle-string"),
 ]
 
 
@@ -376,7 +445,7 @@ def test_check_upstream_ip_allow_private_still_rejects_names(host: str) -> None:
 
 
 def test_template_ships_in_the_package() -> None:
-    """The template is loaded from the provisioner package (so it ships in the wheel)."""
-    import provisioner
+    """The template is loaded from the provisioner.templates package (top-level templates/, in the wheel)."""
+    import importlib.resources
 
-    assert (Path(provisioner.__file__).parent / "templates" / "nginx.conf.j2").is_file()
+    assert (importlib.resources.files("provisioner.templates") / "nginx.conf.j2").is_file()

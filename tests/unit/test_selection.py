@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from provisioner import daemon, errors, model, selection
-from provisioner.selection import Criteria, Event, Record, Standing, Weights
+from provisioner import errors, model, offer_report, reputation, scoring, selection, wiring
+from provisioner.reputation import HostEvent, Record
+from provisioner.selection import Criteria, Standing, Weights
 from provisioner.settings import load_settings
 from provisioner.vast import query
 
@@ -181,7 +182,7 @@ def test_client_side_checks_repeat_the_filter(
 )
 def test_reliability_part(reliability: float | None, part: float) -> None:
     """Reliability part = clamp(1 - 10 (1 - reliability))."""
-    assert selection.reliability_part(reliability) == pytest.approx(part)
+    assert scoring.reliability_part(reliability) == pytest.approx(part)
 
 
 @pytest.mark.parametrize(
@@ -190,7 +191,7 @@ def test_reliability_part(reliability: float | None, part: float) -> None:
 )
 def test_bandwidth_part(inet_down: float | None, part: float) -> None:
     """Bandwidth part = clamp(log10(1 + inet_down) / 3)."""
-    assert selection.bandwidth_part(inet_down) == pytest.approx(part)
+    assert scoring.bandwidth_part(inet_down) == pytest.approx(part)
 
 
 @pytest.mark.parametrize(
@@ -205,7 +206,7 @@ def test_bandwidth_part(inet_down: float | None, part: float) -> None:
 )
 def test_country_part(country: str | None, preferred: tuple[str, ...], part: float) -> None:
     """Country part = (n - i) / n for the i-th preferred country, 0 elsewhere."""
-    assert selection.country_part(country, preferred) == pytest.approx(part)
+    assert scoring.country_part(country, preferred) == pytest.approx(part)
 
 
 @pytest.mark.parametrize(
@@ -219,7 +220,7 @@ def test_country_part(country: str | None, preferred: tuple[str, ...], part: flo
 )
 def test_reputation_part(host: Record | None, machine: Record | None, part: float) -> None:
     """Reputation part = (g + 1) / (g + b + 2) over the host's and the machine's records."""
-    assert selection.reputation_part(host, machine) == pytest.approx(part)
+    assert reputation.reputation_part(host, machine) == pytest.approx(part)
 
 
 # ---------------------------------------------------------------- ranking
@@ -332,6 +333,39 @@ def test_ranking_many_offers_is_sorted_and_deterministic() -> None:
     assert ids(selection.rank_offers(shuffled, crit, standing)) == ids(ranked)
 
 
+def test_scored_parts_are_the_documented_part_functions() -> None:
+    """The inlined scorer gives, per offer, exactly the parts the documented part functions give."""
+    rng = random.Random(9)
+    offers = [
+        offer(
+            i,
+            host_id=rng.choice([None, 1, 2, 3]),
+            machine_id=rng.choice([None, 11, 12]),
+            dph_total=rng.choice([None, 0.0, round(rng.uniform(0.05, 3.0), 3)]),
+            reliability=rng.choice([None, 0.5, 0.9, 0.95, 0.999, 1.0]),
+            inet_down=rng.choice([None, 0.0, 9.0, 999.0, 5000.0]),
+            geolocation=rng.choice([None, "Texas, US", "Bavaria, DE", "Oslo, NO", "nowhere"]),
+        )
+        for i in range(1, 501)
+    ]
+    hosts = {1: Record(2.0, 1.0), 2: Record(0.0, 3.0)}
+    machines = {11: Record(1.0, 0.0)}
+    crit = Criteria(preferred_countries=("DE", "US"))
+    scored = selection.score_offers(offers, crit, Standing(hosts=hosts, machines=machines))
+    cheapest = min(s.price_per_hour for s in scored if s.excluded is None and s.price_per_hour)
+    assert len(scored) == len(offers)
+    for s in scored:
+        o = s.offer
+        price = s.price_per_hour
+        assert s.parts == scoring.Parts(
+            min(1.0, cheapest / price) if price else 0.0,
+            scoring.reliability_part(o.reliability),
+            reputation.reputation_part(hosts.get(o.host_id or 0), machines.get(o.machine_id or 0)),
+            scoring.country_part(o.country, crit.preferred_countries),
+            scoring.bandwidth_part(o.inet_down),
+        )
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -360,11 +394,11 @@ def test_events_decay_with_their_half_life() -> None:
     """An event one half-life old weighs half; machine events count for the machine too."""
     now = 10_000.0
     events = [
-        Event(now - 100, "death", host_id=1, machine_id=11),
-        Event(now, "death", host_id=1, machine_id=12),
-        Event(now - 200, "ban", host_id=2, machine_id=None),
+        HostEvent(now - 100, "death", host_id=1, machine_id=11),
+        HostEvent(now, "death", host_id=1, machine_id=12),
+        HostEvent(now - 200, "ban", host_id=2, machine_id=None),
     ]
-    hosts, machines = selection.summarize_events(events, now, half_life_s=100)
+    hosts, machines = reputation.summarize_events(events, now, half_life_s=100)
     assert hosts[1] == Record(good=0.0, bad=pytest.approx(1.5))
     assert hosts[2].bad == pytest.approx(2 * 0.25)
     assert machines[11].bad == pytest.approx(0.5)
@@ -375,13 +409,13 @@ def test_slow_ready_counts_against_a_host_relative_to_the_median() -> None:
     """A ready event is one good; one taking twice the median time to ready also adds one bad."""
     now = 1000.0
     events = [
-        Event(now, "ready", host_id=1, value=60.0),
-        Event(now, "ready", host_id=2, value=60.0),
-        Event(now, "ready", host_id=3, value=60.0),
-        Event(now, "ready", host_id=4, value=180.0),
-        Event(now, "ready", host_id=5, value=90.0),
+        HostEvent(now, "ready", host_id=1, value=60.0),
+        HostEvent(now, "ready", host_id=2, value=60.0),
+        HostEvent(now, "ready", host_id=3, value=60.0),
+        HostEvent(now, "ready", host_id=4, value=180.0),
+        HostEvent(now, "ready", host_id=5, value=90.0),
     ]
-    hosts, _ = selection.summarize_events(events, now, half_life_s=3600)
+    hosts, _ = reputation.summarize_events(events, now, half_life_s=3600)
     assert hosts[1] == Record(good=1.0, bad=0.0)
     assert hosts[4] == Record(good=1.0, bad=1.0)
     assert hosts[5].bad == pytest.approx(0.5)
@@ -389,8 +423,8 @@ def test_slow_ready_counts_against_a_host_relative_to_the_median() -> None:
 
 def test_too_few_ready_samples_judge_no_speed() -> None:
     """Below MIN_READY_SAMPLES ready events there is no median, so no slow-boot penalty."""
-    events = [Event(0.0, "ready", host_id=1, value=10.0), Event(0.0, "ready", host_id=2, value=500.0)]
-    hosts, _ = selection.summarize_events(events, 0.0, half_life_s=60)
+    events = [HostEvent(0.0, "ready", host_id=1, value=10.0), HostEvent(0.0, "ready", host_id=2, value=500.0)]
+    hosts, _ = reputation.summarize_events(events, 0.0, half_life_s=60)
     assert hosts[2] == Record(good=1.0, bad=0.0)
 
 
@@ -401,7 +435,7 @@ def test_relaxations_try_the_settings_constraints_first() -> None:
     """Diagnosis drops the settings' constraints first, then query fields; never rentable or bans."""
     crit = Criteria(max_price=0.1, min_reliability=0.9)
     full = selection.search_filter(query.parse_query("gpu_name=RTX_4090"), crit, Standing(frozenset({1})))
-    options = selection.relaxations(full, crit, limit=4)
+    options = offer_report.relaxations(full, crit, limit=4)
     assert [o.field for o in options] == ["direct_port_count", "dph_total", "reliability", "verified"]
     assert [o.source for o in options][:3] == ["the proxied ports", "VAST_MAX_PRICE", "VAST_MIN_RELIABILITY"]
     assert options[3].source == "VAST_SEARCH_QUERY"
@@ -412,9 +446,9 @@ def test_explain_no_match_names_the_worst_constraint() -> None:
     """With nothing returned, the message names the constraint whose removal brings back the most offers."""
     crit = Criteria(max_price=0.01)
     full = selection.search_filter(DEFAULTS, crit, Standing())
-    relaxed = [(o, n) for o, n in zip(selection.relaxations(full, crit, 3), [0, 12, 0], strict=True)]
+    relaxed = [(o, n) for o, n in zip(offer_report.relaxations(full, crit, 3), [0, 12, 0], strict=True)]
     relaxed.sort(key=lambda item: -item[1])
-    message = selection.explain_no_match([], relaxed)
+    message = offer_report.explain_no_match([], relaxed)
     assert "VAST_MAX_PRICE (dph_total lte 0.01)" in message
     assert "returns 12 offers" in message
 
@@ -426,7 +460,7 @@ def test_explain_no_match_counts_client_side_exclusions() -> None:
         Criteria(max_price=0.6),
         Standing(banned_hosts=frozenset({10, 20})),
     )
-    assert selection.explain_no_match(scored, []) == (
+    assert offer_report.explain_no_match(scored, []) == (
         "no offer may be rented: the search returned 3, all excluded (2 banned-host, 1 over-price)"
     )
 
@@ -438,9 +472,9 @@ def test_table_marks_banned_offers_and_the_next_rental() -> None:
         Criteria(max_price=1.0),
         Standing(banned_hosts=frozenset({10})),
     )
-    shown = selection.shown_offers(scored, top=10)
+    shown = offer_report.shown_offers(scored, top=10)
     assert ids(shown) == [1, 2], "the over-price offer is not shown"
-    lines = selection.render_offers(shown, first_usable_id=2).splitlines()
+    lines = offer_report.render_offers(shown, first_usable_id=2).splitlines()
     assert "BANNED host" in lines[1] and "rents next" in lines[2]
     assert "score" in lines[0] and "rep" in lines[0]
 
@@ -465,7 +499,7 @@ def test_settings_become_criteria(env: pytest.MonkeyPatch) -> None:
         "VAST_DISK_GB": "50",
     }.items():
         env.setenv(key, value)
-    crit = daemon.build_criteria(load_settings())
+    crit = wiring.build_criteria(load_settings())
     assert crit == Criteria(
         ports_needed=2,
         disk_gb=50.0,
@@ -485,7 +519,7 @@ def test_settings_become_criteria(env: pytest.MonkeyPatch) -> None:
 def test_blank_price_cap_means_none(env: pytest.MonkeyPatch) -> None:
     """An empty VAST_MAX_PRICE (as manifests often leave it) means no cap."""
     env.setenv("VAST_MAX_PRICE", "")
-    assert daemon.build_criteria(load_settings()).max_price is None
+    assert wiring.build_criteria(load_settings()).max_price is None
 
 
 @pytest.mark.parametrize(
@@ -511,9 +545,17 @@ def test_daemon_search_body_carries_bans_and_cost_controls(env: pytest.MonkeyPat
     """The body the daemon sends holds the query, the price cap, the ports and the bans."""
     env.setenv("VAST_SEARCH_QUERY", "gpu_name=RTX_4090")
     env.setenv("VAST_MAX_PRICE", "0.7")
-    body = daemon.build_search_body(load_settings())(Standing(banned_hosts=frozenset({5, 4})))
+    body = wiring.build_search_body(load_settings())(Standing(banned_hosts=frozenset({5, 4})))
     assert body["gpu_name"] == {"eq": "RTX 4090"}
     assert body["dph_total"] == {"lte": 0.7}
     assert body["direct_port_count"] == {"gte": 1}
     assert body["host_id"] == {"notin": [4, 5]}
     assert body["allocated_storage"] == 20.0
+
+
+def test_reputation_names_stay_importable_from_selection() -> None:
+    """blacklist.py's selection.Event / Record / EVENT_KINDS / summarize_events are reputation's."""
+    assert selection.Event is reputation.HostEvent
+    assert selection.Record is reputation.Record
+    assert selection.EVENT_KINDS is reputation.EVENT_KINDS
+    assert selection.summarize_events is reputation.summarize_events

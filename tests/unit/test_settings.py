@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from provisioner import errors, model
-from provisioner.settings import load_settings, parse_docker_login, parse_proxy_ports, split_image
+from provisioner import errors, model, selection
+from provisioner.config_parsing import parse_docker_login, parse_proxy_ports, split_image
+from provisioner.settings import load_reaper_settings, load_settings
+from provisioner.vast import query
 
 
 def test_defaults(env: pytest.MonkeyPatch) -> None:
@@ -40,7 +42,7 @@ def test_secrets_do_not_print(env: pytest.MonkeyPatch) -> None:
     s = load_settings()
     assert "k3y-abcdef" not in repr(s)
     assert "hunter2secret" not in repr(s)
-    login = s.parsed_docker_login
+    login = s.docker_login
     assert login is not None
     assert login.as_vast_string() == "-u bob -p hunter2secret ghcr.io"
     assert "hunter2secret" not in repr(login)
@@ -79,6 +81,16 @@ BAD = [
     pytest.param({"PROXY_PORTS": "a:b"}, "PROXY_PORTS", id="proxy-ports-text"),
     pytest.param({"PROXY_PORTS": "3000:99999"}, "PROXY_PORTS", id="proxy-ports-range"),
     pytest.param({"NGINX_MAX_BODY_SIZE": "10MB"}, "NGINX_MAX_BODY_SIZE", id="body-size-unit"),
+    pytest.param({"NGINX_MAX_CONCURRENCY": "0"}, "NGINX_MAX_CONCURRENCY", id="max-concurrency-zero"),
+    pytest.param({"NGINX_MAX_CONCURRENCY": "100000"}, "NGINX_MAX_CONCURRENCY", id="max-concurrency-big"),
+    pytest.param({"NGINX_MAX_CONCURRENCY": "lots"}, "NGINX_MAX_CONCURRENCY", id="max-concurrency-text"),
+    pytest.param({"NGINX_WORKER_PROCESSES": "0"}, "NGINX_WORKER_PROCESSES", id="workers-zero"),
+    pytest.param({"NGINX_WORKER_PROCESSES": "auto"}, "NGINX_WORKER_PROCESSES", id="workers-auto"),
+    pytest.param(
+        {"NGINX_UPSTREAM_KEEPALIVE_TIMEOUT_SECONDS": "0"},
+        "NGINX_UPSTREAM_KEEPALIVE_TIMEOUT_SECONDS",
+        id="upstream-idle-zero",
+    ),
     pytest.param({"NGINX_MAX_BODY_SIZE": "10M; include x"}, "NGINX_MAX_BODY_SIZE", id="body-size-injection"),
     pytest.param({"VAST_LABEL": "x" * 300}, "VAST_LABEL", id="label-too-long"),
     pytest.param({"VAST_DISK_GB": "2"}, "VAST_DISK_GB", id="disk-too-small"),
@@ -146,3 +158,61 @@ def test_split_image(ref: str, expected: tuple[str, str | None]) -> None:
 def test_parse_proxy_ports() -> None:
     """PROXY_PORTS lists listen:container pairs in order."""
     assert parse_proxy_ports("3000:8000, 3001:8001") == (model.PortMap(3000, 8000), model.PortMap(3001, 8001))
+
+
+def test_every_missing_required_variable_is_named_at_once(env: pytest.MonkeyPatch) -> None:
+    """Several required variables unset: one ConfigError (one line) names all of them."""
+    env.delenv("POD_NAME")
+    env.delenv("VAST_TEMPLATE_IMAGE")
+    with pytest.raises(errors.ConfigError) as info:
+        load_settings()
+    assert str(info.value) == "POD_NAME, VAST_TEMPLATE_IMAGE: are required and not set"
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_empty_required_variables_are_told_apart(env: pytest.MonkeyPatch) -> None:
+    """An unset and an empty required variable are both named, each with its problem."""
+    env.delenv("POD_NAME")
+    env.setenv("VAST_API_KEY", " ")
+    with pytest.raises(errors.ConfigError) as info:
+        load_settings()
+    assert info.value.variable == "POD_NAME, VAST_API_KEY"
+    assert info.value.problem == "are required: POD_NAME is not set; VAST_API_KEY is empty"
+
+
+def test_values_are_stored_parsed(env: pytest.MonkeyPatch) -> None:
+    """Port maps, countries, weights, the registry login and the query are parsed once, at load."""
+    env.setenv("PROXY_PORTS", "3000:8000,3001:8001")
+    env.setenv("VAST_PREFERRED_COUNTRIES", "se, no")
+    env.setenv("VAST_SCORE_WEIGHTS", "country=2")
+    env.setenv("DOCKER_LOGIN", "-u bob -p pw")
+    env.setenv("VAST_SEARCH_QUERY", "num_gpus=2")
+    s = load_settings()
+    assert s.proxy_ports == (model.PortMap(3000, 8000), model.PortMap(3001, 8001))
+    assert s.vast_preferred_countries == ("SE", "NO")
+    assert s.vast_score_weights == selection.Weights(country=2.0)
+    assert s.docker_login is not None and s.docker_login.user == "bob"
+    assert s.vast_search_query.text == "num_gpus=2"
+    assert s.search_filter()["num_gpus"] == {"eq": "2"}
+    s.search_filter()["num_gpus"] = {"eq": "9"}
+    assert s.search_filter()["num_gpus"] == {"eq": "2"}, "callers get a copy"
+
+
+def test_defaults_are_parsed_values_too(env: pytest.MonkeyPatch) -> None:
+    """Unset optional values are parsed defaults, not text to parse later."""
+    s = load_settings()
+    assert s.proxy_ports is None and s.docker_login is None
+    assert s.vast_preferred_countries == ()
+    assert s.vast_score_weights == selection.Weights()
+    assert s.search_filter() == query.load_filter("")
+
+
+def test_reaper_settings_share_the_base_rules(env: pytest.MonkeyPatch) -> None:
+    """ReaperSettings validates the shared fields with Settings' rules and maps errors the same way."""
+    env.setenv("VAST_API_URL", "ftp://x")
+    with pytest.raises(errors.ConfigError) as pod:
+        load_settings()
+    with pytest.raises(errors.ConfigError) as reap:
+        load_reaper_settings()
+    assert str(pod.value) == str(reap.value)
+    assert pod.value.variable == "VAST_API_URL"

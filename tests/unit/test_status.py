@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from provisioner import model, planning, status
-from provisioner.reconciler import view_of
-from provisioner.tracking import ReconcilerState
+from provisioner import model, planning, runtime, status
+from provisioner.reconciler import ReconcilerView
+from tests.unit.views import make_view, view_after
 
 DESIRED = model.DesiredSpec(
     label="k8s_pod=vast-pod-0",
@@ -32,19 +34,16 @@ def inst(iid: int, status_: str | None, *, mapped: bool = False) -> model.Instan
     )
 
 
-def state_after(*instances: model.Instance, healthy: dict[int, bool] | None = None) -> ReconcilerState:
-    state = ReconcilerState()
+def state_after(*instances: model.Instance, healthy: dict[int, bool] | None = None) -> ReconcilerView:
     obs = planning.Observation(now=1000.0, instances=instances, template_hash=None, healthy=healthy or {})
-    state.last_observation = obs
-    state.last_plan = planning.plan(DESIRED, obs, planning.Policy())
-    return state
+    return view_after(DESIRED, obs)
 
 
 @pytest.mark.parametrize(
     ("state", "expected"),
     [
         pytest.param(None, None, id="no-reconciler"),
-        pytest.param(ReconcilerState(), None, id="no-tick-yet"),
+        pytest.param(make_view(), None, id="no-tick-yet"),
         pytest.param(state_after(), None, id="renting"),
         pytest.param(state_after(inst(5, "loading")), 5, id="booting"),
         pytest.param(
@@ -53,17 +52,16 @@ def state_after(*instances: model.Instance, healthy: dict[int, bool] | None = No
         pytest.param(state_after(inst(5, "exited")), None, id="dead-is-not-kept"),
     ],
 )
-def test_focus_instance(state: ReconcilerState | None, expected: int | None) -> None:
+def test_focus_instance(state: ReconcilerView | None, expected: int | None) -> None:
     """The pod is about its served instance, else the one it keeps booting; dead ones never."""
-    focus = status.focus_instance(view_of(state) if state is not None else None)
+    focus = runtime.focus_instance(state)
     assert (focus.id if focus is not None else None) == expected
 
 
 def test_focus_prefers_the_served_instance() -> None:
     """While a replacement boots, the served (drifted) instance stays the focus."""
-    state = state_after(inst(5, "loading"))
-    state.serving = inst(4, "running", mapped=True)
-    focus = status.focus_instance(view_of(state) if state is not None else None)
+    state = dataclasses.replace(state_after(inst(5, "loading")), serving=inst(4, "running", mapped=True))
+    focus = runtime.focus_instance(state)
     assert focus is not None and focus.id == 4
 
 

@@ -1,0 +1,292 @@
+"""Everything built from ``Settings``: the HTTP clients, the adapters and the reconciler.
+
+The one place where configuration becomes objects, so that nothing below it reads ``Settings``:
+
+* ``vast_http`` is the ONE factory of the Vast.ai HTTP client (``VAST_API_TIMEOUT_SECONDS`` for every
+  command: ``run``, ``offers``, ``status``, ``reap``), ``open_vast`` the client over it;
+* ``health_http`` is the upstream-probe client (``UPSTREAM_AUTH_HEADER`` set), used by the reconciler
+  and by ``provisioner status`` alike;
+* ``proxy_config``, ``build_criteria``, ``build_search_body``, ``build_chooser``, ``build_rent_request``
+  turn settings into the values the planner, the renter and the renderer take;
+* ``connect_blacklist`` / ``open_blacklist`` give the Redis blacklist (closed after), and
+  ``build_reconciler`` assembles the reconciler in ONE function (the daemon and the unit tests share it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import httpx
+from pydantic import SecretStr
+
+from provisioner import (
+    applying,
+    blacklist,
+    events,
+    fleet,
+    model,
+    planning,
+    reconciler,
+    rendering,
+    renting,
+    selection,
+    store,
+    upstream_health,
+)
+from provisioner.settings import Settings, VastAccess
+from provisioner.vast import client as vast_client
+
+#: connecting to the Vast.ai API never waits longer than this, whatever VAST_API_TIMEOUT_SECONDS says
+VAST_CONNECT_TIMEOUT_S: Final = 10.0
+#: one probe of the served upstream (a health path request or a TCP connect)
+HEALTH_TIMEOUT_S: Final = 3.0
+#: the longest an unhealthy served instance is kept before it is replaced (seconds)
+UNHEALTHY_TIMEOUT_CAP_S: Final = 300.0
+
+#: the search body for the current bans and reputation
+SearchBody = Callable[[selection.Standing], Mapping[str, object]]
+#: the offers that may be rented, best first
+Chooser = Callable[[list[model.Offer], selection.Standing], list[selection.Scored]]
+
+
+# ---------------------------------------------------------------- HTTP clients
+
+
+def vast_http(access: VastAccess) -> httpx.AsyncClient:
+    """The HTTP client for the Vast.ai API: ``VAST_API_TIMEOUT_SECONDS`` per request, no redirects."""
+    timeout_s = access.vast_api_timeout_seconds
+    timeout = httpx.Timeout(timeout_s, connect=min(VAST_CONNECT_TIMEOUT_S, timeout_s))
+    return httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+
+
+def vast_over(
+    access: VastAccess, http: httpx.AsyncClient, observer: vast_client.CallObserver | None = None
+) -> vast_client.VastClient:
+    """The Vast.ai client over an ``http`` built by ``vast_http``."""
+    return vast_client.VastClient(http, access.vast_api_key, base_url=access.vast_api_url, observer=observer)
+
+
+@contextlib.asynccontextmanager
+async def open_vast(
+    access: VastAccess, observer: vast_client.CallObserver | None = None
+) -> AsyncIterator[vast_client.VastClient]:
+    """A Vast.ai client on its own ``vast_http`` client, closed after."""
+    async with vast_http(access) as http:
+        yield vast_over(access, http, observer)
+
+
+def upstream_auth_headers(settings: Settings) -> dict[str, str]:
+    """``UPSTREAM_AUTH_HEADER: <per-pod secret>`` for the proxy and the health checks, or nothing."""
+    token = settings.upstream_auth_token
+    if settings.upstream_auth_header is None or token is None:
+        return {}
+    return {settings.upstream_auth_header: token.get_secret_value()}
+
+
+def health_http(settings: Settings) -> httpx.AsyncClient:
+    """The client that probes upstreams (the reconciler's health checks and ``status``)."""
+    return httpx.AsyncClient(timeout=httpx.Timeout(HEALTH_TIMEOUT_S), headers=upstream_auth_headers(settings))
+
+
+# ---------------------------------------------------------------- values for the core
+
+
+def proxy_config(settings: Settings) -> rendering.ProxyConfig:
+    """What the nginx config is rendered from (listeners, state dir, limits, the upstream header)."""
+    return rendering.ProxyConfig(
+        listeners=settings.port_maps,
+        state_dir=settings.state_dir.resolve(),
+        max_body_size=settings.nginx_max_body_size,
+        proxy_timeout_s=settings.nginx_proxy_timeout_seconds,
+        upstream_headers=upstream_auth_headers(settings),
+        max_concurrency=settings.nginx_max_concurrency,
+        worker_processes=settings.nginx_worker_processes,
+        upstream_keepalive_timeout_s=settings.nginx_upstream_keepalive_timeout_seconds,
+        max_open_files=open_files_hard_limit(),
+    )
+
+
+def open_files_hard_limit() -> int | None:
+    """How far nginx's workers may raise their open-file limit (None: unlimited)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return None if hard == resource.RLIM_INFINITY else hard
+
+
+def build_criteria(settings: Settings) -> selection.Criteria:
+    """What this pod may rent and how it ranks offers (selection.py documents the score)."""
+    return selection.Criteria(
+        ports_needed=len({p.container_port for p in settings.port_maps}),
+        disk_gb=settings.vast_disk_gb,
+        max_price=settings.vast_max_price,
+        min_reliability=settings.vast_min_reliability,
+        min_inet_down=settings.vast_min_inet_down,
+        min_cuda=settings.vast_min_cuda,
+        verified_only=settings.vast_verified_only,
+        datacenter_only=settings.vast_datacenter_only,
+        preferred_countries=settings.vast_preferred_countries,
+        interruptible=settings.vast_interruptible,
+        bid_multiplier=settings.vast_bid_multiplier,
+        weights=settings.vast_score_weights,
+    )
+
+
+def build_search_body(settings: Settings) -> SearchBody:
+    """The search body for the current bans: the user's filter, the cost controls, the ports, ``notin``."""
+    base = settings.search_filter()
+    criteria = build_criteria(settings)
+
+    def body(standing: selection.Standing) -> Mapping[str, object]:
+        return selection.search_body(base, criteria, standing)
+
+    return body
+
+
+def build_chooser(settings: Settings) -> Chooser:
+    """The ranking: offers that may be rented, best first."""
+    criteria = build_criteria(settings)
+
+    def choose(offers: list[model.Offer], standing: selection.Standing) -> list[selection.Scored]:
+        return selection.rank_offers(offers, criteria, standing)
+
+    return choose
+
+
+def build_rent_request(settings: Settings) -> Callable[[str | None], vast_client.RentRequest]:
+    """The rent request for a template hash; the upstream secret and registry login ride along."""
+    desired = settings.desired_spec()
+    login = settings.docker_login
+    # the shared secret goes to the instance with each rental, never into the template
+    env = dict(desired.env)
+    for name, value in upstream_auth_headers(settings).items():
+        env["UPSTREAM_AUTH_HEADER"] = name
+        env["UPSTREAM_AUTH_TOKEN"] = value
+
+    def request(template_hash: str | None) -> vast_client.RentRequest:
+        return vast_client.RentRequest(
+            image=settings.vast_template_image,
+            env=env,
+            ports=desired.container_ports,
+            label=desired.label,
+            disk_gb=desired.disk_gb,
+            template_hash_id=template_hash,
+            onstart=desired.onstart,
+            bid_price=None,
+            image_login=SecretStr(login.as_vast_string()) if login else None,
+        )
+
+    return request
+
+
+def build_policy(settings: Settings) -> planning.Policy:
+    """The planner's timing rules."""
+    return planning.Policy(
+        boot_timeout_s=settings.boot_timeout_seconds,
+        unhealthy_timeout_s=min(settings.boot_timeout_seconds, UNHEALTHY_TIMEOUT_CAP_S),
+        steady_interval_s=settings.reconcile_interval_seconds,
+        boot_interval_s=settings.boot_poll_seconds,
+    )
+
+
+# ---------------------------------------------------------------- Redis
+
+
+def build_blacklist(settings: Settings, client: store.Client) -> blacklist.Blacklist:
+    """The Redis blacklist over an already built client (``store.connect``)."""
+    return blacklist.Blacklist(
+        client,
+        keys=store.Keys(settings.blacklist_key_prefix),
+        ban_ttl_s=settings.blacklist_ban_ttl_seconds,
+        restart_window_s=settings.blacklist_restart_ttl_seconds,
+        restart_threshold=settings.blacklist_restart_threshold,
+        half_life_s=settings.blacklist_reputation_half_life_seconds,
+        owner=settings.pod_name,
+        deadline_s=4 * settings.blacklist_redis_timeout_seconds,
+    )
+
+
+@contextlib.asynccontextmanager
+async def connect_blacklist(settings: Settings) -> AsyncIterator[blacklist.Blacklist]:
+    """The blacklist at ``BLACKLIST_REDIS_URL`` (whatever ``BLACKLIST_ENABLED`` says); closed after."""
+    client = store.connect(
+        settings.blacklist_redis_url.get_secret_value(), timeout_s=settings.blacklist_redis_timeout_seconds
+    )
+    try:
+        yield build_blacklist(settings, client)
+    finally:
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def open_blacklist(settings: Settings) -> AsyncIterator[blacklist.Blacklist | None]:
+    """The blacklist when ``BLACKLIST_ENABLED``, else None (no Redis at all)."""
+    if not settings.blacklist_enabled:
+        yield None
+        return
+    async with connect_blacklist(settings) as store:
+        yield store
+
+
+# ---------------------------------------------------------------- the reconciler
+
+
+@dataclass(frozen=True)
+class Clients:
+    """What the reconciler is built over: made (and closed) by the caller."""
+
+    vast: vast_client.VastClient
+    proxy: applying.ProxyPort
+    health_http: httpx.AsyncClient
+    store: blacklist.Blacklist | None = None
+
+
+def health_checker(settings: Settings, http: httpx.AsyncClient) -> upstream_health.Checker:
+    """The upstream check the reconciler and ``status`` share (address rules; auth header via ``http``)."""
+    return upstream_health.Checker(
+        http=http,
+        ports=settings.port_maps,
+        health_path=settings.vast_health_path,
+        allow_private=settings.vast_allow_private_upstreams,
+    )
+
+
+def build_reconciler(
+    settings: Settings,
+    clients: Clients,
+    *,
+    on_event: Callable[[events.Event], None] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> reconciler.Reconciler:
+    """The reconciler for this pod (the one place that knows its constructor)."""
+    guarded = None
+    pods = None
+    if clients.store is not None:
+        # the blacklist and the heartbeats share one Redis and one outage state (logged once)
+        outage = store.Outage(where=store.describe_url(settings.blacklist_redis_url.get_secret_value()))
+        guarded = blacklist.Guarded(clients.store, outage)
+        pods = fleet.GuardedFleet(fleet.Fleet.over(clients.store), outage, pod=settings.pod_name)
+    spec = renting.RentSpec(
+        search_body=build_search_body(settings),
+        choose_offers=build_chooser(settings),
+        rent_request=build_rent_request(settings),
+        max_fleet_dph=settings.vast_max_fleet_dph,
+    )
+    adapters = reconciler.Adapters(
+        vast=clients.vast,
+        proxy=clients.proxy,
+        health=health_checker(settings, clients.health_http),
+        bans=guarded,
+        fleet=pods,
+    )
+    config = reconciler.ReconcilerConfig(
+        desired=settings.desired_spec(),
+        proxy_config=proxy_config(settings),
+        policy=build_policy(settings),
+        drain_s=float(settings.nginx_drain_seconds),
+    )
+    renter = renting.Renter(clients.vast, spec, bans=guarded, fleet=pods)
+    return reconciler.Reconciler(adapters, renter, config, clock=clock or time.time, on_event=on_event)
