@@ -77,6 +77,8 @@ class Reconciles(Protocol):
 
     def view(self) -> ReconcilerView: ...
 
+    async def note_clean_stop(self) -> None: ...
+
 
 class KeyCheck(Protocol):
     """The Vast call that checks the key and names the account (``VastClient.whoami``)."""
@@ -132,8 +134,17 @@ class Daemon:
             _background.add(forcing)
             forcing.add_done_callback(_background.discard)
             return
-        log.info("received %s: shutting down (the instance is kept)", signal.Signals(sig).name)
+        log.info("received %s: shutting down (%s)", signal.Signals(sig).name, self._kept())
         self.request_stop()
+
+    def _kept(self) -> str:
+        """What a shutdown leaves running: this pod's instances (the pod may only be restarting)."""
+        view = self.runtime.view()
+        seen = view.last_observation if view is not None else None
+        ids = sorted(i.id for i in seen.instances) if seen is not None else []
+        if not ids:
+            return "no instance to keep"
+        return f"instance {', '.join(map(str, ids))} is kept"
 
     def request_stop(self) -> None:
         self.runtime.stopping = True
@@ -200,7 +211,8 @@ class Daemon:
         self, vast: vast_client.VastClient, rec: Reconciles, nginx: nginx_mod.NginxProcess
     ) -> None:
         """The task tree until stop; a refused key (``AuthError``) or an nginx failure (``NginxError``)
-        ends it and is raised as such (``cli.py`` maps them to exit codes 3 and 4)."""
+        ends it and is raised as such (``cli.py`` maps them to exit codes 3 and 4). A clean stop is
+        recorded (``note_clean_stop``) so that the next start does not count as a crash restart."""
         try:
             async with asyncio.TaskGroup() as group:
                 ticking = group.create_task(self._reconcile_loop(vast, rec))
@@ -222,6 +234,7 @@ class Daemon:
             raise eg.exceptions[0] from None
         if self.forced:
             raise errors.ShutdownForced("stopped by a second signal before the shutdown finished")
+        await rec.note_clean_stop()  # a clean stop: the next start is no crash (restart counting)
 
     async def _until_stopped(self, ticking: asyncio.Task[None]) -> None:
         """On stop, let an in-flight tick finish (``STOP_TICK_GRACE_S`` at most), then end every task."""

@@ -96,7 +96,8 @@ def readiness(runtime: Runtime) -> tuple[bool, str]:
     if runtime.nginx is None or not runtime.nginx.is_running:
         return False, "nginx is not running"
     if view.serving is None:
-        return False, view.unserve_reason
+        why = view.waiting_reason  # what holds the rental back (spend cap, rent brakes, template)
+        return False, f"{view.unserve_reason}: {why}" if why else view.unserve_reason
     if view.serving_healthy is False:
         return False, "upstream failing its health check"
     return True, "ok"
