@@ -147,10 +147,7 @@ class Metrics:
             if iid is not None:
                 self._rented_at.pop(iid, None)
                 self.cost.drop(iid)
-        elif event.kind in (
-            events.EventKind.BAN,
-            events.EventKind.CONDEMN,
-        ):  # condemn: the blacklist banned an adopted instance's host
+        elif event.kind == events.EventKind.BAN:  # a condemned instance's host is not banned
             self.bans.labels(reason).inc()
         elif event.kind == events.EventKind.SERVE and iid is not None and iid in self._rented_at:
             self.time_to_ready.observe(max(event.at - self._rented_at.pop(iid), 0.0))

@@ -292,7 +292,7 @@ class Reconciler:
             return
         for inst in await tracking.count_adoptions(self.adapters.bans, self.state.tracked, adopted):
             reason = self.state.tracked[inst.id].condemned
-            detail = f"host {inst.host_id}: {reason}"
+            detail = f"{reason}: replaced make-before-break (host {inst.host_id} not banned)"
             self.record(events.EventKind.CONDEMN, detail, inst.id, logging.WARNING, reason=reason)
 
     # ------------------------------------------------------------ tick
