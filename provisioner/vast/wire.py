@@ -62,6 +62,15 @@ def encode_query(params: Mapping[str, Any]) -> str:
     return urlencode([(k, v if isinstance(v, str) else json.dumps(v)) for k, v in params.items()])
 
 
+def _request_url(failure: httpx.HTTPError) -> str:
+    """The URL a failed request went to, without credentials or query (nothing secret, no search body)."""
+    try:
+        url = failure.request.url
+    except RuntimeError:  # an error raised before any request was made
+        return ""
+    return str(url.copy_with(userinfo=b"", query=None, fragment=None))
+
+
 _THRESHOLD_RE = re.compile(r"threshold\s*=\s*([0-9]+(?:\.[0-9]+)?)")
 
 
@@ -77,7 +86,9 @@ def map_failure(
     if isinstance(failure, httpx.HTTPError):
         kind = "timed out" if isinstance(failure, httpx.TimeoutException) else "connection failed"
         text = _short(scrub(str(failure), secret))
-        return errors.VastUnavailable(call, f"{kind} ({type(failure).__name__}{': ' + text if text else ''})")
+        where = scrub(_request_url(failure), secret)
+        detail = f"{type(failure).__name__}{': ' + text if text else ''}"
+        return errors.VastUnavailable(call, f"{kind}{' to ' + where if where else ''} ({detail})")
     status = failure.status_code
     body = _json_or_none(failure)
     code = body.get("error") if isinstance(body, Mapping) else None
