@@ -400,7 +400,20 @@ def blacklist_unban(
     print(f"unbanned {kind} {ident}" if lifted else f"{kind} {ident} was not banned")
 
 
+def skip_httpx_cli() -> None:
+    """Keep httpx's optional command-line client (and the rich and pygments it pulls in) unimported.
+
+    ``import httpx`` loads ``httpx._main`` whenever click, rich and pygments are installed (rich comes
+    with typer), 3 MiB of resident memory the provisioner never uses (docs/performance.md §5). A
+    ``None`` entry in ``sys.modules`` makes that one optional import fail, and httpx falls back to the
+    stub it has for installs without its ``[cli]`` extra.
+    """
+    if "httpx" not in sys.modules:
+        sys.modules.setdefault("httpx._main", None)
+
+
 def main() -> None:
+    skip_httpx_cli()
     app()
 
 
