@@ -3,10 +3,8 @@
 This is the only place with a broad ``except`` and the only place that knows the exit codes: a
 ``ConfigError`` becomes one line on stderr and exit code 2, a refused API key 3, an nginx failure 4,
 any other ``ProvisionerError`` (a taken ``ADMIN_PORT`` included) one line and exit code 1; nothing
-prints a traceback at the user.
-
-Start-up is kept short (``--help`` and a config error answer in well under 0.3 s, docs/performance.md):
-this module imports only typer and the error tree; each command imports what it needs when it runs.
+prints a traceback at the user. Start-up is short (``--help``, a config error: docs/performance.md): this
+module imports only typer and the error tree; each command imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -14,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
 
 import typer
 
@@ -65,14 +63,11 @@ def _guard(fn: Callable[[], T]) -> T:
         raise _fail(f"{exc.strerror or exc}{where}", EXIT_FAILURE) from None
 
 
-def _arun(make: Callable[[], Awaitable[T]]) -> T:
+def _arun(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """``asyncio.run`` of ``make()`` under ``_guard`` (asyncio is imported only by commands that need it)."""
     import asyncio  # noqa: PLC0415
 
-    async def go() -> T:
-        return await make()
-
-    return _guard(lambda: asyncio.run(go()))
+    return _guard(lambda: asyncio.run(make()))
 
 
 def _load_settings() -> settings.Settings:
@@ -118,17 +113,11 @@ def status(
     ] = None,
 ) -> None:
     """Show this pod's instance, upstream, health, bans and recent events (same env as `run`)."""
-    from provisioner import settings as settings_mod  # noqa: PLC0415
     from provisioner import status as status_mod  # noqa: PLC0415
 
-    cfg: settings.Settings | None = None
-    problem: errors.ConfigError | None = None
-    try:
-        cfg = settings_mod.load_settings()
-    except errors.ConfigError as exc:
-        if admin_url is None:
-            raise _fail(str(exc), EXIT_CONFIG) from None
-        problem = exc
+    cfg, problem = status_mod.settings_or_problem()
+    if problem is not None and admin_url is None:
+        raise _fail(str(problem), EXIT_CONFIG)
     report = _arun(lambda: status_mod.gather_status(cfg, admin_url=admin_url, settings_problem=problem))
     if as_json:
         print(json.dumps(report, indent=2, sort_keys=True))
@@ -169,9 +158,8 @@ def query(
         bool,
         typer.Option(
             "--as-run",
-            help="Print the body `provisioner run` sends now: the query plus VAST_DISK_GB, the price, "
-            "reliability, port and host filters and the current bans (BLACKLIST_ENABLED). Needs the "
-            "pod's settings.",
+            help="Print the body `run` sends now: the query with VAST_DISK_GB, the price, reliability, "
+            "port and host filters and the bans (BLACKLIST_ENABLED). Needs the pod's settings.",
         ),
     ] = False,
 ) -> None:
@@ -194,14 +182,13 @@ def _as_run_body(text: str | None) -> dict[str, object]:
     """What ``run`` sends for the current settings (``text`` replacing ``VAST_SEARCH_QUERY``)."""
     from provisioner import offers as offers_mod  # noqa: PLC0415
     from provisioner import settings as settings_mod  # noqa: PLC0415
-    from provisioner import wiring  # noqa: PLC0415
 
     overrides = {} if text is None else {"vast_search_query": text}
     cfg = _guard(lambda: settings_mod.load_settings(**overrides))
-    standing, store_error = _arun(lambda: offers_mod.read_standing(cfg))
+    body, store_error = _arun(lambda: offers_mod.search_body_now(cfg))
     if store_error:
         print(f"provisioner: warning: {store_error}; the bans are left out", file=sys.stderr)
-    return dict(wiring.build_search_body(cfg)(standing))
+    return dict(body)
 
 
 @app.command()
@@ -248,12 +235,8 @@ def sim(ctx: typer.Context) -> None:
     """Serve the simulated Vast.ai API (docker-compose, tests); `provisioner sim --help` for its flags."""
     from provisioner.sim import app as sim_app  # noqa: PLC0415
 
-    # one parser: the simulator's own (rate limits, overrides, seed ...), as `python -m provisioner.sim`
-    raise typer.Exit(sim_app.main(ctx.args, default_port=SIM_DEFAULT_PORT))
-
-
-#: `provisioner sim`'s port when --port is not given (docker-compose and the README use it)
-SIM_DEFAULT_PORT: Final = 8765
+    # one parser, the simulator's own (as `python -m provisioner.sim`); 8765 as docker-compose and the README
+    raise typer.Exit(sim_app.main(ctx.args, default_port=8765))
 
 
 @app.command()
@@ -401,13 +384,8 @@ def blacklist_unban(
 
 
 def skip_httpx_cli() -> None:
-    """Keep httpx's optional command-line client (and the rich and pygments it pulls in) unimported.
-
-    ``import httpx`` loads ``httpx._main`` whenever click, rich and pygments are installed (rich comes
-    with typer), 3 MiB of resident memory the provisioner never uses (docs/performance.md §5). A
-    ``None`` entry in ``sys.modules`` makes that one optional import fail, and httpx falls back to the
-    stub it has for installs without its ``[cli]`` extra.
-    """
+    """``import httpx`` loads its optional CLI (rich, pygments: 3 MiB resident, docs/performance.md §5)
+    when they are installed; a ``None`` in ``sys.modules`` makes it fall back to its no-extra stub."""
     if "httpx" not in sys.modules:
         sys.modules.setdefault("httpx._main", None)
 

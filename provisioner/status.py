@@ -24,7 +24,7 @@ import httpx
 
 from provisioner import errors, model, planning, rendering, runtime, upstream_health, wiring
 from provisioner.runtime import SOURCE_ADMIN
-from provisioner.settings import Settings
+from provisioner.settings import Settings, load_settings
 from provisioner.vast import client as vast_client
 
 SOURCE_VAST: Final = "vast-api"
@@ -44,6 +44,14 @@ def admin_base_url(settings: Settings) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"http://{host}:{settings.admin_port}"
+
+
+def settings_or_problem() -> tuple[Settings | None, errors.ConfigError | None]:
+    """The pod's settings, or why they did not load (``--admin-url`` may do without them)."""
+    try:
+        return load_settings(), None
+    except errors.ConfigError as exc:
+        return None, exc
 
 
 async def from_blacklist(settings: Settings) -> list[dict[str, Any]]:
