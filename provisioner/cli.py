@@ -387,7 +387,7 @@ def skip_httpx_cli() -> None:
     """``import httpx`` loads its optional CLI (rich, pygments: 3 MiB resident, docs/performance.md §5)
     when they are installed; a ``None`` in ``sys.modules`` makes it fall back to its no-extra stub."""
     if "httpx" not in sys.modules:
-        sys.modules.setdefault("httpx._main", None)
+        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # None: "not importable"
 
 
 def main() -> None:
