@@ -151,6 +151,7 @@ def _announce(url: str, environment: Mapping[str, str]) -> None:
     lines = [
         f"ready: curl {url}   (SSE: curl -N '{url}stream?n=5')",
         f"admin: {admin}/readyz  {admin}/status  {admin}/metrics",
+        f"status from any shell: provisioner status --admin-url {admin}",
         "to run `provisioner status` or `provisioner offers` against this demo in another shell, paste",
         "(the key is the demo's fake, not a secret; no Redis here, so `blacklist` has nothing to show):",
         f"  {export_line(environment)}",

@@ -117,6 +117,9 @@ def test_printed_environment_runs_status_and_offers_against_the_demo(tmp_path: P
         report = json.loads(status.stdout)
         assert report["pod"] == "demo-pod-0", status.stdout
         assert admin.endswith(f":{report_admin_port(export)}")
+        bare = run_shell(f'"{PROVISIONER}" status --json --admin-url {admin}', env)
+        assert json.loads(bare.stdout)["pod"] == "demo-pod-0", "--admin-url needs none of the settings"
+        assert f"status from any shell: provisioner status --admin-url {admin}\n" in "".join(lines)
         offers = run_shell(f'{export}; "{PROVISIONER}" offers --json', env)
         assert json.loads(offers.stdout), offers.stdout
     finally:
