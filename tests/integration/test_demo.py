@@ -126,8 +126,8 @@ def test_printed_environment_runs_status_and_offers_against_the_demo(tmp_path: P
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)
         reader.join(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        assert proc.stdout is not None
+        proc.stdout.close()
     assert code == 0, "".join(lines)[-3000:]
     assert "demo-key-not-secret" in export
     assert not list(tmp_path.glob("provisioner-demo-*"))
