@@ -148,7 +148,8 @@ def query(
     text: Annotated[
         str | None,
         typer.Argument(
-            help="A search query, e.g. 'gpu_name=RTX_4090 num_gpus=1' (--as-run: VAST_SEARCH_QUERY)."
+            metavar="QUERY",
+            help="A search query, e.g. 'gpu_name=RTX_4090 num_gpus=1' (--as-run: VAST_SEARCH_QUERY).",
         ),
     ] = None,
     storage: Annotated[
@@ -350,9 +351,7 @@ def operator_name(given: str | None) -> str:
 @blacklist_app.command("ban")
 def blacklist_ban(
     ident: _Ident,
-    ttl: Annotated[
-        int | None, typer.Option(min=1, help="Seconds; default: BLACKLIST_BAN_TTL_SECONDS.")
-    ] = None,
+    ttl: Annotated[int | None, typer.Option(min=1, help="Seconds (BLACKLIST_BAN_TTL_SECONDS).")] = None,
     reason: Annotated[str, typer.Option(help="Why (shown by `blacklist list`).")] = "manual",
     machine: Annotated[bool, typer.Option("--machine", help="Ban one machine instead of a host.")] = False,
     operator: Annotated[
