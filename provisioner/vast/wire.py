@@ -62,6 +62,21 @@ def encode_query(params: Mapping[str, Any]) -> str:
     return urlencode([(k, v if isinstance(v, str) else json.dumps(v)) for k, v in params.items()])
 
 
+def _unreached(call: str, failure: httpx.HTTPError, secret: str) -> errors.VastUnavailable:
+    """No answer: what happened and the URL it went to, without credentials or query (nothing secret)."""
+    kind = "timed out" if isinstance(failure, httpx.TimeoutException) else "connection failed"
+    text = _short(scrub(str(failure), secret))
+    try:
+        url = failure.request.url.copy_with(userinfo=b"", query=None, fragment=None)
+    except RuntimeError:  # an error raised before any request was made
+        where = ""
+    else:
+        where = f" to {scrub(str(url), secret)}"
+    return errors.VastUnavailable(
+        call, f"{kind}{where} ({type(failure).__name__}{': ' + text if text else ''})"
+    )
+
+
 _THRESHOLD_RE = re.compile(r"threshold\s*=\s*([0-9]+(?:\.[0-9]+)?)")
 
 
@@ -75,9 +90,7 @@ def map_failure(
     (``VastBadResponse``) or says ``success: false`` (``VastRejected``).
     """
     if isinstance(failure, httpx.HTTPError):
-        kind = "timed out" if isinstance(failure, httpx.TimeoutException) else "connection failed"
-        text = _short(scrub(str(failure), secret))
-        return errors.VastUnavailable(call, f"{kind} ({type(failure).__name__}{': ' + text if text else ''})")
+        return _unreached(call, failure, secret)
     status = failure.status_code
     body = _json_or_none(failure)
     code = body.get("error") if isinstance(body, Mapping) else None

@@ -105,6 +105,17 @@ async def test_readyz_says_what_holds_the_rental_back() -> None:
     assert body["reason"] == f"renting: {why}"
 
 
+@pytest.mark.parametrize("with_reconciler", [False, True], ids=["starting", "renting"])
+async def test_readyz_gives_the_last_error(with_reconciler: bool) -> None:
+    """Not ready after a failed tick: /readyz gives the last error (naming the URL), not only the phase."""
+    made = make_runtime(phase="renting", with_reconciler=with_reconciler)
+    error = "whoami: connection failed to http://127.0.0.1:9/api/v0/users/current/ (ConnectError: refused)"
+    made[0].last_error = error
+    body = (await get(made, "/readyz")).json()
+    phase = "renting" if with_reconciler else "starting"
+    assert body["reason"] == f"{phase} (last error: {error})"
+
+
 async def test_readyz_names_the_served_instance() -> None:
     """A ready answer carries the id of the instance being served."""
     body = (await get(make_runtime(), "/readyz")).json()

@@ -901,6 +901,17 @@ async def test_every_transport_error_maps_to_ours(
     assert rent.call_count == 1
 
 
+def test_connection_errors_name_the_url_without_secrets() -> None:
+    """A failed connection names the URL it went to, without credentials, query or the API key."""
+    request = httpx.Request("GET", f"http://u:pw@127.0.0.1:9/api/v0/users/current/?api_key={KEY}")
+    mapped = wire.map_failure("whoami", httpx.ConnectError("refused", request=request), secret=KEY)
+    assert (
+        str(mapped)
+        == "whoami: connection failed to http://127.0.0.1:9/api/v0/users/current/ (ConnectError: refused)"
+    )
+    assert "pw" not in str(mapped) and KEY not in str(mapped)
+
+
 def test_map_failure_maps_other_httpx_errors() -> None:
     """httpx errors outside the transport family (e.g. TooManyRedirects) still map to VastUnavailable."""
     mapped = wire.map_failure("whoami", httpx.TooManyRedirects("loop"))
