@@ -26,7 +26,7 @@ _T = TypeVar("_T")
 
 #: env vars named ``VAST_ENV_<NAME>`` become env ``NAME`` in the remote container.
 REMOTE_ENV_PREFIX: Final = "VAST_ENV_"
-#: Vast accepts a label of at most 256 characters at create time (vast-api.md §5).
+#: Vast accepts a label of at most 256 characters at create time (docs/vast-api.md §6.1).
 MAX_LABEL_LEN: Final = 256
 _HEALTH_PATH_RE: Final = re.compile(r"^/[A-Za-z0-9._~/\-%]*$")
 _POD_NAME_RE: Final = re.compile(r"^[a-z0-9]([a-z0-9.\-]{0,251}[a-z0-9])?$")

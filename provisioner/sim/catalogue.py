@@ -1,4 +1,4 @@
-"""The seeded marketplace: realistic GPU offers with the fields of vast-api.md §4.3, and their pricing.
+"""The seeded marketplace: realistic GPU offers with the fields of docs/vast-api.md §5.3, and their pricing.
 
 Hosts own several machines (one offer each); the first machines cycle through every GPU model as a clean,
 verified, rentable single-GPU offer so that tests can rely on each model being rentable. Prices: `dph_base`

@@ -1,7 +1,7 @@
 """Pure helpers for the Vast.ai wire format, used by ``client``: no I/O, no state.
 
-Owns the query-string encoding (vast-api.md §1), the template body (§9.2) and ``map_failure``, the one
-place where an unwanted HTTP answer or an httpx error becomes one of ``provisioner.errors`` (§2).
+Owns the query-string encoding (docs/vast-api.md §1), the template body (§9.2) and ``map_failure``, the one
+place where an unwanted HTTP answer or an httpx error becomes one of ``provisioner.errors`` (§2.3).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ _DETAIL_CHARS: Final = 200
 
 
 def template_body(spec: model.TemplateSpec) -> dict[str, Any]:
-    """The template fields of ``POST /api/v0/template/`` (vast-api.md §9.2).
+    """The template fields of ``POST /api/v0/template/`` (docs/vast-api.md §9.2).
 
     Registry credentials are never stored in a template: the login goes with each rent.
     """

@@ -31,7 +31,7 @@ SPEC = model.TemplateSpec(
     disk_gb=20.0,
 )
 
-# vast-api.md §10: `vastai create instance 123 --image nginx --label k8s_pod=vast-pod-0 --disk 20
+# docs/vast-api.md §10: `vastai create instance 123 --image nginx --label k8s_pod=vast-pod-0 --disk 20
 # --env '-p 8000:8000 -e FOO=bar'` as sent by the official 1.9.1 CLI.
 CAPTURED_RENT_BODY: dict[str, Any] = {
     "client_id": "me",
@@ -53,11 +53,11 @@ CAPTURED_RENT_BODY: dict[str, Any] = {
     "user": None,
     "runtype": "ssh",
 }
-# vast-api.md §10: the query string of `vastai --raw show instances`.
+# docs/vast-api.md §10: the query string of `vastai --raw show instances`.
 CAPTURED_LIST_QUERY = (
     "select_filters=%7B%7D&order_by=%5B%7B%22col%22%3A+%22id%22%2C+%22dir%22%3A+%22asc%22%7D%5D&limit=25"
 )
-# vast-api.md §10: the query string of `vastai search templates name=k8s-nginx`.
+# docs/vast-api.md §10: the query string of `vastai search templates name=k8s-nginx`.
 CAPTURED_TEMPLATE_QUERY = (
     "select_cols=%5B%22%2A%22%5D&select_filters=%7B%22name%22%3A+%7B%22eq%22%3A+%22k8s-nginx%22%7D%7D"
 )
@@ -158,7 +158,7 @@ def templates(*rows: dict[str, Any]) -> httpx.Response:
 
 
 def query_of(request: httpx.Request) -> dict[str, Any]:
-    """Form-decode the query string, then JSON-decode each value that is JSON (vast-api.md §1)."""
+    """Form-decode the query string, then JSON-decode each value that is JSON (docs/vast-api.md §1)."""
     result: dict[str, Any] = {}
     for key, value in parse_qsl(request.url.query.decode(), keep_blank_values=True):
         try:

@@ -23,7 +23,7 @@ def test_catalogue_is_seeded() -> None:
 
 
 def test_catalogue_is_realistic(offers: list[dict[str, Any]]) -> None:
-    """≥200 offers with the fields and invariants of vast-api.md §4.3."""
+    """≥200 offers with the fields and invariants of docs/vast-api.md §5.3."""
     assert len(offers) == 240
     assert len({o["id"] for o in offers}) == 240
     names = {o["gpu_name"] for o in offers}
