@@ -4,9 +4,11 @@
 and cross-field rules such as port clashes) and raises ``ConfigError`` naming the variable, before
 any network call is made; every missing required variable is named in that one message. Values
 are stored parsed (port maps, countries, score weights, the registry login, the search query:
-the parsers live in ``config_parsing.py``). ``Settings`` and ``ReaperSettings`` share one base
-(``VastAccess``: Vast access, the pods' Redis, logging) and one error mapping. Secrets are
-``SecretStr`` so that they never print.
+the parsers live in ``config_parsing.py``). ``Settings`` and ``ReaperSettings`` share one base,
+``VastAccess`` (Vast access) on ``RedisAccess`` (the pods' Redis, the ban rules, logging: all that
+``provisioner blacklist`` reads), and one error mapping. Secrets are ``SecretStr`` so that they
+never print. The README's configuration table lists every variable read here
+(``tests/unit/test_docs.py`` keeps the two in step).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 Owns the query-string encoding (docs/vast-api.md §1), the template body (§9.2) and ``map_failure``, the one
 place where an unwanted HTTP answer or an httpx error becomes one of ``provisioner.errors`` (§2.3).
+It reads httpx's types, so the import rules place it below the adapters, not in the pure core.
 """
 
 from __future__ import annotations
