@@ -51,7 +51,7 @@ class RecordingProxy:
 @contextlib.contextmanager
 def run_recording_proxy(target: str) -> Iterator[RecordingProxy]:
     proxy = RecordingProxy(target)
-    http = httpx.Client(timeout=30.0)
+    http = httpx.Client(timeout=30.0, limits=httpx.Limits(keepalive_expiry=2.0))  # below uvicorn's 5 s
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
