@@ -73,6 +73,7 @@ def analyse(run: FleetRun, opts: Options) -> dict[str, Any]:
         "instances": len(run.instances),
         "live": len(live),
         "duplicates": sum(c - 1 for c in per_label.values() if c > 1),
+        "first_call_s": min((e["ts"] for e in run.calls), default=float("nan")) - run.t_start,
         "busy_boot": busy_pct(s0, s1),
         "busy_steady": busy_pct(s1, s2),
     }
@@ -157,6 +158,7 @@ def print_footprint(runs: list[FleetRun], stats: list[dict[str, Any]]) -> None:
                 (s2.side_cpu_s["sim"] - s1.side_cpu_s["sim"]) / steady_h,
                 run.side_rss_kb["sim"] / MIB,
                 run.side_rss_kb["redis"] / MIB,
+                s["first_call_s"],
                 s["busy_boot"],
                 s["busy_steady"],
             ]
@@ -173,6 +175,7 @@ def print_footprint(runs: list[FleetRun], stats: list[dict[str, Any]]) -> None:
             "sim CPU s/h (steady)",
             "sim RSS MiB",
             "redis RSS MiB",
+            "first API call s",
             "machine busy % boot",
             "busy % steady",
         ],

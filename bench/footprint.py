@@ -43,22 +43,11 @@ IMPORT_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("asyncio", ("asyncio",)),
     ("pydantic + pydantic-settings (Settings)", ("pydantic", "pydantic_settings")),
     ("jinja2 (the nginx.conf template)", ("jinja2",)),
-    (
-        "rich, pygments, click: only for httpx's optional CLI (rich is there because typer needs it)",
-        (
-            "click",
-            "pygments.lexers",
-            "rich.console",
-            "rich.markup",
-            "rich.progress",
-            "rich.syntax",
-            "rich.table",
-        ),
-    ),
+    ("click (uvicorn's and typer's command line)", ("click",)),
     ("httpx (with httpcore, h11, anyio, idna, certifi)", ("httpx",)),
     ("redis.asyncio (blacklist, fleet, rent lock)", ("redis.asyncio",)),
     ("tenacity", ("tenacity",)),
-    ("typer (the CLI; click already loaded)", ("typer",)),
+    ("typer (the CLI)", ("typer",)),
     ("starlette + uvicorn (admin server)", ("starlette.applications", "uvicorn")),
     ("prometheus-client (/metrics)", ("prometheus_client",)),
     ("provisioner's own modules", ("provisioner.cli", "provisioner.daemon", "provisioner.reconciler")),
@@ -69,6 +58,8 @@ def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
+# as `provisioner` does first (cli.skip_httpx_cli): httpx's optional CLI (rich, pygments) stays out
+sys.modules["httpx._main"] = None
 rows = [["python itself", rss()]]
 for label, modules in json.loads(sys.argv[1]):
     before = rss()
@@ -76,9 +67,12 @@ for label, modules in json.loads(sys.argv[1]):
         importlib.import_module(name)
     rows.append([label, rss() - before])
 import httpx
-for label in ("first httpx.AsyncClient (TLS context, CA bundle)", "second httpx.AsyncClient"):
+for label, verify in (
+    ("the Vast API's httpx.AsyncClient (TLS context, CA bundle)", True),
+    ("the health probes' httpx.AsyncClient (verify=False: no CA bundle)", False),
+):
     before = rss()
-    httpx.AsyncClient()
+    httpx.AsyncClient(verify=verify)
     rows.append([label, rss() - before])
 rows.append(["total", rss()])
 print(json.dumps(rows))

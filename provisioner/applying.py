@@ -134,6 +134,7 @@ class Executor:
         gone = await self.vast.destroy_instance(instance.id)
         if record is not None:
             record.unconfirmed = False
+            record.destroyed = True
         if reason == "dead" and self.bans is not None:
             await self.bans.record(instance, "death")
         detail = reason + ("" if gone else " (already gone)")
@@ -156,6 +157,8 @@ class Executor:
             now=self.clock(),
         )
         outcome = await self.renter.rent(ask)
+        state.waiting_reason = outcome.why
+        state.spend_reserved = state.spend_reserved or outcome.reserved
         if outcome.result is renting.Result.RENTED and outcome.instance_id is not None:
             record = state.tracked[outcome.instance_id]
             record.unconfirmed = True

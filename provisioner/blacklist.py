@@ -2,8 +2,13 @@
 
 Every multi-key update is one MULTI/EXEC transaction: a ban writes its record, its index entry
 and a reputation event together; the restart counter trims the window, adds this start and
-counts in one transaction, so concurrent starts never lose a count. Reading the bans and the
-reputation for a rental is one round trip (:meth:`Blacklist.standing`).
+counts in one transaction, so concurrent starts never lose a count.
+
+Restart counting (``BLACKLIST_RESTART_THRESHOLD``): only starts that follow a crash count. A
+process that stops cleanly (SIGTERM) marks its instances (``cleanstop``); the next start that
+adopts one uses the mark up instead of counting. More counted starts in the window than the
+threshold condemn the instance: it is replaced make-before-break, and its host is not banned.
+Reading the bans and the reputation for a rental is one round trip (:meth:`Blacklist.standing`).
 
 Expiry: the detail keys expire by Redis TTL; the indexes are scored by expiry time on the
 writer's clock and pruned on every read (pods' clocks are assumed NTP-close). Reputation events
@@ -88,6 +93,10 @@ class Blacklist:
     @property
     def deadline_s(self) -> float:
         return self._deadline_s
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     async def _run(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         return await store.run_redis(op, fn, self._deadline_s)
@@ -236,11 +245,45 @@ class Blacklist:
         result = await self._transaction("count restart", queue)
         return int(result[2])
 
-    async def adopted(self, instance: model.Instance) -> str | None:
-        """A process start adopted ``instance``: count it; above the threshold ban its host.
+    async def mark_clean_stop(self, instance_ids: Iterable[int]) -> None:
+        """This process stops cleanly (SIGTERM) while it has these instances: the next start that
+        adopts one of them is not a crash, and is not counted (the mark lasts the restart window)."""
+        ids = sorted(set(instance_ids))
+        if not ids:
+            return
+        record = json.dumps({"by": self.owner or None, "at": self._clock()})
 
-        Returns the reason to replace the instance, or None.
+        def queue(pipe: Any) -> None:
+            for iid in ids:
+                pipe.set(self.keys.clean_stop(iid), record, ex=self.restart_window_s)
+
+        await self._transaction("clean stop", queue)
+
+    async def _take_clean_stop(self, instance_id: int) -> bool:
+        """Whether the previous process stopped cleanly with this instance; the mark is used up."""
+        key = self.keys.clean_stop(instance_id)
+
+        def queue(pipe: Any) -> None:
+            pipe.get(key)
+            pipe.delete(key)
+
+        stored, _ = await self._transaction("clean stop", queue)
+        return stored is not None
+
+    async def adopted(self, instance: model.Instance) -> str | None:
+        """A process start adopted ``instance``: count it, unless the previous process stopped cleanly.
+
+        Returns the reason to replace the instance (more counted starts in the window than the
+        threshold), or None. Nothing is banned: a restart of our own process says nothing about the
+        host, so the instance is replaced (make-before-break) and its host stays eligible.
         """
+        if await self._take_clean_stop(instance.id):
+            log.info(
+                "adopted instance %s after a clean stop (not counted as a restart)",
+                instance.id,
+                extra={"event": "adopt", "instance_id": instance.id},
+            )
+            return None
         count = await self.count_adoption(instance.id)
         if count <= self.restart_threshold:
             log.info(
@@ -252,7 +295,6 @@ class Blacklist:
                 extra={"event": "adopt", "instance_id": instance.id},
             )
             return None
-        await self.ban(instance, RESTART_REASON)
         return RESTART_REASON
 
     # ------------------------------------------------------------ reputation
@@ -292,6 +334,9 @@ class Guarded:
 
     async def adopted(self, instance: model.Instance) -> str | None:
         return await self._safely(lambda: self.blacklist.adopted(instance), None)
+
+    async def mark_clean_stop(self, instance_ids: Iterable[int]) -> None:
+        await self._safely(lambda: self.blacklist.mark_clean_stop(instance_ids), None)
 
     async def record(self, instance: model.Instance, kind: str, value: float = 0.0) -> None:
         await self._safely(lambda: self.blacklist.record(instance, kind, value), None)

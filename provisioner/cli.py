@@ -3,25 +3,25 @@
 This is the only place with a broad ``except`` and the only place that knows the exit codes: a
 ``ConfigError`` becomes one line on stderr and exit code 2, a refused API key 3, an nginx failure 4,
 any other ``ProvisionerError`` (a taken ``ADMIN_PORT`` included) one line and exit code 1; nothing
-prints a traceback at the user.
+prints a traceback at the user. Start-up is short (``--help``, a config error: docs/performance.md): this
+module imports only typer and the error tree; each command imports what it needs when it runs.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
+import os
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
 
 import typer
 
-from provisioner import blacklist, daemon, errors, logs, model, offer_report, rendering, wiring
-from provisioner import offers as offers_mod
-from provisioner import settings as settings_mod
+from provisioner import errors
+
+if TYPE_CHECKING:
+    from provisioner import blacklist, settings
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
@@ -29,9 +29,12 @@ EXIT_CONFIG: Final = 2
 EXIT_AUTH: Final = 3
 EXIT_NGINX: Final = 4
 
+# rich_markup_mode=None: click's plain help (re-wrapped paragraphs, no "<bool>" type tags on flags),
+# and rich is never imported
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,
     help="Rent a Vast.ai GPU for a Kubernetes pod and reverse-proxy to it with nginx.",
 )
 
@@ -56,10 +59,26 @@ def _guard(fn: Callable[[], T]) -> T:
     except errors.ProvisionerError as exc:
         raise _fail(str(exc), EXIT_FAILURE) from None
     except OSError as exc:
-        raise _fail(f"{exc.strerror or exc}", EXIT_FAILURE) from None
+        where = f": {exc.filename}" if exc.filename else ""
+        raise _fail(f"{exc.strerror or exc}{where}", EXIT_FAILURE) from None
 
 
-def _setup_logging(cfg: settings_mod.Settings) -> None:
+def _arun(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """``asyncio.run`` of ``make()`` under ``_guard`` (asyncio is imported only by commands that need it)."""
+    import asyncio  # noqa: PLC0415
+
+    return _guard(lambda: asyncio.run(make()))
+
+
+def _load_settings() -> settings.Settings:
+    from provisioner import settings as settings_mod  # noqa: PLC0415
+
+    return _guard(settings_mod.load_settings)
+
+
+def _setup_logging(cfg: settings.Settings) -> None:
+    from provisioner import logs  # noqa: PLC0415
+
     secrets = [cfg.vast_api_key.get_secret_value()]
     login = cfg.docker_login
     if login is not None:
@@ -73,9 +92,11 @@ def _setup_logging(cfg: settings_mod.Settings) -> None:
 @app.command()
 def run() -> None:
     """Provision this pod's instance and proxy to it until SIGTERM (configured by env vars)."""
-    cfg = _guard(settings_mod.load_settings)
+    cfg = _load_settings()
     _setup_logging(cfg)
-    _guard(lambda: asyncio.run(daemon.run(cfg)))
+    from provisioner import daemon  # noqa: PLC0415
+
+    _arun(lambda: daemon.run(cfg))
     raise typer.Exit(EXIT_OK)
 
 
@@ -83,14 +104,21 @@ def run() -> None:
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] = False,
     admin_url: Annotated[
-        str | None, typer.Option(help="The pod's admin server (default: ADMIN_HOST:ADMIN_PORT on this host).")
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="The pod's admin server (default: ADMIN_HOST:ADMIN_PORT on this host). With it, the "
+            "pod's settings are needed only when that server does not answer.",
+        ),
     ] = None,
 ) -> None:
     """Show this pod's instance, upstream, health, bans and recent events (same env as `run`)."""
     from provisioner import status as status_mod  # noqa: PLC0415
 
-    cfg = _guard(settings_mod.load_settings)
-    report = _guard(lambda: asyncio.run(status_mod.gather_status(cfg, admin_url=admin_url)))
+    cfg, problem = status_mod.settings_or_problem()
+    if problem is not None and admin_url is None:
+        raise _fail(str(problem), EXIT_CONFIG)
+    report = _arun(lambda: status_mod.gather_status(cfg, admin_url=admin_url, settings_problem=problem))
     if as_json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
@@ -106,42 +134,79 @@ def demo(
 ) -> None:
     """Run against the built-in simulated Vast.ai: no API key, no Redis, no root."""
     from provisioner import demo as demo_mod  # noqa: PLC0415 - the simulator loads only here
+    from provisioner import logs  # noqa: PLC0415
 
     logs.setup_logging(pod="demo-pod-0", fmt="text")
-    code = _guard(
-        lambda: asyncio.run(
-            demo_mod.run_demo(check=check, listen_port=port, boot_delay_s=boot_delay, timeout_s=timeout)
-        )
+    code = _arun(
+        lambda: demo_mod.run_demo(check=check, listen_port=port, boot_delay_s=boot_delay, timeout_s=timeout)
     )
     raise typer.Exit(code)
 
 
 @app.command()
 def query(
-    text: Annotated[str, typer.Argument(help="A search query, e.g. 'gpu_name=RTX_4090 num_gpus=1'.")],
-    storage: Annotated[float, typer.Option(help="allocated_storage in GB.")] = 5.0,
+    text: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="QUERY",
+            help="A search query, e.g. 'gpu_name=RTX_4090 num_gpus=1' (--as-run: VAST_SEARCH_QUERY).",
+        ),
+    ] = None,
+    storage: Annotated[
+        float | None, typer.Option(help="allocated_storage in GB (default 5; --as-run uses VAST_DISK_GB).")
+    ] = None,
+    as_run: Annotated[
+        bool,
+        typer.Option(
+            "--as-run",
+            help="Print the body `run` sends now: the query with VAST_DISK_GB, the price, reliability, "
+            "port and host filters and the bans (BLACKLIST_ENABLED). Needs the pod's settings.",
+        ),
+    ] = False,
 ) -> None:
     """Print the JSON search body that would be sent to Vast.ai for a query."""
-    from provisioner.vast import query as query_mod  # noqa: PLC0415
+    if as_run:
+        if storage is not None:
+            raise _fail("--storage: not with --as-run (the body uses VAST_DISK_GB)", EXIT_CONFIG)
+        body = _as_run_body(text)
+    elif text is None:
+        raise _fail("query: give a query, or --as-run for the body `run` sends", EXIT_CONFIG)
+    else:
+        from provisioner.vast import query as query_mod  # noqa: PLC0415
 
-    def build() -> dict[str, object]:
-        return query_mod.search_body(query_mod.load_filter(text), allocated_storage=storage)
-
-    body = _guard(build)
+        size = 5.0 if storage is None else storage
+        body = _guard(lambda: query_mod.search_body(query_mod.load_filter(text), allocated_storage=size))
     print(json.dumps(body, indent=2))
+
+
+def _as_run_body(text: str | None) -> dict[str, object]:
+    """What ``run`` sends for the current settings (``text`` replacing ``VAST_SEARCH_QUERY``)."""
+    from provisioner import offers as offers_mod  # noqa: PLC0415
+    from provisioner import settings as settings_mod  # noqa: PLC0415
+
+    overrides = {} if text is None else {"vast_search_query": text}
+    cfg = _guard(lambda: settings_mod.load_settings(**overrides))
+    body, store_error = _arun(lambda: offers_mod.search_body_now(cfg))
+    if store_error:
+        print(f"provisioner: warning: {store_error}; the bans are left out", file=sys.stderr)
+    return dict(body)
 
 
 @app.command()
 def render(
     upstream: Annotated[
-        list[str] | None, typer.Option(help="LISTEN=HOST:PORT, repeatable; none renders the 503 config.")
+        list[str] | None,
+        typer.Option(metavar="LISTEN=HOST:PORT", help="Repeatable; none renders the 503 config."),
     ] = None,
-    listen: Annotated[list[int] | None, typer.Option(help="Listen ports (default 3000).")] = None,
-    max_body_size: Annotated[str, typer.Option()] = "10M",
-    state_dir: Annotated[Path, typer.Option()] = Path("/tmp/provisioner/nginx"),
-    timeout: Annotated[int, typer.Option(help="Upstream read/send timeout, seconds.")] = 600,
+    listen: Annotated[
+        list[int] | None, typer.Option(metavar="PORT", help="Listen ports (default 3000).")
+    ] = None,
+    max_body_size: Annotated[str, typer.Option(metavar="SIZE")] = "10M",
+    state_dir: Annotated[Path, typer.Option(metavar="DIR")] = Path("/tmp/provisioner/nginx"),
+    timeout: Annotated[int, typer.Option(metavar="SECONDS", help="Upstream read/send timeout.")] = 600,
 ) -> None:
     """Print the nginx config the provisioner would write for the given upstreams."""
+    from provisioner import model, rendering  # noqa: PLC0415
 
     def build() -> str:
         ups: dict[int, model.Upstream] = {}
@@ -163,33 +228,16 @@ def render(
     print(_guard(build), end="")
 
 
-@app.command()
-def sim(
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    boot_delay: Annotated[float, typer.Option(help="Seconds from rent to running.")] = 3.0,
-    seed: Annotated[int, typer.Option(help="Catalogue seed.")] = 7,
-    rate_limits: Annotated[bool, typer.Option(help="Enforce Vast-like per-endpoint rate limits.")] = False,
-    api_key: Annotated[str | None, typer.Option(help="Require exactly this key (default: any).")] = None,
-    public_ip: Annotated[
-        str, typer.Option(help="Address reported as the instances' public_ipaddr.")
-    ] = "127.0.0.1",
-    workload_host: Annotated[
-        str, typer.Option(help="Address the simulated GPU workloads bind.")
-    ] = "127.0.0.1",
-) -> None:
-    """Serve the simulated Vast.ai API (for local runs, docker-compose and tests)."""
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def sim(ctx: typer.Context) -> None:
+    """Serve the simulated Vast.ai API (docker-compose, tests); `provisioner sim --help` for its flags."""
     from provisioner.sim import app as sim_app  # noqa: PLC0415
 
-    config = sim_app.SimConfig(
-        seed=seed,
-        boot_delay_s=boot_delay,
-        rate_limits=rate_limits,
-        api_key=api_key,
-        public_ip=public_ip,
-        workload_host=workload_host,
-    )
-    _guard(lambda: sim_app.run_sim(host, port, config))
+    # one parser, the simulator's own (as `python -m provisioner.sim`); 8765 as docker-compose and the README
+    raise typer.Exit(sim_app.main(ctx.args, default_port=8765))
 
 
 @app.command()
@@ -201,8 +249,11 @@ def offers(
 
     Exits 1, saying which constraint removed the most offers, when no offer may be rented.
     """
-    cfg = _guard(settings_mod.load_settings)
-    survey = _guard(lambda: asyncio.run(offers_mod.survey_offers(cfg)))
+    from provisioner import offer_report  # noqa: PLC0415
+    from provisioner import offers as offers_mod  # noqa: PLC0415
+
+    cfg = _load_settings()
+    survey = _arun(lambda: offers_mod.survey_offers(cfg))
     if survey.store_error:
         print(f"provisioner: warning: {survey.store_error}; bans are not marked", file=sys.stderr)
     shown = offer_report.shown_offers(survey.scored, top)
@@ -228,42 +279,55 @@ def reap(
 ) -> None:
     """Destroy instances labelled REAP_LABEL_PREFIX... whose pod sent no heartbeat for REAP_GRACE_SECONDS.
 
-    A dry run unless --apply. Needs VAST_API_KEY and the pods' Redis (BLACKLIST_REDIS_URL), not the
-    pod's own settings. Exits 1 when it refuses (list failed, Redis unreachable, too many orphans).
+    A dry run unless --apply. Needs VAST_API_KEY and the pods' Redis (BLACKLIST_REDIS_URL), not the pod's
+    own settings. Exits 1 when it refuses (list failed, Redis unreachable, too many orphans).
     """
-    from provisioner import reaper  # noqa: PLC0415
+    from provisioner import logs, reaper  # noqa: PLC0415
+    from provisioner import settings as settings_mod  # noqa: PLC0415
 
     cfg = _guard(settings_mod.load_reaper_settings)
     secret = [cfg.vast_api_key.get_secret_value()]
     logs.setup_logging(pod="reaper", fmt=cfg.log_format, debug=cfg.debug, secrets=secret)
-    outcome = _guard(lambda: asyncio.run(reaper.run(cfg, apply=apply, max_share=max_share)))
+    outcome = _arun(lambda: reaper.run(cfg, apply=apply, max_share=max_share))
     if outcome.problem is not None:
         raise _fail(outcome.problem, EXIT_FAILURE)
 
 
 blacklist_app = typer.Typer(
-    no_args_is_help=True, help="The shared host blacklist in BLACKLIST_REDIS_URL (same env as `run`)."
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="The shared host blacklist in BLACKLIST_REDIS_URL. Needs only the Redis settings "
+    "(BLACKLIST_REDIS_URL, BLACKLIST_KEY_PREFIX, BLACKLIST_REDIS_TIMEOUT_SECONDS), not the pod's.",
 )
 app.add_typer(blacklist_app, name="blacklist")
 
+#: host and machine ids are positive integers (``blacklist ban -- -5`` is refused)
+_Ident = Annotated[int, typer.Argument(metavar="HOST", min=1, help="Host id (a machine id with --machine).")]
 
-def _with_blacklist(cfg: settings_mod.Settings, action: Callable[[blacklist.Blacklist], Awaitable[T]]) -> T:
+
+def _with_blacklist(owner: str, action: Callable[[blacklist.Blacklist], Awaitable[T]]) -> T:
     """Run ``action(blacklist)`` against BLACKLIST_REDIS_URL; Redis errors become one line, exit 1."""
+    from provisioner import settings as settings_mod  # noqa: PLC0415
+    from provisioner import wiring  # noqa: PLC0415
+
+    cfg = _guard(settings_mod.load_redis_access)
 
     async def go() -> T:
-        async with wiring.connect_blacklist(cfg) as store:
+        async with wiring.connect_blacklist(cfg, owner) as store:
             return await action(store)
 
-    return _guard(lambda: asyncio.run(go()))
+    return _arun(go)
 
 
 @blacklist_app.command("list")
 def blacklist_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON, for scripts.")] = False,
 ) -> None:
-    """Show every current ban: host or machine, reason, when, expiry, by which pod."""
-    cfg = _guard(settings_mod.load_settings)
-    bans = _with_blacklist(cfg, lambda store: store.bans())
+    """Show every current ban: host or machine, reason, when, expiry, by which pod or operator."""
+    import dataclasses  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    bans = _with_blacklist("", lambda store: store.bans())
     if as_json:
         print(json.dumps([dataclasses.asdict(b) for b in bans]))
         return
@@ -276,33 +340,57 @@ def blacklist_list(
         print(f"{b.kind:<8} {b.ident:>10} {b.expires_at - now:>10.0f}s {b.by or '-':<24} {b.reason or '-'}")
 
 
+def operator_name(given: str | None) -> str:
+    """Who a manual ban is recorded as: ``operator:<--operator, else $USER, else "unknown">``."""
+    name = (given or os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown").strip()
+    if not name or len(name) > 64 or not name.isprintable():
+        raise errors.ConfigError("--operator", "must be 1-64 printable characters")
+    return f"operator:{name}"
+
+
 @blacklist_app.command("ban")
 def blacklist_ban(
-    ident: Annotated[int, typer.Argument(metavar="HOST", help="Host id (a machine id with --machine).")],
-    ttl: Annotated[int | None, typer.Option(min=1, help="Seconds; default: the ban TTL setting.")] = None,
+    ident: _Ident,
+    ttl: Annotated[int | None, typer.Option(min=1, help="Seconds (BLACKLIST_BAN_TTL_SECONDS).")] = None,
     reason: Annotated[str, typer.Option(help="Why (shown by `blacklist list`).")] = "manual",
     machine: Annotated[bool, typer.Option("--machine", help="Ban one machine instead of a host.")] = False,
+    operator: Annotated[
+        str | None, typer.Option(help="Who bans (recorded as operator:NAME; default $USER).")
+    ] = None,
 ) -> None:
     """Ban a host (or one machine) for every pod sharing this Redis."""
-    cfg = _guard(settings_mod.load_settings)
     kind: Literal["host", "machine"] = "machine" if machine else "host"
-    _with_blacklist(cfg, lambda store: store.ban_id(kind, ident, reason, ttl))
-    print(f"banned {kind} {ident} for {ttl or cfg.blacklist_ban_ttl_seconds}s: {reason}")
+    owner = _guard(lambda: operator_name(operator))
+    ban_ttl = _with_blacklist(owner, lambda store: _ban(store, kind, ident, reason, ttl))
+    print(f"banned {kind} {ident} for {ban_ttl}s: {reason} (by {owner})")
+
+
+async def _ban(store: blacklist.Blacklist, kind: Literal["host", "machine"], ident: int, reason: str,
+               ttl: int | None) -> int:  # fmt: skip
+    await store.ban_id(kind, ident, reason, ttl)
+    return ttl or store.ban_ttl_s
 
 
 @blacklist_app.command("unban")
 def blacklist_unban(
-    ident: Annotated[int, typer.Argument(metavar="HOST", help="Host id (a machine id with --machine).")],
+    ident: _Ident,
     machine: Annotated[bool, typer.Option("--machine", help="Unban one machine instead of a host.")] = False,
 ) -> None:
     """Lift the ban of a host (or one machine)."""
-    cfg = _guard(settings_mod.load_settings)
     kind: Literal["host", "machine"] = "machine" if machine else "host"
-    lifted = _with_blacklist(cfg, lambda store: store.unban(kind, ident))
+    lifted = _with_blacklist("", lambda store: store.unban(kind, ident))
     print(f"unbanned {kind} {ident}" if lifted else f"{kind} {ident} was not banned")
 
 
+def skip_httpx_cli() -> None:
+    """``import httpx`` loads its optional CLI (rich, pygments: 3 MiB resident, docs/performance.md §5)
+    when they are installed; a ``None`` in ``sys.modules`` makes it fall back to its no-extra stub."""
+    if "httpx" not in sys.modules:
+        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # None: "not importable"
+
+
 def main() -> None:
+    skip_httpx_cli()
     app()
 
 

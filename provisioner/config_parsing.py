@@ -8,12 +8,13 @@ mapping of ``Settings`` and ``ReaperSettings`` (``check_required``, ``config_err
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, SecretStr, ValidationError
@@ -21,9 +22,11 @@ from pydantic import AliasChoices, SecretStr, ValidationError
 from provisioner import errors, imageref, model, rendering, selection
 from provisioner.vast import query
 
+_T = TypeVar("_T")
+
 #: env vars named ``VAST_ENV_<NAME>`` become env ``NAME`` in the remote container.
 REMOTE_ENV_PREFIX: Final = "VAST_ENV_"
-#: Vast accepts a label of at most 256 characters at create time (vast-api.md §5).
+#: Vast accepts a label of at most 256 characters at create time (docs/vast-api.md §6.1).
 MAX_LABEL_LEN: Final = 256
 _HEALTH_PATH_RE: Final = re.compile(r"^/[A-Za-z0-9._~/\-%]*$")
 _POD_NAME_RE: Final = re.compile(r"^[a-z0-9]([a-z0-9.\-]{0,251}[a-z0-9])?$")
@@ -237,6 +240,50 @@ def check_auth_header(value: str) -> str:
     if not _HEADER_RE.fullmatch(value) or value.lower() in rendering.RESERVED_HEADERS:
         raise ValueError("must be a header name (letters, digits, '-') not already set by the proxy")
     return value
+
+
+# ---------------------------------------------------------------- validator builders (settings.py)
+
+
+def blank_is_none(parse: Callable[[Any], _T]) -> Callable[[Any], _T | None]:
+    """A validator for an optional value: None, blank text or an empty secret are unset."""
+
+    def validate(value: Any) -> _T | None:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return parse(value)
+
+    return validate
+
+
+def parsed(kind: type[_T], parse: Callable[[str], _T]) -> Callable[[Any], _T]:
+    """A validator that parses text and keeps an already parsed value."""
+
+    def validate(value: Any) -> _T:
+        if isinstance(value, kind):
+            return value
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            raise ValueError("must be text")
+        return parse(value)
+
+    return validate
+
+
+def blank_to_none(value: Any) -> Any:
+    """An optional number's value: blank text is unset."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def check_ip_address(value: str) -> str:
+    """An IPv4 or IPv6 address (``NGINX_LISTEN_ADDRESS``: nginx binds it, so no host names)."""
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise ValueError("is not an IP address (e.g. 0.0.0.0, 127.0.0.1 or ::)") from None
 
 
 def check_host(value: str) -> str:

@@ -78,6 +78,8 @@ class Reconciles(Protocol):
 
     def view(self) -> ReconcilerView: ...
 
+    async def note_clean_stop(self) -> None: ...
+
 
 class KeyCheck(Protocol):
     """The Vast call that checks the key and names the account (``VastClient.whoami``)."""
@@ -116,10 +118,8 @@ class Daemon:
         self.pause: Pause = pause or self._pause
         self.nginx: nginx_mod.NginxProcess | None = None
         self.forced = False
-        #: the Vast calls' pacer (issue 13): a rate-limited tick waits for its slot, not a backoff
-        self.pacer: pacer.Pacer | None = None
-        #: the account, asked once per process (whoami)
-        self.account: dict[str, Any] | None = None
+        self.pacer: pacer.Pacer | None = None  # issue 13: a rate-limited tick waits for its slot
+        self.account: dict[str, Any] | None = None  # whoami once per process
         self.prepare_error: errors.VastError | None = None
         self.key_check: KeyCheck | None = None  # whoami shared by the fleet (with a Redis)
 
@@ -139,8 +139,17 @@ class Daemon:
             _background.add(forcing)
             forcing.add_done_callback(_background.discard)
             return
-        log.info("received %s: shutting down (the instance is kept)", signal.Signals(sig).name)
+        log.info("received %s: shutting down (%s)", signal.Signals(sig).name, self._kept())
         self.request_stop()
+
+    def _kept(self) -> str:
+        """What a shutdown leaves running: this pod's instances (the pod may only be restarting)."""
+        view = self.runtime.view()
+        seen = view.last_observation if view is not None else None
+        ids = sorted(i.id for i in seen.instances) if seen is not None else []
+        if not ids:
+            return "no instance to keep"
+        return f"instance {', '.join(map(str, ids))} is kept"
 
     def request_stop(self) -> None:
         self.runtime.stopping = True
@@ -165,9 +174,7 @@ class Daemon:
             api_http = await stack.enter_async_context(wiring.vast_http(settings))
             health_http = await stack.enter_async_context(wiring.health_http(settings))
             store = await stack.enter_async_context(wiring.open_blacklist(settings))
-            kit = wiring.fleet_kit(
-                settings, await stack.enter_async_context(wiring.open_fleet_store(settings))
-            )
+            kit = await stack.enter_async_context(wiring.open_fleet_kit(settings))
             self.pacer = kit.pace
             observer = metrics_mod.VastCallObserver(self.metrics)
             vast = wiring.vast_over(settings, api_http, observer, pace=kit.pace)
@@ -212,7 +219,8 @@ class Daemon:
         self, vast: vast_client.VastClient, rec: Reconciles, nginx: nginx_mod.NginxProcess
     ) -> None:
         """The task tree until stop; a refused key (``AuthError``) or an nginx failure (``NginxError``)
-        ends it and is raised as such (``cli.py`` maps them to exit codes 3 and 4)."""
+        ends it and is raised as such (``cli.py`` maps them to exit codes 3 and 4). A clean stop is
+        recorded (``note_clean_stop``) so that the next start does not count as a crash restart."""
         try:
             async with asyncio.TaskGroup() as group:
                 ticking = group.create_task(self._reconcile_loop(self.key_check or vast, rec))
@@ -234,6 +242,7 @@ class Daemon:
             raise eg.exceptions[0] from None
         if self.forced:
             raise errors.ShutdownForced("stopped by a second signal before the shutdown finished")
+        await rec.note_clean_stop()  # a clean stop: the next start is no crash (restart counting)
 
     async def _until_stopped(self, ticking: asyncio.Task[None]) -> None:
         """On stop, let an in-flight tick finish (``STOP_TICK_GRACE_S`` at most), then end every task."""
@@ -268,8 +277,9 @@ class Daemon:
                     if not self.runtime.prepared and seen is not None and not seen.instances:
                         # nothing to serve meanwhile: spend no list call until the template is checked
                         failures += 1
-                        slot_s = await self._slot_wait(self.prepare_error) if self.prepare_error else None
-                        await self.pause(slot_s or self._jittered(failures), True)
+                        await self.pause(
+                            await self._slot_wait(self.prepare_error) or self._jittered(failures), True
+                        )
                         continue
                 plan = await rec.tick()
             except errors.AuthError:
@@ -288,14 +298,14 @@ class Daemon:
         base = backoff_s(failures)
         return self.rng.uniform(base / 2, base)
 
-    async def _slot_wait(self, exc: errors.VastError | errors.NginxError) -> float | None:
+    async def _slot_wait(self, exc: errors.VastError | errors.NginxError | None) -> float | None:
         """A 429 with the pacer knowing the endpoint's next slot: wait for it, not for a doubling backoff."""
-        if not isinstance(exc, errors.RateLimited) or self.pacer is None:
-            return None
-        wait = max(await self.pacer.free_in_s(transport.endpoint_of(exc.call)), 0.1)
-        self.metrics.note_rate_limit_wait(exc.call, wait)
-        self._note_error(exc, f"rate limited; next slot in {wait:.1f}s")
-        return wait
+        if isinstance(exc, errors.RateLimited) and (
+            wait := await transport.next_slot_s(self.pacer, exc.call)
+        ):
+            self.metrics.note_rate_limit_wait(exc.call, wait)
+            self._note_error(exc, f"rate limited; next slot in {wait:.1f}s")
+        return wait if isinstance(exc, errors.RateLimited) else None
 
     def _failure_wait(self, exc: errors.VastError | errors.NginxError, failures: int) -> float:
         """How long to wait after the ``failures``-th failed tick in a row; logged, 429 waits counted."""

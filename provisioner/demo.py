@@ -1,6 +1,7 @@
 """``provisioner demo``: the simulated Vast.ai and the provisioner in one process, no key needed.
 
-Starts the simulator, points a provisioner at it with a local nginx, and prints the URL to curl.
+Starts the simulator, points a provisioner at it with a local nginx (bound to 127.0.0.1 only), and
+prints the URL to curl.
 Ports are stable from run to run: the proxy keeps ``--port`` (3000), the admin server 8081 and the
 simulator 8765 whenever nginx or our servers could bind them (probed with ``SO_REUSEADDR``, as they
 bind, so a socket of the previous run in TIME_WAIT does not move them); only a port another process
@@ -36,9 +37,9 @@ ADMIN_PORT = 8081
 SIM_PORT = 8765
 #: not a secret: the simulator accepts any key, and this one is printed on purpose
 DEMO_API_KEY = "demo-key-not-secret"
-#: the address nginx binds (rendering.ProxyConfig.listen_address: no setting changes it yet)
-NGINX_HOST = "0.0.0.0"
 LOCAL_HOST = "127.0.0.1"
+#: the address the demo's nginx binds (NGINX_LISTEN_ADDRESS): loopback, nothing outside this machine sees it
+NGINX_HOST = LOCAL_HOST
 
 
 def free_port(preferred: int | None = None, host: str = LOCAL_HOST) -> int:
@@ -74,6 +75,7 @@ def demo_environment(sim_port: int, listen_port: int, admin_port: int) -> dict[s
         "VAST_HEALTH_PATH": "/health",
         "VAST_ALLOW_PRIVATE_UPSTREAMS": "true",
         "NGINX_LISTEN_PORT": str(listen_port),
+        "NGINX_LISTEN_ADDRESS": NGINX_HOST,
         "ADMIN_HOST": LOCAL_HOST,
         "ADMIN_PORT": str(admin_port),
     }
@@ -149,6 +151,7 @@ def _announce(url: str, environment: Mapping[str, str]) -> None:
     lines = [
         f"ready: curl {url}   (SSE: curl -N '{url}stream?n=5')",
         f"admin: {admin}/readyz  {admin}/status  {admin}/metrics",
+        f"status from any shell: provisioner status --admin-url {admin}",
         "to run `provisioner status` or `provisioner offers` against this demo in another shell, paste",
         "(the key is the demo's fake, not a secret; no Redis here, so `blacklist` has nothing to show):",
         f"  {export_line(environment)}",

@@ -12,6 +12,7 @@ mapped at the boundary (``raise ... from exc``) and never escape raw.
     │   ├── RateLimited        429; ``retry_after_s`` when the server said so
     │   │   └── SearchQuotaExceeded   the daily search quota: never retried
     │   ├── VastUnavailable    5xx, timeouts, connection errors (transient)
+    │   │   └── AuthRefusedAgain   401/403 for a key that worked before in this process: retried
     │   ├── RentOutcomeUnknown a rent whose outcome is unknown: list by label first
     │   ├── VastRejected       any other 4xx: the request itself is wrong
     │   └── VastBadResponse    not JSON, or JSON of the wrong shape
@@ -79,6 +80,10 @@ class SearchQuotaExceeded(RateLimited):
 
 class VastUnavailable(VastError):
     """A transient failure: 5xx, a timeout or a connection error."""
+
+
+class AuthRefusedAgain(VastUnavailable):
+    """A key that worked before in this process was refused (401/403): a fault to retry, not an exit."""
 
 
 class RentOutcomeUnknown(VastError):

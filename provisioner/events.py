@@ -19,6 +19,7 @@ class EventKind(enum.StrEnum):
     SERVE = "serve"
     UNSERVE = "unserve"
     HEALTH = "health"
+    LIST_DOUBTED = "list-doubted"
     CONDEMN = "condemn"
     BAN = "ban"
     DESTROY = "destroy"

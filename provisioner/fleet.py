@@ -19,6 +19,12 @@ on an empty one), and it says when its pod was last seen. ``heartbeats:since`` i
 first heartbeat written to an empty Redis: when it is younger than the grace, Redis was flushed or
 restarted and some live pods may not have written theirs yet, so the reaper refuses.
 
+The spend cap is a reservation (:meth:`Fleet.reserve`): under the fleet-wide spend lock a pod adds
+up the other pods' live heartbeats and spend reservations, decides which offers fit, and reserves
+their $/h before its rent call; pods starting together therefore see each other's rentals before
+any heartbeat shows them. The reservation goes in the MULTI/EXEC of the heartbeat that first
+counts the rental (``beat(..., settle=True)``), at once when nothing was rented, or by its TTL.
+
 Two readings of "alive": the spend guard counts a heartbeat younger than ``HEARTBEAT_LIVE_S``;
 the reaper keeps an instance whose label's heartbeat is younger than ``REAP_GRACE_SECONDS``.
 
@@ -36,11 +42,17 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard, TypeVar
 
-from provisioner import blacklist, store
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockNotOwnedError
+
+from provisioner import blacklist, spend, store
+from provisioner.spend import UNCHECKED, Decide, Reservation, fleet_dph, spend_block, usd
+
+__all__ = ["UNCHECKED", "Decide", "Reservation", "fleet_dph", "spend_block", "usd"]
 
 log = logging.getLogger("provisioner.fleet")
 
@@ -48,7 +60,7 @@ HEARTBEAT_TTL_S: Final = store.HEARTBEAT_TTL_S
 #: the daemon writes a heartbeat at least this often, whatever the reconcile interval
 HEARTBEAT_INTERVAL_S: Final = 20.0
 #: the spend guard counts a pod whose heartbeat is at most this old
-HEARTBEAT_LIVE_S: Final = 120.0
+HEARTBEAT_LIVE_S: Final = spend.HEARTBEAT_LIVE_S
 RENT_LOCK_TTL_S: Final = store.RENT_LOCK_TTL_S
 
 T = TypeVar("T")
@@ -120,14 +132,18 @@ class Fleet:
 
     @classmethod
     def over(cls, bans: blacklist.Blacklist) -> Fleet:
-        """The fleet record on the blacklist's Redis client, prefix and deadline."""
-        return cls(bans.client, keys=bans.keys, deadline_s=bans.deadline_s)
+        """The fleet record on the blacklist's Redis client, prefix, deadline and clock."""
+        return cls(bans.client, keys=bans.keys, deadline_s=bans.deadline_s, clock=bans.clock)
 
     async def _run(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         return await store.run_redis(op, fn, self._deadline_s)
 
-    async def beat(self, heartbeat: Heartbeat) -> None:
-        """Store ``heartbeat`` under its label (one MULTI/EXEC), and prune the index."""
+    async def beat(self, heartbeat: Heartbeat, *, settle: bool = False) -> None:
+        """Store ``heartbeat`` under its label (one MULTI/EXEC), and prune the index.
+
+        ``settle``: the heartbeat counts the rental its label had reserved $/h for; the reservation
+        goes in the same transaction (never counted twice, never missing).
+        """
         horizon = self._clock() - HEARTBEAT_TTL_S
 
         async def go() -> None:
@@ -136,9 +152,90 @@ class Fleet:
                 pipe.zadd(self.keys.heartbeats, {heartbeat.label: heartbeat.at})
                 pipe.zremrangebyscore(self.keys.heartbeats, "-inf", horizon)
                 pipe.set(self.keys.since, repr(heartbeat.at), nx=True)
+                if settle:
+                    pipe.delete(self.keys.spend(heartbeat.label))
+                    pipe.zrem(self.keys.spends, heartbeat.label)
                 await pipe.execute()
 
         await self._run("heartbeat", go)
+
+    async def reserve(
+        self, label: str, pod: str, decide: Decide, *, live_s: float = HEARTBEAT_LIVE_S
+    ) -> Reservation:
+        """Under the fleet-wide spend lock: the others' $/h (live heartbeats and reservations), then
+        ``decide``'s amount reserved for ``label`` (TTL ``store.SPEND_RESERVE_TTL_S``)."""
+        lock = Lock(
+            self._redis,
+            self.keys.spend_lock,
+            timeout=store.SPEND_LOCK_TTL_S,
+            blocking=True,
+            blocking_timeout=store.SPEND_LOCK_WAIT_S,
+            thread_local=False,
+        )
+
+        async def go() -> Reservation:
+            if not await lock.acquire():
+                return Reservation(None, busy=True)
+            try:
+                return await self._reserve_locked(label, pod, decide, live_s)
+            finally:
+                with contextlib.suppress(LockNotOwnedError):
+                    await lock.release()
+
+        return await store.run_redis("spend reservation", go, self._deadline_s + store.SPEND_LOCK_WAIT_S)
+
+    async def _reserve_locked(self, label: str, pod: str, decide: Decide, live_s: float) -> Reservation:
+        now = self._clock()
+        beats = await self.heartbeats()
+        others = fleet_dph(beats.values(), now=now, exclude_label=label, live_s=live_s)
+        others += await self.reserved(exclude_label=label)
+        amount = decide(others)
+        if amount is None:
+            return Reservation(others)
+        ttl_s = store.SPEND_RESERVE_TTL_S
+        record = json.dumps({"pod": pod, "dph": round(amount, 6), "at": now}, separators=(",", ":"))
+
+        async def write() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self.keys.spend(label), record, px=int(ttl_s * 1000))
+                pipe.zadd(self.keys.spends, {label: now + ttl_s})
+                await pipe.execute()
+
+        await self._run("spend reservation", write)
+        return Reservation(others, amount)
+
+    async def reserved(self, *, exclude_label: str | None = None) -> float:
+        """The $/h the pods reserved for rentals no heartbeat counts yet (expired ones pruned)."""
+        now = self._clock()
+
+        async def index() -> list[Any]:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zremrangebyscore(self.keys.spends, "-inf", now)
+                pipe.zrangebyscore(self.keys.spends, now, "+inf")
+                result: list[Any] = await pipe.execute()
+                return result
+
+        labels = [_text(x) for x in (await self._run("read reservations", index))[1]]
+        names = [self.keys.spend(x) for x in labels if x != exclude_label]
+        if not names:
+            return 0.0
+        raws: list[Any] = await self._run("read reservations", lambda: self._redis.mget(names))
+        total = 0.0
+        for raw in raws:
+            dph = _json_dict(raw).get("dph")
+            total += float(dph) if _number(dph) else 0.0
+        return total
+
+    async def release_reservation(self, label: str) -> None:
+        """Drop ``label``'s reservation: its rent call rented nothing."""
+
+        async def go() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self.keys.spend(label))
+                pipe.zrem(self.keys.spends, label)
+                await pipe.execute()
+
+        await self._run("release reservation", go)
 
     async def take_rent_lock(self, label: str, token: str, ttl_s: float = RENT_LOCK_TTL_S) -> bool:
         """True when this process (``token``) holds the label's rent lock, newly taken or already its own."""
@@ -188,30 +285,12 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-# ---------------------------------------------------------------- the spend guard's arithmetic
-
-
-def fleet_dph(
-    heartbeats: Iterable[Heartbeat], *, now: float, exclude_label: str, live_s: float = HEARTBEAT_LIVE_S
-) -> float:
-    """The $/h of every other live pod: heartbeats at most ``live_s`` old, ``exclude_label`` left out."""
-    return sum(beat.dph for beat in heartbeats if beat.label != exclude_label and beat.age_s(now) <= live_s)
-
-
-def usd(value: float) -> str:
-    return f"${value:.3f}/h"
-
-
-def spend_block(cap: float, *, others: float, own: float, price: float) -> str | None:
-    """Why renting at ``price`` would break the cap (the event's detail), or None when it fits."""
-    total = others + own + price
-    if total <= cap + 1e-9:
-        return None
-    parts = f"other pods {usd(others)}" + (f" + this pod {usd(own)}" if own else "")
-    return (
-        f"fleet would cost {usd(total)} > VAST_MAX_FLEET_DPH {usd(cap)} ({parts} + cheapest usable"
-        f" offer {usd(price)}); waiting"
-    )
+def _json_dict(raw: Any) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (TypeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 class GuardedFleet:
@@ -244,9 +323,20 @@ class GuardedFleet:
         #: this process's token for the per-label rent lock
         self.token = secrets.token_hex(8)
 
-    async def beat(self, label: str, instance_ids: Sequence[int], dph: float) -> None:
+    async def beat(
+        self, label: str, instance_ids: Sequence[int], dph: float, *, settle: bool = False
+    ) -> None:
         heartbeat = Heartbeat(label, self.pod, self._clock(), tuple(sorted(instance_ids)), dph)
-        await self.outage.call(lambda: self.fleet.beat(heartbeat), None)
+        await self.outage.call(lambda: self.fleet.beat(heartbeat, settle=settle), None)
+
+    async def reserve(self, label: str, decide: Decide) -> Reservation:
+        """Reserve spend for a rental (``Fleet.reserve``); ``UNCHECKED`` while Redis is unavailable."""
+        return await self.outage.call(
+            lambda: self.fleet.reserve(label, self.pod, decide, live_s=self.live_s), UNCHECKED
+        )
+
+    async def release_reservation(self, label: str) -> None:
+        await self.outage.call(lambda: self.fleet.release_reservation(label), None)
 
     @contextlib.asynccontextmanager
     async def rent_lock(self, label: str) -> AsyncIterator[bool]:

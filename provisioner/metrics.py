@@ -34,7 +34,7 @@ STATES: Final = ("starting", "renting", "booting", "serving", "waiting")
 #: rent -> first healthy serve: image pulls take from seconds to most of an hour
 TIME_TO_READY_BUCKETS_S: Final = (15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0, 1800.0, 3600.0)
 API_DURATION_BUCKETS_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-#: a ``fetch logs`` answer with these codes only means "not uploaded yet" (vast-api.md §8)
+#: a ``fetch logs`` answer with these codes only means "not uploaded yet" (docs/vast-api.md §8)
 _LOGS_NOT_READY: Final = frozenset({403, 404})
 SECONDS_PER_HOUR: Final = 3600.0
 
@@ -147,10 +147,7 @@ class Metrics:
             if iid is not None:
                 self._rented_at.pop(iid, None)
                 self.cost.drop(iid)
-        elif event.kind in (
-            events.EventKind.BAN,
-            events.EventKind.CONDEMN,
-        ):  # condemn: the blacklist banned an adopted instance's host
+        elif event.kind == events.EventKind.BAN:  # a condemned instance's host is not banned
             self.bans.labels(reason).inc()
         elif event.kind == events.EventKind.SERVE and iid is not None and iid in self._rented_at:
             self.time_to_ready.observe(max(event.at - self._rented_at.pop(iid), 0.0))

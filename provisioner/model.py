@@ -1,7 +1,7 @@
 """Plain data the rest of the code agrees on: offers, instances, templates, upstreams.
 
 Frozen dataclasses, plus tolerant parsers from the Vast.ai JSON shapes
-(``../shared/vast-api.md`` §4.3, §6.4, §9): nulls and missing fields become
+(``docs/vast-api.md`` §5.3, §7.3, §9): nulls and missing fields become
 ``None``, ``public_ipaddr`` is stripped, ``HostPort`` strings become ints.
 A value of the wrong *type* where we need it raises ``VastBadResponse``.
 No I/O here.
@@ -127,8 +127,10 @@ class Offer:
 
 # ---------------------------------------------------------------- instances
 
-#: actual_status values from which an instance never reaches ``running`` (vast-api.md §6.5).
+#: actual_status values from which an instance never reaches ``running`` (docs/vast-api.md §7.4).
 DEAD_STATUSES = frozenset({"exited", "offline", "unknown", "destroyed", "terminated", "stopped", "frozen"})
+#: every actual_status value Vast is known to use (docs/vast-api.md §7.4); ``null`` means provisioning.
+KNOWN_STATUSES = DEAD_STATUSES | {"created", "loading", "running", "rebooting", "recycling", "restarting"}
 #: words in ``status_msg`` that mean the container failed to start.
 FAILURE_MARKERS = (
     "oci runtime",
@@ -195,6 +197,11 @@ class Instance:
     @property
     def is_running(self) -> bool:
         return self.actual_status == "running"
+
+    @property
+    def status_unknown(self) -> bool:
+        """An ``actual_status`` Vast was never seen to use: neither booting nor dead, just unknown."""
+        return self.actual_status is not None and self.actual_status not in KNOWN_STATUSES
 
     def host_port(self, container_port: int) -> int | None:
         return self.ports.get(container_port)

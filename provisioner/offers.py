@@ -47,6 +47,13 @@ async def read_standing(settings: Settings) -> tuple[selection.Standing, str | N
             return selection.Standing(), str(exc)
 
 
+async def search_body_now(settings: Settings) -> tuple[Mapping[str, object], str | None]:
+    """The search body ``run`` would send now (``provisioner query --as-run``): the settings' filter
+    with the cost controls, the ports and the current bans; the error text when Redis failed."""
+    standing, store_error = await read_standing(settings)
+    return wiring.build_search_body(settings)(standing), store_error
+
+
 async def survey_offers(settings: Settings) -> OfferSurvey:
     """Search Vast now as this pod would, scoring every offer; banned ones are kept, to be marked.
 

@@ -1,6 +1,6 @@
 """The pacer: every Vast.ai call on one API key waits for its endpoint's slot before it is sent.
 
-Vast limits each key per endpoint as a minimum interval between calls (vast-api.md §2.3), so the
+Vast limits each key per endpoint as a minimum interval between calls (docs/vast-api.md §3.1), so the
 budget belongs to the key, not to the pod. With Redis the pacer is fleet-wide: one Lua script per
 call does ``slot = max(now, stored, now + floor)``, stores ``slot + interval`` and returns the
 wait, atomically, on the Redis server's clock (``TIME``), so pod clock skew does not matter (needs
@@ -83,7 +83,7 @@ def _limit(interval_s: float, penalty_s: float | None = None) -> Limit:
     return Limit(interval_s, interval_s if penalty_s is None else penalty_s)
 
 
-#: Vast's published minimum intervals (vast-api.md §2.3); search offers is "10 per minute"
+#: Vast's published minimum intervals (docs/vast-api.md §3.1); search offers is "10 per minute"
 DEFAULT_LIMITS: Final[Mapping[Endpoint, Limit]] = MappingProxyType(
     {
         Endpoint.LIST_INSTANCES: _limit(1.0),

@@ -14,8 +14,12 @@ The rules, in order:
 * of the instances that match the desired image and template hash, the best
   (healthy > ready > booting; then the one being served; then the oldest) is
   kept and every other one destroyed (never two instances for one pod);
-* a drifted instance (image or template hash) keeps serving until a matching
-  one is healthy (make-before-break), then it is destroyed;
+* a drifted instance (image or template hash), or one condemned by the restart
+  threshold, keeps serving until a matching one is healthy (make-before-break),
+  then it is destroyed;
+* a status string Vast was never seen to use is "unknown": neither booting nor
+  dead; an unknown-status instance that answers its health check is served like
+  a healthy one, one that does not waits like a booting one (same deadlines);
 * with no matching instance left, one is rented, unless an earlier rental's
   outcome is still unknown (``rent_hold_until``), in which case we wait and
   list again rather than risk renting twice.
@@ -135,6 +139,7 @@ class VerdictKind(enum.StrEnum):
     TIMED_OUT = "timed-out"
     UNHEALTHY = "unhealthy"  # ready but failing its health check for too long
     CONDEMNED = "condemned"
+    UNKNOWN = "unknown"  # a status string Vast was never seen to use, not answering (yet)
 
 
 class Verdict(NamedTuple):
@@ -142,14 +147,15 @@ class Verdict(NamedTuple):
 
     kind: VerdictKind
     detail: str
-    #: drifted but still healthy: it may keep serving until a matching instance is (make-before-break)
+    #: drifted or condemned but still healthy: it may keep serving until a matching instance is
+    #: (make-before-break)
     can_bridge: bool = False
 
 
 def has_endpoints(instance: model.Instance, desired: model.DesiredSpec) -> bool:
-    """Running with a public address and every wanted container port mapped."""
+    """Running (or in a status unknown to us) with a public address and every wanted port mapped."""
     return (
-        instance.is_running
+        (instance.is_running or instance.status_unknown)
         and bool(instance.public_ipaddr)
         and all(instance.host_port(p) is not None for p in desired.container_ports)
     )
@@ -171,7 +177,8 @@ def classify(
 ) -> Verdict:
     """One verdict per instance, with a short detail for logs."""
     if instance.id in obs.condemned:
-        return Verdict(VerdictKind.CONDEMNED, obs.condemned[instance.id])
+        bridge = has_endpoints(instance, desired) and bool(obs.healthy.get(instance.id))
+        return Verdict(VerdictKind.CONDEMNED, obs.condemned[instance.id], can_bridge=bridge)
     if instance.is_dead:
         detail = "oci-failure" if instance.failed_to_start else f"status-{instance.actual_status}"
         return Verdict(VerdictKind.DEAD, detail)
@@ -179,20 +186,25 @@ def classify(
     if drift:
         bridge = has_endpoints(instance, desired) and bool(obs.healthy.get(instance.id))
         return Verdict(VerdictKind.DRIFTED, drift, can_bridge=bridge)
+    unknown = f"status {instance.actual_status!r} unknown" if instance.status_unknown else None
     if has_endpoints(instance, desired):
         if obs.healthy.get(instance.id):
-            return Verdict(VerdictKind.HEALTHY, "ok")
+            return Verdict(VerdictKind.HEALTHY, f"{unknown}; answering" if unknown else "ok")
         since = obs.unhealthy_since.get(instance.id)
         if since is not None and obs.now - since > policy.unhealthy_timeout_s:
             return Verdict(VerdictKind.UNHEALTHY, f"health failing for {obs.now - since:.0f}s")
+        if unknown:
+            return Verdict(VerdictKind.UNKNOWN, unknown)
         return Verdict(VerdictKind.READY, "waiting for health check")
     started = obs.first_seen.get(instance.id, instance.start_date or obs.now)
     if obs.now - started > policy.boot_timeout_s:
         return Verdict(VerdictKind.TIMED_OUT, f"not ready after {obs.now - started:.0f}s")
+    if unknown:
+        return Verdict(VerdictKind.UNKNOWN, unknown)
     return Verdict(VerdictKind.BOOTING, instance.actual_status or "provisioning")
 
 
-_RANK = {VerdictKind.HEALTHY: 0, VerdictKind.READY: 1, VerdictKind.BOOTING: 2}
+_RANK = {VerdictKind.HEALTHY: 0, VerdictKind.READY: 1, VerdictKind.UNKNOWN: 2, VerdictKind.BOOTING: 2}
 
 
 def _keep_key(instance: model.Instance, verdict: VerdictKind, serving_id: int | None) -> tuple[int, int, int]:
@@ -216,14 +228,14 @@ def plan(desired: model.DesiredSpec, obs: Observation, policy: Policy) -> Plan:
     bans: list[Action] = []
     for inst in obs.instances:
         verdict = verdicts[inst.id]
-        if verdict.kind in (VerdictKind.DEAD, VerdictKind.CONDEMNED):
-            destroys.append(Destroy(inst, "dead" if verdict.kind is VerdictKind.DEAD else verdict.detail))
+        if verdict.kind is VerdictKind.DEAD:
+            destroys.append(Destroy(inst, "dead"))
         elif verdict.kind in (VerdictKind.TIMED_OUT, VerdictKind.UNHEALTHY):
             reason = "boot-timeout" if verdict.kind is VerdictKind.TIMED_OUT else "unhealthy"
             bans.append(Ban(inst, reason))
             destroys.append(Destroy(inst, reason))
 
-    bridge = _bridge_and_drift_destroys(obs, by_id, verdicts, keep_kind, destroys)
+    bridge = _bridge_and_replace(obs, by_id, verdicts, keep_kind, destroys)
     serve_target = keep if keep_kind is VerdictKind.HEALTHY else bridge
     actions: list[Action] = [
         Serve(serve_target) if serve_target else Unserve(_unserve_reason(keep_kind, obs))
@@ -247,23 +259,26 @@ def plan(desired: model.DesiredSpec, obs: Observation, policy: Policy) -> Plan:
     return Plan(tuple(actions), phase, interval, serving=serve_target, verdicts=verdicts)
 
 
-def _bridge_and_drift_destroys(
+_REPLACED = frozenset({VerdictKind.DRIFTED, VerdictKind.CONDEMNED})
+
+
+def _bridge_and_replace(
     obs: Observation,
     by_id: Mapping[int, model.Instance],
     verdicts: Mapping[int, Verdict],
     keep_kind: VerdictKind | None,
     destroys: list[Action],
 ) -> model.Instance | None:
-    """Make-before-break: a healthy drifted instance serves until a matching one is healthy.
+    """Make-before-break: a healthy drifted or condemned instance serves until a matching one is healthy.
 
-    Returns that bridge (the served one first) and appends a destroy for every other drifted one.
+    Returns that bridge (the served one first) and appends a destroy for every other one to replace.
     """
-    drifted = sorted(
-        (by_id[i] for i, v in verdicts.items() if v.kind is VerdictKind.DRIFTED),
+    replaced = sorted(
+        (by_id[i] for i, v in verdicts.items() if v.kind in _REPLACED),
         key=lambda inst: (0 if inst.id == obs.serving_id else 1, inst.id),
     )
     bridge: model.Instance | None = None
-    for inst in drifted:
+    for inst in replaced:
         verdict = verdicts[inst.id]
         if keep_kind is not VerdictKind.HEALTHY and verdict.can_bridge and bridge is None:
             bridge = inst
@@ -277,6 +292,8 @@ def _unserve_reason(keep_kind: VerdictKind | None, obs: Observation) -> str:
         return "health-check"
     if keep_kind is VerdictKind.BOOTING:
         return "booting"
+    if keep_kind is VerdictKind.UNKNOWN:
+        return "status-unknown"
     if obs.now < obs.rent_hold_until:
         return "confirming-rental"
     return "renting"

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from provisioner import (
     applying,
+    doubt,
     errors,
     events,
     fleetview,
@@ -41,7 +42,9 @@ Clock = Callable[[], float]
 class FleetPort(Protocol):
     """The pods' shared heartbeats (optional); ``fleet.GuardedFleet`` never raises."""
 
-    async def beat(self, label: str, instance_ids: Sequence[int], dph: float) -> None: ...
+    async def beat(
+        self, label: str, instance_ids: Sequence[int], dph: float, *, settle: bool = False
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class ReconcilerView:
     first_seen: Mapping[int, float]
     template_pending: bool
     events: tuple[events.Event, ...]
+    #: why this pod rents nothing although it needs an instance (spend cap, rent brakes, template)
+    waiting_reason: str | None = None
     #: ``queued for rental (position k of n)`` while this pod waits for its turn to rent
     rental_queue: str | None = None
 
@@ -137,6 +142,15 @@ class Reconciler:
 
     def view(self) -> ReconcilerView:
         return dataclasses.replace(view_of(self.state), rental_queue=self.renter.queue_line)
+
+    async def note_clean_stop(self) -> None:
+        """The process stops cleanly (SIGTERM): the next start adopting these instances is no crash
+        and does not count toward the restart threshold. The daemon calls this on shutdown."""
+        obs = self.state.last_observation
+        ids = {i.id for i in obs.instances} if obs is not None else set()
+        ids.update(self.state.tracked.unconfirmed())
+        if self.adapters.bans is not None and ids:
+            await self.adapters.bans.mark_clean_stop(ids)
 
     # ------------------------------------------------------------ events
 
@@ -227,6 +241,7 @@ class Reconciler:
             self.state.adoptions_counted = True
             await self._count_adoptions(listed)
         await self._confirm_rentals(instances, now)
+        await self._confirm_doubts(instances, now)
         tracked = self.state.tracked
         for iid in instances:
             if tracked[iid].first_seen is None:
@@ -272,6 +287,12 @@ class Reconciler:
             elif now >= self.state.rent_hold_until:
                 tracked[iid].unconfirmed = False
 
+    async def _confirm_doubts(self, instances: dict[int, model.Instance], now: float) -> None:
+        """Confirm what contradicts what the pod knows before the tick believes it (``doubt.py``)."""
+        sources = doubt.Sources(self.vast.show_instance, self.adapters.health.check)
+        for iid, detail in await doubt.confirm_expected(self.state, instances, now, self.desired, sources):
+            self.record(events.EventKind.LIST_DOUBTED, detail, iid, logging.WARNING)
+
     async def _check_listed(self, instances: Iterable[model.Instance], now: float) -> None:
         """Health-check each instance with endpoints; one that lost them restarts its boot clock."""
         for inst in instances:
@@ -299,16 +320,10 @@ class Reconciler:
             return
         for inst in await tracking.count_adoptions(self.adapters.bans, self.state.tracked, adopted):
             reason = self.state.tracked[inst.id].condemned
-            detail = f"host {inst.host_id}: {reason}"
+            detail = f"{reason}: replaced make-before-break (host {inst.host_id} not banned)"
             self.record(events.EventKind.CONDEMN, detail, inst.id, logging.WARNING, reason=reason)
 
     # ------------------------------------------------------------ tick
-
-    async def apply(self, plan: planning.Plan) -> None:
-        await self.executor.apply(plan)
-
-    async def render_unavailable(self, reason: str) -> None:
-        await self.executor.render_unavailable(reason)
 
     async def tick(self) -> planning.Plan:
         """Observe, plan and apply once. Vast errors propagate to the loop, which backs off."""
@@ -316,7 +331,9 @@ class Reconciler:
         self.state.last_observation = observation
         plan = planning.plan(self.desired, observation, self.policy)
         self._log_progress(plan, observation)
-        await self.apply(plan)
+        if not any(isinstance(action, planning.Rent) for action in plan.actions):
+            self.state.waiting_reason = None
+        await self.executor.apply(plan)
         await self.beat()
         self.state.last_plan = plan
         self.state.phase = plan.phase
@@ -335,38 +352,18 @@ class Reconciler:
         """Write this pod's heartbeat (the reaper and the other pods' spend guards read it)."""
         if self.adapters.fleet is not None:
             ids, dph = self.own_spend()
-            await self.adapters.fleet.beat(self.desired.label, ids, dph)
+            settle, self.state.spend_reserved = self.state.spend_reserved, False
+            await self.adapters.fleet.beat(self.desired.label, ids, dph, settle=settle)
 
     # ------------------------------------------------------------ progress lines
 
     def log_progress_if_quiet(self, quiet_s: float) -> None:
-        """Repeat the progress line (elapsed as of now) when none was logged for ``quiet_s``.
+        """Repeat the progress line when none was logged for ``quiet_s`` (``progress.log_if_quiet``)."""
+        progress.log_if_quiet(log, self.state, self.clock(), quiet_s)
 
-        Ticks log progress themselves; this covers long poll intervals and failing ticks, so the
-        log is never silent for long while this pod has no healthy instance.
-        """
-        now = self.clock()
-        state = self.state
-        plan, obs = state.last_plan, state.last_observation
-        serving = plan is not None and plan.phase is planning.Phase.SERVING
-        if serving or now - state.last_progress_at < quiet_s:
-            return
-        if plan is None or obs is None:
-            state.last_progress_at = now
-            log.info("no successful reconcile tick yet: %s", state.unserve_reason)
-            return
-        if not self._log_progress(plan, obs, now):
-            state.last_progress_at = now
-            since = now - state.last_list_ok_at
-            log.info("%s: %s; last successful list %.0fs ago", plan.phase, state.unserve_reason, since)
-
-    def _log_progress(self, plan: planning.Plan, obs: planning.Observation, now: float | None = None) -> bool:
-        """One line per booting or ready instance; True when any was logged."""
-        at = obs.now if now is None else now
-        if progress.log_instances(log, plan, obs, at):
-            self.state.last_progress_at = at
-            return True
-        return False
+    def _log_progress(self, plan: planning.Plan, obs: planning.Observation) -> None:
+        if progress.log_instances(log, plan, obs, obs.now):
+            self.state.last_progress_at = obs.now
 
 
 def view_of(state: tracking.ReconcilerState) -> ReconcilerView:
@@ -386,6 +383,7 @@ def view_of(state: tracking.ReconcilerState) -> ReconcilerView:
         first_seen=state.tracked.first_seen(),
         template_pending=state.template_pending,
         events=tuple(state.events),
+        waiting_reason=state.waiting_reason,
     )
 
 

@@ -1,6 +1,6 @@
 """``REMOTE_LOGS``: copy the remote container's log into our stdout, every line once.
 
-Vast has no log stream: ``request_logs`` (vast-api.md §8) uploads the last ``tail``
+Vast has no log stream: ``request_logs`` (docs/vast-api.md §8) uploads the last ``tail``
 lines of the container's log and answers a URL to fetch them from. So every
 ``REMOTE_LOGS_INTERVAL_SECONDS`` (30 s by default: one API call per interval,
 far below any rate limit), and only while this pod's instance is running, the

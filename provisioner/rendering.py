@@ -25,11 +25,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from provisioner import errors, model
+
+if TYPE_CHECKING:
+    import jinja2
 
 #: File name of nginx's pid file inside the state directory (``NginxProcess`` reads it too).
 PID_FILE_NAME = "nginx.pid"
@@ -294,6 +295,9 @@ def _headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
 
 @functools.cache
 def _environment() -> jinja2.Environment:
+    # imported here: the settings import this module, and a config error or --help needs no jinja2
+    import jinja2  # noqa: PLC0415
+
     # nginx config, not HTML: no autoescape; every value is validated before it gets here
     return jinja2.Environment(
         loader=jinja2.PackageLoader("provisioner.templates", "."),

@@ -8,8 +8,11 @@ reason, template hash, the ids it knows, what this pod spends, now) and applies 
 In order: the local rent brakes (``rentguard``) may say "not yet"; with Redis, the label's rent lock
 is taken and the label listed again under it (another process may just have rented); the search
 leaves out banned and avoided hosts; the spend cap (``VAST_MAX_FLEET_DPH``) keeps only offers that
-fit; then the best offer is rented, the next one tried when it vanished, and nothing retried when
-the outcome is unknown (the next tick lists by label first).
+fit and reserves their $/h in Redis before the rent call (``fleet.Fleet.reserve``: pods starting
+together see each other's rentals); then the best offer is rented, the next one tried when it
+vanished, and nothing retried when the outcome is unknown (the next tick lists by label first).
+A reservation is released when nothing was rented; a rental's stays until the heartbeat counts it
+(``Outcome.reserved``), and an unknown outcome's until its TTL.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ import dataclasses
 import enum
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from provisioner import errors, events, fleet, model, rentguard, rentqueue, selection
+from provisioner import errors, events, model, rentguard, rentqueue, selection, spend
 from provisioner.vast import client as vast_client
 
 #: how long to hold off renting after a rent (until a list shows it) or a rent whose outcome is unknown
@@ -60,7 +63,9 @@ class Turns:
 class RentFleet(Protocol):
     """The part of the fleet record a rental uses (``fleet.GuardedFleet`` never raises)."""
 
-    async def others_dph(self, label: str) -> float | None: ...
+    async def reserve(self, label: str, decide: spend.Decide) -> spend.Reservation: ...
+
+    async def release_reservation(self, label: str) -> None: ...
 
     def rent_lock(self, label: str) -> contextlib.AbstractAsyncContextManager[bool]: ...
 
@@ -113,6 +118,18 @@ class Outcome:
     instance_id: int | None = None
     price_per_hour: float | None = None
     notes: tuple[Note, ...] = ()
+    #: why nothing was rented although one is wanted (for ``/readyz`` and the progress line)
+    why: str | None = None
+    #: $/h stays reserved in Redis for this rental until a heartbeat counts it (``beat(settle=True)``)
+    reserved: bool = False
+
+
+class _Fit(NamedTuple):
+    """What the spend cap lets through: the offers (None: none, ``why``), and whether $/h is reserved."""
+
+    offers: list[selection.Scored] | None
+    why: str | None = None
+    reserved: bool = False
 
 
 class Renter:
@@ -140,6 +157,8 @@ class Renter:
         self._noted: str | None = None
         #: the failure whose rent back-off was last said (said once per failure)
         self._backoff_noted_at = -1.0
+        #: since when every search found no usable offer (None: the last one found some)
+        self._no_offers_since: float | None = None
 
     # ------------------------------------------------------------ what the reconciler reports
 
@@ -161,7 +180,9 @@ class Renter:
             return self._held(ask, events.EventKind.RENT_WAITS, text)
         wait = self.guard.wait_s(ask.now)
         if wait > 0:
-            return Outcome(Result.HELD, notes=self._backoff_note(ask, wait))
+            failed = self.guard.failures_in_a_row
+            why = f"rent brakes: {failed} rentals failed before serving; next in {wait:.0f}s"
+            return Outcome(Result.HELD, notes=self._backoff_note(ask, wait), why=why)
         if self.fleet is None:
             return await self._search_and_rent(ask)
         async with self._turn():
@@ -224,9 +245,9 @@ class Renter:
     def _held(self, ask: Ask, kind: events.EventKind, detail: str) -> Outcome:
         """Hold, saying why once per distinct situation (not on every tick)."""
         if self._noted == detail:
-            return Outcome(Result.HELD)
+            return Outcome(Result.HELD, why=detail)
         self._noted = detail
-        return Outcome(Result.HELD, notes=(_note(ask, kind, detail, reason=str(kind)),))
+        return Outcome(Result.HELD, notes=(_note(ask, kind, detail, reason=str(kind)),), why=detail)
 
     async def _search_and_rent(self, ask: Ask) -> Outcome:
         """Search with the bans left out, rank, and rent the best offer that is still there."""
@@ -239,13 +260,26 @@ class Renter:
         offers = await (search.offers(body) if search is not None else self.vast.search_offers(body))
         ranked = self.spec.choose_offers(offers, standing)
         if not ranked:
-            text = f"no usable offer ({len(offers)} returned by the search)"
-            return Outcome(Result.NO_OFFERS, notes=(_note(ask, events.EventKind.NO_OFFERS, text),))
+            return self._no_offers(ask, f"no usable offer ({len(offers)} returned by the search)")
+        self._no_offers_since = None
         notes: list[Note] = []
-        affordable = await self._within_spend_cap(ask, ranked, notes)
-        if affordable is None:
-            return Outcome(Result.HELD, notes=tuple(notes))
-        return await self._rent_best(ask, affordable, notes)
+        fit = await self._within_spend_cap(ask, ranked, notes)
+        if fit.offers is None:
+            return Outcome(Result.HELD, notes=tuple(notes), why=fit.why)
+        outcome = await self._rent_best(ask, fit.offers, notes)
+        if fit.reserved and self.fleet is not None:
+            if outcome.result is Result.RENTED:
+                return dataclasses.replace(outcome, reserved=True)
+            if outcome.result is not Result.UNKNOWN:  # an unknown rent keeps its reservation (TTL)
+                await self.fleet.release_reservation(ask.label)
+        return outcome
+
+    def _no_offers(self, ask: Ask, text: str) -> Outcome:
+        """No offer to rent: said on every try, with how long it lasts and where to look."""
+        since = self._no_offers_since = self._no_offers_since or ask.now
+        lasting = f" for {ask.now - since:.0f}s" if ask.now > since else ""
+        detail = f"{text}{lasting}; `provisioner offers` shows every offer and what excludes it"
+        return Outcome(Result.NO_OFFERS, notes=(_note(ask, events.EventKind.NO_OFFERS, detail),), why=detail)
 
     async def _rent_best(self, ask: Ask, ranked: list[selection.Scored], notes: list[Note]) -> Outcome:
         """Rent the first offer still there; an unknown outcome stops at once (never rent twice)."""
@@ -281,7 +315,7 @@ class Renter:
             return Outcome(Result.RENTED, new_id, price(choice), tuple(notes))
         text = "every offer tried was taken" if tried else "every usable offer is claimed by another pod"
         notes.append(_note(ask, events.EventKind.NO_OFFERS, text))
-        return Outcome(Result.NO_OFFERS, notes=tuple(notes))
+        return Outcome(Result.NO_OFFERS, notes=tuple(notes), why=text)
 
     async def _pick(self, ranked: list[selection.Scored], tried: set[int]) -> selection.Scored | None:
         """The best offer not tried yet that no other pod claimed (claimed for this pod in the queue)."""
@@ -291,34 +325,43 @@ class Renter:
         picked = await self.turns.queue.pick(self.turns.pod, [c.offer.id for c in left])
         return next((c for c in left if c.offer.id == picked), None)
 
-    async def _within_spend_cap(
-        self, ask: Ask, ranked: list[selection.Scored], notes: list[Note]
-    ) -> list[selection.Scored] | None:
-        """The offers that keep the fleet within ``VAST_MAX_FLEET_DPH``; None (and why, once) if none.
+    async def _within_spend_cap(self, ask: Ask, ranked: list[selection.Scored], notes: list[Note]) -> _Fit:
+        """The offers that keep the fleet within ``VAST_MAX_FLEET_DPH``, their $/h reserved; or none
+        and why (said once per situation).
 
-        The fleet is every other live pod's heartbeat, plus the instance this pod still serves
-        while it replaces it (make-before-break), plus this rental. Without Redis the cap cannot be
-        checked: that is said once and the rental goes ahead.
+        The fleet is every other live pod's heartbeat and reservation, plus the instance this pod
+        still serves while it replaces it (make-before-break), plus this rental. Without Redis the
+        cap cannot be checked: that is said once and the rental goes ahead.
         """
         cap = self.spec.max_fleet_dph
         if cap is None or self.fleet is None:
-            return ranked
-        others = await self.fleet.others_dph(ask.label)
-        if others is None:
+            return _Fit(ranked)
+        own, fitting = ask.own_dph, list[selection.Scored]()
+
+        def decide(others: float) -> float | None:
+            fitting[:] = [
+                c for c in ranked if spend.spend_block(cap, others=others, own=own, price=price(c)) is None
+            ]
+            return max((price(c) for c in fitting[:MAX_OFFER_ATTEMPTS]), default=None)
+
+        found = await self.fleet.reserve(ask.label, decide)
+        if found.busy:
+            text = "another pod is checking the fleet's spend (VAST_MAX_FLEET_DPH); renting next tick"
+            return _Fit(None, self._say(ask, events.EventKind.SPEND_CAP, text, notes))
+        if found.others is None:
             text = "VAST_MAX_FLEET_DPH cannot be checked while Redis is unavailable; renting anyway"
-            notes.extend(self._held(ask, events.EventKind.SPEND_CAP_UNCHECKED, text).notes)
-            return ranked
-        own = ask.own_dph
-        fitting = [
-            c for c in ranked if fleet.spend_block(cap, others=others, own=own, price=price(c)) is None
-        ]
-        if fitting:
+            self._say(ask, events.EventKind.SPEND_CAP_UNCHECKED, text, notes)
+            return _Fit(ranked)
+        if found.amount is not None:
             self._noted = None
-            return fitting
+            return _Fit(fitting[:MAX_OFFER_ATTEMPTS], reserved=True)
         cheapest = min(price(c) for c in ranked)
-        text = fleet.spend_block(cap, others=others, own=own, price=cheapest) or ""
-        notes.extend(self._held(ask, events.EventKind.SPEND_CAP, text).notes)
-        return None
+        text = spend.spend_block(cap, others=found.others, own=own, price=cheapest) or ""
+        return _Fit(None, self._say(ask, events.EventKind.SPEND_CAP, text, notes))
+
+    def _say(self, ask: Ask, kind: events.EventKind, text: str, notes: list[Note]) -> str:
+        notes.extend(self._held(ask, kind, text).notes)
+        return text
 
 
 def _note(

@@ -92,14 +92,21 @@ def readiness(runtime: Runtime) -> tuple[bool, str]:
         return False, "shutting down"
     view = runtime.view()
     if view is None:
-        return False, "starting"
+        return False, _with_last_error("starting", runtime)
     if runtime.nginx is None or not runtime.nginx.is_running:
         return False, "nginx is not running"
     if view.serving is None:
-        return False, view.rental_queue or view.unserve_reason
+        why = view.waiting_reason  # what holds the rental back (spend cap, rent brakes, template)
+        reason = view.rental_queue or (f"{view.unserve_reason}: {why}" if why else view.unserve_reason)
+        return False, _with_last_error(reason, runtime)
     if view.serving_healthy is False:
         return False, "upstream failing its health check"
     return True, "ok"
+
+
+def _with_last_error(reason: str, runtime: Runtime) -> str:
+    """``reason``, and the last failed tick's error while one is unresolved (it names the URL or file)."""
+    return f"{reason} (last error: {runtime.last_error})" if runtime.last_error else reason
 
 
 def phase_name(view: ReconcilerView | None) -> str:

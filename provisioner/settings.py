@@ -4,9 +4,11 @@
 and cross-field rules such as port clashes) and raises ``ConfigError`` naming the variable, before
 any network call is made; every missing required variable is named in that one message. Values
 are stored parsed (port maps, countries, score weights, the registry login, the search query:
-the parsers live in ``config_parsing.py``). ``Settings`` and ``ReaperSettings`` share one base
-(``VastAccess``: Vast access, the pods' Redis, logging) and one error mapping. Secrets are
-``SecretStr`` so that they never print.
+the parsers live in ``config_parsing.py``). ``Settings`` and ``ReaperSettings`` share one base,
+``VastAccess`` (Vast access) on ``RedisAccess`` (the pods' Redis, the ban rules, logging: all that
+``provisioner blacklist`` reads), and one error mapping. Secrets are ``SecretStr`` so that they
+never print. The README's configuration table lists every variable read here
+(``tests/unit/test_docs.py`` keeps the two in step).
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ import hmac
 import os
 import shlex
 import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -37,67 +38,50 @@ from provisioner import config_parsing as cp
 from provisioner import model, rendering, selection
 from provisioner.config_parsing import DockerLogin, SearchQuery, parse_proxy_ports, split_image
 
-__all__ = ["ReaperSettings", "Settings", "VastAccess", "load_reaper_settings", "load_settings"]
+__all__ = [
+    "ReaperSettings",
+    "RedisAccess",
+    "Settings",
+    "VastAccess",
+    "load_reaper_settings",
+    "load_redis_access",
+    "load_settings",
+]
 
 #: env vars named ``VAST_ENV_<NAME>`` become env ``NAME`` in the remote container.
 REMOTE_ENV_PREFIX = cp.REMOTE_ENV_PREFIX
-_T = TypeVar("_T")
+_blank_is_none = cp.blank_is_none
+_parsed = cp.parsed
 
 
-def _blank_is_none(parse: Callable[[Any], _T]) -> Callable[[Any], _T | None]:
-    """A validator for an optional value: None, blank text or an empty secret are unset."""
-
-    def validate(value: Any) -> _T | None:
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        if value is None or (isinstance(value, str) and not value.strip()):
-            return None
-        return parse(value)
-
-    return validate
-
-
-def _parsed(kind: type[_T], parse: Callable[[str], _T]) -> Callable[[Any], _T]:
-    """A validator that parses text and keeps an already parsed value."""
-
-    def validate(value: Any) -> _T:
-        if isinstance(value, kind):
-            return value
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        if not isinstance(value, str):
-            raise ValueError("must be text")
-        return parse(value)
-
-    return validate
-
-
-def _blank_to_none(value: Any) -> Any:
-    return None if isinstance(value, str) and not value.strip() else value
+def _creatable(path: Path) -> Path:
+    """``path``'s directory is one, or can be made: no part of it is an existing file (checked on disk)."""
+    for part in (path.parent, *path.parent.parents):
+        if part.is_dir():
+            return path
+        if part.exists():
+            raise ValueError(f"{part} is a file, not a directory (nginx keeps its state beside the config)")
+    return path
 
 
 #: an optional number where a blank value means unset
-_OptNumber = BeforeValidator(_blank_to_none)
+_OptNumber = BeforeValidator(cp.blank_to_none)
 _RedisUrl = Annotated[SecretStr, AfterValidator(cp.check_redis_url)]
 _REDIS_ALIAS = AliasChoices("BLACKLIST_REDIS_URL", "BLACKLIST_REDIS", "blacklist_redis_url")
 
 
-class VastAccess(BaseSettings):
-    """What every command reads: Vast.ai access, the pods' Redis, logging. Field ``foo`` is env ``FOO``."""
+class RedisAccess(BaseSettings):
+    """What ``provisioner blacklist`` reads: the pods' Redis, its ban rules, logging; nothing required.
+
+    Field ``foo`` is env ``FOO``. ``VastAccess`` adds the Vast.ai access every other command needs.
+    """
 
     model_config = SettingsConfigDict(
         case_sensitive=False, extra="ignore", env_ignore_empty=False, validate_default=True
     )
     #: env vars that must be set and not blank (checked first, all named in one message)
-    REQUIRED: ClassVar[tuple[str, ...]] = ("VAST_API_KEY",)
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
 
-    vast_api_key: Annotated[SecretStr, AfterValidator(cp.check_api_key)] = Field(
-        description="Vast.ai API key."
-    )
-    vast_api_url: Annotated[str, AfterValidator(cp.check_api_url)] = Field(
-        "https://console.vast.ai", description="Vast.ai API base URL."
-    )
-    vast_api_timeout_seconds: float = Field(30.0, gt=0, le=600, description="Per-request API timeout.")
     blacklist_redis_url: _RedisUrl = Field(
         SecretStr("redis://redis:6379/10"),
         validation_alias=_REDIS_ALIAS,
@@ -116,6 +100,16 @@ class VastAccess(BaseSettings):
     )
     debug: bool = Field(False, description="Debug logging.")
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
+    blacklist_ban_ttl_seconds: int = Field(604800, ge=1, description="How long a ban lasts.")
+    blacklist_restart_ttl_seconds: int = Field(
+        3600, ge=1, description="Sliding window in which adopting restarts are counted."
+    )
+    blacklist_restart_threshold: int = Field(
+        5, ge=1, description="More adopting restarts than this in the window ban the host."
+    )
+    blacklist_reputation_half_life_seconds: float = Field(
+        259200.0, ge=60, description="Half-life of a host's reputation events."
+    )
 
     @classmethod
     def load(cls, **overrides: Any) -> Self:
@@ -128,6 +122,20 @@ class VastAccess(BaseSettings):
             return cls(**overrides)
         except ValidationError as exc:
             raise cp.config_error(exc, cls.model_fields) from None
+
+
+class VastAccess(RedisAccess):
+    """What every command but ``blacklist`` reads: Vast.ai access on top of ``RedisAccess``."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("VAST_API_KEY",)
+
+    vast_api_key: Annotated[SecretStr, AfterValidator(cp.check_api_key)] = Field(
+        description="Vast.ai API key."
+    )
+    vast_api_url: Annotated[str, AfterValidator(cp.check_api_url)] = Field(
+        "https://console.vast.ai", description="Vast.ai API base URL."
+    )
+    vast_api_timeout_seconds: float = Field(30.0, gt=0, le=600, description="Per-request API timeout.")
 
 
 class Settings(VastAccess):
@@ -209,23 +217,18 @@ class Settings(VastAccess):
 
     # --- host blacklist and reputation in Redis (blacklist.py)
     blacklist_enabled: bool = Field(False, description="Share host bans and reputation through Redis.")
-    blacklist_ban_ttl_seconds: int = Field(604800, ge=1, description="How long a ban lasts.")
-    blacklist_restart_ttl_seconds: int = Field(
-        3600, ge=1, description="Sliding window in which adopting restarts are counted."
-    )
-    blacklist_restart_threshold: int = Field(
-        5, ge=1, description="More adopting restarts than this in the window ban the host."
-    )
-    blacklist_reputation_half_life_seconds: float = Field(
-        259200.0, ge=60, description="Half-life of a host's reputation events."
-    )
 
     # --- nginx
-    nginx_config_path: Annotated[Path, AfterValidator(cp.check_config_path)] = Field(
-        Path("/tmp/provisioner/nginx/nginx.conf"),
-        description="Where the rendered nginx config is written; its directory holds nginx's state.",
+    nginx_config_path: Annotated[Path, AfterValidator(cp.check_config_path), AfterValidator(_creatable)] = (
+        Field(
+            Path("/tmp/provisioner/nginx/nginx.conf"),
+            description="Where the rendered nginx config is written; its directory holds nginx's state.",
+        )
     )
     nginx_listen_port: int = Field(3000, ge=1, le=65535, description="Port nginx listens on.")
+    nginx_listen_address: Annotated[str, AfterValidator(cp.check_ip_address)] = Field(
+        "0.0.0.0", description="Address nginx listens on (an IP; the demo binds 127.0.0.1)."
+    )
     nginx_max_body_size: Annotated[str, AfterValidator(cp.check_body_size)] = Field(
         "10M", description="client_max_body_size."
     )
@@ -373,6 +376,11 @@ def load_settings(**overrides: Any) -> Settings:
 def load_reaper_settings(**overrides: Any) -> ReaperSettings:
     """``ReaperSettings`` from the environment; ``ConfigError`` naming the variable(s)."""
     return ReaperSettings.load(**overrides)
+
+
+def load_redis_access(**overrides: Any) -> RedisAccess:
+    """``RedisAccess`` (``provisioner blacklist``) from the environment; ``ConfigError`` naming it."""
+    return RedisAccess.load(**overrides)
 
 
 def find_nginx_binary() -> str | None:

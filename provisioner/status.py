@@ -24,7 +24,7 @@ import httpx
 
 from provisioner import errors, model, planning, rendering, runtime, upstream_health, wiring
 from provisioner.runtime import SOURCE_ADMIN
-from provisioner.settings import Settings
+from provisioner.settings import Settings, load_settings
 from provisioner.vast import client as vast_client
 
 SOURCE_VAST: Final = "vast-api"
@@ -46,9 +46,17 @@ def admin_base_url(settings: Settings) -> str:
     return f"http://{host}:{settings.admin_port}"
 
 
+def settings_or_problem() -> tuple[Settings | None, errors.ConfigError | None]:
+    """The pod's settings, or why they did not load (``--admin-url`` may do without them)."""
+    try:
+        return load_settings(), None
+    except errors.ConfigError as exc:
+        return None, exc
+
+
 async def from_blacklist(settings: Settings) -> list[dict[str, Any]]:
     """Every current ban in the shared blacklist (``StoreError`` when Redis does not answer)."""
-    async with wiring.connect_blacklist(settings) as store:
+    async with wiring.connect_blacklist(settings, settings.pod_name) as store:
         records = await store.bans()
     return [
         {
@@ -65,28 +73,32 @@ async def from_blacklist(settings: Settings) -> list[dict[str, Any]]:
     ]
 
 
-async def from_admin(http: httpx.AsyncClient, base_url: str) -> dict[str, Any] | None:
-    """The running pod's own report, or None when its admin server does not answer."""
+async def from_admin(http: httpx.AsyncClient, base_url: str) -> dict[str, Any] | str:
+    """The running pod's own report, or why its admin server gave none (naming the URL)."""
     url = base_url.rstrip("/") + "/status"
     try:
         response = await http.get(url, timeout=ADMIN_TIMEOUT_S)
-    except httpx.HTTPError:
-        return None
+    except httpx.HTTPError as exc:
+        return f"{url}: {type(exc).__name__}: {exc}".rstrip(": ")
     if response.status_code != 200:
-        return None
+        return f"{url} answered {response.status_code}"
     try:
         report = response.json()
     except ValueError:
-        return None
+        report = None
     if not isinstance(report, dict):
-        return None
+        return f"{url} answered something that is not a status report"
     report["source"] = SOURCE_ADMIN
     report["source_detail"] = url
     return report
 
 
 async def from_vast(
-    settings: Settings, vast: vast_client.VastClient, *, now: float | None = None
+    settings: Settings,
+    vast: vast_client.VastClient,
+    *,
+    now: float | None = None,
+    admin_error: str | None = None,
 ) -> dict[str, Any]:
     """What the Vast.ai API shows for this pod's label; the focus instance's upstream is probed directly."""
     listed = await vast.list_by_label(settings.label)
@@ -107,6 +119,7 @@ async def from_vast(
         "phase": None,
         "ready": None,
         "ready_reason": "the admin server did not answer",
+        "admin_error": admin_error,
         "healthy": None,
         "health_reason": None,
         "instance": next((r for r in rows if focus is not None and r["id"] == focus.id), None),
@@ -145,19 +158,39 @@ async def probe_upstream(
     return upstreams, healthy
 
 
-async def gather_status(settings: Settings, *, admin_url: str | None = None) -> dict[str, Any]:
-    """The admin server's report, else the Vast API's."""
+async def gather_status(
+    settings: Settings | None,
+    *,
+    admin_url: str | None = None,
+    settings_problem: errors.ConfigError | None = None,
+) -> dict[str, Any]:
+    """The admin server's report, else the Vast API's.
+
+    Without ``settings`` (the pod's settings did not load: ``settings_problem``) only ``admin_url`` is
+    asked; when it does not answer either, ``ProvisionerError`` says both.
+    """
+    if settings is None:
+        if admin_url is None:
+            raise settings_problem or errors.ConfigError("POD_NAME", "the pod's settings are needed")
+        async with httpx.AsyncClient(timeout=ADMIN_TIMEOUT_S) as http:
+            answer = await from_admin(http, admin_url)
+        if isinstance(answer, str):
+            raise errors.ProvisionerError(
+                f"the admin server did not answer ({answer}), and the Vast API cannot be asked "
+                f"instead without the pod's settings ({settings_problem})"
+            )
+        return answer
     async with wiring.vast_http(settings) as http:
-        report = await from_admin(http, admin_url or admin_base_url(settings))
-        if report is None:
-            report = await from_vast(settings, wiring.vast_over(settings, http))
+        answer = await from_admin(http, admin_url or admin_base_url(settings))
+        if isinstance(answer, str):
+            answer = await from_vast(settings, wiring.vast_over(settings, http), admin_error=answer)
     if settings.blacklist_enabled:
         try:
-            report["bans"] = await from_blacklist(settings)
-            report["bans_source"] = "blacklist"
+            answer["bans"] = await from_blacklist(settings)
+            answer["bans_source"] = "blacklist"
         except errors.StoreError as exc:
-            report["bans_error"] = str(exc)
-    return report
+            answer["bans_error"] = str(exc)
+    return answer
 
 
 # ---------------------------------------------------------------- rendering
@@ -222,7 +255,8 @@ def render_table(report: Mapping[str, Any]) -> str:
         health = "ok" if report.get("healthy") else f"unhealthy: {report.get('health_reason')}"
         lines.append(f"process     {health}")
     else:
-        lines.append("phase       unknown (the pod's admin server did not answer)")
+        why = report.get("admin_error") or "the pod's admin server did not answer"
+        lines.append(f"phase       unknown (no provisioner answers: {why})")
     lines += _instance_lines(report)
     lines += _cost_and_ban_lines(report)
     if report.get("last_error"):
@@ -252,8 +286,10 @@ def _instance_lines(report: Mapping[str, Any]) -> list[str]:
         where = ", ".join(f"{u['listen_port']} -> {u['host']}:{u['port']}" for u in ups)
         health = _yes_no(report.get("upstream_healthy"), "healthy", "failing")
         lines.append(f"upstream    {where}  ({health})")
-    else:
+    elif report.get("source") == SOURCE_ADMIN:
         lines.append("upstream    none (nginx answers 503)")
+    else:
+        lines.append("upstream    none (the provisioner's admin endpoint is unreachable: no proxy is known)")
     return lines
 
 

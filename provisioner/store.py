@@ -16,6 +16,10 @@ key                        type        holds                                    
 ``P heartbeats``           sorted set  labels scored by their latest heartbeat     pruned past the TTL
 ``P heartbeats:since``     string      when the first heartbeat was written here   no expiry
 ``P rentlock:<label>``     string      the token of the process that may rent      ``RENT_LOCK_TTL_S``
+``P spendlock``            string      the token of the pod checking the spend cap ``SPEND_LOCK_TTL_S``
+``P spend:<label>``        string      JSON: pod, dph, at: $/h reserved for a rent ``SPEND_RESERVE_TTL_S``
+``P spends``               sorted set  labels scored by their reservation's expiry pruned on read
+``P cleanstop:<instance>`` string      the pod that stopped cleanly while it ran   the restart window
 ``P pace:<B>:<endpoint>``  string      the endpoint's next free slot, unix ms on   the slot + ``pacer.
                                        the Redis clock (``pacer.py``)              SLOT_KEY_SLACK_MS``
 ``P view:<B>:<F>``         hash        ``at`` (ms, Redis clock: when the list was  ``fleetview.VIEW_TTL
@@ -37,7 +41,14 @@ The last eight rows are the fleet primitives of issue 13 (``pacer.py``, ``fleetv
 ``rentqueue.py``); their ``Keys`` classes build the names through :class:`Keys` below.
 
 The ban TTL is ``BLACKLIST_BAN_TTL_SECONDS``, the restart window ``BLACKLIST_RESTART_TTL_SECONDS``
-(``blacklist.py`` owns those records; ``fleet.py`` the heartbeats).
+(``blacklist.py`` owns those records and the clean-stop marks; ``fleet.py`` the heartbeats and the
+spend reservations).
+
+The spend cap (``VAST_MAX_FLEET_DPH``) is a reservation: under the fleet-wide ``spendlock`` (the
+same redis-py ``Lock``, held only to read, decide and write) a pod adds up the other pods' live
+heartbeats and reservations, and reserves the $/h of the offers it may rent before the rent call.
+The reservation is deleted in the MULTI/EXEC of the first heartbeat that counts the rental, or at
+once when nothing was rented; a crashed pod's reservation expires after ``SPEND_RESERVE_TTL_S``.
 
 The rent lock is redis-py's ``Lock``: ``SET NX PX`` with this process's token to take it, and Lua
 scripts that check the token to renew (``reacquire``) and to release it, so only its holder ever
@@ -80,6 +91,12 @@ RENT_LOCK_TTL_S: Final = 90.0
 RENT_LOCK_RENEW_S: Final = 30.0
 #: the work under the rent lock (list again, search, rent) is cut off after this; below the TTL
 RENT_SECTION_S: Final = 75.0
+#: the fleet-wide spend lock is held only to read, decide and reserve: it expires after this
+SPEND_LOCK_TTL_S: Final = 10.0
+#: how long a pod waits for the spend lock before it holds its rental for a tick
+SPEND_LOCK_WAIT_S: Final = 5.0
+#: a spend reservation outlives a rent call and the hold after an unknown outcome
+SPEND_RESERVE_TTL_S: Final = 120.0
 #: while Redis is down, try it again after this (seconds)
 OUTAGE_RETRY_S: Final = 2.0
 
@@ -125,6 +142,20 @@ class Keys:
 
     def rent_lock(self, label: str) -> str:
         return f"{self.prefix}rentlock:{label}"
+
+    @property
+    def spend_lock(self) -> str:
+        return f"{self.prefix}spendlock"
+
+    def spend(self, label: str) -> str:
+        return f"{self.prefix}spend:{label}"
+
+    @property
+    def spends(self) -> str:
+        return f"{self.prefix}spends"
+
+    def clean_stop(self, instance_id: int) -> str:
+        return f"{self.prefix}cleanstop:{instance_id}"
 
     def pace(self, budget: str, endpoint: str) -> str:
         return f"{self.prefix}pace:{budget}:{endpoint}"

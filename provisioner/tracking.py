@@ -30,6 +30,8 @@ class HostBans(Protocol):
 
     async def record(self, instance: model.Instance, kind: str, value: float = 0.0) -> None: ...
 
+    async def mark_clean_stop(self, instance_ids: Iterable[int]) -> None: ...
+
 
 @dataclass
 class Tracked:
@@ -56,6 +58,10 @@ class Tracked:
     rent_price: float | None = None
     #: rented (or maybe rented) by this process and not shown by a list yet
     unconfirmed: bool = False
+    #: destroyed by this process (its absence from the next list is expected, not doubted)
+    destroyed: bool = False
+    #: since when an odd list answer about it is doubted (the last known entry stands in)
+    doubted_since: float | None = None
 
 
 class Tracker:
@@ -130,6 +136,10 @@ class ReconcilerState:
     template_hash: str | None = None
     #: the template is not checked yet (the API was busy): renting waits for it
     template_pending: bool = False
+    #: why no rental happens although one is wanted (spend cap, rent brakes, template, no offer)
+    waiting_reason: str | None = None
+    #: a rental's $/h is reserved in Redis until the next heartbeat counts it
+    spend_reserved: bool = False
     serving: model.Instance | None = None
     upstreams: dict[int, model.Upstream] = field(default_factory=dict)
     unserve_reason: str = "starting"

@@ -76,7 +76,9 @@ class Sim:
     http: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
-        self.http = httpx.Client(base_url=self.url, timeout=10.0)
+        # idle connections are dropped after 2 s, well before the simulator's (uvicorn's) 5 s keep-alive
+        # timeout: reusing one the server is closing at that instant fails with "Server disconnected"
+        self.http = httpx.Client(base_url=self.url, timeout=10.0, limits=httpx.Limits(keepalive_expiry=2.0))
 
     def admin(self, method: str, path: str, body: Any = None) -> Any:
         response = self.http.request(method, "/_sim" + path, json=body)

@@ -1,4 +1,4 @@
-"""The simulated Vast.ai: an ASGI app faithful to ../shared/vast-api.md, with real GPU-workload backends.
+"""The simulated Vast.ai: an ASGI app faithful to docs/vast-api.md (§11), with real GPU-workload backends.
 
 Entry points are in `app` (create_app, running_sim, serving_sim, serve, run_sim). Modules, outside in:
 app (pipeline, serving) → routes (the Vast API) / admin (`/_sim/`) → runtime (one running sim) →

@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import signal
+import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -246,10 +248,10 @@ def run_sim(host: str, port: int, config: SimConfig) -> None:
     asyncio.run(serve(config, host, port))
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(default_port: int) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="provisioner sim", description="Serve a simulated Vast.ai API.")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=18765)
+    parser.add_argument("--port", type=int, default=default_port, help=f"default {default_port}")
     parser.add_argument("--boot-delay", type=float, default=SimConfig.boot_delay_s, help="seconds to running")
     parser.add_argument("--seed", type=int, default=SimConfig.seed)
     parser.add_argument("--num-offers", type=int, default=SimConfig.num_offers)
@@ -289,9 +291,9 @@ def _overrides(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[st
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, default_port: int = 18765) -> int:
     """`python -m provisioner.sim --port N [--boot-delay S] [--seed N] [--rate-limits …] [--api-key K]`."""
-    parser = _parser()
+    parser = _parser(default_port)
     args = parser.parse_args(argv)
     try:
         config = SimConfig(
@@ -310,5 +312,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ValueError as exc:
         parser.error(str(exc))
-    run_sim(args.host, args.port, config)
+    try:
+        run_sim(args.host, args.port, config)
+    except OSError as exc:  # the address is taken (or not ours): one line naming it, exit 1
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        where = f"{args.host}:{args.port}"
+        print(f"{parser.prog}: --port: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0

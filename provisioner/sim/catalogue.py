@@ -1,4 +1,4 @@
-"""The seeded marketplace: realistic GPU offers with the fields of vast-api.md §4.3, and their pricing.
+"""The seeded marketplace: realistic GPU offers with the fields of docs/vast-api.md §5.3, and their pricing.
 
 Hosts own several machines (one offer each); the first machines cycle through every GPU model as a clean,
 verified, rentable single-GPU offer so that tests can rely on each model being rentable. Prices: `dph_base`
@@ -58,55 +58,24 @@ GPU_MODELS: tuple[GpuModel, ...] = (
 )
 
 # (geolocation as hosts write it, weight); most end in a 2-letter code, some are free text.
-_LOCATIONS: tuple[tuple[str, int], ...] = (
-    ("Texas, US", 8),
-    ("California, US", 7),
-    ("Washington, US", 4),
-    ("New York, US", 3),
-    ("Ohio, US", 2),
-    ("Ontario, CA", 4),
-    ("Quebec, CA", 3),
-    ("Bavaria, DE", 3),
-    ("Hesse, DE", 2),
-    ("Île-de-France, FR", 2),
-    ("North Holland, NL", 2),
-    ("England, GB", 2),
-    ("Stockholm County, SE", 1),
-    ("Oslo, NO", 1),
-    ("Masovian Voivodeship, PL", 2),
-    ("Prague, CZ", 1),
-    ("Yutakachō, Shinagawa District, Tokyo, JP", 1),
-    ("California, United States", 1),
-    ("Singapore, SG", 1),
-    ("Gauteng, ZA", 1),
-    ("Ho Chi Minh City, VN", 1),
-    ("Beijing, CN", 1),
-    ("São Paulo, BR", 1),
-    ("Victoria, AU", 1),
-    ("Seoul, KR", 1),
-)
+_LOCATIONS: tuple[tuple[str, int], ...] = (("Texas, US", 8), ("California, US", 7), ("Washington, US", 4),
+    ("New York, US", 3), ("Ohio, US", 2), ("Ontario, CA", 4), ("Quebec, CA", 3), ("Bavaria, DE", 3),
+    ("Hesse, DE", 2), ("Île-de-France, FR", 2), ("North Holland, NL", 2), ("England, GB", 2),
+    ("Stockholm County, SE", 1), ("Oslo, NO", 1), ("Masovian Voivodeship, PL", 2), ("Prague, CZ", 1),
+    ("Yutakachō, Shinagawa District, Tokyo, JP", 1), ("California, United States", 1),
+    ("Singapore, SG", 1), ("Gauteng, ZA", 1), ("Ho Chi Minh City, VN", 1), ("Beijing, CN", 1),
+    ("São Paulo, BR", 1), ("Victoria, AU", 1), ("Seoul, KR", 1))  # fmt: skip
 # Where the clean first hosts live: the common cases plus the free-text forms a client must cope with.
 _CLEAN_LOCATIONS = ("Texas, US", "Ontario, CA", "Bavaria, DE", "California, US", "California, United States",
                     "Yutakachō, Shinagawa District, Tokyo, JP", "Washington, US", "Quebec, CA")  # fmt: skip
 _DRIVERS = (("470.223.02", 11.4), ("525.147.05", 12.0), ("535.183.01", 12.2), ("550.127.05", 12.4),
             ("560.35.03", 12.6), ("570.86.10", 12.8))  # fmt: skip
-_CPUS = (
-    ("AMD EPYC 7543 32-Core Processor", 64),
-    ("AMD Ryzen 9 5950X 16-Core Processor", 32),
-    ("AMD Ryzen 9 7950X 16-Core Processor", 32),
-    ("Intel Xeon Gold 6342", 48),
-    ("Intel Core i9-13900K", 32),
-    ("AMD EPYC 9654 96-Core Processor", 192),
-    ("Intel Xeon E5-2698 v4", 40),
-)
-_MOBOS = (
-    "ROMED8-2T",
-    "X570 AORUS MASTER",
-    "PRO WS WRX80E-SAGE SE WIFI",
-    "H12SSL-i",
-    "Z790 AORUS ELITE",
-    "MZ32-AR0",
-)
+_CPUS = (("AMD EPYC 7543 32-Core Processor", 64), ("AMD Ryzen 9 5950X 16-Core Processor", 32),
+         ("AMD Ryzen 9 7950X 16-Core Processor", 32), ("Intel Xeon Gold 6342", 48),
+         ("Intel Core i9-13900K", 32), ("AMD EPYC 9654 96-Core Processor", 192),
+         ("Intel Xeon E5-2698 v4", 40))  # fmt: skip
+_MOBOS = ("ROMED8-2T", "X570 AORUS MASTER", "PRO WS WRX80E-SAGE SE WIFI", "H12SSL-i", "Z790 AORUS ELITE",
+          "MZ32-AR0")  # fmt: skip
 _DISKS = ("Samsung SSD 980 PRO 2TB", "WDS200T1X0E", "INTEL SSDPE2KX040T8", "Micron_7450_MTFDKCC3T8TFR")
 
 
@@ -194,20 +163,55 @@ def _make_offer(
     now: float,
     clean: bool,
 ) -> dict[str, Any]:
-    """One offer dict in the wire shape of `offers[i]`."""
+    """One offer dict in the wire shape of `offers[i]`. The helpers draw from ``rng`` in call order, then
+    field order: the seeded catalogue depends on it (pinned by test_sim_catalogue)."""
+    draws = _draw_terms(rng, host, model, num_gpus, clean)
+    offer: dict[str, Any] = {
+        **_gpu_fields(rng, host, model, num_gpus, machine_id, offer_id),
+        **_machine_fields(rng, draws, num_gpus),
+        **_market_fields(rng, host, draws, model, num_gpus, now),
+    }
+    return price_offer(offer, DEFAULT_STORAGE_GB, "on-demand")
+
+
+@dataclass(frozen=True)
+class _Draws:
+    """The values drawn before the offer's fields (prices, CPU, lifetime, availability)."""
+
+    dph_base: float
+    storage_cost: float
+    cpu: tuple[str, int]  # (name, threads)
+    cpu_cores: int
+    duration: float
+    reliability2: float
+    dlperf: float
+    rentable: bool
+    external: bool
+    direct_ports: int
+
+
+def _draw_terms(rng: random.Random, host: _Host, model: GpuModel, num_gpus: int, clean: bool) -> _Draws:
     per_gpu = rng.uniform(model.price_lo, model.price_hi)
     dph_base = round(per_gpu * num_gpus, 4)
     storage_cost = round(rng.uniform(0.05, 0.30), 4)
     cpu_name, cpu_threads = rng.choice(_CPUS)
     cpu_cores = min(cpu_threads, max(4, num_gpus * rng.choice((4, 8, 12, 16))))
-    driver_version, cuda = host.driver
     duration = rng.uniform(2, 120) * 86_400
     reliability2 = round(min(0.9999, max(0.8, host.reliability + rng.uniform(-0.01, 0.01))), 4)
     dlperf = round(model.tflops * num_gpus * rng.uniform(0.85, 1.05), 3)
     rentable = clean or rng.random() > 0.05
     external = not clean and rng.random() < 0.08
     direct_ports = 0 if (not clean and rng.random() < 0.08) else rng.choice((20, 50, 100, 200, 500, 1000))
-    offer: dict[str, Any] = {
+    return _Draws(dph_base, storage_cost, (cpu_name, cpu_threads), cpu_cores, duration, reliability2, dlperf,
+                  rentable, external, direct_ports)  # fmt: skip
+
+
+def _gpu_fields(
+    rng: random.Random, host: _Host, model: GpuModel, num_gpus: int, machine_id: int, offer_id: int
+) -> dict[str, Any]:
+    """Identity, place and GPU: the fields from ``id`` to ``bw_nvlink``."""
+    driver_version, cuda = host.driver
+    return {
         "id": offer_id,
         "ask_contract_id": offer_id,
         "bundle_id": offer_id + 7_000_000,
@@ -235,10 +239,16 @@ def _make_offer(
         "driver_version": driver_version,
         "driver_vers": _driver_int(driver_version),
         "bw_nvlink": 600.0 if "SXM" in model.name else 0.0,
-        "cpu_name": cpu_name,
+    }
+
+
+def _machine_fields(rng: random.Random, draws: _Draws, num_gpus: int) -> dict[str, Any]:
+    """CPU, memory, board and disk: the fields from ``cpu_name`` to ``disk_name``."""
+    return {
+        "cpu_name": draws.cpu[0],
         "cpu_arch": "amd64",
-        "cpu_cores": cpu_threads,
-        "cpu_cores_effective": float(cpu_cores),
+        "cpu_cores": draws.cpu[1],
+        "cpu_cores_effective": float(draws.cpu_cores),
         "cpu_ghz": round(rng.uniform(2.2, 5.4), 1),
         "cpu_ram": rng.choice((32, 64, 128, 256, 512)) * 1024 * max(1, num_gpus // 2),
         "mobo_name": rng.choice(_MOBOS),
@@ -249,41 +259,48 @@ def _make_offer(
         "disk_space": float(rng.choice((60, 100, 200, 400, 800, 1500, 3000))),
         "disk_bw": round(rng.uniform(800, 7000), 1),
         "disk_name": rng.choice(_DISKS),
+    }
+
+
+def _market_fields(
+    rng: random.Random, host: _Host, draws: _Draws, model: GpuModel, num_gpus: int, now: float
+) -> dict[str, Any]:
+    """Network, price, reliability and lifetime: the fields from ``inet_up`` to ``rn``."""
+    return {
         "inet_up": host.inet_up,
         "inet_down": host.inet_down,
         "inet_up_cost": round(rng.uniform(0.0, 0.01), 4),
         "inet_down_cost": round(rng.uniform(0.0, 0.01), 4),
-        "direct_port_count": direct_ports,
-        "dph_base": dph_base,
-        "storage_cost": storage_cost,
-        "min_bid": round(dph_base * rng.uniform(0.3, 0.7), 4),
+        "direct_port_count": draws.direct_ports,
+        "dph_base": draws.dph_base,
+        "storage_cost": draws.storage_cost,
+        "min_bid": round(draws.dph_base * rng.uniform(0.3, 0.7), 4),
         "credit_discount_max": 0.4,
         "discount_rate": round(rng.uniform(0.1, 0.4), 3),
-        "dlperf": dlperf,
+        "dlperf": draws.dlperf,
         "total_flops": round(model.tflops * num_gpus, 2),
         "reliability": host.reliability,
-        "reliability2": reliability2,
+        "reliability2": draws.reliability2,
         "reliability_mult": round(host.reliability**2, 4),
         "verification": host.verification,
         "verified": host.verification == "verified",
         "vericode": 1 if host.verification == "verified" else 0,
-        "rentable": rentable,
+        "rentable": draws.rentable,
         "rented": False,
-        "external": external,
+        "external": draws.external,
         "static_ip": host.datacenter or rng.random() < 0.3,
         "vms_enabled": rng.random() < 0.2,
         "is_vm_deverified": False,
         "resource_type": "gpu",
         "start_date": round(now - rng.uniform(0, 30) * 86_400, 3),
-        "end_date": round(now + duration, 3),
-        "duration": round(duration, 1),
+        "end_date": round(now + draws.duration, 3),
+        "duration": round(draws.duration, 1),
         "time_remaining": None,
         "time_remaining_isbid": None,
         "logo": "/static/logos/vastai_small2.png",
         "webpage": None,
         "rn": None,
     }
-    return price_offer(offer, DEFAULT_STORAGE_GB, "on-demand")
 
 
 def price_offer(

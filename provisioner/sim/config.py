@@ -24,7 +24,7 @@ class SimConfig:
     api_key: str | None = None
     # The address reported in `public_ipaddr` (with Vast's trailing newline).
     public_ip: str = "127.0.0.1"
-    # Vast-like per-endpoint minimum intervals per API key (vast-api.md §2.3; ratelimits.py has the table).
+    # Vast-like per-endpoint minimum intervals per API key (docs/vast-api.md §3.1; table in ratelimits.py).
     rate_limits: bool = False
     # Multiplies every rate-limit interval, so tests can use the real ratios with short waits.
     rate_limit_scale: float = 1.0
@@ -38,7 +38,7 @@ class SimConfig:
     rate_limit_penalties: bool = False
     # Where the GPU workloads bind (port 0: a fresh port each time).
     workload_host: str = "127.0.0.1"
-    # 401 as documented, or 404 as the real API sometimes answers a bad key (vast-api.md §2.1).
+    # 401 as documented, or 404 as the real API sometimes answers a bad key (docs/vast-api.md §2.2).
     auth_failure_status: int = 401
     # How many GETs of a log `result_url` answer 404 before the text is ready.
     logs_not_ready_count: int = 1

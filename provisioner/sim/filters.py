@@ -1,6 +1,6 @@
 """Vast's filter language on the server side: `{"col": {"op": value}}` conditions, coercion and ordering.
 
-Shared by offer search, the v1 instance list and template search. Coercion follows vast-api.md §11.2:
+Shared by offer search, the v1 instance list and template search. Coercion follows docs/vast-api.md §11:
 the CLI sends numbers as strings (`{"eq": "1"}`), `gpu_name` with spaces (underscores are accepted too),
 `geolocation` compares the trailing two-letter country code, `driver_version` may arrive as the CLI's
 integer form (`535.86.05` -> 535086005). Ordering puts nulls last on ascending order, as PostgreSQL does.

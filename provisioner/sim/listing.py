@@ -1,4 +1,4 @@
-"""Instances on the wire: the row shape of vast-api.md §6.4 and the v1 list query of §6.1.
+"""Instances on the wire: the row shape of docs/vast-api.md §7.3 and the v1 list query of §7.1.
 
 Rows always carry a numeric `start_date` and a list `extra_env` (the official SDK crashes otherwise),
 `public_ipaddr` with Vast's trailing newline, and `ports` with string HostPorts (null unless running).

@@ -1,15 +1,16 @@
 """Vast-like rate limits: per identity and endpoint, a minimum interval between accepted calls.
 
-The figures are vast-api.md §2.3's `x-rate-limit` values (seconds between calls): search offers 10 per
-minute (per IP, a window of 10 calls in 60 s), create instance 4.5 (penalty 12), v1 list 1.0, show 2.0,
-destroy 3.0, label/manage 1.0, reboot/recycle 1.0, search templates 3.0. The doc gives no figure for whoami,
-the template writes, request_logs, the filters list or the GPU names; they get "the rest about 1 s"
-(issue 13). The logs' `result_url` is S3 in real life and is never limited.
+The figures are Vast's published `x-rate-limit` values (docs/vast-api.md §3.1), seconds between
+calls: search offers 10 per minute (per IP, a window of 10 calls in 60 s), create instance 4.5
+(penalty 12), v1 list 1.0, show 2.0, destroy 3.0, label/manage 1.0, reboot/recycle 1.0, search
+templates 3.0. The doc gives no figure for whoami, the template writes, request_logs, the filters
+list or the GPU names; they get "the rest about 1 s" (issue 13). The logs' `result_url` is S3 in
+real life and is never limited.
 
 A refused call is not counted (the interval runs from the last accepted call) unless `penalties` is on:
 then a refused call on an endpoint with a penalty (create instance) pushes its next slot `penalty` seconds
-out (the doc's units are undocumented, vast-api.md §12.5: an inference). The 429 body is one of Vast's
-forms (§2.1), chosen by `RateLimitBody`.
+out (the doc's units are undocumented, docs/vast-api.md §12, item 5: an inference). The 429 body is
+one of Vast's forms (docs/vast-api.md §3.2), chosen by the `rate_limit_body` knob (`body_form`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Rule:
         return self.period_s / self.calls
 
 
-#: endpoint name (routes.py) -> rule, at production speed
+#: endpoint name (routes.py) -> rule, at production speed (docs/vast-api.md §3.1 has the table)
 RATE_RULES: dict[str, Rule] = {
     "search": Rule(10, 60.0, scope="ip"),
     "rent": Rule(1, 4.5, penalty_s=12.0),
@@ -62,7 +63,7 @@ RATE_RULES: dict[str, Rule] = {
     "v0_list": Rule(1, 1.0),
     "gpu_names": Rule(1, 1.0, scope="ip"),
 }
-#: the 429 body forms (vast-api.md §2.1), in the order `alternate` cycles through them
+#: the 429 body forms (docs/vast-api.md §3.2), in the order `alternate` cycles through them
 BODY_FORMS = ("text", "json", "rate_limit_exceeded", "text_bare")
 #: `documented` answers each endpoint the way the docs show it; the rest are plain text
 DOCUMENTED_FORMS = {"rent": "json", "destroy": "rate_limit_exceeded"}

@@ -1,4 +1,4 @@
-"""A create-instance body checked against its offer (vast-api.md §5): the validated rental, or Vast's error.
+"""A create-instance body checked against its offer (docs/vast-api.md §6): the rental, or Vast's error.
 
 `check_offer` answers an offer that is gone (404 no_such_ask, or 410 with `cancel_unavail`); `validate`
 resolves the template, merges its env with the request's (the request wins, key by key) and checks image,

@@ -1,4 +1,4 @@
-"""The Vast.ai API routes of vast-api.md §11.2, with their wire shapes."""
+"""The Vast.ai API routes of docs/vast-api.md §11, with their wire shapes."""
 
 from __future__ import annotations
 

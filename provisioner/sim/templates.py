@@ -1,4 +1,4 @@
-"""Templates as Vast keeps them (vast-api.md §9): numeric `id` plus a content `hash_id`, search, edit, delete.
+"""Templates as Vast keeps them (docs/vast-api.md §9): numeric `id`, content `hash_id`, search, edit, delete.
 
 `hash_id` is the md5 of the canonical JSON of the content fields (creator excluded, so two users' identical
 templates share a hash). Creating content identical to one of your templates returns that template. Edits

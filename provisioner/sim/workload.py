@@ -59,62 +59,7 @@ def workload_app(instance: SimInstance, clock: Callable[[], float]) -> ASGIApp:
     auth_name = instance.env.get("UPSTREAM_AUTH_HEADER", "").strip().lower()
     auth_token = instance.env.get("UPSTREAM_AUTH_TOKEN", "")
     required = (auth_name.encode(), auth_token.encode()) if auth_name and auth_token else None
-
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "instance_id": instance.id, "label": instance.label})
-
-    async def echo(request: Request) -> Response:
-        body = await request.body()
-        server = request.scope.get("server") or ("", 0)
-        return JSONResponse(
-            {
-                "instance_id": instance.id,
-                "label": instance.label,
-                "method": request.method,
-                "path": request.url.path,
-                "query": request.url.query,
-                "headers": {k: v for k, v in request.headers.items() if k != auth_name},
-                "body_size": len(body),
-                "port": server[1],
-            }
-        )
-
-    async def stream(request: Request) -> Response:
-        try:
-            count = min(max(int(request.query_params.get("n", "10")), 0), _MAX_EVENTS)
-            interval_s = max(float(request.query_params.get("interval_ms", "20")), 0.0) / 1000
-        except ValueError:
-            return JSONResponse({"error": "n and interval_ms must be numbers"}, status_code=400)
-
-        async def events() -> AsyncIterator[str]:
-            for i in range(count):
-                if i:
-                    await asyncio.sleep(interval_s)
-                yield f"data: {json.dumps({'i': i, 't': time.time()})}\n\n"
-
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
-
-    async def websocket_echo(websocket: WebSocket) -> None:
-        await websocket.accept()
-        with contextlib.suppress(WebSocketDisconnect):
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                if message.get("text") is not None:
-                    await websocket.send_text(message["text"])
-                elif message.get("bytes") is not None:
-                    await websocket.send_bytes(message["bytes"])
-
-    inner = Starlette(
-        routes=[
-            Route("/health", health, methods=["GET"]),
-            Route("/stream", stream, methods=["GET"]),
-            WebSocketRoute("/ws", websocket_echo),
-            Route("/{path:path}", echo, methods=_ALL_METHODS),
-        ]
-    )
+    inner = _routes(instance, auth_name)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -140,6 +85,70 @@ def workload_app(instance: SimInstance, clock: Callable[[], float]) -> ASGIApp:
             instance.log(clock(), "container", line)
 
     return app
+
+
+def _routes(instance: SimInstance, auth_name: str) -> Starlette:
+    """The workload's endpoints: /health, /stream (SSE), /ws (echo) and an echo of anything else."""
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "instance_id": instance.id, "label": instance.label})
+
+    async def echo(request: Request) -> Response:
+        body = await request.body()
+        server = request.scope.get("server") or ("", 0)
+        return JSONResponse(
+            {
+                "instance_id": instance.id,
+                "label": instance.label,
+                "method": request.method,
+                "path": request.url.path,
+                "query": request.url.query,
+                "headers": {k: v for k, v in request.headers.items() if k != auth_name},
+                "body_size": len(body),
+                "port": server[1],
+            }
+        )
+
+    return Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/stream", _stream, methods=["GET"]),
+            WebSocketRoute("/ws", _websocket_echo),
+            Route("/{path:path}", echo, methods=_ALL_METHODS),
+        ]
+    )
+
+
+async def _stream(request: Request) -> Response:
+    """``n`` Server-Sent Events, ``interval_ms`` apart."""
+    try:
+        count = min(max(int(request.query_params.get("n", "10")), 0), _MAX_EVENTS)
+        interval_s = max(float(request.query_params.get("interval_ms", "20")), 0.0) / 1000
+    except ValueError:
+        return JSONResponse({"error": "n and interval_ms must be numbers"}, status_code=400)
+
+    async def events() -> AsyncIterator[str]:
+        for i in range(count):
+            if i:
+                await asyncio.sleep(interval_s)
+            yield f"data: {json.dumps({'i': i, 't': time.time()})}\n\n"
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+async def _websocket_echo(websocket: WebSocket) -> None:
+    """Echo every text or binary message until the client goes."""
+    await websocket.accept()
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is not None:
+                await websocket.send_text(message["text"])
+            elif message.get("bytes") is not None:
+                await websocket.send_bytes(message["bytes"])
 
 
 async def _refused(required: tuple[bytes, bytes], scope: Scope, receive: Receive, send: Send) -> bool:

@@ -1,12 +1,12 @@
 """The Vast.ai HTTP client: every request the provisioner sends to the Vast.ai API.
 
-This module owns the calls and their wire format (paths with trailing slashes, Bearer auth, JSON bodies,
-query values JSON-encoded then form-encoded; ``vast-api.md`` §1, §3-§9) and which retry rule each call
-gets (``transport.py`` runs the retries): idempotent calls are retried with backoff, jitter and a capped
-``Retry-After``; a rent is never retried, and an ambiguous rent answer becomes ``RentOutcomeUnknown`` so
-that the caller lists by label before renting again. HTTP answers and httpx errors become
-``provisioner.errors`` in one place, ``wire.map_failure``. The ``httpx.AsyncClient`` is injected; this
-module builds no clients, reads no settings.
+This module owns the calls and their wire format (paths with trailing slashes, Bearer auth, JSON
+bodies, query values JSON-encoded then form-encoded; ``docs/vast-api.md`` §1, §4-§9) and which retry
+rule each call gets (§3.3; ``transport.py`` runs the retries): idempotent calls are retried with
+backoff, jitter and a capped ``Retry-After``; a rent is never retried, and an ambiguous rent answer
+becomes ``RentOutcomeUnknown`` so that the caller lists by label before renting again. HTTP answers
+and httpx errors become ``provisioner.errors`` in one place, ``wire.map_failure``. The
+``httpx.AsyncClient`` is injected; this module builds no clients, reads no settings.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: the v1 instance list serves at most 25 rows a page (vast-api.md §6.1).
+#: the v1 instance list serves at most 25 rows a page (docs/vast-api.md §7.1).
 PAGE_LIMIT: Final = 25
 #: more pages than this (10 000 instances) means ``next_token`` is looping.
 MAX_PAGES: Final = 400
@@ -75,7 +75,7 @@ class RentRequest:
 
 
 def rent_body(req: RentRequest) -> dict[str, Any]:
-    """The ``PUT /api/v0/asks/{id}/`` body: every key 1.9.1 sends (vast-api.md §5, §10)."""
+    """The ``PUT /api/v0/asks/{id}/`` body: every key 1.9.1 sends (docs/vast-api.md §6.1, §10)."""
     env = dict(req.env)
     env.update({f"-p {port}:{port}": "1" for port in sorted(set(req.ports))})
     body: dict[str, Any] = {

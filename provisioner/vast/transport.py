@@ -8,6 +8,11 @@ for every pod on the key, and the retry waits for the slot instead of a backoff.
 answer and httpx error becomes one of ``provisioner.errors`` through ``wire.map_failure``. The API
 key goes only into the ``Authorization`` header; request logs show the path, never the query,
 headers or bodies.
+
+A 401/403 is ``AuthError`` (the daemon exits 3) only while the key has never worked in this process;
+once an authenticated call has succeeded, a refusal is ``AuthRefusedAgain`` (a transient fault,
+retried like a 5xx, logged as a WARNING with ``event=auth-refused``): an edge proxy's access denial
+or an auth blip must not stop the proxy while the instance bills.
 """
 
 from __future__ import annotations
@@ -57,6 +62,11 @@ PACED_CALLS: Final[Mapping[str, pacing.Endpoint]] = {
 def endpoint_of(call: str) -> pacing.Endpoint:
     """The pacer budget a call spends."""
     return PACED_CALLS.get(call, pacing.Endpoint.OTHER)
+
+
+async def next_slot_s(pace: pacing.Pacer | None, call: str) -> float | None:
+    """Seconds until ``call``'s next pacer slot (at least 0.1 s; what a 429 waits for), None unpaced."""
+    return None if pace is None else max(await pace.free_in_s(endpoint_of(call)), 0.1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +149,24 @@ class Transport:
         self._sleep = sleep
         self._clock = clock
         self._rand = rand
+        #: an authenticated call has succeeded in this process (a later 401/403 is a glitch)
+        self.key_worked = False
 
     @property
     def _secret(self) -> str:
         return self._api_key.get_secret_value()
 
     def _error(self, call: str, failure: httpx.Response | httpx.HTTPError) -> errors.VastError:
-        return wire.map_failure(call, failure, secret=self._secret, now=self._clock())
+        error = wire.map_failure(call, failure, secret=self._secret, now=self._clock())
+        if isinstance(error, errors.AuthError) and self.key_worked:
+            log.warning(
+                "%s: the Vast.ai API refused the key that worked before (%s); retrying with backoff",
+                call,
+                error.reason,
+                extra={"event": "auth-refused", "status": error.status},
+            )
+            return errors.AuthRefusedAgain(call, error.reason, status=error.status)
+        return error
 
     def _json(self, call: str, response: httpx.Response) -> Any:
         """The JSON body of a 2xx answer; not JSON or ``success: false`` raise through ``map_failure``."""
@@ -229,6 +250,8 @@ class Transport:
             self._observe(call, None, started)
             raise self._error(call, exc) from exc
         self._observe(call, response.status_code, started)
+        if auth and response.is_success:
+            self.key_worked = True
         # the path only: no query string (it may hold a result token), never headers or bodies
         log.debug(
             "%s: %s %s -> %s in %.3fs",

@@ -1,7 +1,8 @@
 """Pure helpers for the Vast.ai wire format, used by ``client``: no I/O, no state.
 
-Owns the query-string encoding (vast-api.md §1), the template body (§9.2) and ``map_failure``, the one
-place where an unwanted HTTP answer or an httpx error becomes one of ``provisioner.errors`` (§2).
+Owns the query-string encoding (docs/vast-api.md §1), the template body (§9.2) and ``map_failure``, the one
+place where an unwanted HTTP answer or an httpx error becomes one of ``provisioner.errors`` (§2.3).
+It reads httpx's types, so the import rules place it below the adapters, not in the pure core.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _DETAIL_CHARS: Final = 200
 
 
 def template_body(spec: model.TemplateSpec) -> dict[str, Any]:
-    """The template fields of ``POST /api/v0/template/`` (vast-api.md §9.2).
+    """The template fields of ``POST /api/v0/template/`` (docs/vast-api.md §9.2).
 
     Registry credentials are never stored in a template: the login goes with each rent.
     """
@@ -62,6 +63,21 @@ def encode_query(params: Mapping[str, Any]) -> str:
     return urlencode([(k, v if isinstance(v, str) else json.dumps(v)) for k, v in params.items()])
 
 
+def _unreached(call: str, failure: httpx.HTTPError, secret: str) -> errors.VastUnavailable:
+    """No answer: what happened and the URL it went to, without credentials or query (nothing secret)."""
+    kind = "timed out" if isinstance(failure, httpx.TimeoutException) else "connection failed"
+    text = _short(scrub(str(failure), secret))
+    try:
+        url = failure.request.url.copy_with(userinfo=b"", query=None, fragment=None)
+    except RuntimeError:  # an error raised before any request was made
+        where = ""
+    else:
+        where = f" to {scrub(str(url), secret)}"
+    return errors.VastUnavailable(
+        call, f"{kind}{where} ({type(failure).__name__}{': ' + text if text else ''})"
+    )
+
+
 _THRESHOLD_RE = re.compile(r"threshold\s*=\s*([0-9]+(?:\.[0-9]+)?)")
 
 
@@ -75,9 +91,7 @@ def map_failure(
     (``VastBadResponse``) or says ``success: false`` (``VastRejected``).
     """
     if isinstance(failure, httpx.HTTPError):
-        kind = "timed out" if isinstance(failure, httpx.TimeoutException) else "connection failed"
-        text = _short(scrub(str(failure), secret))
-        return errors.VastUnavailable(call, f"{kind} ({type(failure).__name__}{': ' + text if text else ''})")
+        return _unreached(call, failure, secret)
     status = failure.status_code
     body = _json_or_none(failure)
     code = body.get("error") if isinstance(body, Mapping) else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -91,8 +92,9 @@ def test_demo_check_keeps_its_port_through_time_wait_and_cleans_up(tmp_path: Pat
 def test_printed_environment_runs_status_and_offers_against_the_demo(tmp_path: Path) -> None:
     """The printed export line lets `status` and `offers` reach the running demo; SIGINT cleans up."""
     env = clean_env(tmp_path)
+    port = free_port()
     proc = subprocess.Popen(
-        [PROVISIONER, "demo", "--port", str(free_port()), "--boot-delay", "1"],
+        [PROVISIONER, "demo", "--port", str(port), "--boot-delay", "1"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -108,17 +110,24 @@ def test_printed_environment_runs_status_and_offers_against_the_demo(tmp_path: P
             "the demo's export line",
         )
         assert list(tmp_path.glob("provisioner-demo-*")), "the demo keeps its state under TMPDIR"
+        assert listening_addresses(port) == {"127.0.0.1"}, "the demo's nginx listens on loopback only"
+        assert "NGINX_LISTEN_ADDRESS=127.0.0.1" in export
         admin = next(ln for ln in lines if ln.startswith("admin: ")).split()[1].removesuffix("/readyz")
         status = run_shell(f'{export}; "{PROVISIONER}" status --json', env)
         report = json.loads(status.stdout)
         assert report["pod"] == "demo-pod-0", status.stdout
         assert admin.endswith(f":{report_admin_port(export)}")
+        bare = run_shell(f'"{PROVISIONER}" status --json --admin-url {admin}', env)
+        assert json.loads(bare.stdout)["pod"] == "demo-pod-0", "--admin-url needs none of the settings"
+        assert f"status from any shell: provisioner status --admin-url {admin}\n" in "".join(lines)
         offers = run_shell(f'{export}; "{PROVISIONER}" offers --json', env)
         assert json.loads(offers.stdout), offers.stdout
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)
         reader.join(timeout=5)
+        assert proc.stdout is not None
+        proc.stdout.close()
     assert code == 0, "".join(lines)[-3000:]
     assert "demo-key-not-secret" in export
     assert not list(tmp_path.glob("provisioner-demo-*"))
@@ -136,3 +145,20 @@ def run_shell(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
 def report_admin_port(export: str) -> str:
     """The ADMIN_PORT value of an export line."""
     return next(item.split("=", 1)[1] for item in export.split() if item.startswith("ADMIN_PORT="))
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of every TCP socket listening on ``port`` (from /proc/net/tcp and tcp6)."""
+    found: set[str] = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        with open(table) as rows:
+            for row in list(rows)[1:]:
+                local, state = row.split()[1], row.split()[3]
+                address, _, hex_port = local.partition(":")
+                if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                    continue
+                raw = bytes.fromhex(address)
+                # the kernel prints each 32-bit word in host (little-endian) order
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, width, 4))
+                found.add(str(ipaddress.ip_address(words)))
+    return found

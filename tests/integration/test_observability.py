@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -16,7 +17,16 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.procs import PROVISIONER, Provisioner, Sim, base_env, run_provisioner, run_sim, wait_for
+from tests.procs import (
+    PROVISIONER,
+    Provisioner,
+    Sim,
+    base_env,
+    free_port,
+    run_provisioner,
+    run_sim,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -281,3 +291,35 @@ def test_status_falls_back_to_the_vast_api(tmp_path: Path) -> None:
         assert "source      vast-api:" in table
         assert f"instance    {iid}  running" in table
         assert "phase       unknown" in table
+        admin = f"http://127.0.0.1:{env['ADMIN_PORT']}/status"
+        assert report["admin_error"].startswith(f"{admin}: ConnectError"), report["admin_error"]
+        assert f"phase       unknown (no provisioner answers: {admin}: ConnectError" in table
+        assert "nginx answers 503" not in table
+
+
+def test_status_admin_url_needs_no_pod_settings(pod: Pod, tmp_path: Path) -> None:
+    """`status --admin-url` with none of the pod's variables set reads the running pod's report."""
+    bare = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    url = f"http://127.0.0.1:{pod.prov.env['ADMIN_PORT']}"
+    report = json.loads(status_cmd(bare, "--json", "--admin-url", url).stdout)
+    assert report["source"] == "admin" and report["instance"]["id"] == pod.instance_id
+    assert f"instance    {pod.instance_id}  running" in status_cmd(bare, "--admin-url", url).stdout
+
+
+def test_status_admin_url_unreachable_without_settings_says_both(tmp_path: Path) -> None:
+    """No settings and an admin URL nobody answers at: exit 1, one line naming the URL and POD_NAME."""
+    url = f"http://127.0.0.1:{free_port()}"
+    bare = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [PROVISIONER, "status", "--admin-url", url],
+        env=bare,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"provisioner: the admin server did not answer ({url}/status: ConnectError"
+    )
+    assert "POD_NAME" in result.stderr and result.stderr.count("\n") == 1

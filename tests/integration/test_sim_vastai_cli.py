@@ -1,6 +1,6 @@
 """The official `vastai` 1.9.1 CLI against the simulator over real HTTP: the sim speaks Vast's wire format.
 
-The CLI exits 0 even after HTTP errors (vast-api.md §2.1), so every step asserts on its output.
+The CLI exits 0 even after HTTP errors (docs/vast-api.md §2.1), so every step asserts on its output.
 """
 
 from __future__ import annotations

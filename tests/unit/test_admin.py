@@ -95,6 +95,27 @@ async def test_probe_semantics(runtime_kw: dict[str, Any], health: int, ready: i
     assert readyz.json()["reason"] == reason
 
 
+async def test_readyz_says_what_holds_the_rental_back() -> None:
+    """A pod held back (here by the spend cap) says why on /readyz, not just "renting"."""
+    runtime, m = make_runtime(phase="renting")
+    why = "fleet would cost $0.400/h > VAST_MAX_FLEET_DPH $0.300/h (...); waiting"
+    assert isinstance(runtime.reconciler, Shows)
+    runtime.reconciler = Shows(dataclasses.replace(runtime.reconciler.view(), waiting_reason=why))
+    body = (await get((runtime, m), "/readyz")).json()
+    assert body["reason"] == f"renting: {why}"
+
+
+@pytest.mark.parametrize("with_reconciler", [False, True], ids=["starting", "renting"])
+async def test_readyz_gives_the_last_error(with_reconciler: bool) -> None:
+    """Not ready after a failed tick: /readyz gives the last error (naming the URL), not only the phase."""
+    made = make_runtime(phase="renting", with_reconciler=with_reconciler)
+    error = "whoami: connection failed to http://127.0.0.1:9/api/v0/users/current/ (ConnectError: refused)"
+    made[0].last_error = error
+    body = (await get(made, "/readyz")).json()
+    phase = "renting" if with_reconciler else "starting"
+    assert body["reason"] == f"{phase} (last error: {error})"
+
+
 async def test_readyz_names_the_served_instance() -> None:
     """A ready answer carries the id of the instance being served."""
     body = (await get(make_runtime(), "/readyz")).json()

@@ -31,7 +31,7 @@ SPEC = model.TemplateSpec(
     disk_gb=20.0,
 )
 
-# vast-api.md §10: `vastai create instance 123 --image nginx --label k8s_pod=vast-pod-0 --disk 20
+# docs/vast-api.md §10: `vastai create instance 123 --image nginx --label k8s_pod=vast-pod-0 --disk 20
 # --env '-p 8000:8000 -e FOO=bar'` as sent by the official 1.9.1 CLI.
 CAPTURED_RENT_BODY: dict[str, Any] = {
     "client_id": "me",
@@ -53,11 +53,11 @@ CAPTURED_RENT_BODY: dict[str, Any] = {
     "user": None,
     "runtype": "ssh",
 }
-# vast-api.md §10: the query string of `vastai --raw show instances`.
+# docs/vast-api.md §10: the query string of `vastai --raw show instances`.
 CAPTURED_LIST_QUERY = (
     "select_filters=%7B%7D&order_by=%5B%7B%22col%22%3A+%22id%22%2C+%22dir%22%3A+%22asc%22%7D%5D&limit=25"
 )
-# vast-api.md §10: the query string of `vastai search templates name=k8s-nginx`.
+# docs/vast-api.md §10: the query string of `vastai search templates name=k8s-nginx`.
 CAPTURED_TEMPLATE_QUERY = (
     "select_cols=%5B%22%2A%22%5D&select_filters=%7B%22name%22%3A+%7B%22eq%22%3A+%22k8s-nginx%22%7D%7D"
 )
@@ -158,7 +158,7 @@ def templates(*rows: dict[str, Any]) -> httpx.Response:
 
 
 def query_of(request: httpx.Request) -> dict[str, Any]:
-    """Form-decode the query string, then JSON-decode each value that is JSON (vast-api.md §1)."""
+    """Form-decode the query string, then JSON-decode each value that is JSON (docs/vast-api.md §1)."""
     result: dict[str, Any] = {}
     for key, value in parse_qsl(request.url.query.decode(), keep_blank_values=True):
         try:
@@ -904,6 +904,17 @@ async def test_every_transport_error_maps_to_ours(
     assert rent.call_count == 1
 
 
+def test_connection_errors_name_the_url_without_secrets() -> None:
+    """A failed connection names the URL it went to, without credentials, query or the API key."""
+    request = httpx.Request("GET", f"http://u:pw@127.0.0.1:9/api/v0/users/current/?api_key={KEY}")
+    mapped = wire.map_failure("whoami", httpx.ConnectError("refused", request=request), secret=KEY)
+    assert (
+        str(mapped)
+        == "whoami: connection failed to http://127.0.0.1:9/api/v0/users/current/ (ConnectError: refused)"
+    )
+    assert "pw" not in str(mapped) and KEY not in str(mapped)
+
+
 def test_map_failure_maps_other_httpx_errors() -> None:
     """httpx errors outside the transport family (e.g. TooManyRedirects) still map to VastUnavailable."""
     mapped = wire.map_failure("whoami", httpx.TooManyRedirects("loop"))
@@ -1023,3 +1034,52 @@ async def test_list_by_label_refuses_empty_label(vast: VastClient) -> None:
     """An empty label would match unlabelled instances, so it is refused."""
     with pytest.raises(ValueError):
         await vast.list_by_label("")
+
+
+# ---------------------------------------------------------------- a key that worked, refused later (issue 16)
+
+AUTH_BLIPS = [
+    httpx.Response(401, json={"error": "auth_error", "msg": "Invalid user key"}),
+    httpx.Response(403, json={"error": "not_authorized", "msg": "nope"}),
+    httpx.Response(403, text="<html><body>403 Forbidden</body></html>"),
+]
+
+
+@pytest.mark.parametrize("blip", AUTH_BLIPS, ids=["401", "403", "edge-html-403"])
+async def test_a_refusal_after_the_key_worked_is_retried(
+    router: respx.MockRouter, vast: VastClient, sleep: FakeSleep, blip: httpx.Response, caplog: Any
+) -> None:
+    """Once a call succeeded, one 401/403 is a transient fault: retried with backoff, logged as a WARNING."""
+    router.get("/api/v0/users/current").respond(json={"id": 1})
+    listing = {"instances": [], "next_token": None}
+    router.get("/api/v1/instances/").mock(side_effect=[blip, httpx.Response(200, json=listing)])
+    await vast.whoami()
+    with caplog.at_level("WARNING", logger="provisioner.vast.client"):
+        assert await vast.list_instances() == []
+    assert len(sleep.waits) == 1, "one backoff before the retry"
+    refused = [r for r in caplog.records if getattr(r, "event", None) == "auth-refused"]
+    assert len(refused) == 1 and refused[0].levelname == "WARNING"
+
+
+async def test_a_lasting_refusal_after_the_key_worked_is_not_an_auth_error(
+    router: respx.MockRouter, vast: VastClient
+) -> None:
+    """A key refused on every retry after it worked raises AuthRefusedAgain (retryable), not AuthError."""
+    router.get("/api/v0/users/current").respond(json={"id": 1})
+    router.get("/api/v1/instances/").respond(403, json={"error": "not_authorized"})
+    await vast.whoami()
+    with pytest.raises(errors.AuthRefusedAgain) as caught:
+        await vast.list_instances()
+    assert not isinstance(caught.value, errors.AuthError)
+    assert isinstance(caught.value, errors.VastUnavailable) and caught.value.status == 403
+
+
+async def test_a_key_refused_from_the_start_is_an_auth_error(
+    router: respx.MockRouter, vast: VastClient, sleep: FakeSleep
+) -> None:
+    """A key that never worked in this process: 401 is AuthError at once (the daemon exits 3), no retry."""
+    route = router.get("/api/v0/users/current").respond(401, json={"error": "auth_error"})
+    with pytest.raises(errors.AuthError):
+        await vast.whoami()
+    assert route.call_count == 1 and not sleep.waits
+    assert vast.key_worked is False

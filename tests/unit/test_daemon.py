@@ -54,7 +54,7 @@ class FakeRec:
     def __init__(self, failures: list[Exception] | None = None, *, fleet_on: bool = False) -> None:
         self.failures = list(failures or [])
         self.ticks = self.beats = self.progress = self.probes = 0
-        self.pending_marked = 0
+        self.pending_marked = self.clean_stops = 0
         self.probe_answer: bool | None = True
         self.fleet_on = fleet_on
         self.current: ReconcilerView = make_view()
@@ -88,6 +88,9 @@ class FakeRec:
 
     def view(self) -> ReconcilerView:
         return self.current
+
+    async def note_clean_stop(self) -> None:
+        self.clean_stops += 1
 
 
 class Account:
@@ -232,6 +235,57 @@ async def test_the_real_pause_returns_on_wake_and_clears_it(env: pytest.MonkeyPa
     assert not d.wake.is_set()
     d.stop.set()
     await asyncio.wait_for(d._pause(3600.0, False), 5)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_key_refused_after_it_worked_is_retried_not_an_exit(
+    env: pytest.MonkeyPatch, status: int
+) -> None:
+    """AuthRefusedAgain (a key that worked, refused later) is a failed tick: backoff, then ticking on."""
+    d, pauses = make_daemon(env, 3)
+    rec = FakeRec([errors.AuthRefusedAgain("list instances", "refused", status=status)])
+    await d._reconcile_loop(Account(), rec)
+    assert pauses.waits[0] == 2.0 and rec.ticks >= 2
+    assert d.runtime.last_error is None, "the next good tick clears it"
+
+
+class Nginx:
+    """Stands in for nginx in the task tree: supervises until stop."""
+
+    pid = None
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+
+
+async def test_a_clean_stop_is_recorded_for_restart_counting(env: pytest.MonkeyPatch) -> None:
+    """A SIGTERM shutdown ends the task tree and calls note_clean_stop once (a crash never gets there)."""
+    d = daemon.Daemon(load_settings(), rng=Edge(high=True))  # real pauses: they end on stop
+    rec = FakeRec()
+    runner = asyncio.create_task(d.run_tasks(Account(), rec, Nginx()))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert rec.ticks == 1 and not d.stop.is_set()
+    d.on_signal(15)
+    await asyncio.wait_for(runner, 5)
+    assert rec.clean_stops == 1 and not d.forced
+
+
+def test_the_shutdown_line_names_what_is_kept(
+    env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first signal's line names the instances kept, or says there is none."""
+    d, _ = make_daemon(env, 10)
+    rec = FakeRec()
+    d.runtime.reconciler = rec
+    with caplog.at_level("INFO", logger="provisioner.daemon"):
+        d.on_signal(15)
+    assert "(no instance to keep)" in caplog.text
+    seen = planning.Observation(now=1.0, instances=(model.Instance(id=7),), template_hash=None)
+    rec.current = make_view(last_observation=seen)
+    d.stop.clear()
+    with caplog.at_level("INFO", logger="provisioner.daemon"):
+        d.on_signal(15)
+    assert "(instance 7 is kept)" in caplog.text
 
 
 async def test_an_in_flight_tick_finishes_on_stop(env: pytest.MonkeyPatch) -> None:

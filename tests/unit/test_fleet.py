@@ -176,9 +176,10 @@ async def test_tick_writes_the_heartbeat_with_the_rental_price(
 async def test_heartbeat_uses_the_listed_price_and_forgets_destroyed_instances(
     env: pytest.MonkeyPatch, client: Any, clock: Clock
 ) -> None:
-    """A listed instance counts at its dph_total; once it is no longer listed it is no longer counted."""
+    """A listed instance counts at its dph_total; once list and show say it is gone, it no longer counts."""
     rows = [{"id": 55, "label": LABEL, "actual_status": "loading", "dph_total": 0.35}]
     with respx.mock(base_url=BASE) as mock:
+        mock.get("/api/v0/instances/55/").respond(json={"instances": None})
         mock.get("/api/v1/instances/").mock(
             side_effect=[
                 httpx.Response(200, json={"instances": rows, "next_token": None}),

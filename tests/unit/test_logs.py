@@ -235,6 +235,35 @@ async def test_progress_before_any_tick_and_while_renting(caplog: pytest.LogCapt
         ]
 
 
+async def test_progress_after_a_rent_and_during_a_replacement(caplog: pytest.LogCaptureFixture) -> None:
+    """After a rental the line names the rented instance (not "renting: renting"); while a drifted
+    instance still serves during its replacement it says so (not "renting: starting")."""
+    clock = FakeClock(1000.0)
+    rec, http = await progress_reconciler(clock)
+    async with http:
+        caplog.set_level(logging.INFO, "provisioner.reconciler")
+        obs = planning.Observation(now=1000.0, instances=(), template_hash=None)
+        rec.state.last_observation, rec.state.last_plan = obs, planning.plan(DESIRED, obs, rec.policy)
+        rec.state.unserve_reason, rec.state.last_list_ok_at = "renting", 1000.0
+        rec.state.tracked[55].unconfirmed = True
+        clock.now = 1030.0
+        rec.log_progress_if_quiet(25.0)
+        assert [r.getMessage() for r in caplog.records] == [
+            "renting: rented instance 55; waiting for the list to show it; last successful list 30s ago"
+        ]
+        caplog.clear()
+        rec.state.tracked[55].unconfirmed = False
+        drifted = model.Instance(id=7, label=DESIRED.label, image_uuid="other/image:1")
+        rec.state.serving, rec.state.unserve_reason = drifted, "starting"
+        rec.state.waiting_reason = "no usable offer (0 returned by the search)"
+        clock.now = 1060.0
+        rec.log_progress_if_quiet(25.0)
+        assert [r.getMessage() for r in caplog.records] == [
+            "renting: serving instance 7 while its replacement is prepared; no usable offer (0 returned by"
+            " the search); last successful list 60s ago"
+        ]
+
+
 async def test_no_progress_lines_while_serving(caplog: pytest.LogCaptureFixture) -> None:
     """Once a healthy instance is served, the progress ticker stays quiet."""
     clock = FakeClock(1000.0)

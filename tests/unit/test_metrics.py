@@ -142,7 +142,7 @@ def test_events_become_rentals_replacements_bans_and_time_to_ready() -> None:
     m.on_event(Event(300.0, EventKind("destroy"), "boot-timeout", 8, reason="boot-timeout"))
     m.on_event(Event(400.0, EventKind("destroy"), "image-drift (already gone)", 7, reason="image-drift"))
     m.on_event(
-        Event(500.0, EventKind("condemn"), "host 19: restart-threshold", 9, reason="restart-threshold")
+        Event(500.0, EventKind("condemn"), "restart-threshold: replaced", 9, reason="restart-threshold")
     )
     assert sample(m, "vastprov_rentals_total") == 1
     assert sample(m, "vastprov_time_to_ready_seconds_count") == 1, "only the first serve of a rental"
@@ -150,7 +150,8 @@ def test_events_become_rentals_replacements_bans_and_time_to_ready() -> None:
     assert sample(m, "vastprov_replacements_total", reason="boot-timeout") == 1
     assert sample(m, "vastprov_replacements_total", reason="image-drift") == 1
     assert sample(m, "vastprov_bans_total", reason="boot-timeout") == 1
-    assert sample(m, "vastprov_bans_total", reason="restart-threshold") == 1
+    assert sample(m, "vastprov_bans_total", reason="restart-threshold") is None, "a condemn bans nothing"
+    assert sample(m, "vastprov_events_total", kind="condemn") == 1
     assert sample(m, "vastprov_events_total", kind="serve") == 2
 
 

@@ -235,9 +235,55 @@ CASES = [
     ),
     pytest.param(
         obs(inst(1), condemned={1: "restart-threshold"}),
+        ["serve:1", "rent:restart-threshold"],
+        Phase.RENTING,
+        id="condemned-healthy-bridges-and-rents",
+    ),
+    pytest.param(
+        obs(inst(1), inst(2, "loading"), condemned={1: "restart-threshold"}),
+        ["serve:1"],
+        Phase.BOOTING,
+        id="condemned-keeps-serving-while-replacement-boots",
+    ),
+    pytest.param(
+        obs(inst(1), inst(2), condemned={1: "restart-threshold"}),
+        ["serve:2", "destroy:1:restart-threshold"],
+        Phase.SERVING,
+        id="condemned-destroyed-once-replacement-healthy",
+    ),
+    pytest.param(
+        obs(inst(1), healthy={}, condemned={1: "restart-threshold"}),
         ["unserve:renting", "destroy:1:restart-threshold", "rent:restart-threshold"],
         Phase.RENTING,
-        id="condemned-replaced",
+        id="condemned-not-answering-replaced-at-once",
+    ),
+    pytest.param(
+        obs(inst(1, "hibernating_v2", public_ipaddr="203.0.113.7", ports={8000: 40001}), healthy={1: True}),
+        ["serve:1"],
+        Phase.SERVING,
+        id="unknown-status-answering-serves",
+    ),
+    pytest.param(
+        obs(
+            inst(1, "hibernating_v2", public_ipaddr="203.0.113.7", ports={8000: 40001}),
+            first_seen={1: NOW - 5000},
+            healthy={1: True},
+        ),
+        ["serve:1"],
+        Phase.SERVING,
+        id="unknown-status-answering-past-the-boot-deadline-serves",
+    ),
+    pytest.param(
+        obs(inst(1, "hibernating_v2", public_ipaddr="203.0.113.7", ports={8000: 40001}), healthy={}),
+        ["unserve:status-unknown"],
+        Phase.BOOTING,
+        id="unknown-status-unchecked-waits",
+    ),
+    pytest.param(
+        obs(inst(1, "hibernating_v2")),
+        ["unserve:status-unknown"],
+        Phase.BOOTING,
+        id="unknown-status-without-address-waits-not-dead",
     ),
     pytest.param(
         obs(inst(1, template_hash_id=None), template_hash=None),
@@ -346,7 +392,17 @@ def test_plans_converge(observation: Observation) -> None:
 
 # ---------------------------------------------------------------- properties over generated observations
 
-_STATUSES = [None, "created", "loading", "running", "exited", "offline", "unknown", "stopped"]
+_STATUSES = [
+    None,
+    "created",
+    "loading",
+    "running",
+    "exited",
+    "offline",
+    "unknown",
+    "stopped",
+    "hibernating_v2",
+]
 
 
 @st.composite
@@ -391,7 +447,12 @@ def observations(draw: st.DrawFn) -> Observation:
     )
 
 
-_KEPT = {planning.VerdictKind.HEALTHY, planning.VerdictKind.READY, planning.VerdictKind.BOOTING}
+_KEPT = {
+    planning.VerdictKind.HEALTHY,
+    planning.VerdictKind.READY,
+    planning.VerdictKind.BOOTING,
+    planning.VerdictKind.UNKNOWN,
+}
 
 
 @settings(max_examples=300, deadline=None)
@@ -430,7 +491,8 @@ def test_property_serves_only_what_is_healthy_and_kept(observation: Observation)
 @settings(max_examples=300, deadline=None)
 @given(observations())
 def test_property_failures_are_destroyed_and_bans_come_with_a_destroy(observation: Observation) -> None:
-    """Dead, condemned, timed-out and unhealthy instances are destroyed; each ban has its destroy."""
+    """Dead, condemned, timed-out and unhealthy instances are destroyed (a condemned one once it no
+    longer bridges); each ban has its destroy."""
     result = planning.plan(DESIRED, observation, POLICY)
     destroyed = {a.instance.id for a in result.actions if isinstance(a, Destroy)}
     banned = {a.instance.id for a in result.actions if isinstance(a, Ban)}
@@ -440,9 +502,26 @@ def test_property_failures_are_destroyed_and_bans_come_with_a_destroy(observatio
         planning.VerdictKind.TIMED_OUT,
         planning.VerdictKind.UNHEALTHY,
     }
-    assert {i for i, v in result.verdicts.items() if v.kind in failed} <= destroyed
+    bridge = result.serving.id if result.serving is not None else None
+    assert {i for i, v in result.verdicts.items() if v.kind in failed and i != bridge} <= destroyed
     assert banned <= destroyed
     assert len(destroyed) == len([a for a in result.actions if isinstance(a, Destroy)]), "one destroy each"
+
+
+@settings(max_examples=300, deadline=None)
+@given(observations())
+def test_property_an_answering_instance_is_never_destroyed_for_its_status(observation: Observation) -> None:
+    """An instance that answers its health check, with an address, ports and a status that is running
+    or unknown to us, is never banned, and destroyed only as a duplicate or once replaced."""
+    result = planning.plan(DESIRED, observation, POLICY)
+    for action in result.actions:
+        if not isinstance(action, Destroy | Ban):
+            continue
+        target = action.instance
+        answering = observation.healthy.get(target.id) and planning.has_endpoints(target, DESIRED)
+        if answering and target.actual_status != "running":
+            assert isinstance(action, Destroy)
+            assert action.reason in {"duplicate", "image-drift", "template-drift", "restart-threshold"}
 
 
 @settings(max_examples=300, deadline=None)

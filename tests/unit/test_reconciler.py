@@ -17,7 +17,17 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from provisioner import events, model, planning, reconciler, rendering, renting, selection, upstream_health
+from provisioner import (
+    doubt,
+    events,
+    model,
+    planning,
+    reconciler,
+    rendering,
+    renting,
+    selection,
+    upstream_health,
+)
 from provisioner.vast.client import RentRequest, RetryPolicy, VastClient
 from tests.fakes import T0, Clock
 
@@ -62,8 +72,13 @@ class Health(upstream_health.Checker):
 class Fleet:
     beats: list[tuple[str, Sequence[int], float]] = field(default_factory=list)
 
-    async def beat(self, label: str, instance_ids: Sequence[int], dph: float) -> None:
+    settled: list[bool] = field(default_factory=list)
+
+    async def beat(
+        self, label: str, instance_ids: Sequence[int], dph: float, *, settle: bool = False
+    ) -> None:
         self.beats.append((label, list(instance_ids), dph))
+        self.settled.append(settle)
 
 
 def row(iid: int, status: str = "running", **kw: Any) -> dict[str, Any]:
@@ -169,10 +184,12 @@ async def test_serve_a_healthy_instance_and_forget_it_when_gone(
     http: httpx.AsyncClient, clock: Clock
 ) -> None:
     """A healthy listed instance is served (view: serving, healthy, upstreams); when the list no longer
-    shows it, its record is gone and nothing is served."""
-    rec, proxy = build(http, clock)
+    shows it, show confirms it is gone and it stopped answering, its record is gone and nothing is served."""
+    answers: dict[int, bool] = {}
+    rec, proxy = build(http, clock, answers=answers)
     with respx.mock(base_url=BASE, assert_all_called=False) as mock:
         mock.get("/api/v1/instances/").side_effect = [listing(row(7)), listing()]
+        show = mock.get("/api/v0/instances/7/").respond(json={"instances": None})
         mock.post("/api/v0/bundles/").respond(json={"offers": []})
         plan = await rec.tick()
         view = rec.view()
@@ -182,7 +199,9 @@ async def test_serve_a_healthy_instance_and_forget_it_when_gone(
         assert "203.0.113.7:40007" in proxy.texts[-1]
         assert await rec.probe_serving() is True
         clock.now += 5
+        answers[7] = False
         await rec.tick()
+    assert show.call_count == 1
     assert rec.view().serving is None
     assert 7 not in rec.state.tracked.records
     kinds = [e.kind for e in rec.view().events]
@@ -259,3 +278,126 @@ async def test_failed_boots_feed_the_rent_brakes(http: httpx.AsyncClient, clock:
         await rec.tick()
     assert rec.renter.guard.failures_in_a_row == 1
     assert rec.renter.guard.avoided(clock.now) == {107}
+
+
+# ---------------------------------------------------------------- one odd list answer (issue 16)
+
+INCOMPLETE = [
+    pytest.param({"public_ipaddr": None}, id="ip-null"),
+    pytest.param({"ports": None}, id="ports-missing"),
+    pytest.param({"ports": []}, id="ports-empty"),
+    pytest.param({"actual_status": None}, id="status-null"),
+]
+
+
+@pytest.mark.parametrize("spoil", INCOMPLETE)
+async def test_one_incomplete_entry_of_the_served_instance_is_confirmed_by_show(
+    http: httpx.AsyncClient, clock: Clock, spoil: dict[str, Any]
+) -> None:
+    """The served instance listed once without IP, ports or status: show lists it whole, so it stays
+    served (no unserve, no rent) and its boot clock does not restart."""
+    rec, proxy = build(http, clock)
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").side_effect = [listing(row(7)), listing(row(7, **spoil))]
+        show = mock.get("/api/v0/instances/7/").respond(json={"instances": row(7)})
+        search = mock.post("/api/v0/bundles/").respond(json={"offers": []})
+        await rec.tick()
+        clock.now += 5
+        plan = await rec.tick()
+    assert plan.phase is planning.Phase.SERVING and show.call_count == 1
+    assert not search.called
+    assert rec.view().serving is not None and "203.0.113.7:40007" in proxy.texts[-1]
+    assert rec.view().first_seen[7] == T0, "the boot clock did not restart"
+    assert events.EventKind.UNSERVE not in [e.kind for e in rec.view().events]
+
+
+async def test_an_odd_entry_show_repeats_is_outweighed_by_the_health_check(
+    http: httpx.AsyncClient, clock: Clock
+) -> None:
+    """List and show both say status null, but the served upstream answers: the last known entry keeps
+    serving (one list-doubted warning), and once it stops answering the list is believed."""
+    answers: dict[int, bool] = {}
+    rec, _ = build(http, clock, answers=answers)
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").side_effect = [listing(row(7))] + [
+            listing(row(7, actual_status=None))
+        ] * 3
+        mock.get("/api/v0/instances/7/").respond(json={"instances": row(7, actual_status=None)})
+        for _ in range(3):
+            plan = await rec.tick()
+            assert plan.phase is planning.Phase.SERVING
+            clock.now += 5
+        answers[7] = False
+        plan = await rec.tick()
+    assert plan.phase is planning.Phase.BOOTING
+    kinds = [e.kind for e in rec.view().events]
+    assert kinds.count(events.EventKind.LIST_DOUBTED) == 1
+    assert kinds[-1] is events.EventKind.UNSERVE
+
+
+async def test_a_served_instance_missing_from_one_page_rents_nothing(
+    http: httpx.AsyncClient, clock: Clock
+) -> None:
+    """One empty list page (no Redis, no rent lock): show still lists the served instance, so nothing is
+    rented, searched or unserved."""
+    rec, _ = build(http, clock)
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").side_effect = [listing(row(7)), listing(), listing(row(7))]
+        mock.get("/api/v0/instances/7/").respond(json={"instances": row(7)})
+        search = mock.post("/api/v0/bundles/").respond(json={"offers": []})
+        rent = mock.put(url__regex=r"/api/v0/asks/\d+/").respond(json={"success": True, "new_contract": 9})
+        for _ in range(3):
+            plan = await rec.tick()
+            assert plan.phase is planning.Phase.SERVING
+            clock.now += 5
+    assert not search.called and not rent.called
+
+
+async def test_a_vanished_served_instance_that_answers_is_believed_gone_after_the_grace(
+    http: httpx.AsyncClient, clock: Clock
+) -> None:
+    """List and show both say gone while the upstream answers: it keeps serving for GONE_DOUBT_S, then the
+    API is believed (a rental follows)."""
+    rec, _ = build(http, clock)
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").side_effect = [listing(row(7))] + [listing()] * 3
+        mock.get("/api/v0/instances/7/").respond(json={"instances": None})
+        search = mock.post("/api/v0/bundles/").respond(json={"offers": []})
+        await rec.tick()
+        clock.now += 5
+        assert (await rec.tick()).phase is planning.Phase.SERVING
+        clock.now += doubt.GONE_DOUBT_S / 2
+        assert (await rec.tick()).phase is planning.Phase.SERVING
+        assert not search.called
+        clock.now += doubt.GONE_DOUBT_S
+        plan = await rec.tick()
+    assert plan.phase is planning.Phase.RENTING and search.called
+
+
+async def test_a_booting_instance_missing_from_one_page_is_shown_not_replaced(
+    http: httpx.AsyncClient, clock: Clock
+) -> None:
+    """A booting instance absent from one list page is shown; show lists it, so no second rental."""
+    rec, _ = build(http, clock)
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").side_effect = [listing(row(7, "loading")), listing()]
+        show = mock.get("/api/v0/instances/7/").respond(json={"instances": row(7, "loading")})
+        search = mock.post("/api/v0/bundles/").respond(json={"offers": []})
+        await rec.tick()
+        clock.now += 5
+        plan = await rec.tick()
+    assert plan.phase is planning.Phase.BOOTING and show.called and not search.called
+
+
+async def test_an_instance_we_destroyed_is_not_shown_again(http: httpx.AsyncClient, clock: Clock) -> None:
+    """The absence of an instance this process destroyed is expected: no show call for it."""
+    rec, _ = build(http, clock)
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").side_effect = [listing(row(7, "exited")), listing()]
+        mock.delete("/api/v0/instances/7/").respond(json={"success": True})
+        show = mock.get("/api/v0/instances/7/").respond(json={"instances": None})
+        mock.post("/api/v0/bundles/").respond(json={"offers": []})
+        await rec.tick()
+        clock.now += 5
+        await rec.tick()
+    assert not show.called

@@ -19,7 +19,7 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from provisioner import events, model, rentguard, renting, selection
+from provisioner import events, model, rentguard, renting, selection, spend
 from provisioner.vast.client import RentRequest, RetryPolicy, VastClient
 from tests.fakes import T0
 
@@ -78,9 +78,22 @@ class Fleet:
         self.held_by_other = held_by_other
         self.section_s = section_s
         self.locked = 0
+        #: label -> $/h reserved (what Redis would hold), and the labels released
+        self.reserved: dict[str, float] = {}
+        self.released: list[str] = []
 
-    async def others_dph(self, label: str) -> float | None:
-        return self.others
+    async def reserve(self, label: str, decide: spend.Decide) -> spend.Reservation:
+        if self.others is None:
+            return spend.UNCHECKED
+        others = self.others + sum(v for k, v in self.reserved.items() if k != label)
+        amount = decide(others)
+        if amount is not None:
+            self.reserved[label] = amount
+        return spend.Reservation(others, amount)
+
+    async def release_reservation(self, label: str) -> None:
+        self.released.append(label)
+        self.reserved.pop(label, None)
 
     @contextlib.asynccontextmanager
     async def rent_lock(self, label: str) -> AsyncIterator[bool]:
@@ -193,7 +206,13 @@ async def test_unknown_rent_is_never_retried(http: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize(
     ("offers", "gone", "detail"),
     [
-        pytest.param([], [], "no usable offer (0 returned by the search)", id="none-returned"),
+        pytest.param(
+            [],
+            [],
+            "no usable offer (0 returned by the search); `provisioner offers` shows every offer and what"
+            " excludes it",
+            id="none-returned",
+        ),
         pytest.param([offer(1, 0.3)], [1], "every offer tried was taken", id="all-taken"),
     ],
 )
@@ -256,8 +275,44 @@ async def test_spend_cap_counts_others_own_and_the_offer(http: httpx.AsyncClient
         unchecked = await renter(http, cap=0.1, fleet=Fleet(others=None)).rent(ask())
     assert (held.result, kinds(held), kinds(again)) == (renting.Result.HELD, ["spend-cap"], [])
     assert "this pod $0.200/h" in held.notes[0].event.detail
+    assert held.why == again.why == held.notes[0].event.detail, "the reason is kept, said or not"
     assert (fits.result, fits.instance_id) == (renting.Result.RENTED, 60)
     assert (unchecked.result, kinds(unchecked)) == (renting.Result.RENTED, ["spend-cap-unchecked", "rent"])
+
+
+async def test_the_spend_cap_reserves_before_the_rent_call(http: httpx.AsyncClient) -> None:
+    """Two pods under a one-rental cap: the first reserves its offer's $/h before renting (kept until
+    its heartbeat counts it), so the second, deciding meanwhile, is held; a failed rent releases it."""
+    shared = Fleet(others=0.0)
+    first, second = renter(http, cap=0.5, fleet=shared), renter(http, cap=0.5, fleet=shared)
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").respond(json={"instances": [], "next_token": None})
+        mock.post("/api/v0/bundles/").respond(json={"offers": [offer(1, 0.3)]})
+        rent = mock.put("/api/v0/asks/1/").respond(json={"success": True, "new_contract": 70})
+        rented = await first.rent(ask())
+        held = await second.rent(ask(label="k8s_pod=vast-pod-1"))
+        rent.respond(410, json={"error": "no_such_ask"})
+        shared.reserved.clear()
+        gone = await second.rent(ask(label="k8s_pod=vast-pod-1"))
+    assert (rented.result, rented.reserved, shared.released) == (
+        renting.Result.RENTED,
+        True,
+        ["k8s_pod=vast-pod-1"],
+    )
+    assert held.result is renting.Result.HELD and "other pods $0.300/h" in (held.why or "")
+    assert gone.result is renting.Result.NO_OFFERS and not gone.reserved
+
+
+async def test_no_offers_points_at_provisioner_offers(http: httpx.AsyncClient) -> None:
+    """When no offer matches, the note and the waiting reason say for how long and point at
+    `provisioner offers`."""
+    r = renter(http)
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.post("/api/v0/bundles/").respond(json={"offers": []})
+        first = await r.rent(ask())
+        later = await r.rent(ask(now=T0 + 300))
+    assert "`provisioner offers`" in first.notes[0].event.detail
+    assert later.why is not None and "for 300s" in later.why and "`provisioner offers`" in later.why
 
 
 async def test_a_section_cut_off_under_the_lock_counts_as_unknown(http: httpx.AsyncClient) -> None:

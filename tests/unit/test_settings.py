@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from provisioner import errors, model, selection
 from provisioner.config_parsing import parse_docker_login, parse_proxy_ports, split_image
-from provisioner.settings import load_reaper_settings, load_settings
+from provisioner.settings import load_reaper_settings, load_redis_access, load_settings
 from provisioner.vast import query
 
 
@@ -112,6 +114,8 @@ BAD = [
     pytest.param({"UPSTREAM_AUTH_HEADER": "X Auth"}, "UPSTREAM_AUTH_HEADER", id="auth-header-space"),
     pytest.param({"VAST_MAX_FLEET_DPH": "3"}, "VAST_MAX_FLEET_DPH", id="fleet-cap-without-redis"),
     pytest.param({"VAST_API_TIMEOUT_SECONDS": "0"}, "VAST_API_TIMEOUT_SECONDS", id="api-timeout-zero"),
+    pytest.param({"NGINX_LISTEN_ADDRESS": "localhost"}, "NGINX_LISTEN_ADDRESS", id="listen-address-name"),
+    pytest.param({"NGINX_LISTEN_ADDRESS": "0.0.0.0;"}, "NGINX_LISTEN_ADDRESS", id="listen-address-injection"),
 ]
 
 
@@ -216,3 +220,35 @@ def test_reaper_settings_share_the_base_rules(env: pytest.MonkeyPatch) -> None:
         load_reaper_settings()
     assert str(pod.value) == str(reap.value)
     assert pod.value.variable == "VAST_API_URL"
+
+
+def test_nginx_config_path_under_a_file_is_named(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """NGINX_CONFIG_PATH below an existing file is a config error naming the variable and that file."""
+    (tmp_path / "afile").write_text("")
+    env.setenv("NGINX_CONFIG_PATH", str(tmp_path / "afile" / "nginx" / "nginx.conf"))
+    with pytest.raises(errors.ConfigError) as caught:
+        load_settings()
+    assert caught.value.variable == "NGINX_CONFIG_PATH"
+    assert f"{tmp_path / 'afile'} is a file, not a directory" in str(caught.value)
+
+
+def test_nginx_listen_address_defaults_to_every_interface(env: pytest.MonkeyPatch) -> None:
+    """NGINX_LISTEN_ADDRESS is 0.0.0.0 unless set (pods), and stored as a normalised IP."""
+    assert load_settings().nginx_listen_address == "0.0.0.0"
+    env.setenv("NGINX_LISTEN_ADDRESS", " 127.0.0.1 ")
+    assert load_settings().nginx_listen_address == "127.0.0.1"
+
+
+def test_redis_access_needs_no_pod_or_vast_settings(env: pytest.MonkeyPatch) -> None:
+    """`blacklist` reads only the Redis settings: no POD_NAME, no API key, the same Redis rules."""
+    for name in ("POD_NAME", "VAST_API_KEY", "VAST_TEMPLATE_NAME", "VAST_TEMPLATE_IMAGE"):
+        env.delenv(name, raising=False)
+    env.setenv("BLACKLIST_REDIS_URL", "redis://example:6380/3")
+    env.setenv("BLACKLIST_BAN_TTL_SECONDS", "60")
+    access = load_redis_access()
+    assert access.blacklist_redis_url.get_secret_value() == "redis://example:6380/3"
+    assert access.blacklist_ban_ttl_seconds == 60
+    env.setenv("BLACKLIST_REDIS_URL", "http://example")
+    with pytest.raises(errors.ConfigError) as caught:
+        load_redis_access()
+    assert caught.value.variable == "BLACKLIST_REDIS_URL"

@@ -1,4 +1,4 @@
-"""The sim's Vast-like rate limits (vast-api.md §2.3) on a fake clock: intervals, bodies, knobs, counters."""
+"""The sim's Vast-like rate limits (docs/vast-api.md §3.1) on a fake clock: intervals, bodies, knobs."""
 
 from __future__ import annotations
 

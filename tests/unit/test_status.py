@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 
+import httpx
 import pytest
+import respx
 
-from provisioner import model, planning, runtime, status
+from provisioner import errors, model, planning, runtime, status
 from provisioner.reconciler import ReconcilerView
 from tests.unit.views import make_view, view_after
 
@@ -129,5 +132,60 @@ def test_table_from_the_vast_api() -> None:
     text = status.render_table(
         report(source="vast-api", source_detail="x", phase=None, ready=None, bans=None, bans_source=None)
     )
-    assert "phase       unknown (the pod's admin server did not answer)" in text
+    assert "phase       unknown (no provisioner answers: the pod's admin server did not answer)" in text
     assert "bans        unknown" in text
+
+
+def test_table_without_a_provisioner_says_the_admin_endpoint_is_unreachable() -> None:
+    """No provisioner at all: the table names the admin URL that failed, never "nginx answers 503"."""
+    why = "http://127.0.0.1:8081/status: ConnectError: All connection attempts failed"
+    text = status.render_table(report(source="vast-api", source_detail="x", phase=None, admin_error=why))
+    assert f"phase       unknown (no provisioner answers: {why})" in text
+    assert "upstream    none (the provisioner's admin endpoint is unreachable: no proxy is known)" in text
+    assert "503" not in text
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def test_from_admin_names_the_url_it_could_not_reach() -> None:
+    """An admin server that does not answer gives the reason with its URL, not just 'no report'."""
+    url = f"http://127.0.0.1:{_closed_port()}"
+    async with httpx.AsyncClient() as http:
+        answer = await status.from_admin(http, url)
+    assert isinstance(answer, str)
+    assert answer.startswith(f"{url}/status: ConnectError")
+
+
+async def test_status_with_admin_url_needs_no_pod_settings() -> None:
+    """Without the pod's settings, --admin-url alone gives the running pod's report."""
+    served = report(pod="vast-pod-3")
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/status"
+        return httpx.Response(200, json=served)
+
+    problem = errors.ConfigError("POD_NAME", "is required and not set")
+    with respx.mock(assert_all_called=True) as mock:
+        mock.get("http://pod-3.example:8081/status").mock(side_effect=answer)
+        got = await status.gather_status(
+            None, admin_url="http://pod-3.example:8081", settings_problem=problem
+        )
+    assert got["pod"] == "vast-pod-3"
+    assert got["source"] == "admin"
+    assert got["source_detail"] == "http://pod-3.example:8081/status"
+
+
+async def test_status_without_settings_or_admin_answer_says_both() -> None:
+    """No settings and no admin answer: one error naming the URL that failed and the missing settings."""
+    url = f"http://127.0.0.1:{_closed_port()}"
+    problem = errors.ConfigError("POD_NAME", "is required and not set")
+    with pytest.raises(errors.ProvisionerError) as caught:
+        await status.gather_status(None, admin_url=url, settings_problem=problem)
+    message = str(caught.value)
+    assert f"{url}/status: ConnectError" in message
+    assert "POD_NAME" in message

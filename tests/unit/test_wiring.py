@@ -3,11 +3,14 @@ with the upstream secret, the rent request, and the reconciler assembled in one 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import httpx
 import pytest
 import respx
 
-from provisioner import model, offers, reaper, selection, status, wiring
+from provisioner import model, offers, reaper, rendering, selection, status, wiring
 from provisioner.settings import load_reaper_settings, load_settings
 
 URL = "http://vast.test"
@@ -141,3 +144,24 @@ async def test_reaper_run_builds_its_client_with_the_factory(
         )
         await reaper.run(load_reaper_settings(), apply=False)
     assert opened == [30.0]
+
+
+def test_nginx_listen_address_reaches_the_rendered_config(env: pytest.MonkeyPatch) -> None:
+    """NGINX_LISTEN_ADDRESS feeds ProxyConfig.listen_address, so nginx listens on that address only."""
+    env.setenv("NGINX_LISTEN_ADDRESS", "127.0.0.1")
+    config = wiring.proxy_config(load_settings())
+    assert config.listen_address == "127.0.0.1"
+    text = rendering.render_nginx_conf(config, None, reason="booting")
+    assert "listen 127.0.0.1:3000" in text and "0.0.0.0" not in text
+
+
+def test_provisioner_never_imports_httpx_cli() -> None:
+    """`provisioner` imports httpx without its optional CLI, so rich and pygments stay out of memory."""
+    code = (
+        "import sys; from provisioner import cli; cli.skip_httpx_cli(); "
+        "from provisioner import daemon; import httpx; "
+        "loaded = [m for m in ('rich', 'pygments', 'httpx._main') if sys.modules.get(m)]; "
+        "print(loaded, callable(httpx.main))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[] True"
