@@ -30,12 +30,23 @@ import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
-from provisioner import admin, errors, fleet, logs, pacer, planning, remote_logs, rendering, runtime, wiring
+from provisioner import (
+    admin,
+    backoff,
+    errors,
+    fleet,
+    fleet_wiring,
+    logs,
+    pacer,
+    remote_logs,
+    rendering,
+    runtime,
+    wiring,
+)
 from provisioner import metrics as metrics_mod
 from provisioner import nginx as nginx_mod
-from provisioner.reconciler import ReconcilerView
 from provisioner.settings import Settings, find_nginx_binary
 from provisioner.vast import client as vast_client
 from provisioner.vast import transport
@@ -58,42 +69,9 @@ POLL_JITTER: Final = 0.15
 Pause = Callable[[float, bool], Awaitable[None]]
 
 
-class Reconciles(Protocol):
-    """What the loops call on the reconciler (``reconciler.Reconciler``)."""
-
-    @property
-    def has_fleet(self) -> bool: ...
-
-    async def tick(self) -> planning.Plan: ...
-
-    async def ensure_template(self, creator_id: int | None) -> str: ...
-
-    def mark_template_pending(self) -> None: ...
-
-    async def beat(self) -> None: ...
-
-    def log_progress_if_quiet(self, quiet_s: float) -> None: ...
-
-    async def probe_serving(self) -> bool | None: ...
-
-    def view(self) -> ReconcilerView: ...
-
-    async def note_clean_stop(self) -> None: ...
-
-
-class KeyCheck(Protocol):
-    """The Vast call that checks the key and names the account (``VastClient.whoami``)."""
-
-    async def whoami(self) -> dict[str, Any]: ...
-
-
 def backoff_s(failures: int) -> float:
-    """The backoff after ``failures`` failed ticks in a row (>= 1): 2 s doubling up to 60 s.
-
-    The shape of core's ``backoff.exponential_s(failures, start_s=2, cap_s=60)``; at merge this
-    becomes a call to it.
-    """
-    return min(TICK_BACKOFF_START_S * 2.0 ** (failures - 1), TICK_BACKOFF_CAP_S)
+    """The backoff after ``failures`` failed ticks in a row (>= 1): 2 s doubling up to 60 s."""
+    return backoff.exponential_s(failures, start_s=TICK_BACKOFF_START_S, cap_s=TICK_BACKOFF_CAP_S)
 
 
 class Daemon:
@@ -121,7 +99,7 @@ class Daemon:
         self.pacer: pacer.Pacer | None = None  # issue 13: a rate-limited tick waits for its slot
         self.account: dict[str, Any] | None = None  # whoami once per process
         self.prepare_error: errors.VastError | None = None
-        self.key_check: KeyCheck | None = None  # whoami shared by the fleet (with a Redis)
+        self.key_check: runtime.KeyCheck | None = None  # whoami shared by the fleet (with a Redis)
 
     # ------------------------------------------------------------ signals
 
@@ -174,7 +152,7 @@ class Daemon:
             api_http = await stack.enter_async_context(wiring.vast_http(settings))
             health_http = await stack.enter_async_context(wiring.health_http(settings))
             store = await stack.enter_async_context(wiring.open_blacklist(settings))
-            kit = await stack.enter_async_context(wiring.open_fleet_kit(settings))
+            kit = await stack.enter_async_context(fleet_wiring.open_fleet_kit(settings))
             self.pacer = kit.pace
             observer = metrics_mod.VastCallObserver(self.metrics)
             vast = wiring.vast_over(settings, api_http, observer, pace=kit.pace)
@@ -216,7 +194,7 @@ class Daemon:
         stack.push_async_callback(admin.stop, handle)
 
     async def run_tasks(
-        self, vast: vast_client.VastClient, rec: Reconciles, nginx: nginx_mod.NginxProcess
+        self, vast: vast_client.VastClient, rec: runtime.Reconciles, nginx: nginx_mod.NginxProcess
     ) -> None:
         """The task tree until stop; a refused key (``AuthError``) or an nginx failure (``NginxError``)
         ends it and is raised as such (``cli.py`` maps them to exit codes 3 and 4). A clean stop is
@@ -266,7 +244,7 @@ class Daemon:
         if wakeable:
             self.wake.clear()
 
-    async def _reconcile_loop(self, vast: KeyCheck, rec: Reconciles) -> None:
+    async def _reconcile_loop(self, vast: runtime.KeyCheck, rec: runtime.Reconciles) -> None:
         failures = 0  # in a row: the backoff grows with them
         while not self.stop.is_set():
             self.runtime.loop_heartbeat_at = self.clock()
@@ -295,8 +273,13 @@ class Daemon:
 
     def _jittered(self, failures: int) -> float:
         """Equal jitter: pods that failed together (a shared key, an API outage) spread out."""
-        base = backoff_s(failures)
-        return self.rng.uniform(base / 2, base)
+        return backoff.delay_s(
+            failures,
+            start_s=TICK_BACKOFF_START_S,
+            cap_s=TICK_BACKOFF_CAP_S,
+            jitter=0.5,
+            rand=self.rng.uniform,
+        )
 
     async def _slot_wait(self, exc: errors.VastError | errors.NginxError | None) -> float | None:
         """A 429 with the pacer knowing the endpoint's next slot: wait for it, not for a doubling backoff."""
@@ -320,7 +303,7 @@ class Daemon:
         self._note_error(exc, f"next try in {wait:.0f}s")
         return wait
 
-    def _after_tick(self, rec: Reconciles) -> None:
+    def _after_tick(self, rec: runtime.Reconciles) -> None:
         """Keep the log context and the metrics in step with what the tick saw."""
         view = rec.view()
         focus = runtime.focus_instance(view)
@@ -328,7 +311,7 @@ class Daemon:
         if view.last_observation is not None:
             self.metrics.note_instances(view.last_observation.instances)
 
-    async def _prepare(self, vast: KeyCheck, rec: Reconciles) -> None:
+    async def _prepare(self, vast: runtime.KeyCheck, rec: runtime.Reconciles) -> None:
         """Check the key and the template. A transient failure does not hold the tick back: an
         instance that already runs is served meanwhile; only renting waits for the template's hash."""
         try:
@@ -346,21 +329,21 @@ class Daemon:
         self.runtime.last_error = str(exc)
         log.warning("tick failed: %s; %s", exc, then, extra={"error_type": type(exc).__name__})
 
-    async def _heartbeat_loop(self, rec: Reconciles) -> None:
+    async def _heartbeat_loop(self, rec: runtime.Reconciles) -> None:
         """This pod's heartbeat at least every ``HEARTBEAT_INTERVAL_S``, ticks failing or not."""
         while not self.stop.is_set():
             await self.pause(fleet.HEARTBEAT_INTERVAL_S, False)
             if not self.stop.is_set():
                 await rec.beat()
 
-    async def _progress_loop(self, rec: Reconciles) -> None:
+    async def _progress_loop(self, rec: runtime.Reconciles) -> None:
         """Boot progress lines at most 30 s apart, however long the poll interval."""
         while not self.stop.is_set():
             await self.pause(PROGRESS_CHECK_S, False)
             if not self.stop.is_set():
                 rec.log_progress_if_quiet(PROGRESS_QUIET_S)
 
-    async def _health_loop(self, rec: Reconciles) -> None:
+    async def _health_loop(self, rec: runtime.Reconciles) -> None:
         """Probe the served upstream every ``HEALTH_INTERVAL_SECONDS``; a failure wakes the reconcile loop."""
         while not self.stop.is_set():
             await self.pause(self.settings.health_interval_seconds, False)
@@ -370,7 +353,7 @@ class Daemon:
                 log.warning("the served upstream is not answering; reconciling now")
                 self.wake.set()
 
-    async def _remote_logs(self, vast: vast_client.VastClient, rec: Reconciles) -> None:
+    async def _remote_logs(self, vast: vast_client.VastClient, rec: runtime.Reconciles) -> None:
         """REMOTE_LOGS: stream the running instance's container log into ours."""
 
         def target() -> int | None:

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 
@@ -31,6 +32,8 @@ from provisioner.vast import client as vast_client
 RENT_HOLD_S = 90.0
 #: how many offers to try when they vanish between search and rent
 MAX_OFFER_ATTEMPTS = 5
+#: the figures in a note ($/h, seconds): a note said once per situation ignores them
+_FIGURES = re.compile(r"\d+(?:\.\d+)?")
 
 #: the search body for the current bans and reputation
 SearchBody = Callable[[selection.Standing], Mapping[str, Any]]
@@ -244,9 +247,10 @@ class Renter:
 
     def _held(self, ask: Ask, kind: events.EventKind, detail: str) -> Outcome:
         """Hold, saying why once per distinct situation (not on every tick)."""
-        if self._noted == detail:
+        situation = f"{kind}:{_FIGURES.sub('#', detail)}"  # the same situation with other $/h or seconds
+        if self._noted == situation:
             return Outcome(Result.HELD, why=detail)
-        self._noted = detail
+        self._noted = situation
         return Outcome(Result.HELD, notes=(_note(ask, kind, detail, reason=str(kind)),), why=detail)
 
     async def _search_and_rent(self, ask: Ask) -> Outcome:
@@ -296,6 +300,7 @@ class Renter:
             try:
                 new_id = await self.vast.rent(offer.id, request)
             except errors.OfferGone:
+                await self._retire(offer.id)
                 notes.append(
                     _note(ask, events.EventKind.OFFER_GONE, f"offer {offer.id} was taken; trying the next")
                 )
@@ -312,10 +317,16 @@ class Renter:
             notes.append(
                 _note(ask, events.EventKind.RENT, text, new_id, level=logging.INFO, reason=ask.reason)
             )
+            await self._retire(offer.id)
             return Outcome(Result.RENTED, new_id, price(choice), tuple(notes))
         text = "every offer tried was taken" if tried else "every usable offer is claimed by another pod"
         notes.append(_note(ask, events.EventKind.NO_OFFERS, text))
         return Outcome(Result.NO_OFFERS, notes=tuple(notes), why=text)
+
+    async def _retire(self, offer_id: int) -> None:
+        """A rented or vanished offer is picked by no pod again while the shared search may list it."""
+        if self.turns is not None:
+            await self.turns.queue.retire(offer_id)
 
     async def _pick(self, ranked: list[selection.Scored], tried: set[int]) -> selection.Scored | None:
         """The best offer not tried yet that no other pod claimed (claimed for this pod in the queue)."""

@@ -110,6 +110,15 @@ end
 return 0
 """
 
+#: the holder of a claim on an offer that was rented (or found gone): nobody picks it, this pod included,
+#: while a shared search (cached for less than the claim's TTL) may still list it
+RETIRED: Final = "<rented>"
+
+# KEYS: claim key · ARGV: the retired marker, TTL ms
+_RETIRE_LUA: Final = """
+return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+"""
+
 # KEYS: claim key · ARGV: pod
 _RELEASE_LUA: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -155,6 +164,9 @@ class LocalQueue:
     def release(self, pod: str, offer_id: int) -> None:
         if self._claims.get(offer_id, ("", 0.0))[0] == pod:
             del self._claims[offer_id]
+
+    def retire(self, offer_id: int, ttl_s: float) -> None:
+        self._claims[offer_id] = (RETIRED, self._clock() + ttl_s)
 
 
 class RentQueue:
@@ -258,6 +270,18 @@ class RentQueue:
         except errors.StoreError:
             return self.local.pick(pod, offer_ids, self._claim_ttl_s)
         return offer_ids[index - 1] if index else None
+
+    async def retire(self, offer_id: int) -> None:
+        """The offer was rented (or is gone): no pod picks it again while its claim lives."""
+        self.local.retire(offer_id, self._claim_ttl_s)
+        with contextlib.suppress(errors.StoreError):
+            await self._script(
+                "claim-retire",
+                _RETIRE_LUA,
+                (self.keys.claim(offer_id),),
+                RETIRED,
+                round(self._claim_ttl_s * 1000),
+            )
 
     async def release(self, pod: str, offer_id: int) -> None:
         """Give a claim back (the rent failed for a reason that leaves the offer rentable)."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
-from provisioner import model
+from provisioner import model, planning
 from provisioner.reconciler import ReconcilerView
 from provisioner.settings import Settings
 
@@ -54,6 +54,35 @@ class CostReading(Protocol):
     def dollars_per_hour(self) -> float: ...
 
     def dollars(self) -> float: ...
+
+
+class Reconciles(Protocol):
+    """What the loops call on the reconciler (``reconciler.Reconciler``)."""
+
+    @property
+    def has_fleet(self) -> bool: ...
+
+    async def tick(self) -> planning.Plan: ...
+
+    async def ensure_template(self, creator_id: int | None) -> str: ...
+
+    def mark_template_pending(self) -> None: ...
+
+    async def beat(self) -> None: ...
+
+    def log_progress_if_quiet(self, quiet_s: float) -> None: ...
+
+    async def probe_serving(self) -> bool | None: ...
+
+    def view(self) -> ReconcilerView: ...
+
+    async def note_clean_stop(self) -> None: ...
+
+
+class KeyCheck(Protocol):
+    """The Vast call that checks the key and names the account (``VastClient.whoami``)."""
+
+    async def whoami(self) -> dict[str, Any]: ...
 
 
 @dataclass

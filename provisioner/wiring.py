@@ -10,8 +10,8 @@ The one place where configuration becomes objects, so that nothing below it read
   turn settings into the values the planner, the renter and the renderer take;
 * ``connect_blacklist`` / ``open_blacklist`` give the Redis blacklist (closed after), and
   ``build_reconciler`` assembles the reconciler in ONE function (the daemon and the unit tests share it);
-* ``fleet_kit`` / ``build_fleet_parts``: issue 13's pacer, shared view, checks and rent queue; in Redis
-  when the command uses the pods' Redis (``BLACKLIST_ENABLED=true``; ``reap`` always), else per process.
+* the fleet on one API key (issue 13: the pacer, shared view, checks and rent queue) is built by
+  ``fleet_wiring.py``; in Redis when the command uses the pods' Redis, else per process.
 """
 
 from __future__ import annotations
@@ -31,14 +31,13 @@ from provisioner import (
     blacklist,
     events,
     fleet,
-    fleetview,
+    fleet_wiring,
     model,
     pacer,
     planning,
     reconciler,
     rendering,
     renting,
-    rentqueue,
     selection,
     store,
     upstream_health,
@@ -52,8 +51,6 @@ VAST_CONNECT_TIMEOUT_S: Final = 10.0
 HEALTH_TIMEOUT_S: Final = 3.0
 #: the longest an unhealthy served instance is kept before it is replaced (seconds)
 UNHEALTHY_TIMEOUT_CAP_S: Final = 300.0
-#: added to each pacer interval: requests of a loaded node reach Vast up to ~0.1 s apart from their slot
-PACE_MARGIN_S: Final = 0.15
 #: BOOT_POLL_SECONDS when unset and the view is shared: the fleet lists once a second however many boot
 SHARED_BOOT_POLL_S: Final = 1.0
 
@@ -86,7 +83,7 @@ def vast_over(
         access.vast_api_key,
         base_url=access.vast_api_url,
         observer=observer,
-        pacer=pace or build_pacer(access, None),
+        pacer=pace or fleet_wiring.build_pacer(access, None),
     )
 
 
@@ -98,9 +95,9 @@ async def open_vast(
     (or through a Redis client of its own when the command uses the pods' Redis)."""
     async with contextlib.AsyncExitStack() as stack:
         if redis is None:
-            redis = await stack.enter_async_context(open_fleet_store(access))
+            redis = await stack.enter_async_context(fleet_wiring.open_fleet_store(access))
         http = await stack.enter_async_context(vast_http(access))
-        yield vast_over(access, http, observer, pace=build_pacer(access, redis))
+        yield vast_over(access, http, observer, pace=fleet_wiring.build_pacer(access, redis))
 
 
 def upstream_auth_headers(settings: Settings) -> dict[str, str]:
@@ -227,7 +224,7 @@ def build_policy(settings: Settings) -> planning.Policy:
 def boot_poll_s(settings: Settings) -> float:
     """``BOOT_POLL_SECONDS``; unset, 1 s with the shared view (the fleet lists once per interval
     however many pods boot) and the old 5 s without it (each pod would list on its own)."""
-    if "boot_poll_seconds" in settings.model_fields_set or not uses_fleet_store(settings):
+    if "boot_poll_seconds" in settings.model_fields_set or not fleet_wiring.uses_fleet_store(settings):
         return settings.boot_poll_seconds
     return SHARED_BOOT_POLL_S
 
@@ -274,83 +271,6 @@ async def open_blacklist(settings: Settings) -> AsyncIterator[blacklist.Blacklis
         yield store
 
 
-# ---------------------------------------------------------------- the fleet on one API key (issue 13)
-
-
-def uses_fleet_store(access: VastAccess) -> bool:
-    """Whether this command shares the pods' Redis: ``reap`` always, the others with ``BLACKLIST_ENABLED``."""
-    return not isinstance(access, Settings) or access.blacklist_enabled
-
-
-@contextlib.asynccontextmanager
-async def open_fleet_store(access: VastAccess) -> AsyncIterator[store.Client | None]:
-    """The pods' Redis for the fleet primitives when this command uses it (closed after), else None."""
-    if not uses_fleet_store(access):
-        yield None
-        return
-    client = store.connect(
-        access.blacklist_redis_url.get_secret_value(), timeout_s=access.blacklist_redis_timeout_seconds
-    )
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-def build_pacer(
-    access: VastAccess, redis: store.Client | None, failover: pacer.Failover | None = None
-) -> pacer.Pacer:
-    """The pacer of this API key: fleet-wide in ``redis`` (keys from a hash of the key), else per process.
-
-    Intervals: Vast's published ones, ``VAST_PACE_INTERVALS`` applied (a bad one is ``ConfigError``: exit 2).
-    """
-    limits = pacer.limits_with(pacer.parse_intervals(access.vast_pace_intervals))
-    keys = pacer.Keys(pacer.budget_id(access.vast_api_key.get_secret_value()), access.blacklist_key_prefix)
-    return pacer.Pacer(redis, keys, limits=limits, margin_s=PACE_MARGIN_S, failover=failover)
-
-
-@dataclass(frozen=True)
-class FleetKit:
-    """The fleet primitives of one API key, sharing one Redis outage state (one log line per outage)."""
-
-    pace: pacer.Pacer
-    redis: store.Client | None
-    failover: pacer.Failover
-
-    def account(self, vast: vast_client.VastClient, prefix: str) -> fleetview.SharedAccount | None:
-        """whoami once for the fleet when the pods share a Redis; None: each process asks itself."""
-        budget = self.pace.keys.budget
-        return fleetview.SharedAccount.over(vast.whoami, self.redis, budget, prefix, self.failover)
-
-
-@contextlib.asynccontextmanager
-async def open_fleet_kit(access: VastAccess) -> AsyncIterator[FleetKit]:
-    """``fleet_kit`` over ``open_fleet_store`` (the Redis closed after)."""
-    async with open_fleet_store(access) as redis:
-        yield fleet_kit(access, redis)
-
-
-def fleet_kit(access: VastAccess, redis: store.Client | None) -> FleetKit:
-    failover = pacer.Failover(
-        deadline_s=max(pacer.DEFAULT_DEADLINE_S, access.blacklist_redis_timeout_seconds)
-    )
-    return FleetKit(build_pacer(access, redis, failover), redis, failover)
-
-
-def build_fleet_parts(
-    settings: Settings, vast: vast_client.VastClient, kit: FleetKit
-) -> tuple[fleetview.OwnInstances, fleetview.SharedChecks, renting.Turns]:
-    """The shared instance view, the shared template check, and the rent queue with the shared search."""
-    prefix, budget, failover = settings.blacklist_key_prefix, kit.pace.keys.budget, kit.failover
-    view_keys = fleetview.Keys(budget, fleetview.label_prefix(settings.label), prefix)
-    view = fleetview.FleetView(vast.list_rows, kit.redis, view_keys, fleetview.RAW, failover=failover)
-    lister = fleetview.OwnInstances(view)
-    queue = rentqueue.RentQueue(kit.redis, rentqueue.Keys(budget, prefix), failover=failover)
-    search = fleetview.SharedSearch(vast.search_rows, kit.redis, budget, prefix=prefix, failover=failover)
-    checks = fleetview.SharedChecks(kit.redis, budget, prefix=prefix, failover=failover)
-    return lister, checks, renting.Turns(queue, settings.pod_name, search)
-
-
 # ---------------------------------------------------------------- the reconciler
 
 
@@ -363,7 +283,7 @@ class Clients:
     health_http: httpx.AsyncClient
     store: blacklist.Blacklist | None = None
     #: the fleet primitives; with a Redis the reconciler lists through the shared view and rents in turn
-    kit: FleetKit | None = None
+    kit: fleet_wiring.FleetKit | None = None
 
 
 def health_checker(settings: Settings, http: httpx.AsyncClient) -> upstream_health.Checker:
@@ -399,7 +319,7 @@ def build_reconciler(
     )
     lister = checks = turns = None
     if clients.kit is not None and clients.kit.redis is not None:
-        lister, checks, turns = build_fleet_parts(settings, clients.vast, clients.kit)
+        lister, checks, turns = fleet_wiring.build_fleet_parts(settings, clients.vast, clients.kit)
     adapters = reconciler.Adapters(
         vast=clients.vast,
         proxy=clients.proxy,

@@ -44,7 +44,8 @@ class Pod:
 def pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
     """One simulator and one provisioner with REMOTE_LOGS on, serving, shared by the read-only tests."""
     tmp = tmp_path_factory.mktemp("observability")
-    with run_sim(tmp, boot_delay_s=1.0) as sim:
+    # a boot long enough that a tick sees it booting even when the paced API spaces the ticks out
+    with run_sim(tmp, boot_delay_s=4.0) as sim:
         env = base_env(sim, tmp, REMOTE_LOGS="true", REMOTE_LOGS_INTERVAL_SECONDS="1", REMOTE_LOGS_TAIL="20")
         with run_provisioner(env, tmp) as prov:
             iid = prov.wait_serving(40)

@@ -206,7 +206,8 @@ def test_spend_cap_keeps_the_second_pod_waiting(stack: Stack) -> None:
         with run_provisioner(env1, stack.tmp, "pod1") as pod1:
             noted = wait_for(lambda: log_events(pod1, "spend-cap"), 30, "pod 1 to hit the spend cap")
             searches = stack.sim.count("search")
-            wait_for(lambda: stack.sim.count("search") >= searches + 3, 30, "three more rental attempts")
+            # a later tick checks again (a new search: the fleet shares one search per query for 20 s)
+            wait_for(lambda: stack.sim.count("search") > searches, 45, "a later rental attempt")
             assert len(log_events(pod1, "spend-cap")) == 1, "said once, not on every tick"
             assert stack.sim.instances("k8s_pod=vast-pod-1") == []
             assert pod1.proc.poll() is None

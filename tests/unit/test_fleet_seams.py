@@ -13,7 +13,7 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from provisioner import errors, fleetview, model, pacer, renting, rentqueue, wiring
+from provisioner import errors, fleet_wiring, fleetview, model, pacer, renting, rentqueue, wiring
 from provisioner.settings import load_settings
 from provisioner.vast import transport
 from provisioner.vast.client import RetryPolicy, VastClient
@@ -126,10 +126,10 @@ def test_every_client_call_spends_its_own_endpoint_budget() -> None:
 def test_pace_intervals_are_read_from_the_environment(env: pytest.MonkeyPatch) -> None:
     """VAST_PACE_INTERVALS replaces the named intervals; the others keep Vast's published ones."""
     env.setenv("VAST_PACE_INTERVALS", "list_instances=2.5, create_instance=6")
-    pace = wiring.build_pacer(load_settings(), None)
-    assert pace.interval_s(pacer.Endpoint.LIST_INSTANCES) == pytest.approx(2.5 + wiring.PACE_MARGIN_S)
-    assert pace.interval_s(pacer.Endpoint.CREATE_INSTANCE) == pytest.approx(6 + wiring.PACE_MARGIN_S)
-    assert pace.interval_s(pacer.Endpoint.SHOW_INSTANCE) == pytest.approx(2.0 + wiring.PACE_MARGIN_S)
+    pace = fleet_wiring.build_pacer(load_settings(), None)
+    assert pace.interval_s(pacer.Endpoint.LIST_INSTANCES) == pytest.approx(2.5 + fleet_wiring.PACE_MARGIN_S)
+    assert pace.interval_s(pacer.Endpoint.CREATE_INSTANCE) == pytest.approx(6 + fleet_wiring.PACE_MARGIN_S)
+    assert pace.interval_s(pacer.Endpoint.SHOW_INSTANCE) == pytest.approx(2.0 + fleet_wiring.PACE_MARGIN_S)
     assert pace.keys.budget == pacer.budget_id(load_settings().vast_api_key.get_secret_value())
 
 
@@ -140,7 +140,7 @@ def test_bad_pace_intervals_are_a_config_error_naming_the_variable(
     """Nonsense in VAST_PACE_INTERVALS is a ConfigError (exit 2) naming the variable."""
     env.setenv("VAST_PACE_INTERVALS", text)
     with pytest.raises(errors.ConfigError, match="VAST_PACE_INTERVALS"):
-        wiring.build_pacer(load_settings(), None)
+        fleet_wiring.build_pacer(load_settings(), None)
 
 
 @pytest.mark.parametrize(
@@ -334,13 +334,13 @@ async def test_with_a_fleet_store_the_reconciler_lists_and_rents_through_the_fle
     env.setenv("BLACKLIST_ENABLED", "true")
     settings = load_settings()
     redis = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
-    kit = wiring.fleet_kit(settings, redis)
+    kit = fleet_wiring.fleet_kit(settings, redis)
     async with httpx.AsyncClient() as http:
         vast = wiring.vast_over(settings, http, pace=kit.pace)
         clients = wiring.Clients(vast=vast, proxy=builders.FakeProxy(), health_http=http, kit=kit)
         rec = wiring.build_reconciler(settings, clients)
         alone = wiring.build_reconciler(
-            settings, dataclasses.replace(clients, kit=wiring.fleet_kit(settings, None))
+            settings, dataclasses.replace(clients, kit=fleet_wiring.fleet_kit(settings, None))
         )
     await redis.aclose()
     assert vast.pacer is kit.pace

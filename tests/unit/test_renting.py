@@ -342,3 +342,15 @@ def test_renting_never_imports_the_reconciler() -> None:
     }
     imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not imported & {"reconciler", "applying", "tracking", "provisioner.reconciler"}
+
+
+def test_a_situation_is_said_once_whatever_its_figures() -> None:
+    """The same hold with other $/h figures is not said again; a different situation is; /readyz
+    (``why``) always has the latest figures."""
+    r = renting.Renter(None, renting.RentSpec(lambda s: {}, lambda o, s: [], lambda h: None))  # type: ignore[arg-type]
+    kind = events.EventKind.SPEND_CAP
+    first = r._held(ask(), kind, "fleet would cost $0.116/h > VAST_MAX_FLEET_DPH $0.087/h; waiting")
+    again = r._held(ask(), kind, "fleet would cost $0.118/h > VAST_MAX_FLEET_DPH $0.087/h; waiting")
+    other = r._held(ask(), kind, "another pod is checking the fleet's spend; renting next tick")
+    assert (len(first.notes), len(again.notes), len(other.notes)) == (1, 0, 1)
+    assert again.why is not None and "$0.118/h" in again.why

@@ -168,3 +168,21 @@ def test_local_queue_prunes_silent_pods() -> None:
     assert where(local.position("b", join=True)) == (2, 2)
     now[0] = 12.0
     assert where(local.position("b", join=False)) == (1, 1)
+
+
+async def test_a_retired_offer_is_picked_by_nobody_not_even_its_renter(
+    clients: list[fakeredis.FakeAsyncRedis],
+) -> None:
+    """A rented (or vanished) offer stays out of every pick while a cached shared search may list it."""
+    first = queue(clients[0])
+    assert await first.pick("web-0", [5, 6]) == 5
+    await first.retire(5)
+    assert await first.pick("web-0", [5, 6]) == 6, "the renter itself skips the offer it rented"
+    assert await queue(clients[1]).pick("web-1", [5]) is None
+
+
+async def test_a_retired_offer_is_skipped_without_redis_too() -> None:
+    """The per-process fallback keeps the same rule."""
+    local = queue(None)
+    await local.retire(3)
+    assert await local.pick("web-0", [3, 4]) == 4

@@ -1,0 +1,95 @@
+"""The fleet on one API key (issue 13), built from the settings: the pacer, the shared instance view,
+the shared checks (template, whoami, offer search) and the rent queue.
+
+Fleet-wide in Redis when the command uses the pods' Redis (``BLACKLIST_ENABLED=true``; ``reap``
+always), else per process; one ``pacer.Failover`` per process, so an outage is logged once.
+``wiring.py`` calls these while it builds the Vast client and the reconciler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Final
+
+from provisioner import fleetview, pacer, renting, rentqueue, store
+from provisioner.settings import Settings, VastAccess
+from provisioner.vast import client as vast_client
+
+#: added to each pacer interval: requests of a loaded node reach Vast up to ~0.1 s apart from their slot
+PACE_MARGIN_S: Final = 0.15
+
+
+def uses_fleet_store(access: VastAccess) -> bool:
+    """Whether this command shares the pods' Redis: ``reap`` always, the others with ``BLACKLIST_ENABLED``."""
+    return not isinstance(access, Settings) or access.blacklist_enabled
+
+
+@contextlib.asynccontextmanager
+async def open_fleet_store(access: VastAccess) -> AsyncIterator[store.Client | None]:
+    """The pods' Redis for the fleet primitives when this command uses it (closed after), else None."""
+    if not uses_fleet_store(access):
+        yield None
+        return
+    client = store.connect(
+        access.blacklist_redis_url.get_secret_value(), timeout_s=access.blacklist_redis_timeout_seconds
+    )
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def build_pacer(
+    access: VastAccess, redis: store.Client | None, failover: pacer.Failover | None = None
+) -> pacer.Pacer:
+    """The pacer of this API key: fleet-wide in ``redis`` (keys from a hash of the key), else per process.
+
+    Intervals: Vast's published ones, ``VAST_PACE_INTERVALS`` applied (a bad one is ``ConfigError``: exit 2).
+    """
+    limits = pacer.limits_with(pacer.parse_intervals(access.vast_pace_intervals))
+    keys = pacer.Keys(pacer.budget_id(access.vast_api_key.get_secret_value()), access.blacklist_key_prefix)
+    return pacer.Pacer(redis, keys, limits=limits, margin_s=PACE_MARGIN_S, failover=failover)
+
+
+@dataclass(frozen=True)
+class FleetKit:
+    """The fleet primitives of one API key, sharing one Redis outage state (one log line per outage)."""
+
+    pace: pacer.Pacer
+    redis: store.Client | None
+    failover: pacer.Failover
+
+    def account(self, vast: vast_client.VastClient, prefix: str) -> fleetview.SharedAccount | None:
+        """whoami once for the fleet when the pods share a Redis; None: each process asks itself."""
+        budget = self.pace.keys.budget
+        return fleetview.SharedAccount.over(vast.whoami, self.redis, budget, prefix, self.failover)
+
+
+@contextlib.asynccontextmanager
+async def open_fleet_kit(access: VastAccess) -> AsyncIterator[FleetKit]:
+    """``fleet_kit`` over ``open_fleet_store`` (the Redis closed after)."""
+    async with open_fleet_store(access) as redis:
+        yield fleet_kit(access, redis)
+
+
+def fleet_kit(access: VastAccess, redis: store.Client | None) -> FleetKit:
+    failover = pacer.Failover(
+        deadline_s=max(pacer.DEFAULT_DEADLINE_S, access.blacklist_redis_timeout_seconds)
+    )
+    return FleetKit(build_pacer(access, redis, failover), redis, failover)
+
+
+def build_fleet_parts(
+    settings: Settings, vast: vast_client.VastClient, kit: FleetKit
+) -> tuple[fleetview.OwnInstances, fleetview.SharedChecks, renting.Turns]:
+    """The shared instance view, the shared template check, and the rent queue with the shared search."""
+    prefix, budget, failover = settings.blacklist_key_prefix, kit.pace.keys.budget, kit.failover
+    view_keys = fleetview.Keys(budget, fleetview.label_prefix(settings.label), prefix)
+    view = fleetview.FleetView(vast.list_rows, kit.redis, view_keys, fleetview.RAW, failover=failover)
+    lister = fleetview.OwnInstances(view)
+    queue = rentqueue.RentQueue(kit.redis, rentqueue.Keys(budget, prefix), failover=failover)
+    search = fleetview.SharedSearch(vast.search_rows, kit.redis, budget, prefix=prefix, failover=failover)
+    checks = fleetview.SharedChecks(kit.redis, budget, prefix=prefix, failover=failover)
+    return lister, checks, renting.Turns(queue, settings.pod_name, search)
