@@ -38,7 +38,7 @@ test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q -p no:cacheprovider -n 4 --cov=provisioner --cov-branch --cov-report=term:skip-covered
 
-## The benchmarks of docs/performance.md (about 10 minutes; prints tables, saves plots under docs/img).
+## The benchmarks of docs/performance.md (about 45 minutes, most of it bench 4's fleet sweep; prints tables, saves plots under docs/img).
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
