@@ -316,8 +316,10 @@ def timeline(tmp_path_factory: pytest.TempPathFactory) -> Timeline:
                 # steady for a couple of readiness periods, then the instance dies and the next boot is long
                 time.sleep(2 * probes["readinessProbe"].period_s)
                 sim.admin("POST", "/config", {"boot_delay_s": long_boot_s})
-                sim.admin("POST", f"/instances/{first}/kill")
+                # the instance dies while the kill is handled: the sim answers only once its workload has
+                # stopped (up to seconds on a loaded machine), so the clock starts before the request
                 killed_at = kubelet.now()
+                sim.admin("POST", f"/instances/{first}/kill")
                 readiness = probes["readinessProbe"]
                 not_ready_at = kubelet.wait_ready(False, readiness.budget_s + readiness.period_s + 10, alive)
                 second, second_running_at = wait_running(
