@@ -96,14 +96,15 @@ async def test_a_dead_pod_leaves_the_queue(clients: list[fakeredis.FakeAsyncRedi
 
 async def test_the_pod_renting_keeps_its_turn_while_it_works(clients: list[fakeredis.FakeAsyncRedis]) -> None:
     """A turn held longer than the member TTL is kept alive by beats, so nobody rents beside it."""
-    holder, waiter = queue(clients[0], member_ttl_s=0.1), queue(clients[1], member_ttl_s=0.1)
+    # a TTL a loaded CI machine can keep beating (0.1 s churned there); held for more than 3 TTLs
+    holder, waiter = queue(clients[0], member_ttl_s=0.4), queue(clients[1], member_ttl_s=0.4)
     await holder.join("web-0")
     await waiter.join("web-1")
     async with holder.turn("web-0"):
         waiting = asyncio.create_task(waiter.wait_turn("web-1"))
-        await asyncio.sleep(0.35)
+        await asyncio.sleep(1.3)
         assert not waiting.done()
-    assert where(await asyncio.wait_for(waiting, 1.0)) == (1, 1)
+    assert where(await asyncio.wait_for(waiting, 3.0)) == (1, 1)
 
 
 async def test_pods_picking_from_one_ranking_claim_different_offers(
