@@ -155,6 +155,7 @@ class Executor:
             known_ids=frozenset(i.id for i in obs.instances) if obs is not None else frozenset(),
             own_dph=(serving.dph_total or 0.0) if serving is not None else 0.0,
             now=self.clock(),
+            listed_at_ms=state.listed_at_ms,
         )
         outcome = await self.renter.rent(ask)
         state.waiting_reason = outcome.why

@@ -7,9 +7,11 @@ the blacklist's prefix.
 
 The rent lock keeps two processes that share a label (a botched manual start beside the pod) from
 renting at once: ``store.RentLock`` (redis-py's ``Lock``: SET NX PX with a per-process token, Lua
-renew and release), held from just before the holder lists again until its rent attempt is over,
-renewed meanwhile, then released (a crashed holder blocks the label only for ``RENT_LOCK_TTL_S``).
-The work under it is bounded by ``RENT_SECTION_S`` (shorter than the TTL): past it, it is cancelled.
+renew and release), held from just before the holder checks its list until its rent attempt is
+over, renewed meanwhile, then released (a crashed holder blocks the label only for
+``RENT_LOCK_TTL_S``). The work under it is bounded by ``RENT_SECTION_S`` (shorter than the TTL): past
+it, it is cancelled. Under the lock the holder trusts its tick's list only when the label's rent mark
+(``store.RentMarks``) says no rent happened since that list was requested; else it lists again.
 
 A heartbeat is one MULTI/EXEC (SET with TTL, ZADD, prune of the index, SET NX of ``since``): one
 round trip, written after every reconcile tick and at least every ``HEARTBEAT_INTERVAL_S`` by the
@@ -129,6 +131,8 @@ class Fleet:
         self._deadline_s = deadline_s
         self._clock = clock
         self._lock = store.RentLock(client, self.keys, deadline_s=deadline_s)
+        #: the label's latest rent (``store.RentMarks``): lets a renter trust its tick's list
+        self.marks = store.RentMarks(client, self.keys, deadline_s=deadline_s)
 
     @classmethod
     def over(cls, bans: blacklist.Blacklist) -> Fleet:
@@ -361,6 +365,16 @@ class GuardedFleet:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
             await self.outage.call(lambda: self.fleet.release_rent_lock(label, self.token), None)
+
+    async def mark_rent(self, label: str, *, done: bool) -> None:
+        """Record a rent of ``label`` starting (under its lock) or its known outcome; skipped while
+        Redis is down (there is no lock then either)."""
+        await self.outage.call(lambda: self.fleet.marks.mark(label, done=done), None)
+
+    async def list_covers_rents(self, label: str, listed_at_ms: int) -> bool:
+        """Whether a list requested at ``listed_at_ms`` (Redis clock) shows every rent of ``label``
+        (``store.list_covers_rents``); False when it cannot be told (the renter lists again)."""
+        return await self.outage.call(lambda: self.fleet.marks.covers(label, listed_at_ms), False)
 
     async def _renew(self, label: str) -> None:
         while True:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
 
-from provisioner import fleetview, pacer, renting, rentqueue, store
+from provisioner import fleetshared, fleetview, pacer, renting, rentqueue, store
 from provisioner.settings import Settings, VastAccess
 from provisioner.vast import client as vast_client
 
@@ -61,10 +61,10 @@ class FleetKit:
     redis: store.Client | None
     failover: pacer.Failover
 
-    def account(self, vast: vast_client.VastClient, prefix: str) -> fleetview.SharedAccount | None:
+    def account(self, vast: vast_client.VastClient, prefix: str) -> fleetshared.SharedAccount | None:
         """whoami once for the fleet when the pods share a Redis; None: each process asks itself."""
         budget = self.pace.keys.budget
-        return fleetview.SharedAccount.over(vast.whoami, self.redis, budget, prefix, self.failover)
+        return fleetshared.SharedAccount.over(vast.whoami, self.redis, budget, prefix, self.failover)
 
 
 @contextlib.asynccontextmanager
@@ -83,13 +83,13 @@ def fleet_kit(access: VastAccess, redis: store.Client | None) -> FleetKit:
 
 def build_fleet_parts(
     settings: Settings, vast: vast_client.VastClient, kit: FleetKit
-) -> tuple[fleetview.OwnInstances, fleetview.SharedChecks, renting.Turns]:
+) -> tuple[fleetview.OwnInstances, fleetshared.SharedChecks, renting.Turns]:
     """The shared instance view, the shared template check, and the rent queue with the shared search."""
     prefix, budget, failover = settings.blacklist_key_prefix, kit.pace.keys.budget, kit.failover
     view_keys = fleetview.Keys(budget, fleetview.label_prefix(settings.label), prefix)
     view = fleetview.FleetView(vast.list_rows, kit.redis, view_keys, fleetview.RAW, failover=failover)
     lister = fleetview.OwnInstances(view)
     queue = rentqueue.RentQueue(kit.redis, rentqueue.Keys(budget, prefix), failover=failover)
-    search = fleetview.SharedSearch(vast.search_rows, kit.redis, budget, prefix=prefix, failover=failover)
-    checks = fleetview.SharedChecks(kit.redis, budget, prefix=prefix, failover=failover)
+    search = fleetshared.SharedSearch(vast.search_rows, kit.redis, budget, prefix=prefix, failover=failover)
+    checks = fleetshared.SharedChecks(kit.redis, budget, prefix=prefix, failover=failover)
     return lister, checks, renting.Turns(queue, settings.pod_name, search)

@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import dataclasses
 import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 from provisioner import errors, model, pacer, store
-from provisioner.vast import client as vast_client
 
 log = logging.getLogger("provisioner.fleetview")
 
@@ -47,10 +46,6 @@ VIEW_TTL_MS: Final = 3_600_000
 DEFAULT_LOCK_TTL_S: Final = 20.0
 #: how often a waiting pod looks for the new version
 DEFAULT_POLL_S: Final = 0.05
-#: a shared check (the template's hash) done by one pod is trusted by the others this long
-CHECK_TTL_S: Final = 600.0
-#: a shared offer search serves the rental queue this long (claims keep pods off one offer)
-SEARCH_MAX_AGE_S: Final = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,15 +97,17 @@ class Snapshot(Generic[T]):
     age_s: float
     shared: bool
     fetched: bool
+    #: when the list was requested, unix ms on the Redis clock (None: a local list)
+    at_ms: int | None = None
 
 
-# KEYS: view, lock · ARGV: max age ms, token, lock ttl ms
+# KEYS: view, lock · ARGV: max age ms, token, lock ttl ms, newer than ms (-1: any)
 # -> {1, now, at, items} fresh | {2, now} the lock is ours: list | {0, now} someone else is listing
 _TRY_LUA: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local at = tonumber(redis.call('HGET', KEYS[1], 'at'))
-if at and now - at <= tonumber(ARGV[1]) then
+if at and now - at <= tonumber(ARGV[1]) and at > tonumber(ARGV[4]) then
   return {1, now, at, redis.call('HGET', KEYS[1], 'items')}
 end
 if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
@@ -171,18 +168,22 @@ class FleetView(Generic[T]):
         #: how many times this process called ``fetch`` (the fleet's list calls, from this pod)
         self.fetches = 0
 
-    async def get(self, max_age_s: float, *, label: str | None = None) -> Snapshot[T]:
-        """The fleet's instances (only ``label``'s when given), listed no more than ``max_age_s`` ago."""
-        snap = await self._get(max(max_age_s, 0.0))
+    async def get(
+        self, max_age_s: float, *, label: str | None = None, newer_than_ms: int | None = None
+    ) -> Snapshot[T]:
+        """The fleet's instances (only ``label``'s when given), listed no more than ``max_age_s`` ago
+        and, when ``newer_than_ms`` is given, after that shared view (a pod polling a boot asks for
+        the list after the one it saw: one list per interval for the fleet, however many poll)."""
+        snap = await self._get(max(max_age_s, 0.0), -1 if newer_than_ms is None else newer_than_ms)
         if label is None:
             return snap
         own = tuple(i for i in snap.items if self._codec.label_of(i) == label)
-        return Snapshot(own, snap.age_s, snap.shared, snap.fetched)
+        return dataclasses.replace(snap, items=own)
 
-    async def _get(self, max_age_s: float) -> Snapshot[T]:
+    async def _get(self, max_age_s: float, newer_than_ms: int) -> Snapshot[T]:
         if self._redis is not None:
             try:
-                return await self._shared(max_age_s)
+                return await self._shared(max_age_s, newer_than_ms)
             except (errors.StoreError, _Stale):
                 pass
         return await self._local_get(max_age_s)
@@ -211,10 +212,10 @@ class FleetView(Generic[T]):
         result = await self.failover.call(op, lambda: redis.eval(source, len(keys), *keys, *args))
         return list(result) if isinstance(result, list) else [result]
 
-    async def _shared(self, max_age_s: float) -> Snapshot[T]:
+    async def _shared(self, max_age_s: float, newer_than_ms: int) -> Snapshot[T]:
         token = secrets.token_hex(8)
         deadline = self._clock() + self._lock_ttl_s + 1.0
-        args = (round(max_age_s * 1000), token, round(self._lock_ttl_s * 1000))
+        args = (round(max_age_s * 1000), token, round(self._lock_ttl_s * 1000), newer_than_ms)
         while True:
             state = await self._script("view", _TRY_LUA, (self.keys.view, self.keys.lock), *args)
             if state[0] == 1:
@@ -233,7 +234,7 @@ class FleetView(Generic[T]):
         except (TypeError, ValueError, KeyError) as exc:
             log.warning("The shared instance view is unreadable (%s); listing here", exc)
             raise _Stale from exc
-        return Snapshot(self._ours(items), (now_ms - at_ms) / 1000, shared=True, fetched=False)
+        return Snapshot(self._ours(items), (now_ms - at_ms) / 1000, shared=True, fetched=False, at_ms=at_ms)
 
     async def _refresh(self, token: str, at_ms: int) -> Snapshot[T]:
         """We hold the lock: list, publish, release (the lock is released on failure too)."""
@@ -249,7 +250,7 @@ class FleetView(Generic[T]):
         keys = (self.keys.view, self.keys.lock)
         with contextlib.suppress(errors.StoreError):  # this pod still has its list; the others list again
             await self._script("view-publish", _PUBLISH_LUA, keys, token, at_ms, payload, VIEW_TTL_MS)
-        return Snapshot(items, self._clock() - started, shared=True, fetched=True)
+        return Snapshot(items, self._clock() - started, shared=True, fetched=True, at_ms=at_ms)
 
 
 # ---------------------------------------------------------------- what the reconciler and the daemon use
@@ -261,10 +262,19 @@ def label_prefix(label: str) -> str:
     return head + sep if sep else label
 
 
+@dataclass(frozen=True, slots=True)
+class OwnList:
+    """A pod's instances from the fleet's view, and when that list was requested (Redis clock ms;
+    None: a local list): a renter trusts it under the rent lock when no rent happened since."""
+
+    instances: list[model.Instance]
+    at_ms: int | None = None
+
+
 class InstanceLister(Protocol):
     """What the reconciler lists through (:class:`OwnInstances`, or a fake in tests)."""
 
-    async def own(self, label: str, max_age_s: float) -> list[model.Instance]: ...
+    async def own(self, label: str, max_age_s: float, *, newer_than_ms: int | None = None) -> OwnList: ...
 
 
 class OwnInstances:
@@ -273,128 +283,9 @@ class OwnInstances:
     def __init__(self, view: FleetView[dict[str, Any]]) -> None:
         self.view = view
 
-    async def own(self, label: str, max_age_s: float) -> list[model.Instance]:
-        """``label``'s instances as listed no more than ``max_age_s`` ago (a malformed row raises)."""
-        snap = await self.view.get(max_age_s, label=label)
+    async def own(self, label: str, max_age_s: float, *, newer_than_ms: int | None = None) -> OwnList:
+        """``label``'s instances as listed no more than ``max_age_s`` ago, and after ``newer_than_ms``
+        when given (a malformed row raises)."""
+        snap = await self.view.get(max_age_s, label=label, newer_than_ms=newer_than_ms)
         found = {i.id: i for i in (model.Instance.from_api(row, "list instances") for row in snap.items)}
-        return sorted(found.values(), key=lambda i: i.id)
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"not a string: {type(value).__name__}")
-    return value
-
-
-class SharedChecks:
-    """A check the fleet does once (the template's hash): the first pod computes, the others read it.
-
-    Built on :class:`FleetView` with one item: single flight, a freshness bound, the same fallback
-    (without Redis each process computes it itself). Key ``P view:<B>:check:<name>`` (+ ``:lock``).
-    """
-
-    def __init__(
-        self,
-        redis: pacer.Client | None,
-        budget: str,
-        *,
-        prefix: str = pacer.DEFAULT_KEY_PREFIX,
-        failover: pacer.Failover | None = None,
-    ) -> None:
-        self._redis = redis
-        self._budget = budget
-        self._prefix = prefix
-        self.failover = failover or pacer.Failover()
-
-    async def once(self, name: str, compute: Callable[[], Awaitable[str]], max_age_s: float) -> str:
-        """The value of check ``name`` computed no more than ``max_age_s`` ago, by whichever pod."""
-        tag = f"check:{name}"
-
-        async def fetch() -> list[str]:
-            return [await compute()]
-
-        codec: Codec[str] = Codec(label_of=lambda _: tag, encode=lambda v: v, decode=_text)
-        keys = Keys(self._budget, tag, self._prefix)
-        view = FleetView(fetch, self._redis, keys, codec, failover=self.failover)
-        snap = await view.get(max_age_s)
-        if not snap.items:
-            raise errors.StoreError(f"shared check {name}: no value")
-        return snap.items[0]
-
-
-class SharedAccount:
-    """``whoami`` once for the fleet (the account id): one pod asks, the others read it for ``CHECK_TTL_S``;
-    a refused key raises in the asking pod, and the others ask themselves (each sees its refusal)."""
-
-    def __init__(self, whoami: Callable[[], Awaitable[dict[str, Any]]], checks: SharedChecks) -> None:
-        self._whoami = whoami
-        self._checks = checks
-
-    @classmethod
-    def over(
-        cls,
-        whoami: Callable[[], Awaitable[dict[str, Any]]],
-        redis: pacer.Client | None,
-        budget: str,
-        prefix: str,
-        failover: pacer.Failover,
-    ) -> SharedAccount | None:
-        """The shared account over ``redis``; None without one (each process asks itself)."""
-        if redis is None:
-            return None
-        return cls(whoami, SharedChecks(redis, budget, prefix=prefix, failover=failover))
-
-    async def whoami(self) -> dict[str, Any]:
-        async def ask() -> str:
-            user = await self._whoami()
-            return json.dumps({"id": user.get("id")})
-
-        account: dict[str, Any] = json.loads(await self._checks.once("whoami", ask, CHECK_TTL_S))
-        return account
-
-
-def _row(value: Any) -> Any:
-    if not isinstance(value, dict):
-        raise ValueError(f"not an offer object: {type(value).__name__}")
-    return value
-
-
-class SharedSearch:
-    """One offer search per query for the whole queue, reused for ``max_age_s``.
-
-    Vast allows one search per 6 s per key but one rent per 4.5 s: pods renting one after another
-    would otherwise be held to the search interval. The rent queue's claims keep two pods off one
-    offer of the shared result. Key ``P view:<B>:search:<digest of the body>`` (+ ``:lock``).
-    """
-
-    def __init__(
-        self,
-        search: Callable[[Mapping[str, Any]], Awaitable[Sequence[Any]]],
-        redis: pacer.Client | None,
-        budget: str,
-        *,
-        prefix: str = pacer.DEFAULT_KEY_PREFIX,
-        failover: pacer.Failover | None = None,
-        max_age_s: float = SEARCH_MAX_AGE_S,
-    ) -> None:
-        self._search = search
-        self._redis = redis
-        self._budget = budget
-        self._prefix = prefix
-        self.failover = failover or pacer.Failover()
-        self.max_age_s = max_age_s
-
-    async def offers(self, body: Mapping[str, Any]) -> list[model.Offer]:
-        """The offers for ``body``, searched by whichever pod no more than ``max_age_s`` ago."""
-        digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        tag = f"search:{digest}"
-
-        async def fetch() -> Sequence[Any]:
-            return await self._search(body)
-
-        codec: Codec[Any] = Codec(label_of=lambda _: tag, encode=lambda v: v, decode=_row)
-        view = FleetView(
-            fetch, self._redis, Keys(self._budget, tag, self._prefix), codec, failover=self.failover
-        )
-        snap = await view.get(self.max_age_s)
-        return vast_client.parse_offers(snap.items)
+        return OwnList(sorted(found.values(), key=lambda i: i.id), snap.at_ms)

@@ -23,6 +23,7 @@ from provisioner import (
     doubt,
     errors,
     events,
+    fleetshared,
     fleetview,
     model,
     planning,
@@ -59,7 +60,7 @@ class Adapters:
     #: the fleet's shared instance view (``fleetview.OwnInstances``); None: list by label here
     lister: fleetview.InstanceLister | None = None
     #: the fleet's shared checks; None: this process checks the template itself
-    checks: fleetview.SharedChecks | None = None
+    checks: fleetshared.SharedChecks | None = None
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ class Reconciler:
         else:
             digest = hashlib.sha256(repr(self.desired.template).encode()).hexdigest()[:16]
             compute = lambda: self._check_template(creator_id)  # noqa: E731
-            hash_id = await checks.once(f"template:{creator_id}:{digest}", compute, fleetview.CHECK_TTL_S)
+            hash_id = await checks.once(f"template:{creator_id}:{digest}", compute, fleetshared.CHECK_TTL_S)
         self.state.template_hash = hash_id
         self.state.template_pending = False
         return hash_id
@@ -263,12 +264,15 @@ class Reconciler:
         )
 
     async def _list_own(self) -> list[model.Instance]:
-        """Our instances: from the fleet's view (no older than this pod's poll interval), else listed."""
+        """Our instances: from the fleet's view, no older than this pod's poll interval and newer than
+        the list it saw last tick (a booting pod sees every list the fleet makes), else listed."""
         if self.adapters.lister is None:
             return await self.vast.list_by_label(self.desired.label)
-        plan = self.state.last_plan
+        plan, label = self.state.last_plan, self.desired.label
         max_age_s = self.policy.boot_interval_s if plan is None else plan.next_check_s
-        return await self.adapters.lister.own(self.desired.label, max_age_s)
+        listed = await self.adapters.lister.own(label, max_age_s, newer_than_ms=self.state.listed_at_ms)
+        self.state.listed_at_ms = listed.at_ms
+        return listed.instances
 
     async def _confirm_rentals(self, instances: dict[int, model.Instance], now: float) -> None:
         """A rental the list does not show yet (lag) is looked up directly; until it is seen (or the

@@ -6,7 +6,8 @@ reason, template hash, the ids it knows, what this pod spends, now) and applies 
 (with the events to record). The renter never touches the reconciler's state.
 
 In order: the local rent brakes (``rentguard``) may say "not yet"; with Redis, the label's rent lock
-is taken and the label listed again under it (another process may just have rented); the search
+is taken and, unless the label's rent mark shows no rent since the tick's list was requested, the
+label is listed again under it (another process may just have rented); the search
 leaves out banned and avoided hosts; the spend cap (``VAST_MAX_FLEET_DPH``) keeps only offers that
 fit and reserves their $/h in Redis before the rent call (``fleet.Fleet.reserve``: pods starting
 together see each other's rentals); then the best offer is rented, the next one tried when it
@@ -23,9 +24,9 @@ import enum
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
-from provisioner import errors, events, model, rentguard, rentqueue, selection, spend
+from provisioner import errors, events, model, rentguard, rentqueue, selection, spend, spendcheck
 from provisioner.vast import client as vast_client
 
 #: how long to hold off renting after a rent (until a list shows it) or a rent whose outcome is unknown
@@ -48,7 +49,7 @@ class RentBans(Protocol):
 
 
 class OfferSearch(Protocol):
-    """The fleet's shared offer search (``fleetview.SharedSearch``)."""
+    """The fleet's shared offer search (``fleetshared.SharedSearch``)."""
 
     async def offers(self, body: Mapping[str, Any]) -> list[model.Offer]: ...
 
@@ -71,6 +72,10 @@ class RentFleet(Protocol):
     async def release_reservation(self, label: str) -> None: ...
 
     def rent_lock(self, label: str) -> contextlib.AbstractAsyncContextManager[bool]: ...
+
+    async def mark_rent(self, label: str, *, done: bool) -> None: ...
+
+    async def list_covers_rents(self, label: str, listed_at_ms: int) -> bool: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +102,8 @@ class Ask:
     #: $/h of the instance this pod serves now (make-before-break: it still bills)
     own_dph: float
     now: float
+    #: when this tick's list was requested, ms on the Redis clock (None: not from the fleet's view)
+    listed_at_ms: int | None = None
 
 
 class Result(enum.Enum):
@@ -124,14 +131,6 @@ class Outcome:
     #: why nothing was rented although one is wanted (for ``/readyz`` and the progress line)
     why: str | None = None
     #: $/h stays reserved in Redis for this rental until a heartbeat counts it (``beat(settle=True)``)
-    reserved: bool = False
-
-
-class _Fit(NamedTuple):
-    """What the spend cap lets through: the offers (None: none, ``why``), and whether $/h is reserved."""
-
-    offers: list[selection.Scored] | None
-    why: str | None = None
     reserved: bool = False
 
 
@@ -218,21 +217,24 @@ class Renter:
                 if not held:
                     text = "another process holds this label's rent lock; not renting"
                     return self._held(ask, events.EventKind.RENT_LOCK_HELD, text)
-                return await self._rent_locked(ask)
+                return await self._rent_locked(ask, pods)
         except TimeoutError:
             # cut off under the lock: a rent may be in flight, so it counts as unknown
             text = "the rent took longer than its bound; listing by label before any new rental"
             return Outcome(Result.UNKNOWN, notes=(_note(ask, events.EventKind.RENT_UNKNOWN, text),))
 
-    async def _rent_locked(self, ask: Ask) -> Outcome:
-        # under the lock, look again: another process may have rented since this tick's list
-        # (a label-filtered list of its own, one page, not a refresh of the fleet's view: at 50 pods the
-        # view is two pages and the rent queue would wait for a whole refresh per rental)
-        fresh = [i for i in await self.vast.list_by_label(ask.label) if i.id not in ask.known_ids]
-        if fresh:
-            text = f"instance {fresh[0].id} appeared meanwhile; adopting it"
-            note = _note(ask, events.EventKind.RENT_SKIPPED, text, fresh[0].id, level=logging.INFO)
-            return Outcome(Result.SKIPPED, notes=(note,))
+    async def _rent_locked(self, ask: Ask, pods: RentFleet) -> Outcome:
+        # under the lock, look again: another process may have rented since this tick's list. The
+        # rent mark tells when no rent happened since (then the tick's list stands: one list interval
+        # saved); else a label-filtered list of its own, one page, not a refresh of the fleet's view
+        # (at 50 pods the view is two pages and the queue would wait for a whole refresh per rental)
+        covered = ask.listed_at_ms is not None and await pods.list_covers_rents(ask.label, ask.listed_at_ms)
+        if not covered:
+            fresh = [i for i in await self.vast.list_by_label(ask.label) if i.id not in ask.known_ids]
+            if fresh:
+                text = f"instance {fresh[0].id} appeared meanwhile; adopting it"
+                note = _note(ask, events.EventKind.RENT_SKIPPED, text, fresh[0].id, level=logging.INFO)
+                return Outcome(Result.SKIPPED, notes=(note,))
         return await self._search_and_rent(ask)
 
     def _backoff_note(self, ask: Ask, wait: float) -> tuple[Note, ...]:
@@ -270,7 +272,7 @@ class Renter:
         fit = await self._within_spend_cap(ask, ranked, notes)
         if fit.offers is None:
             return Outcome(Result.HELD, notes=tuple(notes), why=fit.why)
-        outcome = await self._rent_best(ask, fit.offers, notes)
+        outcome = await self._rent_marked(ask, fit.offers, notes)
         if fit.reserved and self.fleet is not None:
             if outcome.result is Result.RENTED:
                 return dataclasses.replace(outcome, reserved=True)
@@ -284,6 +286,17 @@ class Renter:
         lasting = f" for {ask.now - since:.0f}s" if ask.now > since else ""
         detail = f"{text}{lasting}; `provisioner offers` shows every offer and what excludes it"
         return Outcome(Result.NO_OFFERS, notes=(_note(ask, events.EventKind.NO_OFFERS, detail),), why=detail)
+
+    async def _rent_marked(self, ask: Ask, ranked: list[selection.Scored], notes: list[Note]) -> Outcome:
+        """``_rent_best`` between the label's rent marks: ``started`` before, ``done`` once the outcome
+        is known (an unknown outcome or an error leaves ``started``: the next renter lists again)."""
+        if self.fleet is None:
+            return await self._rent_best(ask, ranked, notes)
+        await self.fleet.mark_rent(ask.label, done=False)
+        outcome = await self._rent_best(ask, ranked, notes)
+        if outcome.result is not Result.UNKNOWN:
+            await self.fleet.mark_rent(ask.label, done=True)
+        return outcome
 
     async def _rent_best(self, ask: Ask, ranked: list[selection.Scored], notes: list[Note]) -> Outcome:
         """Rent the first offer still there; an unknown outcome stops at once (never rent twice)."""
@@ -318,7 +331,7 @@ class Renter:
                 _note(ask, events.EventKind.RENT, text, new_id, level=logging.INFO, reason=ask.reason)
             )
             await self._retire(offer.id)
-            return Outcome(Result.RENTED, new_id, price(choice), tuple(notes))
+            return Outcome(Result.RENTED, new_id, spendcheck.price(choice), tuple(notes))
         text = "every offer tried was taken" if tried else "every usable offer is claimed by another pod"
         notes.append(_note(ask, events.EventKind.NO_OFFERS, text))
         return Outcome(Result.NO_OFFERS, notes=tuple(notes), why=text)
@@ -336,43 +349,20 @@ class Renter:
         picked = await self.turns.queue.pick(self.turns.pod, [c.offer.id for c in left])
         return next((c for c in left if c.offer.id == picked), None)
 
-    async def _within_spend_cap(self, ask: Ask, ranked: list[selection.Scored], notes: list[Note]) -> _Fit:
-        """The offers that keep the fleet within ``VAST_MAX_FLEET_DPH``, their $/h reserved; or none
-        and why (said once per situation).
-
-        The fleet is every other live pod's heartbeat and reservation, plus the instance this pod
-        still serves while it replaces it (make-before-break), plus this rental. Without Redis the
-        cap cannot be checked: that is said once and the rental goes ahead.
-        """
+    async def _within_spend_cap(
+        self, ask: Ask, ranked: list[selection.Scored], notes: list[Note]
+    ) -> spendcheck.Fit:
+        """The offers the spend cap lets through (``spendcheck``), their $/h reserved; or none and why.
+        A situation is said once; a reservation ends it."""
         cap = self.spec.max_fleet_dph
         if cap is None or self.fleet is None:
-            return _Fit(ranked)
-        own, fitting = ask.own_dph, list[selection.Scored]()
-
-        def decide(others: float) -> float | None:
-            fitting[:] = [
-                c for c in ranked if spend.spend_block(cap, others=others, own=own, price=price(c)) is None
-            ]
-            return max((price(c) for c in fitting[:MAX_OFFER_ATTEMPTS]), default=None)
-
-        found = await self.fleet.reserve(ask.label, decide)
-        if found.busy:
-            text = "another pod is checking the fleet's spend (VAST_MAX_FLEET_DPH); renting next tick"
-            return _Fit(None, self._say(ask, events.EventKind.SPEND_CAP, text, notes))
-        if found.others is None:
-            text = "VAST_MAX_FLEET_DPH cannot be checked while Redis is unavailable; renting anyway"
-            self._say(ask, events.EventKind.SPEND_CAP_UNCHECKED, text, notes)
-            return _Fit(ranked)
-        if found.amount is not None:
+            return spendcheck.Fit(ranked)
+        fit = await spendcheck.within_cap(self.fleet, cap, ask.label, ask.own_dph, ranked, MAX_OFFER_ATTEMPTS)
+        if fit.say is not None:
+            notes.extend(self._held(ask, *fit.say).notes)
+        elif fit.reserved:
             self._noted = None
-            return _Fit(fitting[:MAX_OFFER_ATTEMPTS], reserved=True)
-        cheapest = min(price(c) for c in ranked)
-        text = spend.spend_block(cap, others=found.others, own=own, price=cheapest) or ""
-        return _Fit(None, self._say(ask, events.EventKind.SPEND_CAP, text, notes))
-
-    def _say(self, ask: Ask, kind: events.EventKind, text: str, notes: list[Note]) -> str:
-        notes.extend(self._held(ask, kind, text).notes)
-        return text
+        return fit
 
 
 def _note(
@@ -385,10 +375,3 @@ def _note(
     reason: str | None = None,
 ) -> Note:
     return Note(events.Event(ask.now, kind, detail, instance_id, reason), level)
-
-
-def price(choice: selection.Scored) -> float:
-    """What renting this offer adds to the fleet, $/h."""
-    if choice.price_per_hour is not None:
-        return choice.price_per_hour
-    return choice.offer.dph_total or 0.0

@@ -149,6 +149,8 @@ class ReconcilerState:
     last_plan: planning.Plan | None = None
     last_tick_at: float = 0.0
     last_list_ok_at: float = 0.0
+    #: when the tick's list was requested, ms on the Redis clock (None: not from the fleet's view)
+    listed_at_ms: int | None = None
     last_observation: planning.Observation | None = None
     #: when the last boot progress line was logged
     last_progress_at: float = 0.0

@@ -337,3 +337,26 @@ async def test_rent_lock_on_a_real_redis_server(tmp_path: Path) -> None:
         finally:
             for c in clients:
                 await c.aclose()
+
+
+async def test_rent_marks_on_a_real_redis_server(tmp_path: Path) -> None:
+    """Against redis-server (Lua on its clock): a list taken before a rent is not trusted under the
+    lock, one taken after the rent was done (plus the lag) is; an unknown outcome is never trusted."""
+    label = "k8s_pod=vast-pod-0"
+    with run_redis(tmp_path) as server:
+        client = store.connect(server.url, timeout_s=2.0)
+        try:
+            guarded = fleet.GuardedFleet(
+                fleet.Fleet.over(blacklist.Blacklist(client)), store.Outage(), pod="a"
+            )
+            before_ms = int((await client.time())[0]) * 1000
+            assert await guarded.list_covers_rents(label, before_ms), "no rent was ever marked"
+            await guarded.mark_rent(label, done=False)
+            await guarded.mark_rent(label, done=True)
+            assert not await guarded.list_covers_rents(label, before_ms)
+            done_ms = int((await client.get(store.Keys().rent_mark(label))).split(":")[1])
+            assert await guarded.list_covers_rents(label, done_ms + store.RENT_MARK_LAG_MS + 1)
+            await guarded.mark_rent(label, done=False)  # a rent whose outcome stays unknown
+            assert not await guarded.list_covers_rents(label, done_ms + store.RENT_MARK_LAG_MS + 1)
+        finally:
+            await client.aclose()

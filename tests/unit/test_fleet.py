@@ -354,6 +354,20 @@ async def test_rent_lock_is_open_while_redis_is_down(
             assert not other_held
 
 
+async def test_while_redis_is_down_no_list_is_trusted_under_the_lock(
+    server: fakeredis.FakeServer, client: Any, clock: Clock
+) -> None:
+    """The rent mark cannot be read: the renter lists again (False); marking is skipped, not raised."""
+    guarded = guarded_fleet(client, clock)
+    server.connected = False
+    await guarded.mark_rent(LABEL, done=False)
+    assert not await guarded.list_covers_rents(LABEL, 0)
+    server.connected = True
+    clock.now += store.OUTAGE_RETRY_S + 1
+    now_ms = int((await client.time())[0]) * 1000
+    assert await guarded.list_covers_rents(LABEL, now_ms), "the mark written during the outage is not there"
+
+
 async def test_rent_lock_release_only_by_its_holder(client: Any) -> None:
     """Releasing frees the label for the next process; a non-holder's release changes nothing."""
     record = Fleet.over(blacklist.Blacklist(client))

@@ -13,7 +13,7 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from provisioner import errors, fleet_wiring, fleetview, model, pacer, renting, rentqueue, wiring
+from provisioner import errors, fleet_wiring, fleetshared, fleetview, model, pacer, renting, rentqueue, wiring
 from provisioner.settings import load_settings
 from provisioner.vast import transport
 from provisioner.vast.client import RetryPolicy, VastClient
@@ -169,10 +169,14 @@ class Lister:
     def __init__(self, instances: list[Any]) -> None:
         self.instances = instances
         self.max_ages: list[float] = []
+        self.newer_than: list[int | None] = []
+        self.lists = 0
 
-    async def own(self, label: str, max_age_s: float) -> list[Any]:
+    async def own(self, label: str, max_age_s: float, *, newer_than_ms: int | None = None) -> Any:
         self.max_ages.append(max_age_s)
-        return [i for i in self.instances if i.label == label]
+        self.newer_than.append(newer_than_ms)
+        self.lists += 1
+        return fleetview.OwnList([i for i in self.instances if i.label == label], 1_000 * self.lists)
 
 
 @respx.mock
@@ -189,6 +193,9 @@ async def test_observe_reads_the_shared_view_not_the_api(
     assert [i.id for i in obs.instances] == [7]
     assert listed.call_count == 0
     assert lister.max_ages == [rec.policy.boot_interval_s]
+    await rec.observe()
+    assert lister.newer_than == [None, 1_000], "the next tick asks for a list after the one it saw"
+    assert rec.state.listed_at_ms == 2_000
 
 
 async def test_own_instances_keeps_exactly_this_label(pods: list[fakeredis.FakeAsyncRedis]) -> None:
@@ -200,7 +207,7 @@ async def test_own_instances_keeps_exactly_this_label(pods: list[fakeredis.FakeA
 
     keys = fleetview.Keys("b", fleetview.label_prefix("k8s_pod=web-0"))
     own = fleetview.OwnInstances(fleetview.FleetView(fetch, pods[0], keys, fleetview.RAW))
-    assert [i.id for i in await own.own("k8s_pod=web-0", 5.0)] == [2, 3]
+    assert [i.id for i in (await own.own("k8s_pod=web-0", 5.0)).instances] == [2, 3]
     assert fleetview.label_prefix("custom") == "custom"
 
 
@@ -288,7 +295,7 @@ async def test_the_template_is_checked_once_for_the_fleet(pods: list[fakeredis.F
         await asyncio.sleep(0.05)
         return "hash-1"
 
-    shared = [fleetview.SharedChecks(pods[i % 2], "b") for i in range(6)]
+    shared = [fleetshared.SharedChecks(pods[i % 2], "b") for i in range(6)]
     got = await asyncio.gather(*(c.once("template:42:abc", check, 600) for c in shared))
     assert got == ["hash-1"] * 6
     assert runs == 1
@@ -319,7 +326,7 @@ async def test_one_offer_search_serves_the_whole_queue(pods: list[fakeredis.Fake
         await asyncio.sleep(0.02)
         return [offer(1, 0.1), {"id": "broken"}]
 
-    shared = [fleetview.SharedSearch(search, pods[i % 2], "b") for i in range(4)]
+    shared = [fleetshared.SharedSearch(search, pods[i % 2], "b") for i in range(4)]
     found = await asyncio.gather(*(s.offers({"gpu": "x"}) for s in shared))
     assert [[o.id for o in f] for f in found] == [[1]] * 4, "a malformed offer is skipped"
     assert len(calls) == 1

@@ -104,6 +104,25 @@ async def test_a_rent_gets_a_list_younger_than_its_lock(clients: list[fakeredis.
     assert lister.calls == 2
 
 
+async def test_pods_polling_a_boot_get_the_next_list_once_for_all(
+    clients: list[fakeredis.FakeAsyncRedis],
+) -> None:
+    """``newer_than_ms`` = the view a pod saw: a fresh view it already saw is listed again, once for
+    every pod that saw it; the new view's time comes back for the next poll."""
+    lister = Lister()
+    first = await view(lister, clients[0]).get(30.0)
+    assert first.at_ms is not None
+    await clients[0].hincrby(KEYS.view, "at", -50)  # the refresh below lands in another millisecond
+    seen = first.at_ms - 50
+    again = await view(lister, clients[1]).get(30.0, newer_than_ms=seen - 1)
+    assert (again.fetched, again.at_ms, lister.calls) == (False, seen, 1), "a view newer than seen is read"
+    snaps = await asyncio.gather(*(view(lister, c).get(30.0, newer_than_ms=seen) for c in clients[2:]))
+    assert lister.calls == 2
+    assert sum(s.fetched for s in snaps) == 1
+    assert {s.at_ms for s in snaps} == {snaps[0].at_ms} and snaps[0].at_ms is not None
+    assert snaps[0].at_ms > seen
+
+
 async def test_a_pod_reads_only_its_own_instances(clients: list[fakeredis.FakeAsyncRedis]) -> None:
     """``label=`` narrows the fleet's view to one pod's instances; the fleet view drops foreign labels."""
     lister = Lister()

@@ -78,6 +78,11 @@ class Fleet:
         self.held_by_other = held_by_other
         self.section_s = section_s
         self.locked = 0
+        #: what the rent mark answers under the lock (True: the tick's list shows every rent)
+        self.covers = False
+        #: the rent marks written, in order ("started", "done"), and the list times asked about
+        self.marks: list[str] = []
+        self.asked_covers: list[int] = []
         #: label -> $/h reserved (what Redis would hold), and the labels released
         self.reserved: dict[str, float] = {}
         self.released: list[str] = []
@@ -94,6 +99,13 @@ class Fleet:
     async def release_reservation(self, label: str) -> None:
         self.released.append(label)
         self.reserved.pop(label, None)
+
+    async def mark_rent(self, label: str, *, done: bool) -> None:
+        self.marks.append("done" if done else "started")
+
+    async def list_covers_rents(self, label: str, listed_at_ms: int) -> bool:
+        self.asked_covers.append(listed_at_ms)
+        return self.covers
 
     @contextlib.asynccontextmanager
     async def rent_lock(self, label: str) -> AsyncIterator[bool]:
@@ -257,6 +269,49 @@ async def test_under_the_lock_a_new_instance_is_adopted_not_doubled(http: httpx.
     assert search.call_count == 1, "only the ask that knew instance 90 searched"
     assert (known.result, known.instance_id) == (renting.Result.RENTED, 59)
     assert fleet.locked == 2
+
+
+@pytest.mark.parametrize(("covers", "lists"), [(True, 0), (False, 1)])
+async def test_under_the_lock_the_ticks_list_stands_when_no_rent_happened_since(
+    http: httpx.AsyncClient, covers: bool, lists: int
+) -> None:
+    """The rent mark says no rent of the label since the tick's list was requested: no second list
+    (a list interval saved per rental); otherwise the label is listed again. The rent is marked
+    started before the rent call and done after it."""
+    fleet = Fleet()
+    fleet.covers = covers
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        listing = mock.get("/api/v1/instances/").respond(json={"instances": [], "next_token": None})
+        mock.post("/api/v0/bundles/").respond(json={"offers": [offer(1, 0.3)]})
+        mock.put("/api/v0/asks/1/").respond(json={"success": True, "new_contract": 61})
+        outcome = await renter(http, fleet=fleet).rent(ask(listed_at_ms=1_234))
+    assert (outcome.result, outcome.instance_id) == (renting.Result.RENTED, 61)
+    assert (listing.call_count, fleet.asked_covers, fleet.marks) == (lists, [1_234], ["started", "done"])
+
+
+async def test_a_list_not_from_the_fleets_view_is_never_trusted_under_the_lock(
+    http: httpx.AsyncClient,
+) -> None:
+    """Without the list's time on the Redis clock the mark is not asked: the label is listed again."""
+    fleet = Fleet()
+    fleet.covers = True
+    with respx.mock(base_url=BASE) as mock:
+        listing = mock.get("/api/v1/instances/").respond(json={"instances": [], "next_token": None})
+        mock.post("/api/v0/bundles/").respond(json={"offers": [offer(1, 0.3)]})
+        mock.put("/api/v0/asks/1/").respond(json={"success": True, "new_contract": 62})
+        await renter(http, fleet=fleet).rent(ask())
+    assert (listing.call_count, fleet.asked_covers) == (1, [])
+
+
+async def test_an_unknown_rent_leaves_its_mark_started(http: httpx.AsyncClient) -> None:
+    """A rent whose outcome is unknown is never marked done: the next renter of the label lists again."""
+    fleet = Fleet()
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").respond(json={"instances": [], "next_token": None})
+        mock.post("/api/v0/bundles/").respond(json={"offers": [offer(1, 0.3)]})
+        mock.put("/api/v0/asks/1/").respond(502, text="bad gateway")
+        outcome = await renter(http, fleet=fleet).rent(ask())
+    assert (outcome.result, fleet.marks) == (renting.Result.UNKNOWN, ["started"])
 
 
 async def test_spend_cap_counts_others_own_and_the_offer(http: httpx.AsyncClient) -> None:

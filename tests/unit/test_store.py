@@ -44,6 +44,7 @@ def test_every_key_lives_under_the_prefix() -> None:
         keys.heartbeats,
         keys.since,
         keys.rent_lock(LABEL),
+        keys.rent_mark(LABEL),
     ]
     assert all(name.startswith("p:") for name in names)
     assert len(set(names)) == len(names)
@@ -178,3 +179,42 @@ async def test_rent_lock_section_is_cut_off_and_released(client: Any) -> None:
             assert held
             await asyncio.sleep(5)
     assert await client.get("vastprov:rentlock:" + LABEL) is None
+
+
+# ---------------------------------------------------------------- rent marks
+
+
+@pytest.mark.parametrize(
+    ("raw", "listed_at_ms", "covered"),
+    [
+        pytest.param(None, 100_000, True, id="no-rent-within-the-mark-ttl"),
+        pytest.param("done:90000", 100_000, True, id="done-well-before-the-list"),
+        pytest.param("done:96000", 100_000, False, id="done-within-the-list-lag"),
+        pytest.param("done:120000", 100_000, False, id="done-after-the-list"),
+        pytest.param("started:10000", 100_000, False, id="started-without-an-outcome"),
+        pytest.param("garbage", 100_000, False, id="unreadable"),
+    ],
+)
+def test_a_list_covers_the_rents_done_before_it(raw: str | None, listed_at_ms: int, covered: bool) -> None:
+    assert store.list_covers_rents(raw, listed_at_ms, now_ms=listed_at_ms + 1_000) is covered
+
+
+def test_a_list_older_than_the_marks_can_vouch_for_covers_nothing() -> None:
+    """A list held longer than half the mark's TTL might predate a rent whose mark expired."""
+    old = 1_000_000
+    assert not store.list_covers_rents(None, old, now_ms=old + int(store.RENT_MARK_TTL_S * 1000))
+
+
+async def test_rent_marks_on_the_redis_clock(client: Any) -> None:
+    """A rent started after a list is not covered; once done, a list requested after the lag is."""
+    marks = store.RentMarks(client, store.Keys())
+    now_ms = int((await client.time())[0]) * 1000
+    assert await marks.covers(LABEL, now_ms), "no rent was ever marked"
+    await marks.mark(LABEL, done=False)
+    assert not await marks.covers(LABEL, now_ms + 60_000), "a rent in flight is never covered"
+    await marks.mark(LABEL, done=True)
+    assert not await marks.covers(LABEL, now_ms), "the list was requested before the rent"
+    raw = await client.get(store.Keys().rent_mark(LABEL))
+    done_ms = int(raw.split(":")[1])
+    assert await marks.covers(LABEL, done_ms + store.RENT_MARK_LAG_MS + 1)
+    assert 0 < await client.pttl(store.Keys().rent_mark(LABEL)) <= store.RENT_MARK_TTL_S * 1000
