@@ -7,6 +7,7 @@ the per-instance records (created on sight, forgotten in one pop), how a renter'
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from pydantic import SecretStr
 
 from provisioner import (
     doubt,
+    errors,
     events,
     model,
     planning,
@@ -178,6 +180,53 @@ async def test_rent_then_hold_until_the_list_shows_it(http: httpx.AsyncClient, c
     assert rec.state.tracked[55].unconfirmed is False
     assert fleet.beats[-1] == (LABEL, [55], 0.25), "the listed price replaces the rental's"
     assert [e.kind for e in rec.view().events] == [events.EventKind.RENT]
+
+
+@dataclass
+class SlowProxy(Proxy):
+    """A proxy whose apply waits for ``release`` (an nginx test and reload that take a while)."""
+
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    failure: Exception | None = None
+
+    async def apply(self, text: str) -> bool:
+        await self.release.wait()
+        if self.failure is not None:
+            raise self.failure
+        return await super().apply(text)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_a_cold_starts_rent_does_not_wait_for_the_503_page(
+    http: httpx.AsyncClient, clock: Clock, fails: bool
+) -> None:
+    """Nothing is served: the 503 page's new reason is rendered while the rent goes out; the tick
+    ends once both are done, and a failed render is raised after the rental was recorded."""
+    rec, _ = build(http, clock)
+    proxy = SlowProxy(failure=errors.NginxError("nginx rejected the config") if fails else None)
+    rec.executor.proxy = proxy
+    with respx.mock(base_url=BASE) as mock:
+        mock.get("/api/v1/instances/").mock(return_value=listing())
+        mock.post("/api/v0/bundles/").respond(json={"offers": [{"id": 1, "host_id": 9, "dph_total": 0.3}]})
+        rented = asyncio.Event()
+
+        def rent(request: httpx.Request) -> httpx.Response:
+            rented.set()
+            return httpx.Response(200, json={"success": True, "new_contract": 55})
+
+        mock.put("/api/v0/asks/1/").mock(side_effect=rent)
+        tick = asyncio.create_task(rec.tick())
+        async with asyncio.timeout(5):  # the old order (page first) never gets here
+            await rented.wait()
+        assert not proxy.texts and not tick.done(), "rented while the page was still being applied"
+        proxy.release.set()
+        if fails:
+            with pytest.raises(errors.NginxError):
+                await tick
+        else:
+            assert (await tick).phase is planning.Phase.RENTING
+    assert rec.state.tracked[55].unconfirmed, "the rental is recorded either way"
+    assert len(proxy.texts) == (0 if fails else 1)
 
 
 async def test_serve_a_healthy_instance_and_forget_it_when_gone(
