@@ -1,6 +1,7 @@
 """Benchmark 4: API economy — a fleet of pods on one Vast API key (issue 13's figures).
 
     .venv/bin/python -m bench.api_economy [--pods 1,12,20,50] [--steady 120] [--boot-delay 10]
+                                          [--cold-repeats 5]
 
 For each N in ``--pods``, a fresh ``provisioner sim`` with rate limits on (every endpoint at Vast's
 published minimum interval, per API key; 429 bodies as documented: JSON for create instance,
@@ -17,9 +18,12 @@ the boot phase ends and at the end, so boot and steady calls and 429s are exact 
 request log (timestamps) gives the plot. Rentals come from ``/_sim/state``. The per-pod footprint
 (RSS, CPU to boot, CPU per idle hour of the provisioner and its nginx) is read from /proc.
 
-Fleet mode is not switched on by this benchmark: ``--env NAME=VALUE`` (repeatable) adds variables to
-every pod, for the settings the fleet mode will bring. Time: per N, the boot phase (at most the cap)
-+ the steady window + ~10 s start/stop; the default sweep runs ~15-30 min.
+With Redis the pods run in fleet mode (one pacer, one instance view, one rental queue); ``--env
+NAME=VALUE`` (repeatable) adds variables to every pod. The cold overhead at N = 1 (serving minus the
+simulated boot) is one sample of a spread, since the boot poll lands anywhere in a list interval: the
+benchmark adds ``--cold-repeats`` single-pod starts (default 5, no steady window) and reports their
+median. Time: per N, the boot phase (at most the cap) + the steady window + ~10 s start/stop, plus
+~15 s per cold repeat; the default sweep runs ~20-30 min.
 """
 
 from __future__ import annotations
@@ -191,6 +195,16 @@ def run_fleet(n: int, opts: Options) -> FleetRun:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def cold_starts(repeats: int, opts: Options) -> list[FleetRun]:
+    """``repeats`` more N = 1 runs without a steady window: the cold overhead of one start is one
+    sample of a spread (the boot poll lands anywhere in a list interval), so the figure is a median."""
+    runs = []
+    for i in range(repeats):
+        print(f"  cold start {i + 1} of {repeats}", flush=True)
+        runs.append(run_fleet(1, dataclasses.replace(opts, steady_s=0.0)))
+    return runs
+
+
 def measure_footprint(run: FleetRun, side: dict[str, int]) -> None:
     for pod in run.pods:
         pod.cpu_idle_s = pod_cpu_s(pod) - pod.cpu_steady0_s
@@ -230,6 +244,13 @@ def main() -> None:
         help="HEALTH_INTERVAL_SECONDS for every pod (no API call; default: the product's 5 s)",
     )
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for every pod (repeatable)")
+    parser.add_argument(
+        "--cold-repeats",
+        type=int,
+        default=5,
+        help="more single-pod cold starts (fresh sim and Redis, no steady window) for the cold overhead's"
+        " spread (default 5; 0: none)",
+    )
     parser.add_argument("--plot", default="api_economy-fleet.png", help="plot file name under docs/img/")
     args = parser.parse_args()
     sizes = [int(x) for x in args.pods.split(",") if x.strip()]
@@ -248,8 +269,10 @@ def main() -> None:
             except RuntimeError as exc:  # one N failing (a pod exited) still reports the others
                 print(f"  N = {n} FAILED: {exc}", flush=True)
                 failed.append(n)
+        colds = cold_starts(args.cold_repeats, opts)
     if runs:
         _econ_report.report(runs, opts, args.plot)
+    _econ_report.print_cold_starts(runs, colds, opts)
     if failed:
         raise SystemExit(f"failed for N = {', '.join(map(str, failed))}")
 
