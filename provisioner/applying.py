@@ -57,7 +57,7 @@ class Executor:
         self.clock = clock
         self.emit = emit
 
-    def _record(
+    def record(
         self,
         kind: events.EventKind,
         detail: str,
@@ -66,6 +66,7 @@ class Executor:
         *,
         reason: str | None = None,
     ) -> None:
+        """Emit an event as of now (the reconciler records its own events through this too)."""
         self.emit(events.Event(self.clock(), kind, detail, instance_id, reason), level)
 
     async def boot_started(self, instance_id: int, now: float) -> float:
@@ -111,13 +112,13 @@ class Executor:
             self.state.tracked[previous.id].draining_until = self.clock() + self.drain_s
         if changed or previous is None or previous.id != instance.id:
             where = ", ".join(f"{lp}->{u.host}:{u.port}" for lp, u in sorted(upstreams.items()))
-            self._record(events.EventKind.SERVE, where, instance.id)
+            self.record(events.EventKind.SERVE, where, instance.id)
 
     async def _unserve(self, reason: str) -> None:
         if self.state.serving is None and self.state.unserve_reason == reason:
             return
         if self.state.serving is not None:
-            self._record(events.EventKind.UNSERVE, reason, self.state.serving.id, logging.WARNING)
+            self.record(events.EventKind.UNSERVE, reason, self.state.serving.id, logging.WARNING)
         self.state.serving = None
         await self.render_unavailable(reason)
 
@@ -130,7 +131,7 @@ class Executor:
         if self.bans is not None:
             await self.bans.ban(instance, reason)
         detail = f"host {instance.host_id}: {reason}"
-        self._record(events.EventKind.BAN, detail, instance.id, reason=reason)
+        self.record(events.EventKind.BAN, detail, instance.id, reason=reason)
 
     async def _destroy(self, instance: model.Instance, reason: str) -> None:
         record = self.state.tracked.get(instance.id)
@@ -153,7 +154,7 @@ class Executor:
         if reason == "dead" and self.bans is not None:
             await self.bans.record(instance, "death")
         detail = reason + ("" if gone else " (already gone)")
-        self._record(events.EventKind.DESTROY, detail, instance.id, logging.WARNING, reason=reason)
+        self.record(events.EventKind.DESTROY, detail, instance.id, logging.WARNING, reason=reason)
         if self.state.serving is not None and self.state.serving.id == instance.id:
             self.state.serving = None
 

@@ -206,10 +206,7 @@ class FleetView(Generic[T]):
         return self._ours(await self._fetch())
 
     async def _script(self, op: str, source: str, keys: Sequence[str], *args: str | int) -> list[Any]:
-        redis = self._redis
-        if redis is None:
-            raise errors.StoreError("no redis")
-        result = await self.failover.call(op, lambda: redis.eval(source, len(keys), *keys, *args))
+        result = await self.failover.script(self._redis, op, source, keys, *args)
         return list(result) if isinstance(result, list) else [result]
 
     async def _shared(self, max_age_s: float, newer_than_ms: int) -> Snapshot[T]:

@@ -24,7 +24,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -209,6 +209,14 @@ class Failover:
             self._down_since = None
         return result
 
+    async def script(
+        self, redis: Client | None, op: str, source: str, keys: Sequence[str], *args: str | int
+    ) -> Any:
+        """Run one Lua script (EVAL) through :meth:`call`; ``StoreError`` when there is no Redis."""
+        if redis is None:
+            raise errors.StoreError(f"redis {op}: no redis")
+        return await self.call(op, lambda: redis.eval(source, len(keys), *keys, *args))
+
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
@@ -315,11 +323,7 @@ class Pacer:
         return self.local.interval_s(endpoint)
 
     async def _script(self, op: str, source: str, key: str, *args: int) -> list[Any]:
-        redis = self._redis
-        if redis is None:
-            raise errors.StoreError("no redis")
-        result = await self.failover.call(op, lambda: redis.eval(source, 1, key, *args))
-        return list(result)
+        return list(await self.failover.script(self._redis, op, source, (key,), *args))
 
     async def reserve(self, endpoint: Endpoint) -> Slot:
         """Take the endpoint's next slot without waiting for it (fleet-wide when Redis answers)."""

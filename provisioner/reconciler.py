@@ -155,17 +155,6 @@ class Reconciler:
 
     # ------------------------------------------------------------ events
 
-    def record(
-        self,
-        kind: events.EventKind,
-        detail: str,
-        instance_id: int | None = None,
-        level: int = logging.INFO,
-        *,
-        reason: str | None = None,
-    ) -> None:
-        self._emit(events.Event(self.clock(), kind, detail, instance_id, reason), level)
-
     def _emit(self, event: events.Event, level: int) -> None:
         self.state.events.append(event)
         log.log(
@@ -199,14 +188,14 @@ class Reconciler:
         existing = await self.vast.find_template(spec.name, creator_id)
         if existing is None:
             template = await self.vast.create_template(spec, creator_id=creator_id)
-            self.record(events.EventKind.TEMPLATE_CREATED, f"{spec.name} hash={template.hash_id}")
+            self.executor.record(events.EventKind.TEMPLATE_CREATED, f"{spec.name} hash={template.hash_id}")
         elif _template_matches(existing, spec):
             template = existing
             log.info("template %s is current (hash=%s)", spec.name, template.hash_id)
         else:
             template = await self.vast.update_template(existing, spec)
             detail = f"{spec.name} hash {existing.hash_id} -> {template.hash_id}"
-            self.record(events.EventKind.TEMPLATE_UPDATED, detail)
+            self.executor.record(events.EventKind.TEMPLATE_UPDATED, detail)
         return template.hash_id
 
     # ------------------------------------------------------------ health
@@ -215,7 +204,7 @@ class Reconciler:
         was = self.state.tracked.note_health(instance_id, ok, self.clock())
         if was is not None and was != ok:
             detail = "upstream healthy" if ok else "upstream failing"
-            self.record(events.EventKind.HEALTH, detail, instance_id)
+            self.executor.record(events.EventKind.HEALTH, detail, instance_id)
 
     async def probe_serving(self) -> bool | None:
         """Health-check what nginx serves now; None when nothing is served."""
@@ -246,7 +235,7 @@ class Reconciler:
         tracked = self.state.tracked
         for iid in instances:
             if tracked[iid].first_seen is None:
-                tracked[iid].first_seen = await self.boot_started(iid, now)
+                tracked[iid].first_seen = await self.executor.boot_started(iid, now)
         tracked.forget_unlisted(instances)
         await self._check_listed(instances.values(), now)
         if self.adapters.bans is not None:
@@ -295,7 +284,7 @@ class Reconciler:
         """Confirm what contradicts what the pod knows before the tick believes it (``doubt.py``)."""
         sources = doubt.Sources(self.vast.show_instance, self.adapters.health.check)
         for iid, detail in await doubt.confirm_expected(self.state, instances, now, self.desired, sources):
-            self.record(events.EventKind.LIST_DOUBTED, detail, iid, logging.WARNING)
+            self.executor.record(events.EventKind.LIST_DOUBTED, detail, iid, logging.WARNING)
 
     async def _check_listed(self, instances: Iterable[model.Instance], now: float) -> None:
         """Health-check each instance with endpoints; one that lost them restarts its boot clock."""
@@ -313,11 +302,6 @@ class Reconciler:
 
     # ------------------------------------------------------------ blacklist bookkeeping
 
-    async def boot_started(self, instance_id: int, now: float) -> float:
-        """When this instance's boot wait began; kept in Redis so that it survives restarts."""
-        bans = self.adapters.bans
-        return now if bans is None else await bans.boot_started(instance_id, now)
-
     async def _count_adoptions(self, adopted: list[model.Instance]) -> None:
         """Count this start against each adopted instance; one restarted too often is condemned."""
         if self.adapters.bans is None:
@@ -325,7 +309,7 @@ class Reconciler:
         for inst in await tracking.count_adoptions(self.adapters.bans, self.state.tracked, adopted):
             reason = self.state.tracked[inst.id].condemned
             detail = f"{reason}: replaced make-before-break (host {inst.host_id} not banned)"
-            self.record(events.EventKind.CONDEMN, detail, inst.id, logging.WARNING, reason=reason)
+            self.executor.record(events.EventKind.CONDEMN, detail, inst.id, logging.WARNING, reason=reason)
 
     # ------------------------------------------------------------ tick
 

@@ -194,10 +194,7 @@ class RentQueue:
         self.local = LocalQueue(member_ttl_s=member_ttl_s, clock=clock)
 
     async def _script(self, op: str, source: str, keys: Sequence[str], *args: str | int) -> Any:
-        redis = self._redis
-        if redis is None:
-            raise errors.StoreError("no redis")
-        return await self.failover.call(op, lambda: redis.eval(source, len(keys), *keys, *args))
+        return await self.failover.script(self._redis, op, source, keys, *args)
 
     async def _position(self, pod: str, *, join: bool) -> Position | None:
         args = (pod, round(self._member_ttl_s * 1000), "1" if join else "0")

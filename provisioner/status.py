@@ -182,8 +182,9 @@ async def gather_status(
         return answer
     async with wiring.vast_http(settings) as http:
         answer = await from_admin(http, admin_url or admin_base_url(settings))
-        if isinstance(answer, str):
-            answer = await from_vast(settings, wiring.vast_over(settings, http), admin_error=answer)
+    if isinstance(answer, str):
+        async with wiring.open_vast(settings) as vast:  # paced with the pods when they share a Redis
+            answer = await from_vast(settings, vast, admin_error=answer)
     if settings.blacklist_enabled:
         try:
             answer["bans"] = await from_blacklist(settings)

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 
 from tests import fault_report
-from tests.procs import PROVISIONER, Provisioner, Sim
+from tests.procs import Provisioner, Sim, cli
 
 #: how often the poller asks the proxy (the issue: "every ~50 ms")
 POLL_INTERVAL_S = 0.05
@@ -178,28 +177,14 @@ def wait_faults_used(sim: Sim, timeout_s: float = 30.0) -> None:
 
 def top_offer_prices(env: dict[str, str], top: int = 500) -> list[float]:
     """$/h of the offers this pod would consider, best ranked first (`provisioner offers --json`)."""
-    result = subprocess.run(
-        [PROVISIONER, "offers", "--json", "--top", str(top)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = cli(env, "offers", "--json", "--top", str(top))
     assert result.returncode == 0, result.stderr
     return [float(o["price_per_hour"]) for o in json.loads(result.stdout)["offers"]]
 
 
 def bans(env: dict[str, str]) -> list[dict[str, Any]]:
     """The bans in Redis as `provisioner blacklist list --json` prints them."""
-    result = subprocess.run(
-        [PROVISIONER, "blacklist", "list", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = cli(env, "blacklist", "list", "--json")
     assert result.returncode == 0, result.stderr
     listed: list[dict[str, Any]] = json.loads(result.stdout)
     return listed

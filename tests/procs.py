@@ -37,6 +37,13 @@ _BASE = 20000 + (_WORKER % 8) * _SLICE
 _rng = random.Random(os.getpid())
 
 
+def cli(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """One ``provisioner`` command (not ``run``) with ``env``; its output captured as text."""
+    return subprocess.run(
+        [PROVISIONER, *args], env=dict(env), capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 def free_port() -> int:
     """A currently free port in this worker's slice of 20000-31999."""
     for _ in range(200):

@@ -37,7 +37,7 @@ def find_redis_server() -> str | None:
     return shutil.which("redis-server")
 
 
-def _answers_ping(port: int) -> bool:
+def answers_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
@@ -79,7 +79,7 @@ class RedisServer:
         )
         log.close()
         deadline = time.monotonic() + timeout_s
-        while not _answers_ping(self.port):
+        while not answers_ping(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.05)

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import redis
 
 from provisioner import blacklist, fleet, store
 from tests.glitch_support import kill_orphan_nginx
-from tests.procs import PROVISIONER, Provisioner, Sim, base_env, run_provisioner, run_sim, wait_for
+from tests.procs import Provisioner, Sim, base_env, cli, run_provisioner, run_sim, wait_for
 from tests.redis_server import RedisServer, run_redis
 
 pytestmark = pytest.mark.integration
@@ -135,12 +134,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         run_recording_proxy(sim.url) as proxy,
     ):
         yield Stack(sim, proxy, server, tmp_path)
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PROVISIONER, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 def top_offer(env: dict[str, str]) -> dict[str, Any]:

@@ -5,23 +5,16 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from provisioner import selection, wiring
 from provisioner.settings import load_settings
-from tests.procs import PROVISIONER, free_port
+from tests.procs import cli, free_port
 from tests.redis_server import run_redis
 
 pytestmark = pytest.mark.integration
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PROVISIONER, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 def bare_env(tmp_path: Path, **extra: str) -> dict[str, str]:

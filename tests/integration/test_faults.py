@@ -9,7 +9,6 @@ Invariants checked after every scenario (and printed as a table at the end of th
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
 from collections.abc import Iterable
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests import fault_report
+from tests.glitch_support import kill_orphan_nginx
 from tests.procs import Provisioner, Sim, base_env, run_provisioner, run_sim, wait_for
 
 pytestmark = pytest.mark.integration
@@ -263,23 +263,11 @@ def test_sigkill_at_each_rental_step_then_restart(sim: Sim, tmp_path: Path, step
         prov.proc.send_signal(signal.SIGKILL)
         prov.proc.wait(10)
         # the killed process's nginx is orphaned in its own session: stop it like the kubelet would
-        _kill_orphan_nginx(prov)
+        kill_orphan_nginx(prov)
     with run_provisioner(env, tmp_path, "second") as prov:
         prov.wait_serving(60)
         assert len(sim.instances(LABEL, include_destroyed=True)) == 1, "never a second rental"
         check(f"sigkill-{step.replace('_', '-')}", sim, prov)
-
-
-def _kill_orphan_nginx(prov: Provisioner) -> None:
-    import os
-
-    try:
-        pid = prov.nginx_pid()
-    except (OSError, ValueError):
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    time.sleep(0.3)
 
 
 def test_two_processes_for_one_pod(sim: Sim, tmp_path: Path) -> None:

@@ -3,36 +3,26 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 
-from provisioner.sim.app import SimConfig, SimRuntime, running_sim
-from tests.unit.test_sim_app import BASE, KEY, RENT_BODY, counts, fault, offers, q, rent, wait_status
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[tuple[httpx.AsyncClient, SimRuntime, Starlette]]:
-    """A client on an in-process sim with a 0.2 s boot."""
-    async with running_sim(SimConfig(boot_delay_s=0.2)) as (app, runtime):
-        transport = httpx.ASGITransport(app=app)
-        headers = {"Authorization": f"Bearer {KEY}"}
-        async with httpx.AsyncClient(transport=transport, base_url=BASE, headers=headers) as client:
-            yield client, runtime, app
-
-
-@pytest.fixture
-def client(sim: tuple[httpx.AsyncClient, SimRuntime, Starlette]) -> httpx.AsyncClient:
-    return sim[0]
-
-
-@pytest.fixture
-def runtime(sim: tuple[httpx.AsyncClient, SimRuntime, Starlette]) -> SimRuntime:
-    return sim[1]
-
+from provisioner.sim.app import SimRuntime
+from tests.unit.simkit import (  # noqa: F401 (sim, client, runtime: fixtures)
+    BASE,
+    KEY,
+    RENT_BODY,
+    client,
+    counts,
+    fault,
+    offers,
+    q,
+    rent,
+    runtime,
+    sim,
+    wait_status,
+)
 
 # ---- faults and rate limits ---------------------------------------------------------------------------
 

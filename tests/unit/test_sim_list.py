@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from provisioner.sim.app import SimConfig, running_sim
-from tests.unit.test_sim_app import BASE, KEY, offers, q, rent
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    """A client on an in-process sim with a 0.2 s boot."""
-    async with running_sim(SimConfig(boot_delay_s=0.2)) as (app, _):
-        transport = httpx.ASGITransport(app=app)
-        headers = {"Authorization": f"Bearer {KEY}"}
-        async with httpx.AsyncClient(transport=transport, base_url=BASE, headers=headers) as client:
-            yield client
-
+from tests.unit.simkit import client, offers, q, rent, sim  # noqa: F401 (sim, client: fixtures)
 
 # ---- v1 list ------------------------------------------------------------------------------------------
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
+from collections.abc import AsyncIterator
 
+import fakeredis
 import httpx
 import pytest
 import respx
 
-from provisioner import errors, model, planning, runtime, status
+from provisioner import errors, fleet_wiring, model, pacer, planning, runtime, status
 from provisioner.reconciler import ReconcilerView
+from provisioner.settings import load_settings
 from tests.unit.views import make_view, view_after
 
 DESIRED = model.DesiredSpec(
@@ -189,3 +193,26 @@ async def test_status_without_settings_or_admin_answer_says_both() -> None:
     message = str(caught.value)
     assert f"{url}/status: ConnectError" in message
     assert "POD_NAME" in message
+
+
+async def test_the_vast_fallback_is_paced_with_the_pods(env: pytest.MonkeyPatch) -> None:
+    """With the pods' Redis configured, status's own Vast calls take their slots in the fleet's pacer."""
+    shared = fakeredis.FakeAsyncRedis(decode_responses=True)
+
+    @contextlib.asynccontextmanager
+    async def fleet_store(access: object) -> AsyncIterator[fakeredis.FakeAsyncRedis]:
+        yield shared
+
+    env.setattr(fleet_wiring, "open_fleet_store", fleet_store)
+    env.setenv("BLACKLIST_ENABLED", "true")
+    env.setenv("BLACKLIST_REDIS_URL", f"redis://127.0.0.1:{_closed_port()}/0")
+    env.setenv("ADMIN_PORT", str(_closed_port()))
+    settings = load_settings()
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        mock.get(url__regex=r".*/api/v1/instances/.*").respond(json={"instances": [], "next_token": None})
+        answer = await status.gather_status(settings)
+    assert answer["source"] == "vast-api"
+    budget = pacer.budget_id(settings.vast_api_key.get_secret_value())
+    assert await shared.exists(f"vastprov:pace:{budget}:list_instances") == 1
+    await shared.aclose()
