@@ -42,6 +42,7 @@ async def test_offers_command_uses_the_factory(
     """`provisioner offers` builds its Vast client with the factory (it ignored the timeout before)."""
     env.setenv("VAST_API_URL", URL)
     env.setenv("VAST_API_TIMEOUT_SECONDS", "9")
+    env.setenv("VAST_PACE_INTERVALS", "search_offers=0")  # each relaxed search would wait 6 s
     made: list[httpx.AsyncClient] = []
     real = wiring.vast_http
 
