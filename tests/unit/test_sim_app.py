@@ -18,8 +18,6 @@ from tests.unit.simkit import (  # noqa: F401 (sim, client, runtime: fixtures)
     KEY,
     RENT_BODY,
     client,
-    counts,
-    fault,
     offers,
     q,
     rent,
