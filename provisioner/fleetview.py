@@ -103,9 +103,9 @@ class Snapshot(Generic[T]):
 
 # KEYS: view, lock · ARGV: max age ms, token, lock ttl ms, newer than ms (-1: any)
 # -> {1, now, at, items} fresh | {2, now} the lock is ours: list | {0, now} someone else is listing
-_TRY_LUA: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_TRY_LUA: Final = (
+    store.LUA_NOW_MS
+    + """
 local at = tonumber(redis.call('HGET', KEYS[1], 'at'))
 if at and now - at <= tonumber(ARGV[1]) and at > tonumber(ARGV[4]) then
   return {1, now, at, redis.call('HGET', KEYS[1], 'items')}
@@ -115,6 +115,7 @@ if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
 end
 return {0, now}
 """
+)
 
 # KEYS: view, lock · ARGV: token, at ms, items JSON, view ttl ms. A newer view is never overwritten.
 _PUBLISH_LUA: Final = """

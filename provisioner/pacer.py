@@ -261,9 +261,9 @@ class LocalPacer:
 
 
 # KEYS[1] slot key · ARGV: interval ms, floor wait ms, slack ms -> {wait ms, slot ms}
-_ACQUIRE_LUA: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_ACQUIRE_LUA: Final = (
+    store.LUA_NOW_MS
+    + """
 local stored = tonumber(redis.call('GET', KEYS[1])) or 0
 local slot = math.max(now, stored, now + tonumber(ARGV[2]))
 local nxt = slot + tonumber(ARGV[1])
@@ -271,11 +271,12 @@ local ttl = nxt - now + tonumber(ARGV[3])
 redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', string.format('%.0f', ttl))
 return {slot - now, slot}
 """
+)
 
 # KEYS[1] slot key · ARGV: wait ms, slack ms -> {ms until the next free slot}
-_PENALIZE_LUA: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_PENALIZE_LUA: Final = (
+    store.LUA_NOW_MS
+    + """
 local stored = tonumber(redis.call('GET', KEYS[1])) or 0
 local target = now + tonumber(ARGV[1])
 if target > stored then
@@ -285,13 +286,15 @@ if target > stored then
 end
 return {stored - now}
 """
+)
 
 # KEYS[1] slot key -> {ms until the next free slot (may be negative: free now)}
-_PEEK_LUA: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_PEEK_LUA: Final = (
+    store.LUA_NOW_MS
+    + """
 return {(tonumber(redis.call('GET', KEYS[1])) or 0) - now}
 """
+)
 
 
 def _ms(seconds: float) -> int:

@@ -73,9 +73,9 @@ class Position:
 
 
 # KEYS: queue, beats · ARGV: pod, member ttl ms, join (1) or look (0) -> {k or 0, n}
-_POSITION_LUA: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_POSITION_LUA: Final = (
+    store.LUA_NOW_MS
+    + """
 local ttl = tonumber(ARGV[2])
 local cutoff = '(' .. string.format('%.0f', now - ttl)
 for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff)) do
@@ -91,6 +91,7 @@ redis.call('PEXPIRE', KEYS[1], 2 * ttl)
 redis.call('PEXPIRE', KEYS[2], 2 * ttl)
 return {rank + 1, n}
 """
+)
 
 # KEYS: queue, beats · ARGV: pod
 _LEAVE_LUA: Final = """

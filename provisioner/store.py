@@ -113,6 +113,12 @@ SPEND_RESERVE_TTL_S: Final = 120.0
 #: while Redis is down, try it again after this (seconds)
 OUTAGE_RETRY_S: Final = 2.0
 
+#: the start of every Lua script that times anything: ``now``, the Redis server's clock in ms (the
+#: fleet's one clock, whatever the pods' clocks say)
+LUA_NOW_MS: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"""
+
 #: the Redis client the adapters talk through (``connect`` builds one; tests pass fakeredis)
 Client: TypeAlias = aioredis.Redis
 BanKind = Literal["host", "machine"]
@@ -328,18 +334,16 @@ class RentLock:
 
 
 # KEYS: mark · ARGV: state, ttl ms -> the Redis clock's now (ms)
-_MARK_LUA: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_MARK_LUA: Final = (
+    LUA_NOW_MS
+    + """
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. now, 'PX', ARGV[2])
 return now
 """
+)
 
 # KEYS: mark -> {the Redis clock's now (ms), the mark or false}
-_READ_MARK_LUA: Final = """
-local t = redis.call('TIME')
-return {tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), redis.call('GET', KEYS[1])}
-"""
+_READ_MARK_LUA: Final = LUA_NOW_MS + "\nreturn {now, redis.call('GET', KEYS[1])}\n"
 
 
 @dataclass(frozen=True, slots=True)
