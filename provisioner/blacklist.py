@@ -184,7 +184,7 @@ class Blacklist:
         details = await self._run("list bans", lambda: self._redis.mget(names))
         records = []
         for (kind, ident, expires), raw in zip(found, details, strict=True):
-            info = _json_object(raw)
+            info = store.json_object(raw)
             records.append(
                 BanRecord(
                     kind=kind,
@@ -357,7 +357,7 @@ def _ids_with_scores(rows: Iterable[Any]) -> list[tuple[int, float]]:
 def _events(rows: Iterable[Any]) -> list[selection.Event]:
     events = []
     for member, score in rows:
-        data = _json_object(member)
+        data = store.json_object(member)
         kind = data.get("k")
         if kind not in selection.EVENT_KINDS:
             continue
@@ -371,16 +371,6 @@ def _events(rows: Iterable[Any]) -> list[selection.Event]:
             )
         )
     return events
-
-
-def _json_object(raw: Any) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    try:
-        data = json.loads(raw)
-    except (TypeError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _opt(value: Any, kind: Callable[[Any], T]) -> T | None:

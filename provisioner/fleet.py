@@ -11,7 +11,7 @@ renew and release), held from just before the holder checks its list until its r
 over, renewed meanwhile, then released (a crashed holder blocks the label only for
 ``RENT_LOCK_TTL_S``). The work under it is bounded by ``RENT_SECTION_S`` (shorter than the TTL): past
 it, it is cancelled. Under the lock the holder trusts its tick's list only when the label's rent mark
-(``store.RentMarks``) says no rent happened since that list was requested; else it lists again.
+(``rentmark.RentMarks``) says no rent happened since that list was requested; else it lists again.
 
 A heartbeat is one MULTI/EXEC (SET with TTL, ZADD, prune of the index, SET NX of ``since``): one
 round trip, written after every reconcile tick and at least every ``HEARTBEAT_INTERVAL_S`` by the
@@ -51,7 +51,7 @@ from typing import Any, Final, TypeGuard, TypeVar
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockNotOwnedError
 
-from provisioner import blacklist, spend, store
+from provisioner import blacklist, rentmark, spend, store
 from provisioner.spend import UNCHECKED, Decide, Reservation, fleet_dph, spend_block, usd
 
 __all__ = ["UNCHECKED", "Decide", "Reservation", "fleet_dph", "spend_block", "usd"]
@@ -96,12 +96,7 @@ class Heartbeat:
     @classmethod
     def from_json(cls, raw: Any) -> Heartbeat | None:
         """The heartbeat in ``raw``, or None when it is not one (a foreign or corrupt value)."""
-        try:
-            data = json.loads(raw)
-        except (TypeError, ValueError):
-            return None
-        if not isinstance(data, dict):
-            return None
+        data = store.json_object(raw)
         label, pod, at, dph = data.get("label"), data.get("pod"), data.get("at"), data.get("dph", 0.0)
         ids = data.get("instance_ids", [])
         if not isinstance(label, str) or not isinstance(pod, str) or not _number(at) or not _number(dph):
@@ -131,8 +126,8 @@ class Fleet:
         self._deadline_s = deadline_s
         self._clock = clock
         self._lock = store.RentLock(client, self.keys, deadline_s=deadline_s)
-        #: the label's latest rent (``store.RentMarks``): lets a renter trust its tick's list
-        self.marks = store.RentMarks(client, self.keys, deadline_s=deadline_s)
+        #: the label's latest rent (``rentmark.RentMarks``): lets a renter trust its tick's list
+        self.marks = rentmark.RentMarks(client, self.keys, deadline_s=deadline_s)
 
     @classmethod
     def over(cls, bans: blacklist.Blacklist) -> Fleet:
@@ -226,7 +221,7 @@ class Fleet:
         raws: list[Any] = await self._run("read reservations", lambda: self._redis.mget(names))
         total = 0.0
         for raw in raws:
-            dph = _json_dict(raw).get("dph")
+            dph = store.json_object(raw).get("dph")
             total += float(dph) if _number(dph) else 0.0
         return total
 
@@ -287,14 +282,6 @@ class Fleet:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _json_dict(raw: Any) -> dict[str, Any]:
-    try:
-        data = json.loads(raw)
-    except (TypeError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 class GuardedFleet:
@@ -373,7 +360,7 @@ class GuardedFleet:
 
     async def list_covers_rents(self, label: str, listed_at_ms: int) -> bool:
         """Whether a list requested at ``listed_at_ms`` (Redis clock) shows every rent of ``label``
-        (``store.list_covers_rents``); False when it cannot be told (the renter lists again)."""
+        (``rentmark.list_covers_rents``); False when it cannot be told (the renter lists again)."""
         return await self.outage.call(lambda: self.fleet.marks.covers(label, listed_at_ms), False)
 
     async def _renew(self, label: str) -> None:

@@ -17,7 +17,7 @@ key                        type        holds                                    
 ``P heartbeats:since``     string      when the first heartbeat was written here   no expiry
 ``P rentlock:<label>``     string      the token of the process that may rent      ``RENT_LOCK_TTL_S``
 ``P rentmark:<label>``     string      ``started|done:<ms>``: the label's latest   ``RENT_MARK_TTL_S``
-                                       rent, Redis clock (:class:`RentMarks`)
+                                       rent, Redis clock (``rentmark.py``)
 ``P spendlock``            string      the token of the pod checking the spend cap ``SPEND_LOCK_TTL_S``
 ``P spend:<label>``        string      JSON: pod, dph, at: $/h reserved for a rent ``SPEND_RESERVE_TTL_S``
 ``P spends``               sorted set  labels scored by their reservation's expiry pruned on read
@@ -57,12 +57,8 @@ scripts that check the token to renew (``reacquire``) and to release it, so only
 extends or deletes it. ``GuardedFleet.rent_lock`` renews it every ``RENT_LOCK_RENEW_S`` while held
 and bounds the locked section by ``RENT_SECTION_S``, shorter than the TTL.
 
-The rent mark lets a renter trust the list its tick already made instead of listing again under
-the lock (a list interval, 1 s, at every rental). Under the lock, the renter writes ``started``
-before its first rent call and ``done`` once the outcome is known (rented, or nothing rented); an
-unknown outcome leaves ``started``. A later renter of the label, holding the lock, may skip its
-list when :func:`list_covers_rents`: the list was requested on the Redis clock after the latest
-``done`` (plus ``RENT_MARK_LAG_MS``), and no rent is ``started`` without an outcome.
+The rent mark (``rentmark.py``) lets a renter trust the list its tick already made instead of
+listing again under the lock.
 
 Errors: every redis-py (or socket, or timeout) failure becomes ``errors.StoreError`` in
 :func:`run_redis`. :class:`Outage` is the shared "Redis is down" state of the guarded adapters the
@@ -73,11 +69,12 @@ when it starts and once when it ends, and try Redis again with a backoff (``back
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, Literal, TypeAlias, TypeVar
+from typing import Any, Final, Literal, TypeAlias, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
@@ -219,6 +216,18 @@ async def run_redis(op: str, fn: Callable[[], Awaitable[T]], deadline_s: float) 
         raise errors.StoreError(f"redis {op}: {detail}") from exc
 
 
+def json_object(raw: Any) -> dict[str, Any]:
+    """A stored JSON object, or {} for anything else (missing, corrupt, foreign): values in a shared
+    Redis are read, never trusted."""
+    if raw is None:
+        return {}
+    try:
+        data = json.loads(raw)
+    except (TypeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def describe_url(url: str) -> str:
     """``host:port/db`` of a Redis URL, without credentials (for logs and messages)."""
     rest = url.split("://", 1)[-1]
@@ -331,70 +340,3 @@ class RentLock:
         except LockNotOwnedError:
             return False
         return True
-
-
-# KEYS: mark · ARGV: state, ttl ms -> the Redis clock's now (ms)
-_MARK_LUA: Final = (
-    LUA_NOW_MS
-    + """
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. now, 'PX', ARGV[2])
-return now
-"""
-)
-
-# KEYS: mark -> {the Redis clock's now (ms), the mark or false}
-_READ_MARK_LUA: Final = LUA_NOW_MS + "\nreturn {now, redis.call('GET', KEYS[1])}\n"
-
-
-@dataclass(frozen=True, slots=True)
-class RentMark:
-    """The label's latest rent: ``started`` (outcome not known yet, or never) or ``done``, and when."""
-
-    done: bool
-    at_ms: int
-
-    @classmethod
-    def parse(cls, raw: object) -> RentMark | None:
-        """``done:<ms>`` or ``started:<ms>``; anything else is None (and counts as a rent in flight)."""
-        state, _, at = raw.partition(":") if isinstance(raw, str) else ("", "", "")
-        if state not in ("started", "done") or not at.isdigit():
-            return None
-        return cls(state == "done", int(at))
-
-
-def list_covers_rents(raw_mark: object, listed_at_ms: int, now_ms: int) -> bool:
-    """Whether a list requested at ``listed_at_ms`` (Redis clock) shows every rent of the label: no
-    mark (none within ``RENT_MARK_TTL_S``, and the list is well younger than that), or the latest
-    rent was done ``RENT_MARK_LAG_MS`` before the list was requested. A rent started without a known
-    outcome, or a mark that does not parse, is never covered."""
-    if now_ms - listed_at_ms > RENT_MARK_TTL_S * 1000 / 2:
-        return False
-    if raw_mark is None:
-        return True
-    mark = RentMark.parse(raw_mark)
-    return mark is not None and mark.done and mark.at_ms + RENT_MARK_LAG_MS < listed_at_ms
-
-
-class RentMarks:
-    """The per-label rent marks (the table above); every call raises ``StoreError`` on failure."""
-
-    def __init__(self, client: Client, keys: Keys, *, deadline_s: float = 2.0) -> None:
-        self._redis = client
-        self.keys = keys
-        self._deadline_s = deadline_s
-
-    async def mark(self, label: str, *, done: bool) -> None:
-        """Record that a rent of ``label`` starts now (``done=False``) or that its outcome is known."""
-        state, ttl_ms = "done" if done else "started", round(RENT_MARK_TTL_S * 1000)
-        key = self.keys.rent_mark(label)
-        await run_redis(
-            "rent mark", lambda: self._redis.eval(_MARK_LUA, 1, key, state, ttl_ms), self._deadline_s
-        )
-
-    async def covers(self, label: str, listed_at_ms: int) -> bool:
-        """Whether a list requested at ``listed_at_ms`` (Redis clock) shows every rent of ``label``."""
-        key = self.keys.rent_mark(label)
-        now_ms, raw = await run_redis(
-            "rent mark", lambda: self._redis.eval(_READ_MARK_LUA, 1, key), self._deadline_s
-        )
-        return list_covers_rents(raw, listed_at_ms, int(now_ms))

@@ -11,7 +11,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from provisioner import blacklist, errors, fleet, store
+from provisioner import blacklist, errors, fleet, rentmark, store
 from tests.fakes import Clock
 
 LABEL = "k8s_pod=vast-pod-0"
@@ -196,18 +196,18 @@ async def test_rent_lock_section_is_cut_off_and_released(client: Any) -> None:
     ],
 )
 def test_a_list_covers_the_rents_done_before_it(raw: str | None, listed_at_ms: int, covered: bool) -> None:
-    assert store.list_covers_rents(raw, listed_at_ms, now_ms=listed_at_ms + 1_000) is covered
+    assert rentmark.list_covers_rents(raw, listed_at_ms, now_ms=listed_at_ms + 1_000) is covered
 
 
 def test_a_list_older_than_the_marks_can_vouch_for_covers_nothing() -> None:
     """A list held longer than half the mark's TTL might predate a rent whose mark expired."""
     old = 1_000_000
-    assert not store.list_covers_rents(None, old, now_ms=old + int(store.RENT_MARK_TTL_S * 1000))
+    assert not rentmark.list_covers_rents(None, old, now_ms=old + int(store.RENT_MARK_TTL_S * 1000))
 
 
 async def test_rent_marks_on_the_redis_clock(client: Any) -> None:
     """A rent started after a list is not covered; once done, a list requested after the lag is."""
-    marks = store.RentMarks(client, store.Keys())
+    marks = rentmark.RentMarks(client, store.Keys())
     now_ms = int((await client.time())[0]) * 1000
     assert await marks.covers(LABEL, now_ms), "no rent was ever marked"
     await marks.mark(LABEL, done=False)
