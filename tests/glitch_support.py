@@ -201,6 +201,18 @@ def kill_orphan_nginx(prov: Provisioner) -> None:
     time.sleep(0.3)
 
 
+def crash(prov: Provisioner) -> None:
+    """SIGKILL, as an OOM kill would: no clean stop is recorded (its orphaned nginx is stopped too)."""
+    prov.proc.send_signal(signal.SIGKILL)
+    prov.proc.wait(10)
+    kill_orphan_nginx(prov)
+
+
+def faults(sim: Sim, *items: dict[str, Any]) -> None:
+    """Queue these faults in the simulator (``POST /_sim/faults``)."""
+    sim.admin("POST", "/faults", {"faults": list(items)})
+
+
 # ---------------------------------------------------------------- invariants
 
 

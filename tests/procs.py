@@ -23,25 +23,12 @@ from typing import Any, TypeVar
 
 import httpx
 
+from provisioner import pacer
+
 BIN = Path(sys.executable).parent
 PROVISIONER = str(BIN / "provisioner")
 #: every endpoint's pacer interval for tests against a simulator without rate limits (seconds)
-FAST_PACE = ",".join(
-    f"{name}=0.1"
-    for name in (
-        "list_instances",
-        "show_instance",
-        "destroy",
-        "label",
-        "template_search",
-        "template_create",
-        "create_instance",
-        "search_offers",
-        "whoami",
-        "logs",
-        "other",
-    )
-)
+FAST_PACE = ",".join(f"{endpoint}=0.1" for endpoint in pacer.Endpoint)
 T = TypeVar("T")
 
 
@@ -59,6 +46,11 @@ def cli(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PROVISIONER, *args], env=dict(env), capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def bare_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """PATH and HOME only: none of the pod's variables (no POD_NAME, no API key), plus ``extra``."""
+    return {"PATH": os.environ["PATH"], "HOME": str(tmp), **extra}
 
 
 def free_port() -> int:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.procs import PROVISIONER, Sim, base_env, free_port, run_sim
+from tests.procs import PROVISIONER, Sim, bare_env, base_env, free_port, run_sim
 from tests.unit.test_settings import BAD
 
 pytestmark = pytest.mark.integration
@@ -48,7 +47,7 @@ def test_bad_configuration_exits_2_naming_the_variable(
 
 def test_every_missing_required_variable_is_named_in_one_run(tmp_path: Path) -> None:
     """With none of the required variables set, one run names all four on one line (exit 2)."""
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    env = bare_env(tmp_path)
     result = subprocess.run([PROVISIONER, "run"], env=env, capture_output=True, timeout=60, check=False)
     assert result.returncode == 2
     assert result.stderr.decode() == (
@@ -72,16 +71,15 @@ def test_nginx_config_path_under_a_file_names_the_variable(sim: Sim, tmp_path: P
 def test_unreachable_api_names_the_url(tmp_path: Path) -> None:
     """An API nobody answers at: the one-line error names the URL that failed (no key, no query)."""
     port = free_port()
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "POD_NAME": "vast-pod-0",
-        "VAST_API_KEY": "test-key-0123456789",
-        "VAST_API_URL": f"http://127.0.0.1:{port}",
-        "VAST_TEMPLATE_NAME": "tmpl",
-        "VAST_TEMPLATE_IMAGE": "vastai/test-workload:1.0",
-        "VAST_API_TIMEOUT_SECONDS": "2",
-    }
+    env = bare_env(
+        tmp_path,
+        POD_NAME="vast-pod-0",
+        VAST_API_KEY="test-key-0123456789",
+        VAST_API_URL=f"http://127.0.0.1:{port}",
+        VAST_TEMPLATE_NAME="tmpl",
+        VAST_TEMPLATE_IMAGE="vastai/test-workload:1.0",
+        VAST_API_TIMEOUT_SECONDS="2",
+    )
     result = subprocess.run([PROVISIONER, "offers"], env=env, capture_output=True, timeout=120, check=False)
     err = result.stderr.decode()
     assert result.returncode == 1, err

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import pytest
 import redis
 
 from provisioner import blacklist, fleet, store
-from tests.glitch_support import kill_orphan_nginx
+from tests.glitch_support import crash
 from tests.procs import Provisioner, Sim, base_env, cli, run_provisioner, run_sim, wait_for
 from tests.redis_server import RedisServer, run_redis
 
@@ -208,13 +207,6 @@ def test_restart_threshold_counts_crashes_not_clean_stops(stack: Stack) -> None:
         replacement = prov.wait_serving(40, other_than=first)
     assert replacement != first
     assert not stack.db().exists(f"{PREFIX}ban:host:{host}"), "our own restarts ban no host"
-
-
-def crash(prov: Provisioner) -> None:
-    """SIGKILL, as an OOM kill would: no clean stop is recorded (its orphaned nginx is stopped too)."""
-    prov.proc.send_signal(signal.SIGKILL)
-    prov.proc.wait(10)
-    kill_orphan_nginx(prov)
 
 
 def test_killing_redis_does_not_stop_provisioning(stack: Stack) -> None:

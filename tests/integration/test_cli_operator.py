@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 
@@ -11,15 +10,10 @@ import pytest
 
 from provisioner import selection, wiring
 from provisioner.settings import load_settings
-from tests.procs import cli, free_port
+from tests.procs import bare_env, cli, free_port
 from tests.redis_server import run_redis
 
 pytestmark = pytest.mark.integration
-
-
-def bare_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """PATH and HOME only: none of the pod's variables (no POD_NAME, no API key)."""
-    return {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **extra}
 
 
 POD = {

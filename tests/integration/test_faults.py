@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests import fault_report
-from tests.glitch_support import kill_orphan_nginx
+from tests.glitch_support import crash, faults
 from tests.procs import Provisioner, Sim, base_env, run_provisioner, run_sim, wait_for
 
 pytestmark = pytest.mark.integration
@@ -61,10 +61,6 @@ def check(
 def sim(tmp_path: Path) -> Any:
     with run_sim(tmp_path, boot_delay_s=0.5) as s:
         yield s
-
-
-def faults(sim: Sim, *items: dict[str, Any]) -> None:
-    sim.admin("POST", "/faults", {"faults": list(items)})
 
 
 # ---------------------------------------------------------------- API faults before the first rental
@@ -260,10 +256,7 @@ def test_sigkill_at_each_rental_step_then_restart(sim: Sim, tmp_path: Path, step
         wait_for(lambda: sim.count(endpoint) >= 1, 30, f"the {endpoint} call")
         if step == "boot":
             time.sleep(1.0)
-        prov.proc.send_signal(signal.SIGKILL)
-        prov.proc.wait(10)
-        # the killed process's nginx is orphaned in its own session: stop it like the kubelet would
-        kill_orphan_nginx(prov)
+        crash(prov)
     with run_provisioner(env, tmp_path, "second") as prov:
         prov.wait_serving(60)
         assert len(sim.instances(LABEL, include_destroyed=True)) == 1, "never a second rental"

@@ -27,8 +27,9 @@ import pytest
 from tests.glitch_support import (
     bans,
     calls,
+    crash,
     destroyed_ids,
-    kill_orphan_nginx,
+    faults,
     live_dph,
     polling,
     problems,
@@ -71,10 +72,6 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
 
 def shared(url: str) -> dict[str, str]:
     return {"BLACKLIST_ENABLED": "true", "BLACKLIST_REDIS_URL": url}
-
-
-def faults(sim: Sim, *items: dict[str, Any]) -> None:
-    sim.admin("POST", "/faults", {"faults": list(items)})
 
 
 def traffic_problems(prov: Provisioner, iid: int) -> list[str]:
@@ -257,12 +254,6 @@ def test_clean_restarts_do_not_count_toward_the_threshold(sim: Sim, tmp_path: Pa
     if calls(sim, "rent") != 1:
         found.append(f"{calls(sim, 'rent')} rent calls (one expected)")
     verdict("glitch-clean-restarts", found + problems(sim, [LABEL], protected=[iid]), "kept, no ban, no rent")
-
-
-def crash(prov: Provisioner) -> None:
-    prov.proc.send_signal(signal.SIGKILL)
-    prov.proc.wait(10)
-    kill_orphan_nginx(prov)
 
 
 #: how long after the restarted pod's first 200 its start-up nginx reload may still show a stale page

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,9 @@ from tests.procs import (
     PROVISIONER,
     Provisioner,
     Sim,
+    bare_env,
     base_env,
+    cli,
     free_port,
     run_provisioner,
     run_sim,
@@ -300,7 +301,7 @@ def test_status_falls_back_to_the_vast_api(tmp_path: Path) -> None:
 
 def test_status_admin_url_needs_no_pod_settings(pod: Pod, tmp_path: Path) -> None:
     """`status --admin-url` with none of the pod's variables set reads the running pod's report."""
-    bare = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    bare = bare_env(tmp_path)
     url = f"http://127.0.0.1:{pod.prov.env['ADMIN_PORT']}"
     report = json.loads(status_cmd(bare, "--json", "--admin-url", url).stdout)
     assert report["source"] == "admin" and report["instance"]["id"] == pod.instance_id
@@ -310,15 +311,7 @@ def test_status_admin_url_needs_no_pod_settings(pod: Pod, tmp_path: Path) -> Non
 def test_status_admin_url_unreachable_without_settings_says_both(tmp_path: Path) -> None:
     """No settings and an admin URL nobody answers at: exit 1, one line naming the URL and POD_NAME."""
     url = f"http://127.0.0.1:{free_port()}"
-    bare = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
-    result = subprocess.run(
-        [PROVISIONER, "status", "--admin-url", url],
-        env=bare,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = cli(bare_env(tmp_path), "status", "--admin-url", url)
     assert result.returncode == 1
     assert result.stderr.startswith(
         f"provisioner: the admin server did not answer ({url}/status: ConnectError"

@@ -10,18 +10,13 @@ import httpx
 import pytest
 import respx
 
-from provisioner import blacklist, model, planning, upstream_health
-from provisioner.blacklist import Blacklist, Guarded
+from provisioner import blacklist, planning, upstream_health
+from provisioner.blacklist import Guarded
 from tests.fakes import Clock
 from tests.unit.builders import BASE, make_reconciler
+from tests.unit.test_blacklist import inst, make
 
 LABEL = "k8s_pod=vast-pod-0"
-
-
-def make(client: Any, clock: Clock, threshold: int) -> Blacklist:
-    return Blacklist(
-        client, clock=clock, owner="vast-pod-0", restart_window_s=3600, restart_threshold=threshold
-    )
 
 
 async def answering(host: str, port: int) -> bool:
@@ -46,14 +41,16 @@ def running(iid: int, host: int) -> dict[str, Any]:
 async def test_a_clean_stop_is_not_counted(client: Any, clock: Clock) -> None:
     """After mark_clean_stop the next adopting start is not counted (the mark is used up); a start after
     a crash counts again."""
-    bl = make(client, clock, threshold=1)
+    bl = make(client, clock, restart_threshold=1)
     for _ in range(4):
         await bl.mark_clean_stop([77, 78])
-        assert await bl.adopted(_inst(77)) is None
+        assert await bl.adopted(inst(77, status="running")) is None
     assert await client.zcard("vastprov:restarts:77") == 0
     assert await client.ttl("vastprov:cleanstop:78") == 3600
-    assert await bl.adopted(_inst(77)) is None, "the first start after a crash: counted, within threshold"
-    assert await bl.adopted(_inst(77)) == blacklist.RESTART_REASON
+    assert await bl.adopted(inst(77, status="running")) is None, (
+        "the first start after a crash: counted, within threshold"
+    )
+    assert await bl.adopted(inst(77, status="running")) == blacklist.RESTART_REASON
     assert await bl.bans() == []
 
 
@@ -65,7 +62,7 @@ async def test_note_clean_stop_marks_the_listed_instances(
     env.setenv("BLACKLIST_ENABLED", "true")
     env.setenv("VAST_ALLOW_PRIVATE_UPSTREAMS", "true")
     monkeypatch.setattr(upstream_health, "tcp_connects", answering)
-    bl = make(client, clock, threshold=1)
+    bl = make(client, clock, restart_threshold=1)
     with respx.mock(base_url=BASE, assert_all_called=False) as mock:
         mock.get("/api/v1/instances/").respond(json={"instances": [running(77, 10)], "next_token": None})
         search = mock.post("/api/v0/bundles/").respond(json={"offers": []})
@@ -88,7 +85,7 @@ async def test_a_condemned_answering_instance_is_replaced_make_before_break(
     env.setenv("BLACKLIST_ENABLED", "true")
     env.setenv("VAST_ALLOW_PRIVATE_UPSTREAMS", "true")
     monkeypatch.setattr(upstream_health, "tcp_connects", answering)
-    bl = make(client, clock, threshold=0)
+    bl = make(client, clock, restart_threshold=0)
     booting = {"id": 90, "label": LABEL, "actual_status": "loading", "host_id": 20}
     with respx.mock(base_url=BASE, assert_all_called=False) as mock:
         lists = mock.get("/api/v1/instances/")
@@ -117,10 +114,6 @@ async def test_a_condemned_answering_instance_is_replaced_make_before_break(
         isinstance(a, planning.Destroy) and a.instance.id == 77 for a in plans[3].actions
     )
     assert (await bl.standing()).banned_hosts == frozenset()
-
-
-def _inst(iid: int) -> model.Instance:
-    return model.Instance(id=iid, label=LABEL, actual_status="running", host_id=10, machine_id=100)
 
 
 def _offer(oid: int, host: int) -> dict[str, Any]:

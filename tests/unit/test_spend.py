@@ -12,18 +12,12 @@ import httpx
 import pytest
 import respx
 
-from provisioner import blacklist, spend, store
-from provisioner.fleet import Fleet, GuardedFleet
+from provisioner import spend, store
 from tests.fakes import T0, Clock
 from tests.unit.builders import BASE, make_reconciler
-from tests.unit.test_fleet import offer_row
+from tests.unit.test_fleet import guarded_fleet, offer_row
 
 LABELS = [f"k8s_pod=vast-pod-{i}" for i in range(4)]
-
-
-def guarded(client: Any, clock: Clock, pod: str) -> GuardedFleet:
-    bans = blacklist.Blacklist(client, clock=clock, owner=pod)
-    return GuardedFleet(Fleet.over(bans), store.Outage(clock=clock), pod=pod, clock=clock)
 
 
 def up_to(cap: float, price: float) -> spend.Decide:
@@ -32,7 +26,7 @@ def up_to(cap: float, price: float) -> spend.Decide:
 
 async def test_a_reservation_is_seen_by_the_other_pods(client: Any, clock: Clock) -> None:
     """Pod 0 reserves $0.3/h: pod 1 sees it as the others' spend and is refused under a $0.5/h cap."""
-    a, b = guarded(client, clock, "vast-pod-0"), guarded(client, clock, "vast-pod-1")
+    a, b = guarded_fleet(client, clock, "vast-pod-0"), guarded_fleet(client, clock, "vast-pod-1")
     first = await a.reserve(LABELS[0], up_to(0.5, 0.3))
     second = await b.reserve(LABELS[1], up_to(0.5, 0.3))
     assert (first.others, first.amount) == (0.0, 0.3)
@@ -46,7 +40,7 @@ async def test_the_heartbeat_that_counts_the_rental_settles_the_reservation(
     client: Any, clock: Clock
 ) -> None:
     """beat(settle=True) writes the heartbeat and drops the reservation in one transaction: counted once."""
-    a, b = guarded(client, clock, "vast-pod-0"), guarded(client, clock, "vast-pod-1")
+    a, b = guarded_fleet(client, clock, "vast-pod-0"), guarded_fleet(client, clock, "vast-pod-1")
     await a.reserve(LABELS[0], up_to(1.0, 0.3))
     await a.beat(LABELS[0], [55], 0.3)
     assert (await b.reserve(LABELS[1], lambda others: None)).others == pytest.approx(0.6), "not settled yet"
@@ -57,7 +51,7 @@ async def test_the_heartbeat_that_counts_the_rental_settles_the_reservation(
 
 async def test_release_and_expiry_free_the_reserved_spend(client: Any, clock: Clock) -> None:
     """A released reservation counts no more; an expired one (a crashed pod) neither."""
-    a, b = guarded(client, clock, "vast-pod-0"), guarded(client, clock, "vast-pod-1")
+    a, b = guarded_fleet(client, clock, "vast-pod-0"), guarded_fleet(client, clock, "vast-pod-1")
     await a.reserve(LABELS[0], up_to(1.0, 0.3))
     await a.release_reservation(LABELS[0])
     assert (await b.reserve(LABELS[1], lambda others: None)).others == 0.0
@@ -68,7 +62,7 @@ async def test_release_and_expiry_free_the_reserved_spend(client: Any, clock: Cl
 
 async def test_pods_deciding_at_once_never_overshoot(client: Any, clock: Clock) -> None:
     """Four pods reserving concurrently under a cap that fits one $0.3/h rental: exactly one gets it."""
-    pods = [guarded(client, clock, f"vast-pod-{i}") for i in range(4)]
+    pods = [guarded_fleet(client, clock, f"vast-pod-{i}") for i in range(4)]
     found = await asyncio.gather(
         *(p.reserve(label, up_to(0.5, 0.3)) for p, label in zip(pods, LABELS, strict=True))
     )
@@ -77,7 +71,7 @@ async def test_pods_deciding_at_once_never_overshoot(client: Any, clock: Clock) 
 
 async def test_redis_down_is_unchecked(server: fakeredis.FakeServer, client: Any, clock: Clock) -> None:
     """While Redis is unavailable the reservation is UNCHECKED (the renter says so and rents)."""
-    pod = guarded(client, clock, "vast-pod-0")
+    pod = guarded_fleet(client, clock, "vast-pod-0")
     server.connected = False
     assert await pod.reserve(LABELS[0], up_to(1.0, 0.3)) == spend.UNCHECKED
 
@@ -88,7 +82,7 @@ async def test_a_busy_spend_lock_holds_the_rental(
     """Another pod holding the fleet-wide spend lock past the wait: busy, nothing reserved."""
     monkeypatch.setattr(store, "SPEND_LOCK_WAIT_S", 0.05)
     await client.set("vastprov:spendlock", "someone-else", px=10_000)
-    found = await guarded(client, clock, "vast-pod-0").reserve(LABELS[0], up_to(1.0, 0.3))
+    found = await guarded_fleet(client, clock, "vast-pod-0").reserve(LABELS[0], up_to(1.0, 0.3))
     assert found.busy and found.amount is None
     assert not await client.exists(f"vastprov:spend:{LABELS[0]}")
 
@@ -106,7 +100,7 @@ async def test_a_tick_that_rents_reserves_then_settles_in_its_heartbeat(
         seen.append(await client.exists(key))
         return httpx.Response(200, json={"success": True, "new_contract": 55})
 
-    ports = guarded(client, clock, "vast-pod-0")
+    ports = guarded_fleet(client, clock, "vast-pod-0")
     with respx.mock(base_url=BASE) as mock:
         mock.get("/api/v1/instances/").respond(json={"instances": [], "next_token": None})
         mock.post("/api/v0/bundles/").respond(json={"offers": [offer_row(1, 0.3)]})
