@@ -156,17 +156,18 @@ def _cpu_ticks_by_pid() -> dict[int, tuple[str, int]]:
     return result
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(all, idle) jiffies of the whole machine, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(values), values[3] + values[4]
+
+
 def busy_processes(interval_s: float = 1.0, min_cpu_pct: float = 5.0) -> tuple[float, list[str]]:
     """CPU busy % of the whole machine over ``interval_s``, and the processes using it (not us)."""
-
-    def total() -> tuple[int, int]:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(values), values[3] + values[4]
-
     try:
-        before, (all0, idle0) = _cpu_ticks_by_pid(), total()
+        before, (all0, idle0) = _cpu_ticks_by_pid(), machine_ticks()
         time.sleep(interval_s)
-        after, (all1, idle1) = _cpu_ticks_by_pid(), total()
+        after, (all1, idle1) = _cpu_ticks_by_pid(), machine_ticks()
     except OSError:
         return float("nan"), []
     hz = os.sysconf("SC_CLK_TCK")

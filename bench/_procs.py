@@ -76,11 +76,6 @@ class Sim:
         result: dict[str, dict[str, int]] = self.admin("GET", "/requests?endpoint=-")["status_counts"]
         return result
 
-    def rate_limits(self) -> dict[str, Any]:
-        """``GET /_sim/rate_limits``: the rules in force, accepted and refused calls per endpoint."""
-        result: dict[str, Any] = self.admin("GET", "/rate_limits")
-        return result
-
 
 @contextlib.contextmanager
 def run_sim(

@@ -13,7 +13,7 @@ with ONE API key and ``BLACKLIST_ENABLED=true`` on that one Redis, production-de
 Boot phase: until every pod serves (its first 200 through its nginx, ``GET /health`` on the listen
 port, polled every 0.05 s for one pod, 0.25 s for more), at most ``--boot-cap`` × the target
 (N × 4.5 s + boot + 30 s). Then a steady window of ``--steady`` seconds. The sim's unbounded counters
-(``GET /_sim/requests`` status_counts, ``GET /_sim/rate_limits`` refused) are read at the start, when
+(``GET /_sim/requests`` status_counts) are read at the start, when
 the boot phase ends and at the end, so boot and steady calls and 429s are exact per endpoint; the
 request log (timestamps) gives the plot. Rentals come from ``/_sim/state``. The per-pod footprint
 (RSS, CPU to boot, CPU per idle hour of the provisioner and its nginx) is read from /proc.
@@ -73,7 +73,6 @@ class Pod:
 class Snapshot:
     at: float
     status_counts: dict[str, dict[str, int]]
-    refused: dict[str, int]
     cpu_total: tuple[int, int]
     side_cpu_s: dict[str, float]
 
@@ -87,18 +86,11 @@ class FleetRun:
     calls: list[dict[str, Any]] = field(default_factory=list)
     instances: list[dict[str, Any]] = field(default_factory=list)
     side_rss_kb: dict[str, int] = field(default_factory=dict)
-    all_serving: bool = False
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(all, idle) jiffies of the whole machine, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(values), values[3] + values[4]
 
 
 def snapshot(sim: _procs.Sim, side: dict[str, int]) -> Snapshot:
     side_cpu = {name: cpu_s(pid) for name, pid in side.items()}
-    return Snapshot(time.time(), sim.status_counts(), sim.rate_limits()["refused"], machine_ticks(), side_cpu)
+    return Snapshot(time.time(), sim.status_counts(), _common.machine_ticks(), side_cpu)
 
 
 def pod_cpu_s(pod: Pod) -> float:
@@ -180,7 +172,6 @@ def run_fleet(n: int, opts: Options) -> FleetRun:
             run.snaps.append(first)
             cap = run.t_start + opts.boot_cap * opts.target_s(n)
             poll_serving(run.pods, cap, 0.05 if n == 1 else 0.25)
-            run.all_serving = all(p.serving_at is not None for p in run.pods)
             run.snaps.append(snapshot(sim, side))
             for pod in run.pods:
                 pod.cpu_steady0_s = pod_cpu_s(pod)
