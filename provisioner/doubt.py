@@ -69,10 +69,7 @@ async def confirm(
     odd = oddity(listed, desired)
     if odd is None:
         return None
-    shown = await show(instance_id)
-    if shown is not None and shown.label != label:
-        shown = None  # relabelled: not ours any more
-    return Finding(instance_id, shown, odd)
+    return Finding(instance_id, await show_own(show, instance_id, label), odd)
 
 
 async def settle_served(
@@ -86,6 +83,12 @@ async def settle_served(
     if await check(served):
         return Finding(finding.instance_id, served, finding.odd, kept=True)
     return finding
+
+
+async def show_own(show: Show, instance_id: int, label: str) -> model.Instance | None:
+    """The instance as ``show`` sees it; None when it is gone or carries another label (not ours)."""
+    shown = await show(instance_id)
+    return shown if shown is not None and shown.label == label else None
 
 
 def expected_ids(previous: Iterable[model.Instance], served: model.Instance | None) -> list[int]:

@@ -270,9 +270,9 @@ class Reconciler:
         for iid in tracked.unconfirmed():
             seen = instances.get(iid)
             if seen is None:
-                shown = await self.vast.show_instance(iid)
-                if shown is not None and shown.label == self.desired.label:
-                    instances[iid] = seen = shown
+                seen = await doubt.show_own(self.vast.show_instance, iid, self.desired.label)
+                if seen is not None:
+                    instances[iid] = seen
             if seen is not None:
                 tracked[iid].unconfirmed = False
                 if not tracked.unconfirmed():
