@@ -152,12 +152,6 @@ def upstream_url(sim: Sim, instance_id: int) -> str:
     return f"http://127.0.0.1:{ports[0]}"
 
 
-def calls(sim: Sim, endpoint: str) -> int:
-    """How many calls the simulator answered on ``endpoint`` (its unbounded counter, faults included)."""
-    counts: dict[str, int] = sim.admin("GET", "/requests").get("counts", {})
-    return int(counts.get(endpoint, 0))
-
-
 def destroyed_ids(sim: Sim) -> set[int]:
     return {int(r["id"]) for r in sim.instances(include_destroyed=True) if r.get("destroyed_at")}
 

@@ -26,7 +26,6 @@ import pytest
 
 from tests.glitch_support import (
     bans,
-    calls,
     crash,
     destroyed_ids,
     faults,
@@ -94,7 +93,7 @@ def glitch_while_serving(
 ) -> list[str]:
     """Serve, poll, inject, wait until the glitch is over and a few ticks more; what went wrong."""
     iid = prov.wait_serving(40)
-    rents, host = calls(sim, "rent"), row(sim, iid)["host_id"]
+    rents, host = sim.count("rent"), row(sim, iid)["host_id"]
     with polling(prov.proxy_url, [upstream_url(sim, iid)]) as poller:
         inject(iid)
         over(iid)
@@ -103,8 +102,8 @@ def glitch_while_serving(
     bad = poller.failures()
     if bad:
         found.append("proxy failed while the served instance answered: " + poller.summary(bad))
-    if calls(sim, "rent") != rents:
-        found.append(f"{calls(sim, 'rent') - rents} rent call(s) while a healthy instance served")
+    if sim.count("rent") != rents:
+        found.append(f"{sim.count('rent') - rents} rent call(s) while a healthy instance served")
     if env is not None:
         banned = [b for b in bans(env) if b["kind"] == "host" and b["ident"] == host]
         if banned:
@@ -211,7 +210,7 @@ def test_key_refused_at_start_up_still_exits_3(sim: Sim, tmp_path: Path) -> None
         found = [] if code == 3 else [f"exit status {code}, not 3"]
         if "Traceback" in prov.output():
             found.append("a traceback in the output")
-        if calls(sim, "rent") or sim.instances():
+        if sim.count("rent") or sim.instances():
             found.append("something was rented with a refused key")
         verdict("glitch-auth-refused-at-start", found, "exit-3, nothing rented")
 
@@ -251,8 +250,8 @@ def test_clean_restarts_do_not_count_toward_the_threshold(sim: Sim, tmp_path: Pa
     banned = [b for b in bans(env) if b["kind"] == "host" and b["ident"] == host]
     if banned:
         found.append(f"host {host} banned after clean restarts: {banned}")
-    if calls(sim, "rent") != 1:
-        found.append(f"{calls(sim, 'rent')} rent calls (one expected)")
+    if sim.count("rent") != 1:
+        found.append(f"{sim.count('rent')} rent calls (one expected)")
     verdict("glitch-clean-restarts", found + problems(sim, [LABEL], protected=[iid]), "kept, no ban, no rent")
 
 
@@ -297,8 +296,8 @@ def test_crash_restarts_condemn_and_replace_make_before_break(
     # nginx reload, and a connection accepted by an old worker in that instant still gets the old page
     elif bad := poller.failures(after=first.at + RELOAD_SETTLE_S):
         found.append("a 503 window while the replacement booted: " + poller.summary(bad))
-    if calls(sim, "rent") != 2:
-        found.append(f"{calls(sim, 'rent')} rent calls (the first rental and one replacement expected)")
+    if sim.count("rent") != 2:
+        found.append(f"{sim.count('rent')} rent calls (the first rental and one replacement expected)")
     verdict("glitch-crash-restarts", found + problems(sim, [LABEL]), "replaced make-before-break")
 
 
