@@ -58,7 +58,7 @@ def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-# as `provisioner` does first (cli.skip_httpx_cli): httpx's optional CLI (rich, pygments) stays out
+# as `provisioner` does first (launch.skip_httpx_cli): httpx's optional CLI (rich, pygments) stays out
 sys.modules["httpx._main"] = None
 rows = [["python itself", rss()]]
 for label, modules in json.loads(sys.argv[1]):

@@ -1,10 +1,9 @@
-"""The ``provisioner`` command line: parse, call one function, map errors to exit codes.
+"""The ``provisioner`` command line (typer): parse, call one function, end through ``launch``.
 
-This is the only place with a broad ``except`` and the only place that knows the exit codes: a
-``ConfigError`` becomes one line on stderr and exit code 2, a refused API key 3, an nginx failure 4,
-any other ``ProvisionerError`` (a taken ``ADMIN_PORT`` included) one line and exit code 1; nothing
-prints a traceback at the user. Start-up is short (``--help``, a config error: docs/performance.md): this
-module imports only typer and the error tree; each command imports what it needs when it runs.
+``launch.py`` knows the exit codes and turns our errors into one line and a code; ``provisioner run``
+reaches it without this module (``__main__.py``). Start-up is short (``--help``, a config error:
+docs/performance.md): this module imports only typer, the error tree and ``launch``; each command
+imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -12,22 +11,17 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 import typer
 
-from provisioner import errors
+from provisioner import errors, launch
+from provisioner.launch import EXIT_CONFIG, EXIT_FAILURE, arun, fail, guard
 
 if TYPE_CHECKING:
-    from provisioner import blacklist, settings
-
-EXIT_OK: Final = 0
-EXIT_FAILURE: Final = 1
-EXIT_CONFIG: Final = 2
-EXIT_AUTH: Final = 3
-EXIT_NGINX: Final = 4
+    from provisioner import blacklist
 
 # rich_markup_mode=None: click's plain help (re-wrapped paragraphs, no "<bool>" type tags on flags),
 # and rich is never imported
@@ -41,63 +35,10 @@ app = typer.Typer(
 T = TypeVar("T")
 
 
-def _fail(message: str, code: int) -> typer.Exit:
-    print(f"provisioner: {message}", file=sys.stderr, flush=True)
-    return typer.Exit(code)
-
-
-def _guard(fn: Callable[[], T]) -> T:
-    """Run ``fn``; turn our errors into one line and an exit code."""
-    try:
-        return fn()
-    except errors.ConfigError as exc:
-        raise _fail(str(exc), EXIT_CONFIG) from None
-    except errors.AuthError as exc:
-        raise _fail(str(exc), EXIT_AUTH) from None
-    except errors.NginxError as exc:
-        raise _fail(f"nginx: {exc}", EXIT_NGINX) from None
-    except errors.ProvisionerError as exc:
-        raise _fail(str(exc), EXIT_FAILURE) from None
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        raise _fail(f"{exc.strerror or exc}{where}", EXIT_FAILURE) from None
-
-
-def _arun(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """``asyncio.run`` of ``make()`` under ``_guard`` (asyncio is imported only by commands that need it)."""
-    import asyncio  # noqa: PLC0415
-
-    return _guard(lambda: asyncio.run(make()))
-
-
-def _load_settings() -> settings.Settings:
-    from provisioner import settings as settings_mod  # noqa: PLC0415
-
-    return _guard(settings_mod.load_settings)
-
-
-def _setup_logging(cfg: settings.Settings) -> None:
-    from provisioner import logs  # noqa: PLC0415
-
-    secrets = [cfg.vast_api_key.get_secret_value()]
-    login = cfg.docker_login
-    if login is not None:
-        secrets.append(login.password.get_secret_value())
-    token = cfg.upstream_auth_token
-    if token is not None:
-        secrets.append(token.get_secret_value())
-    logs.setup_logging(pod=cfg.pod_name, fmt=cfg.log_format, debug=cfg.debug, secrets=secrets)
-
-
 @app.command()
 def run() -> None:
     """Provision this pod's instance and proxy to it until SIGTERM (configured by env vars)."""
-    cfg = _load_settings()
-    _setup_logging(cfg)
-    from provisioner import daemon  # noqa: PLC0415
-
-    _arun(lambda: daemon.run(cfg))
-    raise typer.Exit(EXIT_OK)
+    launch.run()  # `provisioner run` itself skips typer (__main__.py); this serves `run --help` and tests
 
 
 @app.command()
@@ -117,8 +58,8 @@ def status(
 
     cfg, problem = status_mod.settings_or_problem()
     if problem is not None and admin_url is None:
-        raise _fail(str(problem), EXIT_CONFIG)
-    report = _arun(lambda: status_mod.gather_status(cfg, admin_url=admin_url, settings_problem=problem))
+        raise fail(str(problem), EXIT_CONFIG)
+    report = arun(lambda: status_mod.gather_status(cfg, admin_url=admin_url, settings_problem=problem))
     if as_json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
@@ -137,7 +78,7 @@ def demo(
     from provisioner import logs  # noqa: PLC0415
 
     logs.setup_logging(pod="demo-pod-0", fmt="text")
-    code = _arun(
+    code = arun(
         lambda: demo_mod.run_demo(check=check, listen_port=port, boot_delay_s=boot_delay, timeout_s=timeout)
     )
     raise typer.Exit(code)
@@ -167,15 +108,15 @@ def query(
     """Print the JSON search body that would be sent to Vast.ai for a query."""
     if as_run:
         if storage is not None:
-            raise _fail("--storage: not with --as-run (the body uses VAST_DISK_GB)", EXIT_CONFIG)
+            raise fail("--storage: not with --as-run (the body uses VAST_DISK_GB)", EXIT_CONFIG)
         body = _as_run_body(text)
     elif text is None:
-        raise _fail("query: give a query, or --as-run for the body `run` sends", EXIT_CONFIG)
+        raise fail("query: give a query, or --as-run for the body `run` sends", EXIT_CONFIG)
     else:
         from provisioner.vast import query as query_mod  # noqa: PLC0415
 
         size = 5.0 if storage is None else storage
-        body = _guard(lambda: query_mod.search_body(query_mod.load_filter(text), allocated_storage=size))
+        body = guard(lambda: query_mod.search_body(query_mod.load_filter(text), allocated_storage=size))
     print(json.dumps(body, indent=2))
 
 
@@ -185,8 +126,8 @@ def _as_run_body(text: str | None) -> dict[str, object]:
     from provisioner import settings as settings_mod  # noqa: PLC0415
 
     overrides = {} if text is None else {"vast_search_query": text}
-    cfg = _guard(lambda: settings_mod.load_settings(**overrides))
-    body, store_error = _arun(lambda: offers_mod.search_body_now(cfg))
+    cfg = guard(lambda: settings_mod.load_settings(**overrides))
+    body, store_error = arun(lambda: offers_mod.search_body_now(cfg))
     if store_error:
         print(f"provisioner: warning: {store_error}; the bans are left out", file=sys.stderr)
     return dict(body)
@@ -225,7 +166,7 @@ def render(
         )
         return rendering.render_nginx_conf(cfg, ups or None, reason="no-upstream")
 
-    print(_guard(build), end="")
+    print(guard(build), end="")
 
 
 @app.command(
@@ -252,8 +193,8 @@ def offers(
     from provisioner import offer_report  # noqa: PLC0415
     from provisioner import offers as offers_mod  # noqa: PLC0415
 
-    cfg = _load_settings()
-    survey = _arun(lambda: offers_mod.survey_offers(cfg))
+    cfg = launch.load_settings()
+    survey = arun(lambda: offers_mod.survey_offers(cfg))
     if survey.store_error:
         print(f"provisioner: warning: {survey.store_error}; bans are not marked", file=sys.stderr)
     shown = offer_report.shown_offers(survey.scored, top)
@@ -267,7 +208,7 @@ def offers(
     elif shown:
         print(offer_report.render_offers(shown, first), end="")
     if reason is not None:
-        raise _fail(reason, EXIT_FAILURE)
+        raise fail(reason, EXIT_FAILURE)
 
 
 @app.command()
@@ -285,12 +226,12 @@ def reap(
     from provisioner import logs, reaper  # noqa: PLC0415
     from provisioner import settings as settings_mod  # noqa: PLC0415
 
-    cfg = _guard(settings_mod.load_reaper_settings)
+    cfg = guard(settings_mod.load_reaper_settings)
     secret = [cfg.vast_api_key.get_secret_value()]
     logs.setup_logging(pod="reaper", fmt=cfg.log_format, debug=cfg.debug, secrets=secret)
-    outcome = _arun(lambda: reaper.run(cfg, apply=apply, max_share=max_share))
+    outcome = arun(lambda: reaper.run(cfg, apply=apply, max_share=max_share))
     if outcome.problem is not None:
-        raise _fail(outcome.problem, EXIT_FAILURE)
+        raise fail(outcome.problem, EXIT_FAILURE)
 
 
 blacklist_app = typer.Typer(
@@ -310,13 +251,13 @@ def _with_blacklist(owner: str, action: Callable[[blacklist.Blacklist], Awaitabl
     from provisioner import settings as settings_mod  # noqa: PLC0415
     from provisioner import wiring  # noqa: PLC0415
 
-    cfg = _guard(settings_mod.load_redis_access)
+    cfg = guard(settings_mod.load_redis_access)
 
     async def go() -> T:
         async with wiring.connect_blacklist(cfg, owner) as store:
             return await action(store)
 
-    return _arun(go)
+    return arun(go)
 
 
 @blacklist_app.command("list")
@@ -360,7 +301,7 @@ def blacklist_ban(
 ) -> None:
     """Ban a host (or one machine) for every pod sharing this Redis."""
     kind: Literal["host", "machine"] = "machine" if machine else "host"
-    owner = _guard(lambda: operator_name(operator))
+    owner = guard(lambda: operator_name(operator))
     ban_ttl = _with_blacklist(owner, lambda store: _ban(store, kind, ident, reason, ttl))
     print(f"banned {kind} {ident} for {ban_ttl}s: {reason} (by {owner})")
 
@@ -380,19 +321,3 @@ def blacklist_unban(
     kind: Literal["host", "machine"] = "machine" if machine else "host"
     lifted = _with_blacklist("", lambda store: store.unban(kind, ident))
     print(f"unbanned {kind} {ident}" if lifted else f"{kind} {ident} was not banned")
-
-
-def skip_httpx_cli() -> None:
-    """``import httpx`` loads its optional CLI (rich, pygments: 3 MiB resident, docs/performance.md §5)
-    when they are installed; a ``None`` in ``sys.modules`` makes it fall back to its no-extra stub."""
-    if "httpx" not in sys.modules:
-        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # None: "not importable"
-
-
-def main() -> None:
-    skip_httpx_cli()
-    app()
-
-
-if __name__ == "__main__":
-    main()

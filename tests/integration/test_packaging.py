@@ -270,7 +270,7 @@ def test_wheel_ships_the_templates(built_wheel: Path) -> None:
     assert "provisioner/templates/nginx.conf.j2" in names
     assert "provisioner/py.typed" in names
     assert "provisioner/sim/app.py" in names
-    assert re.search(r"^provisioner\s*=\s*provisioner\.cli:main$", scripts, re.MULTILINE)
+    assert re.search(r"^provisioner\s*=\s*provisioner\.__main__:main$", scripts, re.MULTILINE)
 
 
 def test_wheel_metadata_has_an_spdx_license(built_wheel: Path) -> None:

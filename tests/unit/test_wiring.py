@@ -159,7 +159,7 @@ def test_nginx_listen_address_reaches_the_rendered_config(env: pytest.MonkeyPatc
 def test_provisioner_never_imports_httpx_cli() -> None:
     """`provisioner` imports httpx without its optional CLI, so rich and pygments stay out of memory."""
     code = (
-        "import sys; from provisioner import cli; cli.skip_httpx_cli(); "
+        "import sys; from provisioner import launch; launch.skip_httpx_cli(); "
         "from provisioner import daemon; import httpx; "
         "loaded = [m for m in ('rich', 'pygments', 'httpx._main') if sys.modules.get(m)]; "
         "print(loaded, callable(httpx.main))"
