@@ -7,26 +7,34 @@ the reason otherwise (the health loop turns it 503 within
 ``HEALTH_INTERVAL_SECONDS`` when the served instance stops answering).
 ``/metrics`` is the Prometheus text format of the process's own registry
 (``provisioner.metrics``); ``/status`` is the JSON report ``provisioner status``
-shows. Served by starlette + uvicorn inside the daemon's loop.
+shows. Served by starlette + uvicorn inside the daemon's loop, loaded only when the
+port starts serving (``AdminPort``): the first Vast calls of a start do not wait for them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from provisioner import asgi, runtime
+from provisioner import errors, listen, runtime
 from provisioner.runtime import Runtime
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+
+    from provisioner import asgi
 
 
 def create_app(state: Runtime, registry: CollectorRegistry | None) -> Starlette:
     """The four routes over ``state`` (read at each request) and the process's metrics ``registry``."""
+    from starlette.applications import Starlette  # noqa: PLC0415 - loaded when serving starts
+    from starlette.responses import JSONResponse, Response  # noqa: PLC0415
+    from starlette.routing import Route  # noqa: PLC0415
 
     async def healthz(request: Request) -> JSONResponse:
         ok, reason = runtime.health(state, time.time())
@@ -58,13 +66,37 @@ def create_app(state: Runtime, registry: CollectorRegistry | None) -> Starlette:
     )
 
 
-async def start(
-    state: Runtime, registry: CollectorRegistry | None, host: str, port: int
-) -> tuple[asgi.EmbeddedServer, asyncio.Task[None]]:
-    """Bind ``host:port`` (``OSError`` when taken) and serve the admin app in this loop."""
-    sock = asgi.bind_socket(host, port)
-    return await asgi.start_server(create_app(state, registry), sock)
+class AdminPort:
+    """``ADMIN_PORT``, bound at once (a taken port ends the start before any Vast call) and served a
+    moment later (`serve_after`); a probe that comes in between waits in the socket's backlog."""
 
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        try:
+            self.sock = listen.bind_socket(host, port)
+        except OSError as exc:
+            raise errors.AdminServerError(host, port, exc.strerror or str(exc)) from None
+        self.handle: tuple[asgi.EmbeddedServer, asyncio.Task[None]] | None = None
 
-async def stop(handle: tuple[asgi.EmbeddedServer, asyncio.Task[None]]) -> None:
-    await asgi.stop_server(*handle)
+    async def serve_after(
+        self, ready: asyncio.Event, within_s: float, state: Runtime, registry: CollectorRegistry | None
+    ) -> None:
+        """Serve once ``ready`` is set, at the latest after ``within_s``: loading uvicorn and starlette
+        (~0.1 s of CPU) then does not hold back what ``ready`` waits for (the first tick's Vast calls)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                await ready.wait()
+        from provisioner import asgi  # noqa: PLC0415 - uvicorn, loaded when serving starts
+
+        try:
+            self.handle = await asgi.start_server(create_app(state, registry), self.sock)
+        except OSError as exc:
+            raise errors.AdminServerError(self.host, self.port, exc.strerror or str(exc)) from None
+
+    async def close(self) -> None:
+        """Stop serving (when it started) and close the port."""
+        if self.handle is not None:
+            from provisioner import asgi  # noqa: PLC0415 - loaded already: it started the server
+
+            await asgi.stop_server(*self.handle)
+        self.sock.close()

@@ -15,6 +15,10 @@ from collections.abc import Generator
 import uvicorn
 from starlette.types import ASGIApp
 
+from provisioner.listen import bind_socket
+
+__all__ = ["EmbeddedServer", "bind_socket", "start_server", "stop_server"]
+
 
 class EmbeddedServer(uvicorn.Server):
     """A uvicorn server that never touches signal handlers."""
@@ -22,23 +26,6 @@ class EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening, non-blocking TCP socket on (host, port); port 0 picks a free one."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, so that asyncio sets TCP_NODELAY on accepted connections (with protocol 0 it does
-    # not, and a response's head and body wait on a delayed ACK: ~40 ms per keepalive request)
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 async def start_server(
@@ -52,6 +39,7 @@ async def start_server(
         lifespan=lifespan,  # type: ignore[arg-type]
         access_log=False,
         log_config=None,
+        ws="none",  # no websocket routes: the websockets library stays unloaded
     )
     server = EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -37,10 +38,8 @@ from provisioner import (
     backoff,
     errors,
     fleet,
-    fleet_wiring,
     logs,
     pacer,
-    remote_logs,
     rendering,
     runtime,
     wiring,
@@ -62,6 +61,8 @@ PROGRESS_QUIET_S: Final = 25.0
 PROGRESS_CHECK_S: Final = 5.0
 #: on stop, an in-flight tick gets this long to finish before it is cancelled (seconds)
 STOP_TICK_GRACE_S: Final = 10.0
+#: the admin server answers once the first tick is over, at the latest this long after start (seconds)
+ADMIN_SERVE_WITHIN_S: Final = 1.0
 #: steady polling varies by this share either way, so that pods do not poll a shared key in step
 POLL_JITTER: Final = 0.15
 
@@ -100,6 +101,8 @@ class Daemon:
         self.account: dict[str, Any] | None = None  # whoami once per process
         self.prepare_error: errors.VastError | None = None
         self.key_check: runtime.KeyCheck | None = None  # whoami shared by the fleet (with a Redis)
+        self.ticked = asyncio.Event()  # the first tick is over (the admin server may load now)
+        self.admin: admin.AdminPort | None = None  # bound at start, served after the first tick
 
     # ------------------------------------------------------------ signals
 
@@ -117,17 +120,9 @@ class Daemon:
             _background.add(forcing)
             forcing.add_done_callback(_background.discard)
             return
-        log.info("received %s: shutting down (%s)", signal.Signals(sig).name, self._kept())
+        kept = runtime.kept_summary(self.runtime.view())
+        log.info("received %s: shutting down (%s)", signal.Signals(sig).name, kept)
         self.request_stop()
-
-    def _kept(self) -> str:
-        """What a shutdown leaves running: this pod's instances (the pod may only be restarting)."""
-        view = self.runtime.view()
-        seen = view.last_observation if view is not None else None
-        ids = sorted(i.id for i in seen.instances) if seen is not None else []
-        if not ids:
-            return "no instance to keep"
-        return f"instance {', '.join(map(str, ids))} is kept"
 
     def request_stop(self) -> None:
         self.runtime.stopping = True
@@ -144,31 +139,38 @@ class Daemon:
     # ------------------------------------------------------------ main
 
     async def run(self) -> None:
-        """Start everything on one exit stack, run the task tree, stop whatever was started."""
-        settings = self.settings
+        """Start everything on one exit stack, run the task tree, stop whatever was started.
+
+        nginx starts while the clients, Redis and the admin server come up: they are independent,
+        and the first Vast call waits for all of them (docs/performance.md §4)."""
         self.runtime.started_at = self.clock()
         async with contextlib.AsyncExitStack() as stack:
-            nginx = await self._start_nginx(stack)
-            api_http = await stack.enter_async_context(wiring.vast_http(settings))
-            health_http = await stack.enter_async_context(wiring.health_http(settings))
-            store = await stack.enter_async_context(wiring.open_blacklist(settings))
-            kit = await stack.enter_async_context(fleet_wiring.open_fleet_kit(settings))
-            self.pacer = kit.pace
-            observer = metrics_mod.VastCallObserver(self.metrics)
-            vast = wiring.vast_over(settings, api_http, observer, pace=kit.pace)
-            clients = wiring.Clients(vast=vast, proxy=nginx, health_http=health_http, store=store, kit=kit)
-            rec = wiring.build_reconciler(settings, clients, on_event=self.metrics.on_event)
-            self.key_check = kit.account(vast, settings.blacklist_key_prefix)
-            self.runtime.reconciler = rec
-            self.metrics.bind(self.runtime)
-            await self._start_admin(stack)
+            nginx = self._nginx_process(stack)
+            tls = asyncio.ensure_future(wiring.vast_tls())  # on a thread from now: nginx's render overlaps it
+            _, (vast, rec) = await wiring.both(self._start_nginx(nginx), self._open(stack, nginx, tls))
             try:
                 await self.run_tasks(vast, rec, nginx)
             finally:
                 await self._stop_nginx()  # first: the drain runs while /readyz says "shutting down"
                 log.info("stopped")
 
-    async def _start_nginx(self, stack: contextlib.AsyncExitStack) -> nginx_mod.NginxProcess:
+    async def _open(
+        self, stack: contextlib.AsyncExitStack, nginx: nginx_mod.NginxProcess, tls: Awaitable[ssl.SSLContext]
+    ) -> tuple[vast_client.VastClient, runtime.Reconciles]:
+        """The clients, Redis, the reconciler and the admin server, each on ``stack``."""
+        observer = metrics_mod.VastCallObserver(self.metrics)
+        clients, kit = await wiring.open_clients(self.settings, stack, nginx, observer, tls=tls)
+        rec = wiring.build_reconciler(self.settings, clients, on_event=self.metrics.on_event)
+        self.pacer = kit.pace
+        self.key_check = kit.account(clients.vast, self.settings.blacklist_key_prefix)
+        self.runtime.reconciler = rec
+        self.metrics.bind(self.runtime)
+        self.admin = admin.AdminPort(self.settings.admin_host, self.settings.admin_port)
+        stack.push_async_callback(self.admin.close)
+        return clients.vast, rec
+
+    def _nginx_process(self, stack: contextlib.AsyncExitStack) -> nginx_mod.NginxProcess:
+        """The nginx process (not started yet), its stop already on ``stack``."""
         binary = self.settings.nginx_bin or find_nginx_binary()
         if binary is None:
             raise errors.NginxError(
@@ -177,21 +179,15 @@ class Daemon:
         nginx = nginx_mod.NginxProcess(binary, self.settings.nginx_config_path.resolve())
         self.nginx = self.runtime.nginx = nginx
         stack.push_async_callback(self._stop_nginx)
+        return nginx
+
+    async def _start_nginx(self, nginx: nginx_mod.NginxProcess) -> None:
         cfg = wiring.proxy_config(self.settings)
         await nginx.start(rendering.render_nginx_conf(cfg, None, reason="starting"))
-        return nginx
 
     async def _stop_nginx(self) -> None:
         if self.nginx is not None:
             await self.nginx.stop(drain_s=float(self.settings.nginx_drain_seconds))
-
-    async def _start_admin(self, stack: contextlib.AsyncExitStack) -> None:
-        host, port = self.settings.admin_host, self.settings.admin_port
-        try:
-            handle = await admin.start(self.runtime, self.metrics.registry, host, port)
-        except OSError as exc:
-            raise errors.AdminServerError(host, port, exc.strerror or str(exc)) from None
-        stack.push_async_callback(admin.stop, handle)
 
     async def run_tasks(
         self, vast: vast_client.VastClient, rec: runtime.Reconciles, nginx: nginx_mod.NginxProcess
@@ -210,8 +206,13 @@ class Daemon:
                     group.create_task(self._heartbeat_loop(rec))
                 if self.settings.remote_logs:
                     group.create_task(self._remote_logs(vast, rec))
+                if self.admin is not None:
+                    metrics, within_s = self.metrics.registry, ADMIN_SERVE_WITHIN_S
+                    group.create_task(self.admin.serve_after(self.ticked, within_s, self.runtime, metrics))
         except* _Stop:
             pass
+        except* errors.AdminServerError as eg:
+            raise eg.exceptions[0] from None
         except* errors.AuthError as eg:
             log.error("the Vast.ai API key was refused: %s", eg.exceptions[0])
             raise eg.exceptions[0] from None
@@ -255,21 +256,25 @@ class Daemon:
                     if not self.runtime.prepared and seen is not None and not seen.instances:
                         # nothing to serve meanwhile: spend no list call until the template is checked
                         failures += 1
-                        await self.pause(
-                            await self._slot_wait(self.prepare_error) or self._jittered(failures), True
-                        )
+                        wait = await self._slot_wait(self.prepare_error)
+                        await self._rest(wait or self._jittered(failures))
                         continue
                 plan = await rec.tick()
             except errors.AuthError:
                 raise
             except (errors.VastError, errors.NginxError) as exc:
                 failures += 1
-                await self.pause(await self._slot_wait(exc) or self._failure_wait(exc, failures), True)
+                await self._rest(await self._slot_wait(exc) or self._failure_wait(exc, failures))
                 continue
             failures = 0
             self.runtime.last_error = None
             self._after_tick(rec)
-            await self.pause(plan.next_check_s * self.rng.uniform(1 - POLL_JITTER, 1 + POLL_JITTER), True)
+            await self._rest(plan.next_check_s * self.rng.uniform(1 - POLL_JITTER, 1 + POLL_JITTER))
+
+    async def _rest(self, seconds: float) -> None:
+        """The reconcile loop's wait between ticks (woken by the health loop); the first tick is over."""
+        self.ticked.set()
+        await self.pause(seconds, True)
 
     def _jittered(self, failures: int) -> float:
         """Equal jitter: pods that failed together (a shared key, an API outage) spread out."""
@@ -355,18 +360,7 @@ class Daemon:
 
     async def _remote_logs(self, vast: vast_client.VastClient, rec: runtime.Reconciles) -> None:
         """REMOTE_LOGS: stream the running instance's container log into ours."""
-
-        def target() -> int | None:
-            focus = runtime.focus_instance(rec.view())
-            return focus.id if focus is not None and focus.is_running else None
-
-        streamer = remote_logs.RemoteLogStreamer(
-            vast,
-            target,
-            interval_s=self.settings.remote_logs_interval_seconds,
-            tail=self.settings.remote_logs_tail,
-            on_lines=self.metrics.remote_log_lines.inc,
-        )
+        streamer = wiring.remote_log_streamer(self.settings, vast, rec, self.metrics.remote_log_lines.inc)
         await streamer.run(self.stop)
 
 

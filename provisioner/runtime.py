@@ -153,6 +153,13 @@ def verdict_of(view: ReconcilerView, instance_id: int) -> str | None:
     return str(plan.verdicts[instance_id][0]) or None
 
 
+def kept_summary(view: ReconcilerView | None) -> str:
+    """What a shutdown leaves running: this pod's instances (the pod may only be restarting)."""
+    seen = view.last_observation if view is not None else None
+    ids = sorted(i.id for i in seen.instances) if seen is not None else []
+    return f"instance {', '.join(map(str, ids))} is kept" if ids else "no instance to keep"
+
+
 def focus_instance(view: ReconcilerView | None) -> model.Instance | None:
     """The instance this pod is about: the served one, else the one it keeps booting (latest tick)."""
     if view is None:

@@ -16,12 +16,14 @@ The one place where configuration becomes objects, so that nothing below it read
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import resource
+import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 import httpx
 from pydantic import SecretStr
@@ -36,8 +38,10 @@ from provisioner import (
     pacer,
     planning,
     reconciler,
+    remote_logs,
     rendering,
     renting,
+    runtime,
     selection,
     store,
     upstream_health,
@@ -54,6 +58,9 @@ UNHEALTHY_TIMEOUT_CAP_S: Final = 300.0
 #: BOOT_POLL_SECONDS when unset and the view is shared: the fleet lists once a second however many boot
 SHARED_BOOT_POLL_S: Final = 1.0
 
+A = TypeVar("A")
+B = TypeVar("B")
+
 #: the search body for the current bans and reputation
 SearchBody = Callable[[selection.Standing], Mapping[str, object]]
 #: the offers that may be rented, best first
@@ -63,11 +70,17 @@ Chooser = Callable[[list[model.Offer], selection.Standing], list[selection.Score
 # ---------------------------------------------------------------- HTTP clients
 
 
-def vast_http(access: VastAccess) -> httpx.AsyncClient:
-    """The HTTP client for the Vast.ai API: ``VAST_API_TIMEOUT_SECONDS`` per request, no redirects."""
+def vast_http(access: VastAccess, tls: ssl.SSLContext | None = None) -> httpx.AsyncClient:
+    """The Vast.ai API's HTTP client: ``VAST_API_TIMEOUT_SECONDS`` a request, no redirects, CAs ``tls``."""
     timeout_s = access.vast_api_timeout_seconds
     timeout = httpx.Timeout(timeout_s, connect=min(VAST_CONNECT_TIMEOUT_S, timeout_s))
-    return httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+    return httpx.AsyncClient(timeout=timeout, follow_redirects=False, verify=tls or True)
+
+
+async def vast_tls() -> ssl.SSLContext:
+    """httpx's default TLS context (certifi's CAs, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``) in a worker
+    thread: loading the CAs (30-60 ms, GIL released) overlaps ``run``'s other start-up steps."""
+    return await asyncio.to_thread(httpx.create_ssl_context)
 
 
 def vast_over(
@@ -284,6 +297,54 @@ class Clients:
     store: blacklist.Blacklist | None = None
     #: the fleet primitives; with a Redis the reconciler lists through the shared view and rents in turn
     kit: fleet_wiring.FleetKit | None = None
+
+
+async def open_clients(
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    proxy: applying.ProxyPort,
+    observer: vast_client.CallObserver | None = None,
+    tls: Awaitable[ssl.SSLContext] | None = None,
+) -> tuple[Clients, fleet_wiring.FleetKit]:
+    """``run``'s clients, closed by ``stack``: Vast's (CAs from ``tls``, default `vast_tls`, loading while
+    Redis connects; paced by the fleet kit), the upstream health client, the blacklist, the fleet kit."""
+
+    async def others() -> tuple[httpx.AsyncClient, blacklist.Blacklist | None, fleet_wiring.FleetKit]:
+        health = await stack.enter_async_context(health_http(settings))
+        bans = await stack.enter_async_context(open_blacklist(settings))
+        return health, bans, await stack.enter_async_context(fleet_wiring.open_fleet_kit(settings))
+
+    context, (health, bans, kit) = await both(tls or vast_tls(), others())
+    api_http = await stack.enter_async_context(vast_http(settings, context))
+    vast = vast_over(settings, api_http, observer, pace=kit.pace)
+    return Clients(vast=vast, proxy=proxy, health_http=health, store=bans, kit=kit), kit
+
+
+async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both at once, both finished whatever happens (nothing half-started behind an exit stack);
+    ``first``'s error wins, as when they ran one after the other."""
+    tasks = (asyncio.ensure_future(first), asyncio.ensure_future(second))
+    await asyncio.wait(tasks)
+    for exc in [task.exception() for task in tasks]:  # every one retrieved, the first raised
+        if exc is not None:
+            raise exc
+    return tasks[0].result(), tasks[1].result()
+
+
+def remote_log_streamer(
+    settings: Settings,
+    vast: vast_client.VastClient,
+    rec: runtime.ReconcilerReader,
+    on_lines: Callable[[int], None],
+) -> remote_logs.RemoteLogStreamer:
+    """``REMOTE_LOGS``: the streamer of the focus instance's container log, while it runs."""
+
+    def target() -> int | None:
+        focus = runtime.focus_instance(rec.view())
+        return focus.id if focus is not None and focus.is_running else None
+
+    interval_s, tail = settings.remote_logs_interval_seconds, settings.remote_logs_tail
+    return remote_logs.RemoteLogStreamer(vast, target, interval_s=interval_s, tail=tail, on_lines=on_lines)
 
 
 def health_checker(settings: Settings, http: httpx.AsyncClient) -> upstream_health.Checker:

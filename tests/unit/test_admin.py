@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from provisioner import admin, events, metrics, model, planning
+from provisioner import admin, errors, events, metrics, model, planning
 from provisioner.runtime import Runtime
 from tests.unit.views import FakeNginx, Shows, make_view, pod_settings
 
@@ -156,3 +157,38 @@ async def test_metrics_endpoint_without_a_registry_is_503() -> None:
         response = await http.get("/metrics")
     assert response.status_code == 503
     assert response.text == "no metrics yet\n"
+
+
+async def test_the_port_is_bound_at_once_and_served_after_the_first_tick() -> None:
+    """A probe that comes before the first tick is over waits in the backlog and is then answered."""
+    port = admin.AdminPort("127.0.0.1", 0)
+    addr = port.sock.getsockname()
+    try:
+        with pytest.raises(errors.AdminServerError, match="cannot listen"):
+            admin.AdminPort("127.0.0.1", addr[1])  # taken: the start ends here, before any Vast call
+        ticked = asyncio.Event()
+        runtime, m = make_runtime()
+        serving = asyncio.create_task(port.serve_after(ticked, 60.0, runtime, m.registry))
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            early = asyncio.create_task(http.get(f"http://127.0.0.1:{addr[1]}/healthz"))
+            await asyncio.sleep(0.2)
+            assert not early.done() and port.handle is None  # bound, accepted, not answered yet
+            ticked.set()
+            await serving
+            assert (await early).status_code == 200
+    finally:
+        await port.close()
+    assert port.sock.fileno() == -1
+
+
+async def test_the_port_is_served_within_the_bound_when_the_first_tick_is_long() -> None:
+    """A first tick waiting for its turn in the rental queue does not keep the probes unanswered."""
+    port = admin.AdminPort("127.0.0.1", 0)
+    try:
+        runtime, m = make_runtime()
+        await asyncio.wait_for(port.serve_after(asyncio.Event(), 0.05, runtime, m.registry), 10.0)
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            answer = await http.get(f"http://127.0.0.1:{port.sock.getsockname()[1]}/readyz")
+        assert answer.status_code == 200
+    finally:
+        await port.close()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from provisioner import daemon, errors, fleet, model, planning
+from provisioner import daemon, errors, fleet, model, planning, wiring
 from provisioner.reconciler import ReconcilerView
 from provisioner.settings import load_settings
 from tests.unit.views import make_view
@@ -351,3 +351,28 @@ async def test_first_signal_stops_second_stops_nginx_and_exits(
 def test_backoff_formula(failures: int, expected: float) -> None:
     """2 s doubling per failure in a row, capped at 60 s."""
     assert daemon.backoff_s(failures) == expected
+
+
+async def test_start_up_steps_run_together_and_both_finish_before_an_error() -> None:
+    """nginx starts beside the clients: neither is left half-started, and nginx's error wins."""
+    seen: list[str] = []
+
+    async def step(name: str, delay_s: float, error: Exception | None = None) -> str:
+        seen.append(f"start {name}")
+        await asyncio.sleep(delay_s)
+        seen.append(f"end {name}")
+        if error is not None:
+            raise error
+        return name
+
+    assert await wiring.both(step("nginx", 0.01), step("clients", 0.01)) == ("nginx", "clients")
+    assert seen[:2] == ["start nginx", "start clients"]  # together, not one after the other
+
+    seen.clear()
+    nginx_fails = step("nginx", 0.0, errors.NginxError("first"))
+    with pytest.raises(errors.NginxError, match="first"):
+        await wiring.both(nginx_fails, step("clients", 0.05, OSError("x")))
+    assert seen[-1] == "end clients"  # the slower step still finished before the error
+
+    with pytest.raises(OSError, match="taken"):
+        await wiring.both(step("nginx", 0.0), step("clients", 0.01, OSError("taken")))
