@@ -55,8 +55,8 @@ VAST_CONNECT_TIMEOUT_S: Final = 10.0
 HEALTH_TIMEOUT_S: Final = 3.0
 #: the longest an unhealthy served instance is kept before it is replaced (seconds)
 UNHEALTHY_TIMEOUT_CAP_S: Final = 300.0
-#: BOOT_POLL_SECONDS when unset and the view is shared: the fleet lists once a second however many boot
-SHARED_BOOT_POLL_S: Final = 1.0
+#: BOOT_POLL_SECONDS unset, shared view: 0.9 s +-15 % jitter < 1.15 s list spacing (a pod takes every list)
+SHARED_BOOT_POLL_S: Final = 0.9
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -235,7 +235,7 @@ def build_policy(settings: Settings) -> planning.Policy:
 
 
 def boot_poll_s(settings: Settings) -> float:
-    """``BOOT_POLL_SECONDS``; unset, 1 s with the shared view (the fleet lists once per interval
+    """``BOOT_POLL_SECONDS``; unset, 0.9 s with the shared view (the fleet lists once per interval
     however many pods boot) and the old 5 s without it (each pod would list on its own)."""
     if "boot_poll_seconds" in settings.model_fields_set or not fleet_wiring.uses_fleet_store(settings):
         return settings.boot_poll_seconds

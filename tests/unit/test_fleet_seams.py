@@ -147,7 +147,7 @@ def test_bad_pace_intervals_are_a_config_error_naming_the_variable(
     ("extra", "expected"),
     [
         pytest.param({}, 5.0, id="no-redis-keeps-5s"),
-        pytest.param({"BLACKLIST_ENABLED": "true"}, wiring.SHARED_BOOT_POLL_S, id="shared-view-1s"),
+        pytest.param({"BLACKLIST_ENABLED": "true"}, wiring.SHARED_BOOT_POLL_S, id="shared-view-0.9s"),
         pytest.param({"BLACKLIST_ENABLED": "true", "BOOT_POLL_SECONDS": "3"}, 3.0, id="explicit-wins"),
     ],
 )
