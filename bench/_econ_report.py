@@ -196,9 +196,27 @@ def print_targets(stats: list[dict[str, Any]]) -> None:
     _common.print_table(["target", "measured", "verdict"], rows, digits=1)
 
 
+def cold_phases(run: FleetRun, boot_s: float) -> list[float] | None:
+    """One single-pod start's cold overhead by phase, from the sim's call log: exec to the first
+    call, to the rent call, the boot's end to the next list (the one that sees it running), and that
+    list to the first 200 through the proxy (nginx's reload and the benchmark's 0.02 s poll)."""
+    pod = run.pods[0]
+    t0 = pod.prov.started_at
+    rents = [c["ts"] - t0 for c in run.calls if c["method"] == "PUT" and "/asks/" in c["path"]]
+    if pod.serving_at is None or not run.calls or not rents:
+        return None
+    running = rents[0] + boot_s
+    lists = [c["ts"] - t0 for c in run.calls if "/v1/instances" in c["path"] and c["ts"] - t0 >= running]
+    if not lists:
+        return None
+    first = run.calls[0]["ts"] - t0
+    overhead = pod.serving_at - t0 - boot_s
+    return [first, rents[0], lists[0] - running, pod.serving_at - t0 - lists[0], overhead]
+
+
 def print_cold_starts(runs: list[FleetRun], colds: list[FleetRun], opts: Options) -> None:
     """The cold overhead at N = 1 over every single-pod start of this run (the sweep's and the
-    repeats'): each, the median, and the target's verdict on the median."""
+    repeats'): each by phase, the median, and the target's verdict on the median."""
     starts = [r for r in runs if r.n == 1] + colds
     overheads = [
         p.serving_at - p.prov.started_at - opts.boot_delay_s
@@ -214,6 +232,20 @@ def print_cold_starts(runs: list[FleetRun], colds: list[FleetRun], opts: Options
         + ", ".join(f"{o:.2f}" for o in overheads)
         + f"; median {median:.2f}, min {min(overheads):.2f}, max {max(overheads):.2f}\n"
     )
+    phases = [row for r in starts if (row := cold_phases(r, opts.boot_delay_s)) is not None]
+    if phases:
+        rows = [[f"start {i + 1}", *row] for i, row in enumerate(phases)]
+        rows.append(["median", *(statistics.median(col) for col in zip(*phases, strict=True))])
+        cols = [
+            "start",
+            "exec → first call",
+            "exec → rent",
+            "boot end → next list",
+            "list → first 200",
+            "overhead",
+        ]
+        print("the cold overhead by phase (s; the boot runs from the rent call):\n")
+        _common.print_table(cols, rows, digits=2)
     verdict = "met" if median <= 1.0 else "missed"
     _common.print_table(
         ["target", "measured", "verdict"],

@@ -1,7 +1,7 @@
 """Benchmark 4: API economy — a fleet of pods on one Vast API key (issue 13's figures).
 
     .venv/bin/python -m bench.api_economy [--pods 1,12,20,50] [--steady 120] [--boot-delay 10]
-                                          [--cold-repeats 5]
+                                          [--cold-repeats 9]
 
 For each N in ``--pods``, a fresh ``provisioner sim`` with rate limits on (every endpoint at Vast's
 published minimum interval, per API key; 429 bodies as documented: JSON for create instance,
@@ -11,7 +11,7 @@ with ONE API key and ``BLACKLIST_ENABLED=true`` on that one Redis, production-de
 (``BOOT_POLL_SECONDS=5``, ``RECONCILE_INTERVAL_SECONDS=60``, ``HEALTH_INTERVAL_SECONDS=5``).
 
 Boot phase: until every pod serves (its first 200 through its nginx, ``GET /health`` on the listen
-port, polled every 0.05 s for one pod, 0.25 s for more), at most ``--boot-cap`` × the target
+port, polled every 0.02 s for one pod, 0.25 s for more), at most ``--boot-cap`` × the target
 (N × 4.5 s + boot + 30 s). Then a steady window of ``--steady`` seconds. The sim's unbounded counters
 (``GET /_sim/requests`` status_counts) are read at the start, when
 the boot phase ends and at the end, so boot and steady calls and 429s are exact per endpoint; the
@@ -21,9 +21,9 @@ request log (timestamps) gives the plot. Rentals come from ``/_sim/state``. The 
 With Redis the pods run in fleet mode (one pacer, one instance view, one rental queue); ``--env
 NAME=VALUE`` (repeatable) adds variables to every pod. The cold overhead at N = 1 (serving minus the
 simulated boot) is one sample of a spread, since the boot poll lands anywhere in a list interval: the
-benchmark adds ``--cold-repeats`` single-pod starts (default 5, no steady window) and reports their
-median. Time: per N, the boot phase (at most the cap) + the steady window + ~10 s start/stop, plus
-~15 s per cold repeat; the default sweep runs ~20-30 min.
+benchmark adds ``--cold-repeats`` single-pod starts (default 9, no steady window) and reports their
+median and each start by phase. Time: per N, the boot phase (at most the cap) + the steady window +
+~10 s start/stop, plus ~15 s per cold repeat; the default sweep runs ~20-30 min.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def run_fleet(n: int, opts: Options) -> FleetRun:
                 run.pods.append(Pod(started[-1]))
             run.snaps.append(first)
             cap = run.t_start + opts.boot_cap * opts.target_s(n)
-            poll_serving(run.pods, cap, 0.05 if n == 1 else 0.25)
+            poll_serving(run.pods, cap, 0.02 if n == 1 else 0.25)
             run.snaps.append(snapshot(sim, side))
             for pod in run.pods:
                 pod.cpu_steady0_s = pod_cpu_s(pod)
@@ -238,9 +238,9 @@ def main() -> None:
     parser.add_argument(
         "--cold-repeats",
         type=int,
-        default=5,
+        default=9,
         help="more single-pod cold starts (fresh sim and Redis, no steady window) for the cold overhead's"
-        " spread (default 5; 0: none)",
+        " spread (default 9; 0: none)",
     )
     parser.add_argument("--plot", default="api_economy-fleet.png", help="plot file name under docs/img/")
     args = parser.parse_args()
