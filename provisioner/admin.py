@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import time
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,12 @@ def create_app(state: Runtime, registry: CollectorRegistry | None) -> Starlette:
     )
 
 
+def _load_server() -> None:
+    """Import uvicorn and starlette (what `create_app` and `AdminPort` use)."""
+    for name in ("provisioner.asgi", "starlette.applications", "starlette.responses", "starlette.routing"):
+        importlib.import_module(name)
+
+
 class AdminPort:
     """``ADMIN_PORT``, bound at once (a taken port ends the start before any Vast call) and served a
     moment later (`serve_after`); a probe that comes in between waits in the socket's backlog."""
@@ -86,7 +93,9 @@ class AdminPort:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within_s):
                 await ready.wait()
-        from provisioner import asgi  # noqa: PLC0415 - uvicorn, loaded when serving starts
+        # loaded on a thread: the loop keeps turning (a paced call is not held 0.1 s past its slot)
+        await asyncio.to_thread(_load_server)
+        from provisioner import asgi  # noqa: PLC0415 - loaded just now
 
         try:
             self.handle = await asgi.start_server(create_app(state, registry), self.sock)

@@ -49,6 +49,10 @@ DEFAULT_KEY_PREFIX: Final = store.DEFAULT_KEY_PREFIX
 SLOT_KEY_SLACK_MS: Final = 60_000
 #: added to every interval: two calls sent exactly one interval apart may arrive closer than that
 DEFAULT_MARGIN_S: Final = 0.05
+#: a slot reached later than this (a stalled loop, a starved CPU) is given up for the next one, at
+#: most twice in a row: sent late, the call would reach Vast too close to the one in the next slot
+LATE_S: Final = 0.05
+LATE_RETRIES: Final = 2
 #: a Redis exchange slower than this counts as a failure (the call is paced locally instead)
 DEFAULT_DEADLINE_S: Final = 0.5
 #: while Redis is down, try it again at most this often
@@ -319,6 +323,7 @@ class Pacer:
         self.keys = keys
         self.local = LocalPacer(limits, margin_s=margin_s, clock=clock)
         self.failover = failover or Failover(clock=clock)
+        self._clock = clock
         self._sleep = sleep
 
     def interval_s(self, endpoint: Endpoint) -> float:
@@ -341,11 +346,19 @@ class Pacer:
         return Slot(endpoint, wait_s, int(slot_ms) / 1000, fleet=True)
 
     async def acquire(self, endpoint: Endpoint) -> Slot:
-        """Reserve the endpoint's next slot and sleep until it: the call may be sent on return."""
-        slot = await self.reserve(endpoint)
-        if slot.wait_s > 0:
-            await self._sleep(slot.wait_s)
-        return slot
+        """Reserve the endpoint's next slot and sleep until it: the call may be sent on return. A slot
+        woken up for more than ``LATE_S`` late is given up for the next one (``LATE_RETRIES``)."""
+        retries = 0
+        while True:
+            slot = await self.reserve(endpoint)
+            due = self._clock() + slot.wait_s
+            if slot.wait_s > 0:
+                await self._sleep(slot.wait_s)
+            late_s = self._clock() - due
+            if late_s <= LATE_S or retries == LATE_RETRIES:
+                return slot
+            retries += 1
+            log.debug("%s slot missed by %.2fs (a busy process); taking the next one", endpoint, late_s)
 
     @asynccontextmanager
     async def slot(self, endpoint: Endpoint) -> AsyncIterator[Slot]:

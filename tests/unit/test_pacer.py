@@ -251,3 +251,37 @@ def test_default_limits_cover_every_endpoint() -> None:
     """Every endpoint group has a published interval (a missing one would be a KeyError mid-call)."""
     assert set(pacer.DEFAULT_LIMITS) == set(E)
     assert pacer.DEFAULT_LIMITS[E.SEARCH_OFFERS].interval_s == 6.0  # 10 per minute
+
+
+class Oversleeper(Sleeper):
+    """A sleep that wakes ``late_s`` after its deadline the first ``times`` times (a stalled loop)."""
+
+    def __init__(self, clock: Clock, late_s: float, times: int) -> None:
+        super().__init__(clock)
+        self.late_s, self.times = late_s, times
+
+    async def __call__(self, seconds: float) -> None:
+        await super().__call__(seconds)
+        if self.times > 0:
+            self.times -= 1
+            self.clock.now += self.late_s
+
+
+async def test_a_slot_woken_up_late_is_given_up_for_the_next_one(clock: Clock) -> None:
+    """Sent late, a call would reach Vast closer than the interval to the call in the next slot."""
+    sleeper = Oversleeper(clock, late_s=0.3, times=1)
+    p = make(None, clock, sleeper)
+    await p.acquire(E.LIST_INSTANCES)  # slot 0, free: no sleep, not late
+    start = clock.now
+    await p.acquire(E.LIST_INSTANCES)  # slot 1.0, woken at 1.3: given up; slot 2.0 taken instead
+    assert clock.now - start == pytest.approx(2.0)
+    assert sleeper.waits == [pytest.approx(1.0), pytest.approx(0.7)]
+
+
+async def test_a_call_late_every_time_still_goes_after_the_retries(clock: Clock) -> None:
+    """A process starved for good does not wait forever: after LATE_RETRIES it sends anyway."""
+    sleeper = Oversleeper(clock, late_s=0.3, times=99)
+    p = make(None, clock, sleeper)
+    await p.acquire(E.LIST_INSTANCES)
+    await p.acquire(E.LIST_INSTANCES)
+    assert len(sleeper.waits) == 1 + pacer.LATE_RETRIES
