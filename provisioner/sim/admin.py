@@ -213,9 +213,14 @@ async def status_delete(call: Call) -> Response:
 
 
 def _instance_answer(call: Call, instance_id: int) -> Response:
-    row = listing.instance_row(
-        call.runtime.state.live(instance_id), call.runtime.clock(), call.runtime.config.public_ip
-    )
+    """The instance's row after the action; also when it was destroyed while its workload settled (the
+    pod under test replacing the instance it saw die), which is what the action led to, not an error."""
+    state = call.runtime.state
+    state.tick()
+    inst = state.instances.get(instance_id)
+    if inst is None:
+        raise ApiError(vast_error(404, "not_found", f"Instance {instance_id} not found"))
+    row = listing.instance_row(inst, call.runtime.clock(), call.runtime.config.public_ip)
     return json_response({"success": True, "instance": row})
 
 

@@ -181,3 +181,20 @@ async def test_next_host_behaviour_applies_to_the_next_rental_only(
         or not runtime.state.host(inst[second].offer["host_id"]).oci_failure
     )
     assert runtime.state.next_host is None
+
+
+async def test_an_instance_destroyed_while_its_kill_settles_is_answered_not_a_500(
+    client: httpx.AsyncClient, runtime: SimRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pod under test may destroy the instance it saw die before the kill's answer is built."""
+    instance_id = await rent(client)
+
+    async def pod_destroys_it_meanwhile() -> None:
+        runtime.state.destroy(instance_id)
+
+    monkeypatch.setattr(runtime, "settle", pod_destroys_it_meanwhile)
+    answer = await client.post(f"/_sim/instances/{instance_id}/kill")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["instance"]["id"] == instance_id
+    missing = await client.post("/_sim/instances/999999999/kill")
+    assert missing.status_code == 404
