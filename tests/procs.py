@@ -39,6 +39,9 @@ _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or
 _SLICE = 1500
 _BASE = 20000 + (_WORKER % 8) * _SLICE
 _rng = random.Random(os.getpid())
+#: the slice in a shuffled order, handed out in turn: two ports asked for one after the other (an
+#: admin port and a listen port not bound yet) are never the same one
+_ports: list[int] = []
 
 
 def cli(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -54,9 +57,11 @@ def bare_env(tmp: Path, **extra: str) -> dict[str, str]:
 
 
 def free_port() -> int:
-    """A currently free port in this worker's slice of 20000-31999."""
+    """A currently free port in this worker's slice of 20000-31999, none handed out twice in a row."""
     for _ in range(200):
-        port = _BASE + _rng.randrange(_SLICE)
+        if not _ports:
+            _ports.extend(_rng.sample(range(_BASE, _BASE + _SLICE), _SLICE))
+        port = _ports.pop()
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -258,11 +263,14 @@ class Provisioner:
         """The instance the proxy reaches, once ``stable`` requests in a row reached it.
 
         Right after a reload an old nginx worker may still take a request or two with the
-        previous config; asking for a short streak keeps tests from racing that window.
+        previous config; asking for a short streak keeps tests from racing that window. Fails at
+        once, with the process's output, if it has exited.
         """
         streak: list[int] = []
 
         def settled() -> int | None:
+            code = self.proc.poll()
+            assert code is None, f"provisioner exited with {code}:\n{self.output()[-3000:]}"
             iid = self.served_instance()
             if iid is None or iid == other_than:
                 streak.clear()
