@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -184,21 +185,14 @@ def test_two_ports_via_proxy_ports(sim: Sim, tmp_path: Path) -> None:
     p1, p2 = free_port(), free_port()
     env = base_env(sim, tmp_path, PROXY_PORTS=f"{p1}:8000,{p2}:8001")
     with run_provisioner(env, tmp_path) as prov:
-        wait_for(
-            lambda: httpx.get(f"http://127.0.0.1:{p1}/a", timeout=3).status_code == 200,
-            40,
-            "port one to serve",
-        )
-        a = httpx.get(f"http://127.0.0.1:{p1}/a", timeout=3).json()
-        b = wait_for(
-            lambda: (
-                r.json()
-                if (r := httpx.get(f"http://127.0.0.1:{p2}/b", timeout=3)).status_code == 200
-                else None
-            ),
-            20,
-            "port two to serve",
-        )
+
+        def answer(port: int, path: str) -> dict[str, Any] | None:
+            # the JSON of a 200 itself: right after the reload an old worker may still send the 503 page
+            r = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=3)
+            return r.json() if r.status_code == 200 else None
+
+        a = wait_for(lambda: answer(p1, "/a"), 40, "port one to serve")
+        b = wait_for(lambda: answer(p2, "/b"), 20, "port two to serve")
         assert a["instance_id"] == b["instance_id"]
         assert prov.proc.poll() is None
 
