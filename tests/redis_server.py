@@ -54,6 +54,8 @@ class RedisServer:
     workdir: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    #: in a session of its own (the benchmarks: Ctrl-C on the benchmark reaches only the benchmark)
+    new_session: bool = False
 
     @property
     def url(self) -> str:
@@ -76,6 +78,8 @@ class RedisServer:
             [*args, "--dir", str(self.workdir), "--protected-mode", "no"],
             stdout=log,
             stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=self.new_session,
         )
         log.close()
         deadline = time.monotonic() + timeout_s
