@@ -50,7 +50,6 @@ class Options:
     boot_delay_s: float = 10.0
     steady_s: float = 120.0
     boot_cap: float = 2.0
-    health_interval_s: float | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def target_s(self, n: int) -> float:
@@ -144,8 +143,6 @@ def pod_envs(
     n: int, sim: _procs.Sim, redis: _procs.Redis, workdir: Path, opts: Options
 ) -> list[dict[str, str]]:
     extra = {"BLACKLIST_ENABLED": "true", "BLACKLIST_REDIS_URL": redis.url, **opts.extra_env}
-    if opts.health_interval_s is not None:
-        extra["HEALTH_INTERVAL_SECONDS"] = f"{opts.health_interval_s:g}"
     return [_procs.pod_env(sim, workdir, f"fleet{n}-{i}", **extra) for i in range(n)]
 
 
@@ -228,12 +225,6 @@ def main() -> None:
     parser.add_argument(
         "--boot-cap", type=float, default=2.0, help="end the boot phase at this × the target (default 2)"
     )
-    parser.add_argument(
-        "--health-interval",
-        type=float,
-        default=None,
-        help="HEALTH_INTERVAL_SECONDS for every pod (no API call; default: the product's 5 s)",
-    )
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for every pod (repeatable)")
     parser.add_argument(
         "--cold-repeats",
@@ -247,7 +238,7 @@ def main() -> None:
     sizes = [int(x) for x in args.pods.split(",") if x.strip()]
     if not sizes or min(sizes) < 1:
         raise SystemExit("--pods: a comma-separated list of positive integers")
-    opts = Options(args.boot_delay, args.steady, args.boot_cap, args.health_interval, parse_env(args.env))
+    opts = Options(args.boot_delay, args.steady, args.boot_cap, parse_env(args.env))
     _common.header("Benchmark 4: API economy (a fleet of pods on one API key)")
     print(f"options: {dataclasses.asdict(opts)}; sim config {SIM_CONFIG}\n", flush=True)
     runs: list[FleetRun] = []
