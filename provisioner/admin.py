@@ -75,19 +75,22 @@ def _load_server() -> None:
 
 class AdminPort:
     """``ADMIN_PORT``, bound at once (a taken port ends the start before any Vast call) and served a
-    moment later (`serve_after`); a probe that comes in between waits in the socket's backlog."""
+    moment later (`serve_after`); a probe that comes in between waits in the socket's backlog. It
+    serves `create_app` over ``state`` and ``registry``."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, state: Runtime, registry: CollectorRegistry | None) -> None:
         self.host, self.port = host, port
+        self.state, self.registry = state, registry
         try:
             self.sock = listen.bind_socket(host, port)
         except OSError as exc:
-            raise errors.AdminServerError(host, port, exc.strerror or str(exc)) from None
+            raise self._error(exc) from None
         self.handle: tuple[asgi.EmbeddedServer, asyncio.Task[None]] | None = None
 
-    async def serve_after(
-        self, ready: asyncio.Event, within_s: float, state: Runtime, registry: CollectorRegistry | None
-    ) -> None:
+    def _error(self, exc: OSError) -> errors.AdminServerError:
+        return errors.AdminServerError(self.host, self.port, exc.strerror or str(exc))
+
+    async def serve_after(self, ready: asyncio.Event, within_s: float) -> None:
         """Serve once ``ready`` is set, at the latest after ``within_s``: loading uvicorn and starlette
         (~0.1 s of CPU) then does not hold back what ``ready`` waits for (the first tick's Vast calls)."""
         with contextlib.suppress(TimeoutError):
@@ -98,9 +101,9 @@ class AdminPort:
         from provisioner import asgi  # noqa: PLC0415 - loaded just now
 
         try:
-            self.handle = await asgi.start_server(create_app(state, registry), self.sock)
+            self.handle = await asgi.start_server(create_app(self.state, self.registry), self.sock)
         except OSError as exc:
-            raise errors.AdminServerError(self.host, self.port, exc.strerror or str(exc)) from None
+            raise self._error(exc) from None
 
     async def close(self) -> None:
         """Stop serving (when it started) and close the port."""

@@ -159,13 +159,14 @@ class Daemon:
     ) -> tuple[vast_client.VastClient, runtime.Reconciles]:
         """The clients, Redis, the reconciler and the admin server, each on ``stack``."""
         observer = metrics_mod.VastCallObserver(self.metrics)
-        clients, kit = await wiring.open_clients(self.settings, stack, nginx, observer, tls=tls)
+        clients, kit = await wiring.open_clients(self.settings, stack, nginx, tls, observer)
         rec = wiring.build_reconciler(self.settings, clients, on_event=self.metrics.on_event)
         self.pacer = kit.pace
         self.key_check = kit.account(clients.vast, self.settings.blacklist_key_prefix)
         self.runtime.reconciler = rec
         self.metrics.bind(self.runtime)
-        self.admin = admin.AdminPort(self.settings.admin_host, self.settings.admin_port)
+        host, port = self.settings.admin_host, self.settings.admin_port
+        self.admin = admin.AdminPort(host, port, self.runtime, self.metrics.registry)
         stack.push_async_callback(self.admin.close)
         return clients.vast, rec
 
@@ -207,8 +208,7 @@ class Daemon:
                 if self.settings.remote_logs:
                     group.create_task(self._remote_logs(vast, rec))
                 if self.admin is not None:
-                    metrics, within_s = self.metrics.registry, ADMIN_SERVE_WITHIN_S
-                    group.create_task(self.admin.serve_after(self.ticked, within_s, self.runtime, metrics))
+                    group.create_task(self.admin.serve_after(self.ticked, ADMIN_SERVE_WITHIN_S))
         except* _Stop:
             pass
         except* errors.AdminServerError as eg:

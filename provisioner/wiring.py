@@ -303,18 +303,18 @@ async def open_clients(
     settings: Settings,
     stack: contextlib.AsyncExitStack,
     proxy: applying.ProxyPort,
+    tls: Awaitable[ssl.SSLContext],
     observer: vast_client.CallObserver | None = None,
-    tls: Awaitable[ssl.SSLContext] | None = None,
 ) -> tuple[Clients, fleet_wiring.FleetKit]:
-    """``run``'s clients, closed by ``stack``: Vast's (CAs from ``tls``, default `vast_tls`, loading while
-    Redis connects; paced by the fleet kit), the upstream health client, the blacklist, the fleet kit."""
+    """``run``'s clients, closed by ``stack``: Vast's (CAs from ``tls``, `vast_tls` loading while Redis
+    connects; paced by the fleet kit), the upstream health client, the blacklist, the fleet kit."""
 
     async def others() -> tuple[httpx.AsyncClient, blacklist.Blacklist | None, fleet_wiring.FleetKit]:
         health = await stack.enter_async_context(health_http(settings))
         bans = await stack.enter_async_context(open_blacklist(settings))
         return health, bans, await stack.enter_async_context(fleet_wiring.open_fleet_kit(settings))
 
-    context, (health, bans, kit) = await both(tls or vast_tls(), others())
+    context, (health, bans, kit) = await both(tls, others())
     api_http = await stack.enter_async_context(vast_http(settings, context))
     vast = vast_over(settings, api_http, observer, pace=kit.pace)
     return Clients(vast=vast, proxy=proxy, health_http=health, store=bans, kit=kit), kit

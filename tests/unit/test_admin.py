@@ -161,14 +161,14 @@ async def test_metrics_endpoint_without_a_registry_is_503() -> None:
 
 async def test_the_port_is_bound_at_once_and_served_after_the_first_tick() -> None:
     """A probe that comes before the first tick is over waits in the backlog and is then answered."""
-    port = admin.AdminPort("127.0.0.1", 0)
+    runtime, m = make_runtime()
+    port = admin.AdminPort("127.0.0.1", 0, runtime, m.registry)
     addr = port.sock.getsockname()
     try:
         with pytest.raises(errors.AdminServerError, match="cannot listen"):
-            admin.AdminPort("127.0.0.1", addr[1])  # taken: the start ends here, before any Vast call
+            admin.AdminPort("127.0.0.1", addr[1], runtime, m.registry)  # taken: the start ends here
         ticked = asyncio.Event()
-        runtime, m = make_runtime()
-        serving = asyncio.create_task(port.serve_after(ticked, 60.0, runtime, m.registry))
+        serving = asyncio.create_task(port.serve_after(ticked, 60.0))
         async with httpx.AsyncClient(timeout=10.0) as http:
             early = asyncio.create_task(http.get(f"http://127.0.0.1:{addr[1]}/healthz"))
             await asyncio.sleep(0.2)
@@ -183,10 +183,10 @@ async def test_the_port_is_bound_at_once_and_served_after_the_first_tick() -> No
 
 async def test_the_port_is_served_within_the_bound_when_the_first_tick_is_long() -> None:
     """A first tick waiting for its turn in the rental queue does not keep the probes unanswered."""
-    port = admin.AdminPort("127.0.0.1", 0)
+    runtime, m = make_runtime()
+    port = admin.AdminPort("127.0.0.1", 0, runtime, m.registry)
     try:
-        runtime, m = make_runtime()
-        await asyncio.wait_for(port.serve_after(asyncio.Event(), 0.05, runtime, m.registry), 10.0)
+        await asyncio.wait_for(port.serve_after(asyncio.Event(), 0.05), 10.0)
         async with httpx.AsyncClient(timeout=10.0) as http:
             answer = await http.get(f"http://127.0.0.1:{port.sock.getsockname()[1]}/readyz")
         assert answer.status_code == 200
