@@ -230,6 +230,9 @@ def test_remote_log_lines_appear_exactly_once(pod: Pod) -> None:
     """REMOTE_LOGS: every line of the remote container's log is printed once, in order, marked remote."""
     tag = uuid.uuid4().hex[:8]
     paths = [f"/obs-{tag}-{i}" for i in range(30)]
+    # the first fetch is a tail of 20 lines: it must come before this test's requests, or the head of the
+    # log (the daemon's lines before the container started) is rightly outside it
+    wait_for(lambda: remote_lines(pod.prov), 30, "the first fetch")
     for path in paths[:15]:
         assert pod.prov.get(path).status_code == 200
     wait_for(
