@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -254,6 +254,24 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 1
 
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 1) -> None:
     print(table(columns, rows, digits) + "\n", flush=True)
+
+
+# ---------------------------------------------------------------- event loops
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, on uvloop where it is installed (``.[bench]``).
+
+    For the load generator and the light GPU emulator: uvloop roughly halves their CPU per request, so
+    on a machine with few cores the figures are the proxy's, not the load generator's queueing.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        import asyncio
+
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 # ---------------------------------------------------------------- plots

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import _common, _httpclient, _proxies
+from bench import _common, _cpus, _httpclient, _proxies
 
 PATHS = ("direct", "ours", "earlier")
 BODY = json.dumps({"model": "bench", "prompt": "lorem ipsum " * 80, "max_tokens": 16}).encode()
@@ -102,8 +102,27 @@ def measure(
     duration_s: float,
     rounds: int,
     idle_s: float,
+    pin: bool = True,
 ) -> list[dict[str, Any]]:
-    """Start ours and the earlier nginx, run every cell on every path; the raw figures."""
+    """Start ours and the earlier nginx, run every cell on every path; the raw figures.
+
+    With ``pin``, this process (the client) and the two nginx run on CPUs of their own (``bench._cpus``).
+    """
+    with _cpus.as_role("client", pin):
+        return _measure(host, port, workdir, levels, bursts, duration_s, rounds, idle_s, pin)
+
+
+def _measure(
+    host: str,
+    port: int,
+    workdir: str,
+    levels: list[int],
+    bursts: list[int],
+    duration_s: float,
+    rounds: int,
+    idle_s: float,
+    pin: bool,
+) -> list[dict[str, Any]]:
     state = Path(workdir)
     ours_port, earlier_port = _common.free_port(), _common.free_port()
     targets = {
@@ -119,6 +138,8 @@ def measure(
         started.append(_proxies.Nginx(conf, state / "ours", [ours_port]))
         conf = _proxies.earlier_conf(state / "earlier", earlier_port, host, port)
         started.append(_proxies.Nginx(conf, state / "earlier", [earlier_port]))
+        for nginx in started:
+            _cpus.pin("proxy", nginx.pids(), pin)
         cells: list[tuple[str, int]] = [(kind, c) for kind in ("single", "stream") for c in levels]
         cells += [("burst", n) for n in bursts]
         for kind, clients in cells:
@@ -127,7 +148,7 @@ def measure(
                     run = _bursts(targets[name], gpu, clients, rounds, idle_s)
                 else:
                     run = _steady(targets[name], gpu, clients, duration_s, kind == "stream")
-                cell, new = asyncio.run(run)
+                cell, new = _common.run_async(run)
                 results.append(_record(name, kind, clients, cell, new))
     finally:
         for nginx in started:

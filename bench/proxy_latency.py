@@ -1,10 +1,12 @@
 """Benchmark 1: the proxy at serving concurrency — direct vs ours vs our earlier config, and /healthz.
 
-    .venv/bin/python -m bench.proxy_latency [--one-way-ms 25] [--delay-method auto|netns|relay]
-                                            [--duration 1.5] [--rounds 3] [--quick]
+    .venv/bin/python -m bench.proxy_latency [--one-way-ms 25] [--delay-method auto|netns|line|relay]
+                                            [--duration 1.5] [--rounds 3] [--quick] [--no-pin]
 
-Part 1, the sweep (``bench._sweep``): the simulated GPU app (``bench._gpu``) behind an emulated network
-delay (``bench._network``: netns + tc netem, else a delaying relay; the output says which). Three paths:
+Part 1, the sweep (``bench._sweep``): a GPU app behind an emulated network delay (``bench._network``:
+the simulated GPU app behind netns + tc netem, else the light GPU emulator ``bench._linegpu``, which
+holds its own output for the round trip; the output says which). nginx runs on CPUs apart from the
+client and the GPU (``bench._cpus``; the output says where). Three paths:
 
 * ``direct``   client -> delayed GPU
 * ``ours``     client -> nginx with the config ``render_nginx_conf`` writes now -> delayed GPU
@@ -26,7 +28,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bench import _common, _healthz_load, _network, _sweep
+from bench import _common, _cpus, _healthz_load, _network, _sweep
 
 LEVELS = [1, 16, 64, 256]
 BURSTS = [64, 256]
@@ -152,14 +154,23 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--one-way-ms", type=float, default=25.0, help="emulated delay each way (default 25)")
-    parser.add_argument("--delay-method", choices=("auto", "netns", "relay"), default="auto")
+    parser.add_argument("--delay-method", choices=_network.METHODS, default="auto")
     parser.add_argument("--duration", type=float, default=1.5, help="seconds per steady cell (default 1.5)")
     parser.add_argument("--rounds", type=int, default=3, help="measured bursts per burst cell (default 3)")
     parser.add_argument("--quick", action="store_true", help="a few short cells only (smoke test)")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="nginx on CPUs apart from the client and the GPU emulator (bench/_cpus.py; default on)",
+    )
     args = parser.parse_args()
     levels, bursts, duration = (LEVELS, BURSTS, args.duration) if not args.quick else ([1, 16], [16], 0.4)
     _common.header("Benchmark 1: the proxy at serving concurrency (direct vs ours vs earlier config)")
-    with _common.timed("benchmark 1"), _network.delayed_gpu(args.one_way_ms, args.delay_method) as gpu:
+    with (
+        _common.timed("benchmark 1"),
+        _network.delayed_gpu(args.one_way_ms, args.delay_method, args.pin) as gpu,
+    ):
         print(f"delay method: {gpu.method}\n", flush=True)
         sweep = gpu.run_inner(
             "bench._sweep:measure",
@@ -168,13 +179,13 @@ def main() -> None:
             duration_s=duration,
             rounds=args.rounds if not args.quick else 1,
             idle_s=1.0,
+            pin=args.pin,
         )
         method, note = gpu.method, gpu.note
     healthz = _healthz_load.measure(3.0 if not args.quick else 1.0, HEALTHZ_CLIENTS, HEALTHZ_RATES)
-    report_sweep(sweep, note)
+    report_sweep(sweep, f"{note}\nCPUs: {_cpus.describe(args.pin)}")
     report_healthz(healthz)
-    emulator = "tc netem" if method == "netns" else "a delaying relay"
-    plot(sweep, f"{2 * args.one_way_ms:g} ms RTT emulated by {emulator}")
+    plot(sweep, f"{2 * args.one_way_ms:g} ms RTT emulated by {_network.EMULATORS[method]}")
 
 
 if __name__ == "__main__":

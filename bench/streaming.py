@@ -1,9 +1,10 @@
 """Benchmark 2: server-sent events through the proxies — time to first event and gaps between events.
 
-    .venv/bin/python -m bench.streaming [--one-way-ms 25] [--delay-method auto|netns|relay] [--quick]
+    .venv/bin/python -m bench.streaming [--one-way-ms 25] [--delay-method auto|netns|line|relay] [--quick]
 
-Same set-up as benchmark 1 (``bench.proxy_latency``): the simulated GPU app behind an emulated network
-delay, reached directly, through our nginx config and through the earlier implementation's config. Each
+Same set-up as benchmark 1 (``bench.proxy_latency``): a GPU app behind an emulated network delay (one
+stream at a time, so no CPU pinning), reached directly, through our nginx config and through the earlier
+implementation's config. Each
 stream is ``GET /stream?n=50&interval_ms=20`` (an event every 20 ms), one stream after another on a
 keepalive client connection. The GPU app writes ``X-Accel-Buffering: no`` on its streams, which nginx
 honours even with ``proxy_buffering on``; many inference servers do not send it, so a fourth path,
@@ -17,7 +18,6 @@ the client (ideal: 20 ms), and the delivery lag (receive time minus the time the
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ def measure(host: str, port: int, workdir: str, streams: int) -> dict[str, list[
         started.append(_proxies.Nginx(conf, state / "baseline", [base_port, raw_port]))
         results = {}
         for name in PATHS:
-            results[name] = asyncio.run(_streams(*targets[name], streams))
+            results[name] = _common.run_async(_streams(*targets[name], streams))
             ttfe = [(s["event_at"][0] - s["sent_at"]) * 1000 for s in results[name] if s["event_at"]]
             print(
                 f"  {name:22} {streams} streams, TTFE p50 {_common.percentile(ttfe, 50):6.1f} ms", flush=True
@@ -146,7 +146,7 @@ def report(results: dict[str, list[dict[str, Any]]], method: str, note: str, one
     plot(
         results,
         figs,
-        f"{2 * one_way_ms:g} ms RTT emulated by {'tc netem' if method == 'netns' else 'a delaying relay'}",
+        f"{2 * one_way_ms:g} ms RTT emulated by {_network.EMULATORS[method]}",
     )
 
 
@@ -200,12 +200,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--one-way-ms", type=float, default=25.0, help="emulated delay each way (default 25)")
-    parser.add_argument("--delay-method", choices=("auto", "netns", "relay"), default="auto")
+    parser.add_argument("--delay-method", choices=_network.METHODS, default="auto")
     parser.add_argument("--streams", type=int, default=15, help="streams per path (default 15)")
     parser.add_argument("--quick", action="store_true", help="3 streams per path (smoke test)")
     args = parser.parse_args()
     _common.header("Benchmark 2: streaming (SSE) time to first event and gaps")
-    with _common.timed("benchmark 2"), _network.delayed_gpu(args.one_way_ms, args.delay_method) as gpu:
+    with (
+        _common.timed("benchmark 2"),
+        _network.delayed_gpu(args.one_way_ms, args.delay_method, pin=False) as gpu,
+    ):
         print(f"delay method: {gpu.method}\n", flush=True)
         results = gpu.run_inner("bench.streaming:measure", streams=3 if args.quick else args.streams)
         method, note = gpu.method, gpu.note

@@ -1,0 +1,168 @@
+"""Benchmark 1's light GPU emulator (``bench._linegpu``) and load client (``bench._httpclient``).
+
+The figures of docs/performance.md section 1 are only as good as these two: the emulator must hold its
+answers for the round trip (and a new connection's first answer for one more, the handshake), keep a
+stream's spacing, count connections, and speak HTTP/1.0 to nginx's 1.0 upstreams as a server must; the
+client must read what the servers send (Content-Length, chunked, close-delimited).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bench import _httpclient, _linegpu
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+ONE_WAY_S = 0.03
+RTT_S = 2 * ONE_WAY_S
+#: asyncio may run a timer this early (it rounds by the clock's resolution); margin for the wall clock
+EARLY_S = 0.002
+
+
+@pytest.fixture
+async def gpu() -> AsyncIterator[tuple[str, int]]:
+    server = await asyncio.get_running_loop().create_server(
+        lambda: _linegpu._DelayedServer(RTT_S), "127.0.0.1", 0
+    )
+    _linegpu._counts.update(connections=0, requests=0)
+    try:
+        yield "127.0.0.1", server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_new_connection_pays_the_handshake_then_each_request_one_round_trip(
+    gpu: tuple[str, int],
+) -> None:
+    conn = _httpclient.Connection(*gpu)
+    try:
+        first = await conn.request("POST", "/v1/completions", b'{"x": 1}')
+        second = await conn.request("POST", "/v1/completions", b'{"x": 2}')
+    finally:
+        await conn.close()
+    assert first.status == second.status == 200
+    assert b'"body_size": 8' in second.body
+    assert first.latency_s >= 2 * RTT_S - EARLY_S
+    assert second.latency_s >= RTT_S - EARLY_S
+    # the handshake is paid once: the second answer does not wait for it again
+    assert second.latency_s < first.latency_s
+
+
+async def test_a_stream_arrives_one_round_trip_late_with_its_spacing_kept(gpu: tuple[str, int]) -> None:
+    conn = _httpclient.Connection(*gpu)
+    try:
+        await conn.request("GET", "/health")  # the handshake, out of the way
+        result = await conn.stream("/stream?n=5&interval_ms=15")
+        after = await conn.request("GET", "/health")  # the connection is still usable after the stream
+    finally:
+        await conn.close()
+    assert result.status == 200 and after.status == 200
+    assert len(result.event_at) == 5
+    assert result.event_at[0] - result.sent_at >= RTT_S - EARLY_S
+    gaps = [b - a for a, b in zip(result.event_at, result.event_at[1:], strict=False)]
+    assert all(gap >= 0.015 - EARLY_S for gap in gaps), gaps
+    # each event carries the time it was produced; it arrives one round trip later
+    assert all(lag >= RTT_S - EARLY_S for lag in result.lag_s), result.lag_s
+
+
+async def test_an_http10_stream_is_close_delimited(gpu: tuple[str, int]) -> None:
+    reader, writer = await asyncio.open_connection(*gpu)
+    try:
+        writer.write(b"GET /stream?n=3&interval_ms=0 HTTP/1.0\r\nHost: gpu\r\n\r\n")
+        async with asyncio.timeout(5):
+            raw = await reader.read()  # to the end: the server closes
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower()
+    assert b"connection: close" in head.lower()
+    assert body.count(b"data: ") == 3 and body.startswith(b"data: ")
+
+
+async def test_counts_the_connections_opened_since_a_reset(gpu: tuple[str, int]) -> None:
+    await _httpclient.get_json(*gpu, "/_bench/reset", "POST")
+    conns = await _httpclient.open_all(*gpu, 3)
+    try:
+        await _httpclient.burst(conns, "/v1/completions", b"{}")
+        await _httpclient.burst(conns, "/v1/completions", b"{}")
+    finally:
+        await _httpclient.close_all(conns)
+    counts = await _httpclient.get_json(*gpu, "/_bench/connections")
+    assert counts == {"connections": 3, "requests": 6}
+
+
+async def test_a_chunked_request_body_gets_a_400_and_the_connection_closed(gpu: tuple[str, int]) -> None:
+    reader, writer = await asyncio.open_connection(*gpu)
+    try:
+        writer.write(b"POST / HTTP/1.1\r\nHost: gpu\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        async with asyncio.timeout(5):
+            raw = await reader.read()
+    finally:
+        writer.close()
+    assert raw.startswith(b"HTTP/1.1 400 ")
+    assert b"chunked request bodies are not supported" in raw
+
+
+async def test_the_client_reads_a_close_delimited_answer_then_reconnects() -> None:
+    """A server that answers without a length (HTTP/1.0 style) ends the body by closing."""
+    accepted = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    conn = _httpclient.Connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        first = await conn.request("GET", "/")
+        second = await conn.request("GET", "/")
+    finally:
+        await conn.close()
+        server.close()
+        await server.wait_closed()
+    assert (first.status, first.body) == (200, b"all of it")
+    assert (second.status, second.body) == (200, b"all of it")
+    assert accepted == 2
+
+
+def test_the_emulator_process_prints_its_port_and_answers() -> None:
+    """``python -m bench._linegpu`` as the benchmark starts it (``bench._network``)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench._linegpu", "--one-way-ms", "5"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert line.startswith("ready ")
+        port = int(line.split()[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            started = time.monotonic()
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: gpu\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+        assert time.monotonic() - started >= 2 * 0.01 - EARLY_S
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=10)
+    assert b"Traceback" not in err
