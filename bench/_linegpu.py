@@ -184,7 +184,10 @@ class _DelayedServer(asyncio.Protocol):
             f"cache-control: no-cache\r\nx-accel-buffering: no\r\n{framing}\r\n"
         )
         self._send(head.encode())
-        wall = time.time()
+        # stamped with the time a remote server would produce it: the request reached it one-way later
+        # than it reached us (we hold the whole round trip on the way back), so a client's lag (receive
+        # time minus the stamp) is the one-way delay, as over a link
+        wall = time.time() + self.rtt_s / 2
         for i in range(count):
             data = f'data: {{"i": {i}, "t": {wall + i * interval_s!r}}}\n\n'.encode()
             if chunked:
