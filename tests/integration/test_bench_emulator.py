@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 
-ONE_WAY_S = 0.03
+ONE_WAY_S = 0.05
 RTT_S = 2 * ONE_WAY_S
 #: asyncio may run a timer this early (it rounds by the clock's resolution); margin for the wall clock
 EARLY_S = 0.002
@@ -74,7 +74,9 @@ async def test_a_stream_arrives_one_round_trip_late_with_its_spacing_kept(gpu: t
     gaps = [b - a for a, b in zip(result.event_at, result.event_at[1:], strict=False)]
     assert all(gap >= 0.015 - EARLY_S for gap in gaps), gaps
     # each event carries the time a remote server would have produced it: it arrives one-way later
-    assert all(ONE_WAY_S - EARLY_S <= lag < RTT_S for lag in result.lag_s), result.lag_s
+    # (not a round trip: the earliest of them, late only by scheduling, arrives well within one)
+    assert all(lag >= ONE_WAY_S - EARLY_S for lag in result.lag_s), result.lag_s
+    assert min(result.lag_s) < RTT_S, result.lag_s
 
 
 async def test_an_http10_stream_is_close_delimited(gpu: tuple[str, int]) -> None:
