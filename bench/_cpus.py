@@ -20,8 +20,9 @@ import os
 from collections.abc import Iterable, Iterator
 
 ROLES = ("client", "gpu", "proxy")
-#: the CPUs this process could use when it started (``as_role`` narrows its own set later)
-_AVAILABLE = sorted(os.sched_getaffinity(0))
+#: the CPUs this process could use when it started (``as_role`` narrows its own set later); none
+#: where the OS has no affinity calls (macOS), and then nothing is pinned
+_AVAILABLE = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
 def plan() -> dict[str, set[int]]:
@@ -47,8 +48,11 @@ def pin(role: str, pids: Iterable[int], enabled: bool = True) -> None:
 @contextlib.contextmanager
 def as_role(role: str, enabled: bool = True) -> Iterator[None]:
     """This process on the CPUs of ``role`` for the block (what it starts inherits them); then as before."""
+    if not plan().get(role) or not enabled:
+        yield
+        return
     before = os.sched_getaffinity(0)
-    pin(role, [0], enabled)
+    pin(role, [0])
     try:
         yield
     finally:
@@ -59,7 +63,7 @@ def describe(enabled: bool = True) -> str:
     """One line for the report."""
     placement = plan() if enabled else {}
     if not placement:
-        why = "--no-pin" if not enabled else "one CPU"
+        why = "--no-pin" if not enabled else "one CPU, or no affinity calls on this OS"
         return f"no CPU pinning ({why}): the client, the GPU emulator and nginx share the CPUs"
     names = {"client": "the client", "gpu": "the GPU emulator", "proxy": "nginx"}
     by_cpus: dict[str, list[str]] = {}

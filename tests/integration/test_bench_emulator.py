@@ -47,17 +47,18 @@ async def test_a_new_connection_pays_the_handshake_then_each_request_one_round_t
     gpu: tuple[str, int],
 ) -> None:
     conn = _httpclient.Connection(*gpu)
+    started = time.perf_counter()  # before the connect: the server accepts after this
     try:
+        await conn.open()
         first = await conn.request("POST", "/v1/completions", b'{"x": 1}')
         second = await conn.request("POST", "/v1/completions", b'{"x": 2}')
     finally:
         await conn.close()
     assert first.status == second.status == 200
     assert b'"body_size": 8' in second.body
-    assert first.latency_s >= 2 * RTT_S - EARLY_S
+    # only lower bounds are exact (a loaded machine may add to any of these)
+    assert first.done_at - started >= 2 * RTT_S - EARLY_S
     assert second.latency_s >= RTT_S - EARLY_S
-    # the handshake is paid once: the second answer does not wait for it again
-    assert second.latency_s < first.latency_s
 
 
 async def test_a_stream_arrives_one_round_trip_late_with_its_spacing_kept(gpu: tuple[str, int]) -> None:
@@ -70,9 +71,10 @@ async def test_a_stream_arrives_one_round_trip_late_with_its_spacing_kept(gpu: t
         await conn.close()
     assert result.status == 200 and after.status == 200
     assert len(result.event_at) == 5
-    assert result.event_at[0] - result.sent_at >= RTT_S - EARLY_S
-    gaps = [b - a for a, b in zip(result.event_at, result.event_at[1:], strict=False)]
-    assert all(gap >= 0.015 - EARLY_S for gap in gaps), gaps
+    # event i is produced i x 15 ms after the request and leaves one RTT later, never sooner (a loaded
+    # client may read it later, so only the lower bound is exact)
+    since_sent = [at - result.sent_at for at in result.event_at]
+    assert all(t >= RTT_S + i * 0.015 - EARLY_S for i, t in enumerate(since_sent)), since_sent
     # each event carries the time a remote server would have produced it: it arrives one-way later
     # (not a round trip: the earliest of them, late only by scheduling, arrives well within one)
     assert all(lag >= ONE_WAY_S - EARLY_S for lag in result.lag_s), result.lag_s
@@ -156,8 +158,8 @@ def test_the_emulator_process_prints_its_port_and_answers() -> None:
         line = proc.stdout.readline().decode()
         assert line.startswith("ready ")
         port = int(line.split()[1])
+        started = time.monotonic()
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            started = time.monotonic()
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: gpu\r\nConnection: close\r\n\r\n")
             answer = b""
             while chunk := sock.recv(4096):
