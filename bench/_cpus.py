@@ -41,8 +41,12 @@ def pin(role: str, pids: Iterable[int], enabled: bool = True) -> None:
     if not cpus:
         return
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
+        try:
             os.sched_setaffinity(pid, cpus)
+        except ProcessLookupError:
+            continue
+        except OSError as exc:  # e.g. a cpuset that does not allow those CPUs
+            raise RuntimeError(f"cannot pin pid {pid} to CPUs {sorted(cpus)}: {exc}; try --no-pin") from exc
 
 
 @contextlib.contextmanager

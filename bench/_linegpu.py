@@ -7,7 +7,11 @@ prints ``ready <port>`` once it listens.
 
 Why it exists: on a machine with few cores the relay method (``bench._relay`` in front of the uvicorn
 app) spends ~300 µs of Python per request in two extra processes, so at 64-256 closed-loop clients the
-emulator, not the proxy, decides the latency. Here one process does both, at ~20 µs per request.
+emulator, not the proxy, decides the latency. Here one process does both, at 30-60 µs per request.
+
+It runs on the standard asyncio loop, not uvloop: uvloop's clock advances in whole milliseconds, so a
+timer armed for "one RTT from now" could fire up to 1 ms early, and an emulator that answers early
+absorbs part of whatever a proxy adds in front of it. asyncio's timers never fire early.
 
 The delay, as a round trip ``rtt`` = 2 x one-way: everything the server writes on a connection leaves
 ``rtt`` after it was written (order kept), and nothing leaves a new connection before ``2 x rtt`` after
@@ -29,8 +33,6 @@ import json
 import socket
 import time
 from urllib.parse import parse_qs, urlsplit
-
-from bench import _common
 
 #: connections accepted and requests served since the last reset
 _counts = {"connections": 0, "requests": 0}
@@ -56,13 +58,13 @@ def _parse(buffer: bytearray) -> _Request | None:
     head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
     method, target, version = head[0].split(" ", 2)
     http10 = version == "HTTP/1.0"
-    length, close = 0, http10  # HTTP/1.0: closed after the response (no keep-alive offered)
+    length, close = 0, http10  # HTTP/1.0: closed after the response (keep-alive is never offered)
     for line in head[1:]:
         name, _, value = line.partition(":")
         name = name.strip().lower()
         if name == "content-length":
             length = int(value)
-        elif name == "connection":
+        elif name == "connection" and not http10:
             close = value.strip().lower() == "close"
         elif name == "transfer-encoding":
             raise ValueError("chunked request bodies are not supported")
@@ -89,6 +91,7 @@ class _DelayedServer(asyncio.Protocol):
         self.out: collections.deque[tuple[float, bytes | None]] = collections.deque()
         self.timer: asyncio.TimerHandle | None = None
         self.not_before = 0.0
+        self.broken = False  # a request could not be parsed: the connection is being closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
@@ -104,6 +107,8 @@ class _DelayedServer(asyncio.Protocol):
             self.timer.cancel()
 
     def data_received(self, data: bytes) -> None:
+        if self.broken:
+            return
         self.buffer += data
         self._serve()
 
@@ -142,6 +147,7 @@ class _DelayedServer(asyncio.Protocol):
                 self._send(_response("400 Bad Request", json.dumps({"error": str(exc)}).encode()))
                 self._send(None)
                 self.buffer.clear()
+                self.broken = True
                 return
             if request is None:
                 return
@@ -175,6 +181,8 @@ class _DelayedServer(asyncio.Protocol):
             interval_s = max(float(query.get("interval_ms", ["20"])[0]), 0.0) / 1000
         except ValueError:
             self._send(_response("400 Bad Request", b'{"error": "n and interval_ms must be numbers"}'))
+            if request.close:
+                self._send(None)
             return
         # HTTP/1.0 has no chunked encoding: the body ends where the connection does
         chunked = not request.http10
@@ -218,7 +226,7 @@ def main() -> None:
     parser.add_argument("--one-way-ms", type=float, default=25.0)
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        _common.run_async(serve(args.host, args.port, args.one_way_ms / 1000))
+        asyncio.run(serve(args.host, args.port, args.one_way_ms / 1000))  # not uvloop: see above
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ Three methods; ``auto`` takes the first that works of ``netns`` and ``line``:
            them, and ``tc netem`` delaying each direction. Needs root, ``ip``, ``tc`` and a kernel with
            netem. Nothing outside the two namespaces is touched; both are deleted afterwards, after every
            process started in them has been stopped.
-``line``   ``bench._linegpu`` on loopback: a light GPU emulator (one asyncio process, ~40 µs per request on
-           uvloop) that holds everything it writes for one round trip, and a new connection's first
+``line``   ``bench._linegpu`` on loopback: a light GPU emulator (one asyncio process, 30-60 µs per
+           request) that holds everything it writes for one round trip, and a new connection's first
            answer for one more (the handshake). Cheap enough that 256 clients through nginx fit on two
            cores.
 ``relay``  the simulated GPU app (``bench._gpu``, uvicorn) on loopback behind ``bench._relay``, a TCP

@@ -2,8 +2,9 @@
 
 ``earlier_conf`` is what ``render_nginx_conf`` wrote before issue 14 (upstream ``keepalive 32``,
 ``keepalive_timeout 60s``, nginx's default ``keepalive_requests 1000``, ``worker_connections 1024``),
-written out here so that the benchmarks can keep comparing against it. ``static_conf`` is a fast upstream
-(nginx answering 200 itself), for loads the Python GPU app cannot serve on a small machine.
+written out here so that the benchmarks can keep comparing against it. ``passthrough_conf`` is a
+plain TCP pass-through (benchmark 1's control for the CPU placement). ``static_conf`` is a fast
+upstream (nginx answering 200 itself), for loads the Python GPU app cannot serve on a small machine.
 
 The baseline is written by hand the way the earlier implementation proxied (``/work/shared/prior-art.md``):
 one plain server block, ``proxy_pass http://IP:PORT;``, no upstream keepalive, HTTP/1.0 to the upstream,
@@ -169,6 +170,24 @@ http {{
 }}
 """
 
+PASSTHROUGH_TEMPLATE = """\
+# A control for benchmark 1: a plain TCP pass-through (L4, nginx's stream module), no HTTP.
+worker_processes 1;
+pid {state}/nginx.pid;
+error_log stderr warn;
+events {{
+    worker_connections 4096;
+}}
+stream {{
+    server {{
+        listen 127.0.0.1:{listen};
+        proxy_pass {host}:{port};
+        tcp_nodelay on;
+        proxy_timeout 600s;
+    }}
+}}
+"""
+
 #: a baseline variant for streams from a server that does not send ``X-Accel-Buffering: no``
 IGNORE_ACCEL = "\n            proxy_ignore_headers X-Accel-Buffering;"
 
@@ -186,6 +205,12 @@ def ours_conf(state_dir: Path, listen_port: int, host: str, port: int) -> str:
 
 def earlier_conf(state_dir: Path, listen_port: int, host: str, port: int) -> str:
     return EARLIER_TEMPLATE.format(state=state_dir, listen=listen_port, host=host, port=port)
+
+
+def passthrough_conf(state_dir: Path, listen_port: int, host: str, port: int) -> str:
+    """Benchmark 1's control: a TCP hop on the proxy's CPU that parses nothing (one upstream connection
+    per client connection, opened when the client connects)."""
+    return PASSTHROUGH_TEMPLATE.format(state=state_dir, listen=listen_port, host=host, port=port)
 
 
 def static_conf(state_dir: Path, listen_port: int) -> str:

@@ -21,7 +21,9 @@ from typing import Any
 
 from bench import _common, _cpus, _httpclient, _proxies
 
-PATHS = ("direct", "ours", "earlier")
+#: ``l4``: a plain TCP pass-through on the proxy's CPU, the control for what the CPU placement itself
+#: does to a path through that CPU (``ours`` minus ``l4`` is what HTTP proxying adds)
+PATHS = ("direct", "l4", "ours", "earlier")
 BODY = json.dumps({"model": "bench", "prompt": "lorem ipsum " * 80, "max_tokens": 16}).encode()
 TARGET = "/v1/completions"
 STREAM_EVENTS = 8
@@ -124,8 +126,9 @@ def _measure(
     pin: bool,
 ) -> list[dict[str, Any]]:
     state = Path(workdir)
-    ours_port, earlier_port = _common.free_port(), _common.free_port()
+    ours_port, earlier_port, l4_port = (_common.free_port() for _ in range(3))
     targets = {
+        "l4": ("127.0.0.1", l4_port),
         "direct": (host, port),
         "ours": ("127.0.0.1", ours_port),
         "earlier": ("127.0.0.1", earlier_port),
@@ -138,6 +141,8 @@ def _measure(
         started.append(_proxies.Nginx(conf, state / "ours", [ours_port]))
         conf = _proxies.earlier_conf(state / "earlier", earlier_port, host, port)
         started.append(_proxies.Nginx(conf, state / "earlier", [earlier_port]))
+        conf = _proxies.passthrough_conf(state / "l4", l4_port, host, port)
+        started.append(_proxies.Nginx(conf, state / "l4", [l4_port]))
         for nginx in started:
             _cpus.pin("proxy", nginx.pids(), pin)
         cells: list[tuple[str, int]] = [(kind, c) for kind in ("single", "stream") for c in levels]

@@ -6,9 +6,12 @@
 Part 1, the sweep (``bench._sweep``): a GPU app behind an emulated network delay (``bench._network``:
 the simulated GPU app behind netns + tc netem, else the light GPU emulator ``bench._linegpu``, which
 holds its own output for the round trip; the output says which). nginx runs on CPUs apart from the
-client and the GPU (``bench._cpus``; the output says where). Three paths:
+client and the GPU (``bench._cpus``; the output says where). Four paths:
 
 * ``direct``   client -> delayed GPU
+* ``l4``       client -> nginx as a plain TCP pass-through (``stream`` module) on the proxy's CPU ->
+  delayed GPU: the control. The CPU placement changes how the client's and the GPU's work interleave
+  on their shared CPU, for any path through another CPU; ``ours - l4`` is what HTTP proxying adds
 * ``ours``     client -> nginx with the config ``render_nginx_conf`` writes now -> delayed GPU
 * ``earlier``  client -> nginx with the config it wrote before issue 14 (``bench._proxies.earlier_conf``:
   ``keepalive 32``) -> delayed GPU
@@ -48,8 +51,8 @@ def report_sweep(results: list[dict[str, Any]], note: str) -> None:
     by = {(r["kind"], r["clients"], r["path"]): r for r in results}
     rows = []
     for kind, clients in dict.fromkeys((r["kind"], r["clients"]) for r in results):
-        d, o, e = (by[(kind, clients, p)] for p in _sweep.PATHS)
-        (dp50, dp99), (op50, op99), (ep50, ep99) = _stats(d), _stats(o), _stats(e)
+        d, l4, o, e = (by[(kind, clients, p)] for p in _sweep.PATHS)
+        (dp50, dp99), (lp50, lp99), (op50, op99), (ep50, ep99) = (_stats(r) for r in (d, l4, o, e))
         within = op50 - dp50 <= TARGET_MS and op99 - dp99 <= TARGET_MS
         rows.append(
             [
@@ -59,10 +62,12 @@ def report_sweep(results: list[dict[str, Any]], note: str) -> None:
                 f"{dp50:.1f} / {dp99:.1f}",
                 f"{op50:.1f} / {op99:.1f}",
                 f"{ep50:.1f} / {ep99:.1f}",
+                f"{lp50:.1f} / {lp99:.1f}",
                 f"{op50 - dp50:+.1f} / {op99 - dp99:+.1f}",
+                f"{op50 - lp50:+.1f} / {op99 - lp99:+.1f}",
                 o["new_upstream"],
                 e["new_upstream"],
-                d["errors"] + o["errors"] + e["errors"],
+                d["errors"] + l4["errors"] + o["errors"] + e["errors"],
                 "met" if within and o["new_upstream"] == 0 else "missed",
             ]
         )
@@ -73,7 +78,9 @@ def report_sweep(results: list[dict[str, Any]], note: str) -> None:
         "direct p50 / p99 ms",
         "ours p50 / p99 ms",
         "earlier p50 / p99 ms",
+        "L4 control p50 / p99 ms",
         "ours − direct p50 / p99 ms",
+        "ours − L4 p50 / p99 ms",
         "new upstream conns, ours",
         "… earlier",
         "errors",
@@ -122,22 +129,22 @@ def report_healthz(results: list[dict[str, Any]]) -> None:
 
 def plot(results: list[dict[str, Any]], subtitle: str) -> None:
     plt = _common.pyplot()
-    colors = {"direct": "#555555", "ours": "#1f77b4", "earlier": "#d62728"}
+    colors = {"direct": "#555555", "l4": "#aaaaaa", "ours": "#1f77b4", "earlier": "#d62728"}
     cells = list(dict.fromkeys((r["kind"], r["clients"]) for r in results))
     by = {(r["kind"], r["clients"], r["path"]): r for r in results}
     labels = [f"{kind}\n{clients}" for kind, clients in cells]
     fig, axes = plt.subplots(3, 1, figsize=(12, 10), sharex=True)
-    width = 0.27
+    width = 0.2
     for ax, (title, index) in zip(axes, (("p50 ms", 0), ("p99 ms", 1)), strict=False):
         for i, name in enumerate(_sweep.PATHS):
-            xs = [j + (i - 1) * width for j in range(len(cells))]
+            xs = [j + (i - 1.5) * width for j in range(len(cells))]
             values = [_stats(by[(k, c, name)])[index] for k, c in cells]
             ax.bar(xs, values, width, label=name, color=colors[name])
         ax.set_ylabel(title)
         ax.legend(loc="upper left")
     ax = axes[2]
     for i, name in enumerate(_sweep.PATHS):
-        xs = [j + (i - 1) * width for j in range(len(cells))]
+        xs = [j + (i - 1.5) * width for j in range(len(cells))]
         bars = ax.bar(xs, [by[(k, c, name)]["new_upstream"] for k, c in cells], width, color=colors[name])
         ax.bar_label(bars, fontsize=7)
     ax.set_ylabel("new upstream TCP conns")
@@ -145,7 +152,9 @@ def plot(results: list[dict[str, Any]], subtitle: str) -> None:
     ax.set_xlabel(
         "load (single requests, token streams: time to first event, bursts after 1 s idle) and clients"
     )
-    fig.suptitle(f"direct vs ours vs the earlier config (keepalive 32); {subtitle}", fontsize=10)
+    fig.suptitle(
+        f"direct vs L4 control vs ours vs the earlier config (keepalive 32); {subtitle}", fontsize=10
+    )
     _common.save_plot(fig, "proxy_latency.png")
 
 
