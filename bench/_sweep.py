@@ -95,6 +95,30 @@ def _record(name: str, kind: str, clients: int, cell: _httpclient.Cell, new: int
     }
 
 
+def _start_proxies(
+    state: Path, host: str, port: int, pin: bool
+) -> tuple[list[_proxies.Nginx], dict[str, int]]:
+    """Ours, the earlier config and the L4 control, each on a port of its own, on the proxy's CPUs."""
+    confs = {
+        "ours": _proxies.ours_conf,
+        "earlier": _proxies.earlier_conf,
+        "l4": _proxies.passthrough_conf,
+    }
+    started: list[_proxies.Nginx] = []
+    ports: dict[str, int] = {}
+    try:
+        for name, conf in confs.items():
+            ports[name] = _common.free_port()
+            text = conf(state / name, ports[name], host, port)
+            started.append(_proxies.Nginx(text, state / name, [ports[name]]))
+            _cpus.pin("proxy", started[-1].pids(), pin)
+    except BaseException:
+        for nginx in started:
+            nginx.stop()
+        raise
+    return started, ports
+
+
 def measure(
     host: str,
     port: int,
@@ -106,56 +130,26 @@ def measure(
     idle_s: float,
     pin: bool = True,
 ) -> list[dict[str, Any]]:
-    """Start ours and the earlier nginx, run every cell on every path; the raw figures.
+    """Start the proxies, run every cell on every path; the raw figures.
 
-    With ``pin``, this process (the client) and the two nginx run on CPUs of their own (``bench._cpus``).
+    With ``pin``, this process (the client) and the nginx run on CPUs of their own (``bench._cpus``).
     """
-    with _cpus.as_role("client", pin):
-        return _measure(host, port, workdir, levels, bursts, duration_s, rounds, idle_s, pin)
-
-
-def _measure(
-    host: str,
-    port: int,
-    workdir: str,
-    levels: list[int],
-    bursts: list[int],
-    duration_s: float,
-    rounds: int,
-    idle_s: float,
-    pin: bool,
-) -> list[dict[str, Any]]:
-    state = Path(workdir)
-    ours_port, earlier_port, l4_port = (_common.free_port() for _ in range(3))
-    targets = {
-        "l4": ("127.0.0.1", l4_port),
-        "direct": (host, port),
-        "ours": ("127.0.0.1", ours_port),
-        "earlier": ("127.0.0.1", earlier_port),
-    }
-    gpu = (host, port)
-    started: list[_proxies.Nginx] = []
     results: list[dict[str, Any]] = []
-    try:
-        conf = _proxies.ours_conf(state / "ours", ours_port, host, port)
-        started.append(_proxies.Nginx(conf, state / "ours", [ours_port]))
-        conf = _proxies.earlier_conf(state / "earlier", earlier_port, host, port)
-        started.append(_proxies.Nginx(conf, state / "earlier", [earlier_port]))
-        conf = _proxies.passthrough_conf(state / "l4", l4_port, host, port)
-        started.append(_proxies.Nginx(conf, state / "l4", [l4_port]))
-        for nginx in started:
-            _cpus.pin("proxy", nginx.pids(), pin)
-        cells: list[tuple[str, int]] = [(kind, c) for kind in ("single", "stream") for c in levels]
-        cells += [("burst", n) for n in bursts]
-        for kind, clients in cells:
-            for name in PATHS:
-                if kind == "burst":
-                    run = _bursts(targets[name], gpu, clients, rounds, idle_s)
-                else:
-                    run = _steady(targets[name], gpu, clients, duration_s, kind == "stream")
-                cell, new = _common.run_async(run)
-                results.append(_record(name, kind, clients, cell, new))
-    finally:
-        for nginx in started:
-            nginx.stop()
+    with _cpus.as_role("client", pin):
+        started, ports = _start_proxies(Path(workdir), host, port, pin)
+        targets = {"direct": (host, port), **{name: ("127.0.0.1", p) for name, p in ports.items()}}
+        try:
+            cells: list[tuple[str, int]] = [(kind, c) for kind in ("single", "stream") for c in levels]
+            cells += [("burst", n) for n in bursts]
+            for kind, clients in cells:
+                for name in PATHS:
+                    if kind == "burst":
+                        run = _bursts(targets[name], (host, port), clients, rounds, idle_s)
+                    else:
+                        run = _steady(targets[name], (host, port), clients, duration_s, kind == "stream")
+                    cell, new = _common.run_async(run)
+                    results.append(_record(name, kind, clients, cell, new))
+        finally:
+            for nginx in started:
+                nginx.stop()
     return results
