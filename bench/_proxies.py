@@ -192,13 +192,15 @@ stream {{
 IGNORE_ACCEL = "\n            proxy_ignore_headers X-Accel-Buffering;"
 
 
-def ours_conf(state_dir: Path, listen_port: int, host: str, port: int) -> str:
+def ours_conf(state_dir: Path, listen_port: int, host: str, port: int, workers: int = 1) -> str:
+    """What ``render_nginx_conf`` writes, with ``workers`` = ``NGINX_WORKER_PROCESSES``."""
     cfg = rendering.ProxyConfig(
         listeners=(model.PortMap(listen_port, 8000),),
         state_dir=state_dir,
         max_body_size="10M",
         proxy_timeout_s=600,
         listen_address="127.0.0.1",
+        worker_processes=workers,
     )
     return rendering.render_nginx_conf(cfg, {listen_port: model.Upstream(listen_port, host, port)})
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +97,12 @@ def _record(name: str, kind: str, clients: int, cell: _httpclient.Cell, new: int
 
 
 def _start_proxies(
-    state: Path, host: str, port: int, pin: bool
+    state: Path, host: str, port: int, pin: bool, workers: int
 ) -> tuple[list[_proxies.Nginx], dict[str, int]]:
-    """Ours, the earlier config and the L4 control, each on a port of its own, on the proxy's CPUs."""
+    """Ours (with ``workers`` nginx workers), the earlier config and the L4 control, each on a port of
+    its own, on the proxy's CPUs."""
     confs = {
-        "ours": _proxies.ours_conf,
+        "ours": partial(_proxies.ours_conf, workers=workers),
         "earlier": _proxies.earlier_conf,
         "l4": _proxies.passthrough_conf,
     }
@@ -129,6 +131,7 @@ def measure(
     rounds: int,
     idle_s: float,
     pin: bool = True,
+    workers: int = 1,
 ) -> list[dict[str, Any]]:
     """Start the proxies, run every cell on every path; the raw figures.
 
@@ -136,7 +139,7 @@ def measure(
     """
     results: list[dict[str, Any]] = []
     with _cpus.as_role("client", pin):
-        started, ports = _start_proxies(Path(workdir), host, port, pin)
+        started, ports = _start_proxies(Path(workdir), host, port, pin, workers)
         targets = {"direct": (host, port), **{name: ("127.0.0.1", p) for name, p in ports.items()}}
         try:
             cells: list[tuple[str, int]] = [(kind, c) for kind in ("single", "stream") for c in levels]

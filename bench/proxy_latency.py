@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.proxy_latency [--one-way-ms 25] [--delay-method auto|netns|line|relay]
                                             [--duration 1.5] [--rounds 3] [--quick] [--no-pin]
+                                            [--nginx-workers 1]
 
 Part 1, the sweep (``bench._sweep``): a GPU app behind an emulated network delay (``bench._network``:
 the simulated GPU app behind netns + tc netem, else the light GPU emulator ``bench._linegpu``, which
@@ -173,6 +174,12 @@ def main() -> None:
         default=True,
         help="nginx on CPUs apart from the client and the GPU emulator (bench/_cpus.py; default on)",
     )
+    parser.add_argument(
+        "--nginx-workers",
+        type=int,
+        default=1,
+        help="NGINX_WORKER_PROCESSES for ours (default 1, the product's default); give it CPUs to match",
+    )
     args = parser.parse_args()
     levels, bursts, duration = (LEVELS, BURSTS, args.duration) if not args.quick else ([1, 16], [16], 0.4)
     _common.header("Benchmark 1: the proxy at serving concurrency (direct vs ours vs earlier config)")
@@ -189,10 +196,12 @@ def main() -> None:
             rounds=args.rounds if not args.quick else 1,
             idle_s=1.0,
             pin=args.pin,
+            workers=args.nginx_workers,
         )
         method, note = gpu.method, gpu.note
     healthz = _healthz_load.measure(3.0 if not args.quick else 1.0, HEALTHZ_CLIENTS, HEALTHZ_RATES)
-    report_sweep(sweep, f"{note}\nCPUs: {_cpus.describe(args.pin)}")
+    workers = f"ours with {args.nginx_workers} nginx worker(s)"
+    report_sweep(sweep, f"{note}\nCPUs: {_cpus.describe(args.pin)}; {workers}")
     report_healthz(healthz)
     plot(sweep, f"{2 * args.one_way_ms:g} ms RTT emulated by {_network.EMULATORS[method]}")
 
