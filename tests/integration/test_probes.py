@@ -409,8 +409,12 @@ def test_not_ready_when_the_instance_dies(timeline: Timeline) -> None:
     readiness = timeline.probes["readinessProbe"]
     assert timeline.killed_at < timeline.not_ready_at
     assert timeline.not_ready_at - timeline.killed_at <= readiness.budget_s + readiness.period_s + 2
-    failing = kubelet.of("readinessProbe", start=timeline.killed_at, end=timeline.not_ready_at + 0.001)
-    assert sum(1 for r in failing if not r.ok) >= readiness.failure_threshold
+    # the failureThreshold results that made the pod NotReady all failed, and all came from the kill:
+    # a result is timed at its probe's start, and a probe in flight when the instance died (started up to
+    # its timeout before) fails from it too
+    last = kubelet.of("readinessProbe", end=timeline.not_ready_at + 0.001)[-readiness.failure_threshold :]
+    assert len(last) == readiness.failure_threshold and not any(r.ok for r in last), last
+    assert last[0].t >= timeline.killed_at - readiness.timeout_s - 1, (last[0], timeline.killed_at)
     assert [t for t, ready in kubelet.transitions if not ready] == [timeline.not_ready_at]
 
 
