@@ -123,8 +123,10 @@ class Connection:
             await inbox.more()
         lines = bytes(inbox.buffer[:end]).decode("latin-1").split("\r\n")
         del inbox.buffer[: end + 4]
-        status = int(lines[0].split(" ", 2)[1])
+        version, status_text = lines[0].split(" ", 2)[:2]
+        status = int(status_text)
         chunked, length = False, None
+        keep_alive = version != "HTTP/1.0"  # 1.0: closed after the answer unless it says keep-alive
         for line in lines[1:]:
             name, _, value = line.partition(":")
             name = name.strip().lower()
@@ -132,21 +134,35 @@ class Connection:
                 length = int(value)
             elif name == "transfer-encoding":
                 chunked = "chunked" in value.lower()
-            elif name == "connection" and value.strip().lower() == "close":
-                self._must_close = True
+            elif name == "connection" and value.strip().lower() in {"close", "keep-alive"}:
+                keep_alive = value.strip().lower() == "keep-alive"
+        self._must_close = self._must_close or not keep_alive
         return status, chunked, length
 
     async def _chunk(self) -> bytes | None:
-        """The next chunk of a chunked body; None after the last one (and its empty trailer)."""
+        """The next chunk of a chunked body; None after the last one and its trailer section."""
         inbox = self._inbox
         while (eol := inbox.buffer.find(b"\r\n")) < 0:
             await inbox.more()
         size = int(bytes(inbox.buffer[:eol]).split(b";", 1)[0], 16)
         while len(inbox.buffer) < eol + 2 + size + 2:
             await inbox.more()
+        if size == 0:  # the last chunk: skip trailer fields up to the empty line that ends them
+            while not self._trailers_end(eol + 2):
+                await inbox.more()
+            del inbox.buffer[: self._trailers_end(eol + 2)]
+            return None
         data = bytes(inbox.buffer[eol + 2 : eol + 2 + size])
         del inbox.buffer[: eol + 2 + size + 2]
-        return data if size else None
+        return data
+
+    def _trailers_end(self, start: int) -> int:
+        """Where the trailer section that begins at ``start`` ends (past its empty line); 0: not all here."""
+        buffer = self._inbox.buffer
+        if buffer.startswith(b"\r\n", start):
+            return start + 2
+        end = buffer.find(b"\r\n\r\n", start)
+        return end + 4 if end >= 0 else 0
 
     async def _body(self, chunked: bool, length: int | None) -> bytes:
         inbox = self._inbox
@@ -179,7 +195,9 @@ class Connection:
         sent_at = time.perf_counter()
         transport.write(head + body if body else head)
         status, chunked, length = await self._read_head()
-        data = await self._body(chunked, length)
+        # no body, whatever the headers say: HEAD, 1xx, 204 and 304 (RFC 9112 section 6.3)
+        bodiless = method == "HEAD" or status < 200 or status in {204, 304}
+        data = b"" if bodiless else await self._body(chunked, length)
         return Response(status, data, sent_at, time.perf_counter())
 
     async def stream(self, target: str, lags: bool = True) -> StreamResult:

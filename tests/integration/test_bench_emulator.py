@@ -9,6 +9,7 @@ client must read what the servers send (Content-Length, chunked, close-delimited
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -198,3 +199,37 @@ def test_the_emulator_process_prints_its_port_and_answers() -> None:
         proc.terminate()
         _out, err = proc.communicate(timeout=10)
     assert b"Traceback" not in err
+
+
+async def test_the_client_frames_bodiless_answers_trailers_and_http10() -> None:
+    """A 204 without a length on keep-alive, a chunked answer with a trailer, then an HTTP/1.0 answer
+    with a length but no keep-alive (after which the client must open a new connection)."""
+    answers = [
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: 1\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext",
+    ]
+    accepted = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while answers:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(answers.pop(0))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    conn = _httpclient.Connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        async with asyncio.timeout(5):
+            got = [await conn.request("GET", f"/{i}") for i in range(4)]
+    finally:
+        await conn.close()
+        server.close()
+        await server.wait_closed()
+    assert [(r.status, r.body) for r in got] == [(204, b""), (200, b"abc"), (200, b"ok"), (200, b"next")]
+    assert accepted == 2  # the 1.0 answer without keep-alive ended the first connection
