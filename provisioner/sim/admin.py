@@ -177,7 +177,7 @@ async def instance_action(call: Call) -> Response:
         else:
             raise _bad(f"unknown action {action!r}: use kill, offline, unknown or reboot")
     except InstanceNotFound:
-        raise ApiError(vast_error(404, "not_found", f"Instance {instance_id} not found")) from None
+        raise _no_instance(instance_id) from None
     await call.runtime.settle()
     return _instance_answer(call, instance_id)
 
@@ -198,7 +198,7 @@ async def status_post(call: Call) -> Response:
     try:
         call.runtime.state.override_status(instance_id, status, None if for_s is None else float(for_s))
     except InstanceNotFound:
-        raise ApiError(vast_error(404, "not_found", f"Instance {instance_id} not found")) from None
+        raise _no_instance(instance_id) from None
     return _instance_answer(call, instance_id)
 
 
@@ -208,20 +208,23 @@ async def status_delete(call: Call) -> Response:
     try:
         call.runtime.state.clear_status_override(instance_id)
     except InstanceNotFound:
-        raise ApiError(vast_error(404, "not_found", f"Instance {instance_id} not found")) from None
+        raise _no_instance(instance_id) from None
     return _instance_answer(call, instance_id)
 
 
 def _instance_answer(call: Call, instance_id: int) -> Response:
     """The instance's row after the action; also when it was destroyed while its workload settled (the
     pod under test replacing the instance it saw die), which is what the action led to, not an error."""
-    state = call.runtime.state
-    state.tick()
-    inst = state.instances.get(instance_id)
-    if inst is None:
-        raise ApiError(vast_error(404, "not_found", f"Instance {instance_id} not found"))
+    try:
+        inst = call.runtime.state.get(instance_id)
+    except InstanceNotFound:
+        raise _no_instance(instance_id) from None
     row = listing.instance_row(inst, call.runtime.clock(), call.runtime.config.public_ip)
     return json_response({"success": True, "instance": row})
+
+
+def _no_instance(instance_id: int) -> ApiError:
+    return ApiError(vast_error(404, "not_found", f"Instance {instance_id} not found"))
 
 
 async def rate_limits_get(call: Call) -> Response:

@@ -224,11 +224,18 @@ class SimState:
 
     # ---- operations ---------------------------------------------------------------------------
 
-    def live(self, instance_id: int) -> SimInstance:
-        """The live (not destroyed) instance, after applying due transitions."""
+    def get(self, instance_id: int) -> SimInstance:
+        """The instance, destroyed or not, after applying due transitions."""
         self.tick()
         inst = self.instances.get(instance_id)
-        if inst is None or inst.destroyed_at is not None:
+        if inst is None:
+            raise InstanceNotFound(instance_id)
+        return inst
+
+    def live(self, instance_id: int) -> SimInstance:
+        """The live (not destroyed) instance, after applying due transitions."""
+        inst = self.get(instance_id)
+        if inst.destroyed_at is not None:
             raise InstanceNotFound(instance_id)
         return inst
 
