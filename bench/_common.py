@@ -262,8 +262,9 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], digits: i
 def run_async(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run``, on uvloop where it is installed (``.[bench]``).
 
-    For the load generator and the light GPU emulator: uvloop roughly halves their CPU per request, so
-    on a machine with few cores the figures are the proxy's, not the load generator's queueing.
+    For the load client: uvloop roughly halves its CPU per request, so on a machine with few cores the
+    figures are the proxy's, not the load generator's queueing. Not for anything that must wait exactly:
+    uvloop's clock moves in whole milliseconds (the GPU emulator stays on asyncio's loop for that).
     """
     try:
         import uvloop

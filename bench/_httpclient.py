@@ -134,8 +134,8 @@ class Connection:
                 length = int(value)
             elif name == "transfer-encoding":
                 chunked = "chunked" in value.lower()
-            elif name == "connection" and value.strip().lower() in {"close", "keep-alive"}:
-                keep_alive = value.strip().lower() == "keep-alive"
+            elif name == "connection" and (token := value.strip().lower()) in {"close", "keep-alive"}:
+                keep_alive = token == "keep-alive"
         self._must_close = self._must_close or not keep_alive
         return status, chunked, length
 

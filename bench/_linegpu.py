@@ -32,6 +32,7 @@ import contextlib
 import json
 import socket
 import time
+from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 #: connections accepted and requests served since the last reset
@@ -39,15 +40,13 @@ _counts = {"connections": 0, "requests": 0}
 _MAX_EVENTS = 10_000
 
 
+@dataclass(frozen=True, slots=True)
 class _Request:
-    __slots__ = ("body", "close", "http10", "method", "target")
-
-    def __init__(self, method: str, target: str, body: bytes, close: bool, http10: bool) -> None:
-        self.method = method
-        self.target = target
-        self.body = body
-        self.close = close
-        self.http10 = http10
+    method: str
+    target: str
+    body: bytes
+    close: bool
+    http10: bool
 
 
 def _parse(buffer: bytearray) -> _Request | None:

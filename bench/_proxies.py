@@ -27,25 +27,35 @@ from bench import _common
 from provisioner import model, rendering
 from provisioner.settings import find_nginx_binary
 
-BASELINE_TEMPLATE = """\
-# Baseline: the earlier implementation's proxy (one plain server block).
+#: the top of the hand-written configs below: one worker, a pid file and temp paths under the state dir
+_MAIN = """\
 worker_processes 1;
 pid {state}/nginx.pid;
 error_log stderr warn;
 events {{
-    worker_connections 1024;
+    worker_connections {connections};
 }}
-http {{
+"""
+_TEMP_PATHS = """\
     client_body_temp_path {state}/client_body_temp;
     proxy_temp_path {state}/proxy_temp;
     fastcgi_temp_path {state}/fastcgi_temp;
     uwsgi_temp_path {state}/uwsgi_temp;
     scgi_temp_path {state}/scgi_temp;
+"""
+
+BASELINE_TEMPLATE = (
+    "# Baseline: the earlier implementation's proxy (one plain server block).\n"
+    + _MAIN
+    + "http {{\n"
+    + _TEMP_PATHS
+    + """\
     log_format json escape=json '{{"time":"$time_iso8601","remote_addr":"$remote_addr",'
         '"request":"$request","status":$status,"bytes":$body_bytes_sent,"request_time":$request_time}}';
     access_log /dev/stdout json;
 {servers}}}
 """
+)
 
 BASELINE_SERVER = """
     server {{
@@ -144,20 +154,12 @@ http {{
 }}
 """
 
-STATIC_TEMPLATE = """\
-# A fast stand-in upstream: nginx answers itself.
-worker_processes 1;
-pid {state}/nginx.pid;
-error_log stderr warn;
-events {{
-    worker_connections 4096;
-}}
-http {{
-    client_body_temp_path {state}/client_body_temp;
-    proxy_temp_path {state}/proxy_temp;
-    fastcgi_temp_path {state}/fastcgi_temp;
-    uwsgi_temp_path {state}/uwsgi_temp;
-    scgi_temp_path {state}/scgi_temp;
+STATIC_TEMPLATE = (
+    "# A fast stand-in upstream: nginx answers itself.\n"
+    + _MAIN
+    + "http {{\n"
+    + _TEMP_PATHS
+    + """\
     access_log off;
     keepalive_requests 1000000;
     server {{
@@ -169,15 +171,12 @@ http {{
     }}
 }}
 """
+)
 
-PASSTHROUGH_TEMPLATE = """\
-# A control for benchmark 1: a plain TCP pass-through (L4, nginx's stream module), no HTTP.
-worker_processes 1;
-pid {state}/nginx.pid;
-error_log stderr warn;
-events {{
-    worker_connections 4096;
-}}
+PASSTHROUGH_TEMPLATE = (
+    "# A control for benchmark 1: a plain TCP pass-through (L4, nginx's stream module), no HTTP.\n"
+    + _MAIN
+    + """\
 stream {{
     server {{
         listen 127.0.0.1:{listen};
@@ -187,6 +186,7 @@ stream {{
     }}
 }}
 """
+)
 
 #: a baseline variant for streams from a server that does not send ``X-Accel-Buffering: no``
 IGNORE_ACCEL = "\n            proxy_ignore_headers X-Accel-Buffering;"
@@ -212,11 +212,13 @@ def earlier_conf(state_dir: Path, listen_port: int, host: str, port: int) -> str
 def passthrough_conf(state_dir: Path, listen_port: int, host: str, port: int) -> str:
     """Benchmark 1's control: a TCP hop on the proxy's CPU that parses nothing (one upstream connection
     per client connection, opened when the client connects)."""
-    return PASSTHROUGH_TEMPLATE.format(state=state_dir, listen=listen_port, host=host, port=port)
+    return PASSTHROUGH_TEMPLATE.format(
+        state=state_dir, connections=4096, listen=listen_port, host=host, port=port
+    )
 
 
 def static_conf(state_dir: Path, listen_port: int) -> str:
-    return STATIC_TEMPLATE.format(state=state_dir, listen=listen_port)
+    return STATIC_TEMPLATE.format(state=state_dir, connections=4096, listen=listen_port)
 
 
 def baseline_conf(state_dir: Path, servers: list[tuple[int, bool]], host: str, port: int) -> str:
@@ -225,7 +227,7 @@ def baseline_conf(state_dir: Path, servers: list[tuple[int, bool]], host: str, p
         BASELINE_SERVER.format(listen=listen, host=host, port=port, extra=IGNORE_ACCEL if ignore else "")
         for listen, ignore in servers
     )
-    return BASELINE_TEMPLATE.format(state=state_dir, servers=blocks)
+    return BASELINE_TEMPLATE.format(state=state_dir, connections=1024, servers=blocks)
 
 
 class Nginx:

@@ -148,27 +148,42 @@ async def test_a_chunked_request_body_gets_a_400_and_the_connection_closed(gpu: 
     assert b"chunked request bodies are not supported" in raw
 
 
-async def test_the_client_reads_a_close_delimited_answer_then_reconnects() -> None:
-    """A server that answers without a length (HTTP/1.0 style) ends the body by closing."""
+async def _ask_scripted(answers: list[bytes], requests: int) -> tuple[list[_httpclient.Response], int]:
+    """``requests`` GETs on one client from a server that answers each with the next of ``answers``,
+    closing after one without a length (its body ends at the close); the answers and the connections the
+    server accepted."""
     accepted = 0
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal accepted
         accepted += 1
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it")
-        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while answers:
+                await reader.readuntil(b"\r\n\r\n")
+                answer = answers.pop(0)
+                writer.write(answer)
+                await writer.drain()
+                head = answer.split(b"\r\n\r\n", 1)[0].lower()
+                if b"content-length" not in head and b"chunked" not in head and b" 204 " not in head:
+                    break
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     conn = _httpclient.Connection("127.0.0.1", server.sockets[0].getsockname()[1])
     try:
-        first = await conn.request("GET", "/")
-        second = await conn.request("GET", "/")
+        async with asyncio.timeout(5):
+            got = [await conn.request("GET", f"/{i}") for i in range(requests)]
     finally:
         await conn.close()
         server.close()
         await server.wait_closed()
+    return got, accepted
+
+
+async def test_the_client_reads_a_close_delimited_answer_then_reconnects() -> None:
+    """A server that answers without a length (HTTP/1.0 style) ends the body by closing."""
+    close_delimited = b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it"
+    (first, second), accepted = await _ask_scripted([close_delimited, close_delimited], 2)
     assert (first.status, first.body) == (200, b"all of it")
     assert (second.status, second.body) == (200, b"all of it")
     assert accepted == 2
@@ -210,26 +225,6 @@ async def test_the_client_frames_bodiless_answers_trailers_and_http10() -> None:
         b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext",
     ]
-    accepted = 0
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal accepted
-        accepted += 1
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while answers:
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(answers.pop(0))
-                await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    conn = _httpclient.Connection("127.0.0.1", server.sockets[0].getsockname()[1])
-    try:
-        async with asyncio.timeout(5):
-            got = [await conn.request("GET", f"/{i}") for i in range(4)]
-    finally:
-        await conn.close()
-        server.close()
-        await server.wait_closed()
+    got, accepted = await _ask_scripted(answers, 4)
     assert [(r.status, r.body) for r in got] == [(204, b""), (200, b"abc"), (200, b"ok"), (200, b"next")]
     assert accepted == 2  # the 1.0 answer without keep-alive ended the first connection
