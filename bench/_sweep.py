@@ -132,8 +132,9 @@ def measure(
     idle_s: float,
     pin: bool = True,
     workers: int = 1,
+    kinds: tuple[str, ...] = ("single", "stream", "burst"),
 ) -> list[dict[str, Any]]:
-    """Start the proxies, run every cell on every path; the raw figures.
+    """Start the proxies, run every cell of ``kinds`` on every path; the raw figures.
 
     With ``pin``, this process (the client) and the nginx run on CPUs of their own (``bench._cpus``).
     """
@@ -142,8 +143,9 @@ def measure(
         started, ports = _start_proxies(Path(workdir), host, port, pin, workers)
         targets = {"direct": (host, port), **{name: ("127.0.0.1", p) for name, p in ports.items()}}
         try:
-            cells: list[tuple[str, int]] = [(kind, c) for kind in ("single", "stream") for c in levels]
-            cells += [("burst", n) for n in bursts]
+            steady = [kind for kind in ("single", "stream") if kind in kinds]
+            cells: list[tuple[str, int]] = [(kind, c) for kind in steady for c in levels]
+            cells += [("burst", n) for n in bursts if "burst" in kinds]
             for kind, clients in cells:
                 for name in PATHS:
                     if kind == "burst":

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.proxy_latency [--one-way-ms 25] [--delay-method auto|netns|line|relay]
                                             [--duration 1.5] [--rounds 3] [--quick] [--no-pin]
-                                            [--nginx-workers 1]
+                                            [--nginx-workers 1] [--repeat 1] [--only burst]
 
 Part 1, the sweep (``bench._sweep``): a GPU app behind an emulated network delay (``bench._network``:
 the simulated GPU app behind netns + tc netem, else the light GPU emulator ``bench._linegpu``, which
@@ -25,6 +25,10 @@ Part 2 (``bench._healthz_load``): ``/healthz`` latency on a loop that also runs 
 copies nginx's access log) while the proxy carries 2,000 requests/s, then as many as the clients manage,
 against the same load sent straight to the upstream; with CPU per request of that process and of nginx's
 worker. Only 127.0.0.1; the whole run takes about 2 minutes.
+
+``--repeat N`` runs the sweep N times and ends with how many passes met the target per cell, and the
+spread of ours - direct and ours - L4: one pass's p99 of a cell is a handful of requests. ``--only``
+runs some kinds of cells (``single``, ``stream``, ``burst``) and skips part 2 and the plot.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from bench import _common, _cpus, _healthz_load, _network, _sweep
 
 LEVELS = [1, 16, 64, 256]
 BURSTS = [64, 256]
+KINDS = ("single", "stream", "burst")
 HEALTHZ_RATES = [2000.0, 0.0]
 HEALTHZ_CLIENTS = 32
 #: the issue's target: ours within this many ms of direct at p50 and p99
@@ -47,14 +52,27 @@ def _stats(r: dict[str, Any]) -> tuple[float, float]:
     return _common.percentile(lat, 50) * 1000, _common.percentile(lat, 99) * 1000
 
 
+def _cells(results: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, dict[str, Any]]]:
+    """The results per cell (kind, clients), in the order they ran, each by path."""
+    cells: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    for r in results:
+        cells.setdefault((r["kind"], r["clients"]), {})[r["path"]] = r
+    return cells
+
+
+def _met(paths: dict[str, dict[str, Any]]) -> bool:
+    """The issue's target for one cell: ours within ``TARGET_MS`` of direct at p50 and p99, 0 new."""
+    (dp50, dp99), (op50, op99) = _stats(paths["direct"]), _stats(paths["ours"])
+    within = op50 - dp50 <= TARGET_MS and op99 - dp99 <= TARGET_MS
+    return within and paths["ours"]["new_upstream"] == 0
+
+
 def report_sweep(results: list[dict[str, Any]], note: str) -> None:
     print(f"delay: {note}\n")
-    by = {(r["kind"], r["clients"], r["path"]): r for r in results}
     rows = []
-    for kind, clients in dict.fromkeys((r["kind"], r["clients"]) for r in results):
-        d, l4, o, e = (by[(kind, clients, p)] for p in _sweep.PATHS)
+    for (kind, clients), paths in _cells(results).items():
+        d, l4, o, e = (paths[p] for p in _sweep.PATHS)
         (dp50, dp99), (lp50, lp99), (op50, op99), (ep50, ep99) = (_stats(r) for r in (d, l4, o, e))
-        within = op50 - dp50 <= TARGET_MS and op99 - dp99 <= TARGET_MS
         rows.append(
             [
                 kind,
@@ -69,7 +87,7 @@ def report_sweep(results: list[dict[str, Any]], note: str) -> None:
                 o["new_upstream"],
                 e["new_upstream"],
                 d["errors"] + l4["errors"] + o["errors"] + e["errors"],
-                "met" if within and o["new_upstream"] == 0 else "missed",
+                "met" if _met(paths) else "missed",
             ]
         )
     columns = [
@@ -88,6 +106,41 @@ def report_sweep(results: list[dict[str, Any]], note: str) -> None:
         f"ours ≤ direct + {TARGET_MS:g} ms, 0 new",
     ]
     print("stream rows: time to the first event; burst rows: all requests of the measured bursts\n")
+    _common.print_table(columns, rows)
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):+.1f} … {_common.percentile(values, 50):+.1f} … {max(values):+.1f}"
+
+
+def report_repeats(passes: list[list[dict[str, Any]]]) -> None:
+    """Per cell over every pass: how many met the target, and the spread of ours − direct and
+    ours − L4 (min … median … max)."""
+    per_pass = [_cells(results) for results in passes]
+    rows = []
+    for cell in per_pass[0]:
+        runs = [cells[cell] for cells in per_pass]
+        diffs: dict[str, list[list[float]]] = {"direct": [[], []], "l4": [[], []]}
+        for paths in runs:
+            ours = _stats(paths["ours"])
+            for base, (p50s, p99s) in diffs.items():
+                other = _stats(paths[base])
+                p50s.append(ours[0] - other[0])
+                p99s.append(ours[1] - other[1])
+        met = sum(_met(paths) for paths in runs)
+        new = sum(paths["ours"]["new_upstream"] for paths in runs)
+        rows.append([*cell, f"{met} of {len(runs)}", new, *(_spread(v) for d in diffs.values() for v in d)])
+    print(f"\nthe same cells over {len(passes)} passes (min … median … max, ms)\n")
+    columns = [
+        "load",
+        "clients",
+        f"passes ours ≤ direct + {TARGET_MS:g} ms, 0 new",
+        "new upstream conns, ours, all passes",
+        "ours − direct p50",
+        "ours − direct p99",
+        "ours − L4 p50",
+        "ours − L4 p99",
+    ]
     _common.print_table(columns, rows)
 
 
@@ -169,6 +222,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="measured bursts per burst cell (default 3)")
     parser.add_argument("--quick", action="store_true", help="a few short cells only (smoke test)")
     parser.add_argument(
+        "--repeat", type=int, default=1, help="passes of the sweep, each reported, then a summary (default 1)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=KINDS,
+        help="only these sweep cells (repeatable); skips the /healthz part",
+    )
+    parser.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -188,22 +250,35 @@ def main() -> None:
         _network.delayed_gpu(args.one_way_ms, args.delay_method, args.pin) as gpu,
     ):
         print(f"delay method: {gpu.method}\n", flush=True)
-        sweep = gpu.run_inner(
-            "bench._sweep:measure",
-            levels=levels,
-            bursts=bursts,
-            duration_s=duration,
-            rounds=args.rounds if not args.quick else 1,
-            idle_s=1.0,
-            pin=args.pin,
-            workers=args.nginx_workers,
-        )
+        passes = []
+        for n in range(args.repeat):
+            if args.repeat > 1:
+                print(f"pass {n + 1} of {args.repeat}", flush=True)
+            passes.append(
+                gpu.run_inner(
+                    "bench._sweep:measure",
+                    levels=levels,
+                    bursts=bursts,
+                    duration_s=duration,
+                    rounds=args.rounds if not args.quick else 1,
+                    idle_s=1.0,
+                    pin=args.pin,
+                    workers=args.nginx_workers,
+                    kinds=tuple(args.only or KINDS),
+                )
+            )
         method, note = gpu.method, gpu.note
-    healthz = _healthz_load.measure(3.0 if not args.quick else 1.0, HEALTHZ_CLIENTS, HEALTHZ_RATES)
     workers = f"ours with {args.nginx_workers} nginx worker(s)"
-    report_sweep(sweep, f"{note}\nCPUs: {_cpus.describe(args.pin)}; {workers}")
-    report_healthz(healthz)
-    plot(sweep, f"{2 * args.one_way_ms:g} ms RTT emulated by {_network.EMULATORS[method]}")
+    for n, sweep in enumerate(passes):
+        if len(passes) > 1:
+            print(f"\npass {n + 1} of {len(passes)}")
+        report_sweep(sweep, f"{note}\nCPUs: {_cpus.describe(args.pin)}; {workers}")
+    if len(passes) > 1:
+        report_repeats(passes)
+    if args.only:  # a part of the sweep: no /healthz part, and the full sweep's plot is kept
+        return
+    report_healthz(_healthz_load.measure(3.0 if not args.quick else 1.0, HEALTHZ_CLIENTS, HEALTHZ_RATES))
+    plot(passes[0], f"{2 * args.one_way_ms:g} ms RTT emulated by {_network.EMULATORS[method]}")
 
 
 if __name__ == "__main__":
