@@ -272,8 +272,12 @@ class Daemon:
             await self._rest(plan.next_check_s * self.rng.uniform(1 - POLL_JITTER, 1 + POLL_JITTER))
 
     async def _rest(self, seconds: float) -> None:
-        """The reconcile loop's wait between ticks (woken by the health loop); the first tick is over."""
+        """The reconcile loop's wait between ticks (woken by the health loop); the first tick is over.
+
+        Liveness counts the loop as stalled only once it is overdue from this rest: a 429 slot hours
+        away (a daily search quota, a long Retry-After) must not get the pod restarted."""
         self.ticked.set()
+        self.runtime.resting_until = self.clock() + seconds
         await self.pause(seconds, True)
 
     def _jittered(self, failures: int) -> float:

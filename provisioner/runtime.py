@@ -95,6 +95,8 @@ class Runtime:
     cost: CostReading | None = None
     started_at: float = 0.0
     loop_heartbeat_at: float = 0.0
+    #: the loop rests on purpose until then (a rate-limit slot hours away): no stall before it
+    resting_until: float = 0.0
     prepared: bool = False
     stopping: bool = False
     last_error: str | None = None
@@ -105,12 +107,14 @@ class Runtime:
 
 
 def health(runtime: Runtime, now: float) -> tuple[bool, str]:
-    """Liveness: the loop came round recently and nginx is running."""
+    """Liveness: nginx is running and the loop came round recently, or rests on purpose (however
+    long: a daily search quota) and is not overdue from that rest; a wedged loop still fails."""
     nginx = runtime.nginx
     if nginx is None or not nginx.is_running:
         return False, "nginx is not running"
     interval = max(runtime.settings.reconcile_interval_seconds * 3, STALL_AFTER_S)
-    if runtime.loop_heartbeat_at and now - runtime.loop_heartbeat_at > interval:
+    due = max(runtime.loop_heartbeat_at, runtime.resting_until)
+    if runtime.loop_heartbeat_at and now - due > interval:
         return False, f"the reconcile loop has not run for {now - runtime.loop_heartbeat_at:.0f}s"
     return True, "ok"
 
