@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from provisioner import events, model, planning, rendering, renting, tracking, upstream_health
+from provisioner import errors, events, model, planning, rendering, renting, tracking, upstream_health
 from provisioner.vast import client as vast_client
 
 log = logging.getLogger("provisioner.reconciler")
@@ -73,20 +73,49 @@ class Executor:
         """When this instance's boot wait began; kept in Redis so that it survives restarts."""
         return now if self.bans is None else await self.bans.boot_started(instance_id, now)
 
+    async def boot_done(self, instance_id: int) -> None:
+        """This instance showed its endpoints: its stored boot start is over."""
+        if self.bans is not None:
+            await self.bans.boot_done(instance_id)
+
     async def apply(self, plan: planning.Plan) -> None:
         """Apply the actions in order; a 503 page whose reason alone changes (nothing is served) is
         rendered while the rest runs, so its nginx test and reload (~0.1 s) do not hold back a cold
-        start's rent. Its error, if any, is raised once the rest is done."""
+        start's rent. Its error, if any, is raised once the rest is done.
+
+        A destroy the API refuses does not hold back the rest (the rental of a replacement above
+        all): it is retried next tick, and its error is raised once the rest is done.
+        """
         page: asyncio.Task[None] | None = None
+        refused: errors.VastError | None = None
         try:
             for action in plan.actions:
                 if isinstance(action, planning.Unserve) and self.state.serving is None and page is None:
                     page = asyncio.create_task(self._unserve(action.reason))
+                elif isinstance(action, planning.Destroy):
+                    refused = await self._destroy_or_carry_on(action) or refused
                 else:
                     await self._apply(action)
         finally:
             if page is not None:
                 await page
+        if refused is not None:
+            raise refused
+
+    async def _destroy_or_carry_on(self, action: planning.Destroy) -> errors.VastError | None:
+        try:
+            await self._destroy(action.instance, action.reason)
+        except errors.AuthError:
+            raise
+        except errors.VastError as exc:
+            log.warning(
+                "destroying instance %s failed, retried next tick: %s",
+                action.instance.id,
+                exc,
+                extra={"event": "destroy-failed", "instance_id": action.instance.id},
+            )
+            return exc
+        return None
 
     async def _apply(self, action: planning.Action) -> None:
         if isinstance(action, planning.Serve):
@@ -95,14 +124,13 @@ class Executor:
             await self._unserve(action.reason)
         elif isinstance(action, planning.Ban):
             await self._ban(action.instance, action.reason)
-        elif isinstance(action, planning.Destroy):
-            await self._destroy(action.instance, action.reason)
         elif isinstance(action, planning.Rent):
             await self._rent(action.reason)
 
     async def _serve(self, instance: model.Instance) -> None:
         upstreams = self.health.upstreams(instance)
         text = rendering.render_nginx_conf(self.proxy_config, upstreams)
+        self.state.page_reason = None
         changed = await self.proxy.apply(text)
         previous = self.state.serving
         self.state.serving = instance
@@ -115,7 +143,7 @@ class Executor:
             self.record(events.EventKind.SERVE, where, instance.id)
 
     async def _unserve(self, reason: str) -> None:
-        if self.state.serving is None and self.state.unserve_reason == reason:
+        if self.state.serving is None and self.state.page_reason == reason:
             return
         if self.state.serving is not None:
             self.record(events.EventKind.UNSERVE, reason, self.state.serving.id, logging.WARNING)
@@ -125,7 +153,11 @@ class Executor:
     async def render_unavailable(self, reason: str) -> None:
         self.state.unserve_reason = reason
         self.state.upstreams = {}
+        # the page counts as in place only once nginx took it: after a failed reload nginx still
+        # proxies to what it served before, and the next tick must render the page again
+        self.state.page_reason = None
         await self.proxy.apply(rendering.render_nginx_conf(self.proxy_config, None, reason=reason))
+        self.state.page_reason = reason
 
     async def _ban(self, instance: model.Instance, reason: str) -> None:
         if self.bans is not None:
@@ -145,13 +177,16 @@ class Executor:
                 extra={"instance_id": instance.id},
             )
             return
-        if not (record is not None and record.ever_ready) and reason in _FAILED_BOOTS:
-            self.renter.failed_before_ready(instance.host_id, self.clock())
         gone = await self.vast.destroy_instance(instance.id)
+        # counted once, after the destroy: a refused DELETE retried every tick (or a list that still
+        # shows it) must not count one failed rental as many
+        first = record is None or not record.destroyed
         if record is not None:
             record.unconfirmed = False
             record.destroyed = True
-        if reason == "dead" and self.bans is not None:
+        if first and not (record is not None and record.ever_ready) and reason in _FAILED_BOOTS:
+            self.renter.failed_before_ready(instance.host_id, self.clock())
+        if first and reason == "dead" and self.bans is not None:
             await self.bans.record(instance, "death")
         detail = reason + ("" if gone else " (already gone)")
         self.record(events.EventKind.DESTROY, detail, instance.id, logging.WARNING, reason=reason)

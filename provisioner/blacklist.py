@@ -231,6 +231,11 @@ class Blacklist:
         started = _opt(stored, float)
         return at if started is None else started
 
+    async def boot_done(self, instance_id: int) -> None:
+        """It showed its endpoints: a boot wait after a later adoption (a restart) starts then, not at
+        the rental, as a reboot seen in-process does."""
+        await self._transaction("boot done", lambda pipe: pipe.delete(self.keys.boot(instance_id)))
+
     async def count_adoption(self, instance_id: int) -> int:
         """Count one process start adopting this instance; return the starts inside the sliding window."""
         now = self._clock()
@@ -331,6 +336,9 @@ class Guarded:
 
     async def boot_started(self, instance_id: int, at: float) -> float:
         return await self._safely(lambda: self.blacklist.boot_started(instance_id, at), at)
+
+    async def boot_done(self, instance_id: int) -> None:
+        await self._safely(lambda: self.blacklist.boot_done(instance_id), None)
 
     async def adopted(self, instance: model.Instance) -> str | None:
         return await self._safely(lambda: self.blacklist.adopted(instance), None)

@@ -291,6 +291,10 @@ class Reconciler:
         for inst in instances:
             record = self.state.tracked[inst.id]
             if planning.has_endpoints(inst, self.desired) and not inst.is_dead:
+                if not record.were_ready:
+                    # up: if a restart adopts it booting again, its boot clock starts then, not at
+                    # the rental hours ago (else a healthy instance would be banned and destroyed)
+                    await self.executor.boot_done(inst.id)
                 record.were_ready = True
                 self.note_health(inst.id, await self.adapters.health.check(inst))
                 if record.healthy:

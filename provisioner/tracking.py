@@ -26,6 +26,8 @@ class HostBans(Protocol):
 
     async def boot_started(self, instance_id: int, at: float) -> float: ...
 
+    async def boot_done(self, instance_id: int) -> None: ...
+
     async def adopted(self, instance: model.Instance) -> str | None: ...
 
     async def record(self, instance: model.Instance, kind: str, value: float = 0.0) -> None: ...
@@ -143,6 +145,9 @@ class ReconcilerState:
     serving: model.Instance | None = None
     upstreams: dict[int, model.Upstream] = field(default_factory=dict)
     unserve_reason: str = "starting"
+    #: the reason of the 503 page nginx has taken; None while it serves an upstream, or after a failed
+    #: reload left it serving the config before
+    page_reason: str | None = None
     #: no new rental before this (a rental not shown by a list yet, or an unknown outcome)
     rent_hold_until: float = 0.0
     phase: planning.Phase = planning.Phase.RENTING

@@ -115,6 +115,7 @@ def build(
     *,
     answers: dict[int, bool] | None = None,
     drain_s: float = 0.0,
+    proxy: Proxy | None = None,
     **kw: Any,
 ) -> tuple[reconciler.Reconciler, Proxy]:
     vast = VastClient(http, SecretStr("k3y-0123456789"), base_url=BASE, retry=RetryPolicy(attempts=1))
@@ -127,7 +128,7 @@ def build(
             image=IMAGE, env={}, ports=[8000], label=LABEL, disk_gb=20, template_hash_id=h
         ),
     )
-    proxy = Proxy()
+    proxy = Proxy() if proxy is None else proxy
     health = Health(http, DESIRED.ports, allow_private=True, answers={} if answers is None else answers)
     config = reconciler.ReconcilerConfig(
         desired=DESIRED,
@@ -257,6 +258,43 @@ async def test_serve_a_healthy_instance_and_forget_it_when_gone(
     assert kinds[:2] == [events.EventKind.SERVE, events.EventKind.UNSERVE]
 
 
+@dataclass
+class FailingOnce(Proxy):
+    """nginx refuses the next config (and keeps serving the one before, as NginxProxy does)."""
+
+    fail_next: bool = False
+
+    async def apply(self, text: str) -> bool:
+        if self.fail_next:
+            self.fail_next = False
+            raise errors.NginxError("nginx reload timed out")
+        return await super().apply(text)
+
+
+async def test_a_503_page_that_failed_to_apply_is_applied_on_the_next_tick(
+    http: httpx.AsyncClient, clock: Clock
+) -> None:
+    """The served instance dies; the reload to the 503 page fails, so nginx still proxies to it. The next
+    tick, with the same reason, renders the page again instead of taking it as already in place."""
+    proxy = FailingOnce()
+    rec, _ = build(http, clock, proxy=proxy)
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").side_effect = [listing(row(7))] + [listing(row(7, "exited"))] * 2
+        mock.get("/api/v0/instances/7/").respond(json={"instances": row(7, "exited")})
+        mock.delete("/api/v0/instances/7/").respond(json={"success": True})
+        mock.post("/api/v0/bundles/").respond(json={"offers": []})
+        await rec.tick()
+        assert "203.0.113.7:40007" in proxy.texts[-1]
+        proxy.fail_next = True
+        clock.now += 5
+        with pytest.raises(errors.NginxError):
+            await rec.tick()
+        assert "203.0.113.7:40007" in proxy.texts[-1], "nginx kept the config before"
+        clock.now += 5
+        await rec.tick()
+    assert "203.0.113.7" not in proxy.texts[-1] and "return 503" in proxy.texts[-1]
+
+
 async def test_health_changes_are_events(http: httpx.AsyncClient, clock: Clock) -> None:
     """A served instance that starts failing is recorded once as failing; the view shows it unhealthy."""
     answers: dict[int, bool] = {}
@@ -327,6 +365,37 @@ async def test_failed_boots_feed_the_rent_brakes(http: httpx.AsyncClient, clock:
         await rec.tick()
     assert rec.renter.guard.failures_in_a_row == 1
     assert rec.renter.guard.avoided(clock.now) == {107}
+
+
+async def test_a_refused_destroy_still_rents_the_replacement_and_counts_once(
+    http: httpx.AsyncClient, clock: Clock
+) -> None:
+    """The DELETE of a dead instance fails (a Vast 5xx) for two ticks: the replacement is rented on the
+    first anyway, the error is still raised (the loop backs off and shows it), and the one failed boot
+    counts once, when the destroy finally succeeds, not once per tick."""
+    rec, _ = build(http, clock)
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").side_effect = [
+            listing(row(7, "exited")),
+            listing(row(7, "exited"), row(55, "loading")),
+            listing(row(7, "exited"), row(55, "loading")),
+        ]
+        mock.post("/api/v0/bundles/").respond(json={"offers": [{"id": 1, "host_id": 9, "dph_total": 0.3}]})
+        rent = mock.put("/api/v0/asks/1/").respond(json={"success": True, "new_contract": 55})
+        destroy = mock.delete("/api/v0/instances/7/")
+        destroy.side_effect = [
+            httpx.Response(500),
+            httpx.Response(500),
+            httpx.Response(200, json={"success": True}),
+        ]
+        for _ in range(2):
+            with pytest.raises(errors.VastUnavailable):
+                await rec.tick()
+            clock.now += 5
+        await rec.tick()
+    assert rent.call_count == 1
+    assert destroy.call_count == 3
+    assert rec.renter.guard.failures_in_a_row == 1
 
 
 # ---------------------------------------------------------------- one odd list answer (issue 16)

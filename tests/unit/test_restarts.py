@@ -127,3 +127,32 @@ def _offer(oid: int, host: int) -> dict[str, Any]:
         "gpu_name": "RTX 4090",
         "num_gpus": 1,
     }
+
+
+async def test_a_restart_adopting_a_once_ready_instance_that_is_booting_again_starts_its_boot_clock(
+    env: pytest.MonkeyPatch, client: Any, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rental stored its boot start in Redis (so that restarts do not reset the wait of an instance
+    that never comes up). Once it has shown its endpoints that start is over: a pod restarted hours
+    later, whose first list shows the instance rebooting (no ports), waits for it as booting instead of
+    banning its host and destroying it for a boot timeout counted from the rental."""
+    env.setenv("BLACKLIST_ENABLED", "true")
+    env.setenv("VAST_ALLOW_PRIVATE_UPSTREAMS", "true")
+    monkeypatch.setattr(upstream_health, "tcp_connects", answering)
+    bl = make(client, clock, restart_threshold=5)
+    await bl.boot_started(77, clock.now)  # the rental
+    rebooting = {"id": 77, "label": LABEL, "actual_status": "loading", "host_id": 10, "machine_id": 100}
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").side_effect = [
+            httpx.Response(200, json={"instances": [running(77, 10)], "next_token": None}),
+            httpx.Response(200, json={"instances": [rebooting], "next_token": None}),
+        ]
+        destroy = mock.delete("/api/v0/instances/77/").respond(json={"success": True})
+        async with httpx.AsyncClient() as http:
+            first = await make_reconciler(env, http, clock, bans=Guarded(bl)).tick()
+            clock.now += 3 * 3600
+            restarted = await make_reconciler(env, http, clock, bans=Guarded(bl)).tick()
+    assert first.verdicts[77].kind is planning.VerdictKind.HEALTHY
+    assert restarted.verdicts[77].kind is planning.VerdictKind.BOOTING
+    assert destroy.call_count == 0
+    assert (await bl.standing()).banned_hosts == frozenset()
