@@ -30,6 +30,7 @@ class EventKind(enum.StrEnum):
     RENT_WAITS = "rent-waits"
     RENT_LOCK_HELD = "rent-lock-held"
     OFFER_GONE = "offer-gone"
+    OFFER_REFUSED = "offer-refused"
     NO_OFFERS = "no-offers"
     SPEND_CAP = "spend-cap"
     SPEND_CAP_UNCHECKED = "spend-cap-unchecked"

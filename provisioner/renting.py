@@ -33,6 +33,9 @@ from provisioner.vast import client as vast_client
 RENT_HOLD_S = 90.0
 #: how many offers to try when they vanish between search and rent
 MAX_OFFER_ATTEMPTS = 5
+#: offers refused with a 4xx in one rental before the refusal is raised: one may be about that offer
+#: (the next is tried, so one bad offer cannot wedge the pod), two in a row are about the request
+MAX_REFUSALS = 2
 #: the figures in a note ($/h, seconds): a note said once per situation ignores them
 _FIGURES = re.compile(r"\d+(?:\.\d+)?")
 
@@ -301,6 +304,7 @@ class Renter:
     async def _rent_best(self, ask: Ask, ranked: list[selection.Scored], notes: list[Note]) -> Outcome:
         """Rent the first offer still there; an unknown outcome stops at once (never rent twice)."""
         tried: set[int] = set()
+        refusals = 0
         for _ in range(MAX_OFFER_ATTEMPTS):
             choice = await self._pick(ranked, tried)
             if choice is None:
@@ -318,20 +322,20 @@ class Renter:
                     _note(ask, events.EventKind.OFFER_GONE, f"offer {offer.id} was taken; trying the next")
                 )
                 continue
+            except errors.VastRejected as exc:
+                await self._retire(offer.id)
+                refusals += 1
+                if refusals >= MAX_REFUSALS:
+                    raise
+                text = f"offer {offer.id} refused: {exc.reason}; trying the next"
+                notes.append(_note(ask, events.EventKind.OFFER_REFUSED, text))
+                continue
             except errors.RentOutcomeUnknown as exc:
                 text = f"offer {offer.id}: {exc.reason}; listing by label before any new rental"
                 notes.append(_note(ask, events.EventKind.RENT_UNKNOWN, text))
                 return Outcome(Result.UNKNOWN, notes=tuple(notes))
-            bid = f" bid ${choice.bid_price:.4f}/h" if choice.bid_price is not None else ""
-            text = (
-                f"{ask.reason}: offer {offer.id} host {offer.host_id} {offer.gpu_name}"
-                f" ${choice.price_per_hour or offer.dph_total}/h score {choice.score:.3f}{bid}"
-            )
-            notes.append(
-                _note(ask, events.EventKind.RENT, text, new_id, level=logging.INFO, reason=ask.reason)
-            )
             await self._retire(offer.id)
-            return Outcome(Result.RENTED, new_id, spendcheck.price(choice), tuple(notes))
+            return _rented(ask, choice, new_id, notes)
         text = "every offer tried was taken" if tried else "every usable offer is claimed by another pod"
         notes.append(_note(ask, events.EventKind.NO_OFFERS, text))
         return Outcome(Result.NO_OFFERS, notes=tuple(notes), why=text)
@@ -363,6 +367,17 @@ class Renter:
         elif fit.reserved:
             self._noted = None
         return fit
+
+
+def _rented(ask: Ask, choice: selection.Scored, new_id: int, notes: list[Note]) -> Outcome:
+    offer = choice.offer
+    bid = f" bid ${choice.bid_price:.4f}/h" if choice.bid_price is not None else ""
+    text = (
+        f"{ask.reason}: offer {offer.id} host {offer.host_id} {offer.gpu_name}"
+        f" ${choice.price_per_hour or offer.dph_total}/h score {choice.score:.3f}{bid}"
+    )
+    notes.append(_note(ask, events.EventKind.RENT, text, new_id, level=logging.INFO, reason=ask.reason))
+    return Outcome(Result.RENTED, new_id, spendcheck.price(choice), tuple(notes))
 
 
 def _note(

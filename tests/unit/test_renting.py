@@ -19,7 +19,7 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from provisioner import events, model, rentguard, renting, selection, spend
+from provisioner import errors, events, model, rentguard, renting, selection, spend
 from provisioner.vast.client import RentRequest, RetryPolicy, VastClient
 from tests.fakes import T0
 
@@ -202,6 +202,33 @@ async def test_vanished_offers_are_skipped(http: httpx.AsyncClient) -> None:
         57,
         ["offer-gone", "rent"],
     )
+
+
+async def test_an_offer_refused_with_a_4xx_is_skipped_once(http: httpx.AsyncClient) -> None:
+    """A 4xx about one offer (here a 400 on the best) does not wedge the pod on it: the next is rented."""
+    with respx.mock(base_url=BASE) as mock:
+        mock.post("/api/v0/bundles/").respond(json={"offers": [offer(1, 0.3), offer(2, 0.4)]})
+        mock.put("/api/v0/asks/1/").respond(400, json={"error": "invalid_args", "msg": "no ssh key for vm"})
+        mock.put("/api/v0/asks/2/").respond(json={"success": True, "new_contract": 57})
+        outcome = await renter(http).rent(ask())
+    assert (outcome.result, outcome.instance_id, kinds(outcome)) == (
+        renting.Result.RENTED,
+        57,
+        ["offer-refused", "rent"],
+    )
+
+
+async def test_two_refusals_in_a_row_are_about_the_request_and_raised(http: httpx.AsyncClient) -> None:
+    """Two offers refused in one rental: the request is at fault, the refusal is raised (the loop backs
+    off and shows it) and no third offer is tried."""
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.post("/api/v0/bundles/").respond(json={"offers": [offer(i, 0.3 + i / 10) for i in (1, 2, 3)]})
+        for oid in (1, 2):
+            mock.put(f"/api/v0/asks/{oid}/").respond(400, json={"error": "invalid_args", "msg": "bad env"})
+        third = mock.put("/api/v0/asks/3/").respond(json={"success": True, "new_contract": 58})
+        with pytest.raises(errors.VastRejected, match="bad env"):
+            await renter(http).rent(ask())
+    assert not third.called
 
 
 async def test_unknown_rent_is_never_retried(http: httpx.AsyncClient) -> None:
