@@ -13,7 +13,8 @@ nginx failure, a signal): nginx is drained for ``NGINX_DRAIN_SECONDS``, the admi
 the clients are closed. SIGTERM/SIGINT only set an event. **An in-flight tick finishes**, bounded
 by ``STOP_TICK_GRACE_S``, then is cancelled: a rent in progress gets its outcome recorded and the
 Redis rent lock released, instead of leaving both to a TTL. A second signal cuts the nginx drain
-short (SIGTERM to nginx) and exits at the latest ``NGINX_DRAIN_SECONDS`` later, nginx killed.
+short (SIGTERM to nginx's process group) and exits 1 (``ShutdownForced``), at the latest
+``NGINX_DRAIN_SECONDS`` later, nginx killed.
 The instance is kept on shutdown: the pod may only be restarting.
 
 The clock, the sleep and the random source are injectable (``Daemon(clock=, pause=, rng=)``), so
@@ -129,11 +130,13 @@ class Daemon:
         self.stop.set()
 
     async def _force_exit(self) -> None:
-        """SIGTERM nginx (fast shutdown); if the process is still here after the drain bound, kill it."""
+        """SIGTERM nginx (fast shutdown); if this process is still here after the drain bound, SIGKILL
+        nginx and exit. Both go to nginx's process group (its own session: pgid == the master's pid),
+        so that no worker outlives a killed master and keeps the proxy port."""
         nginx_pid = self.nginx.pid if self.nginx is not None else None
-        _signal_pid(nginx_pid, signal.SIGTERM)
+        _signal_group(nginx_pid, signal.SIGTERM)
         await asyncio.sleep(float(self.settings.nginx_drain_seconds))
-        _signal_pid(nginx_pid, signal.SIGKILL)
+        _signal_group(nginx_pid, signal.SIGKILL)
         os._exit(FORCED_EXIT_CODE)
 
     # ------------------------------------------------------------ main
@@ -153,6 +156,8 @@ class Daemon:
             finally:
                 await self._stop_nginx()  # first: the drain runs while /readyz says "shutting down"
                 log.info("stopped")
+        if self.forced:  # a second signal, during the tick grace or the nginx drain: exit code 1
+            raise errors.ShutdownForced("stopped by a second signal before the shutdown finished")
 
     async def _open(
         self, stack: contextlib.AsyncExitStack, nginx: nginx_mod.NginxProcess, tls: Awaitable[ssl.SSLContext]
@@ -219,9 +224,8 @@ class Daemon:
         except* errors.NginxError as eg:
             log.error("nginx failed: %s", eg.exceptions[0])
             raise eg.exceptions[0] from None
-        if self.forced:
-            raise errors.ShutdownForced("stopped by a second signal before the shutdown finished")
-        await rec.note_clean_stop()  # a clean stop: the next start is no crash (restart counting)
+        if not self.forced:  # a clean stop: the next start is no crash (restart counting)
+            await rec.note_clean_stop()
 
     async def _until_stopped(self, ticking: asyncio.Task[None]) -> None:
         """On stop, let an in-flight tick finish (``STOP_TICK_GRACE_S`` at most), then end every task."""
@@ -374,10 +378,10 @@ FORCED_EXIT_CODE: Final = 1
 _background: set[asyncio.Future[None]] = set()
 
 
-def _signal_pid(pid: int | None, sig: signal.Signals) -> None:
-    if pid is not None:
+def _signal_group(pgid: int | None, sig: signal.Signals) -> None:
+    if pgid is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+            os.killpg(pgid, sig)
 
 
 class _Stop(Exception):

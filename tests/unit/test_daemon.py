@@ -325,7 +325,8 @@ async def test_first_signal_stops_second_stops_nginx_and_exits(
 ) -> None:
     """Signal one sets the stop event; signal two SIGTERMs nginx at once and exits (code 1)."""
     d = daemon.Daemon(load_settings(NGINX_DRAIN_SECONDS="0"))
-    stand_in = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
+    sleeper = (sys.executable, "-c", "import time; time.sleep(60)")
+    stand_in = await asyncio.create_subprocess_exec(*sleeper, start_new_session=True)  # as nginx
     exits: list[int] = []
     monkeypatch.setattr(daemon.os, "_exit", exits.append)
 
