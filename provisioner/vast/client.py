@@ -15,7 +15,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -377,15 +376,12 @@ class VastClient(transport.Transport):
         path = f"/api/v0/instances/request_logs/{_positive_id(instance_id, 'instance_id')}/"
         body = {} if tail is None else {"tail": str(_positive_id(tail, "tail"))}
         data = self._json(call, await self._request(call, "PUT", path, body=body))
-        url = data.get("result_url") if isinstance(data, Mapping) else None
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if url is None or parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise errors.VastBadResponse(call, "answer has no http(s) 'result_url'")
+        url = wire.result_url(call, data)
         last = "no attempt"
         for _ in range(poll_attempts):
             await self._sleep(poll_interval_s)
             try:
-                response = await self._send("fetch logs", "GET", str(url), None, auth=False)
+                response = await self._send("fetch logs", "GET", url, None, auth=False)
             except errors.VastUnavailable as exc:
                 last = exc.reason
                 continue

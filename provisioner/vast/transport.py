@@ -240,7 +240,11 @@ class Transport:
         if auth:
             headers["Authorization"] = f"Bearer {self._secret}"
         timeout = httpx.USE_CLIENT_DEFAULT if auth else httpx.Timeout(_LOG_FETCH_TIMEOUT_S)
-        request = self._http.build_request(method, url, headers=headers, content=content, timeout=timeout)
+        try:
+            request = self._http.build_request(method, url, headers=headers, content=content, timeout=timeout)
+        except (httpx.InvalidURL, ValueError) as exc:  # a URL from an answer (result_url) that httpx refuses
+            reason = wire.scrub(str(exc), self._secret)
+            raise errors.VastBadResponse(call, f"cannot send to that URL: {reason}") from exc
         if not auth:
             request.headers.pop("Authorization", None)  # even if the injected client has a default one
         started = time.monotonic()

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import quote, quote_plus, urlencode
+from urllib.parse import quote, quote_plus, urlencode, urlsplit
 
 import httpx
 
@@ -173,6 +173,26 @@ def scrub(text: str, secret: str) -> str:
     for form in (secret, quote(secret, safe=""), quote_plus(secret)):
         text = text.replace(form, "***")
     return text
+
+
+def result_url(call: str, answer: Any) -> str:
+    """The http(s) ``result_url`` of a ``request_logs`` answer (§8), checked the way httpx will parse it.
+
+    Missing, not http(s), or unparseable (a port that is not a number, a broken IPv6 literal) is
+    ``VastBadResponse``; the message never quotes the URL (its query may hold a token).
+    """
+    url = answer.get("result_url") if isinstance(answer, Mapping) else None
+    if not isinstance(url, str):
+        raise errors.VastBadResponse(call, "answer has no http(s) 'result_url'")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # parsing the port is the check
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise errors.VastBadResponse(call, f"answer's 'result_url' does not parse: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise errors.VastBadResponse(call, "answer has no http(s) 'result_url'")
+    return url
 
 
 def is_gone(response: httpx.Response) -> bool:
