@@ -179,8 +179,13 @@ def check_api_key(value: SecretStr) -> SecretStr:
 
 
 def check_api_url(value: str) -> str:
-    """An http(s) URL without credentials, query or fragment; the trailing slash removed."""
-    parts = urlsplit(value)
+    """An http(s) URL (its port a number in range) without credentials, query or fragment; the trailing
+    slash removed."""
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # parsed only when read: "host:abc" or a port above 65535 raises here
+    except ValueError as exc:  # urllib's words name only the bad part ("Port out of range 0-65535")
+        raise ValueError(f"is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http(s) URL such as https://console.vast.ai")
     if parts.username or parts.password or parts.query or parts.fragment:

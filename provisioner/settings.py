@@ -77,7 +77,7 @@ class RedisAccess(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        case_sensitive=False, extra="ignore", env_ignore_empty=False, validate_default=True
+        extra="ignore", env_ignore_empty=False, validate_default=True, allow_inf_nan=False
     )
     #: env vars that must be set and not blank (checked first, all named in one message)
     REQUIRED: ClassVar[tuple[str, ...]] = ()

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
+from pydantic import AliasChoices
 
 from provisioner import errors, model, selection
 from provisioner.config_parsing import parse_docker_login, parse_proxy_ports, split_image
-from provisioner.settings import load_reaper_settings, load_redis_access, load_settings
+from provisioner.settings import (
+    ReaperSettings,
+    RedisAccess,
+    Settings,
+    load_reaper_settings,
+    load_redis_access,
+    load_settings,
+)
 from provisioner.vast import query
 
 
@@ -70,6 +79,11 @@ BAD = [
     pytest.param({"VAST_API_URL": "console.vast.ai"}, "VAST_API_URL", id="url-no-scheme"),
     pytest.param({"VAST_API_URL": "ftp://x"}, "VAST_API_URL", id="url-ftp"),
     pytest.param({"VAST_API_URL": "https://u:p@x"}, "VAST_API_URL", id="url-credentials"),
+    pytest.param({"VAST_API_URL": "https://console.vast.ai:abc"}, "VAST_API_URL", id="url-port-text"),
+    pytest.param({"VAST_API_URL": "https://console.vast.ai:70000"}, "VAST_API_URL", id="url-port-big"),
+    pytest.param({"VAST_API_URL": "http://[::1"}, "VAST_API_URL", id="url-broken-ipv6"),
+    pytest.param({"VAST_MIN_INET_DOWN": "inf"}, "VAST_MIN_INET_DOWN", id="inet-down-inf"),
+    pytest.param({"BLACKLIST_BAN_AFTER_SECONDS": "inf"}, "BLACKLIST_BAN_AFTER_SECONDS", id="ban-after-inf"),
     pytest.param({"NGINX_LISTEN_PORT": "0"}, "NGINX_LISTEN_PORT", id="listen-port-zero"),
     pytest.param({"NGINX_LISTEN_PORT": "70000"}, "NGINX_LISTEN_PORT", id="listen-port-big"),
     pytest.param({"NGINX_LISTEN_PORT": "http"}, "NGINX_LISTEN_PORT", id="listen-port-text"),
@@ -252,3 +266,34 @@ def test_redis_access_needs_no_pod_or_vast_settings(env: pytest.MonkeyPatch) -> 
     with pytest.raises(errors.ConfigError) as caught:
         load_redis_access()
     assert caught.value.variable == "BLACKLIST_REDIS_URL"
+
+
+def _float_variables() -> list[object]:
+    """Every float setting of every settings class, as (loader, env var) pairs."""
+    loaders: dict[type[RedisAccess], typing.Callable[[], RedisAccess]] = {
+        Settings: load_settings,
+        ReaperSettings: load_reaper_settings,
+        RedisAccess: load_redis_access,
+    }
+    params: list[object] = []
+    for cls, load in loaders.items():
+        for name, info in cls.model_fields.items():
+            if info.annotation is not float and float not in typing.get_args(info.annotation):
+                continue
+            alias = info.validation_alias
+            variable = str(alias.choices[0]) if isinstance(alias, AliasChoices) else name.upper()
+            params.append(pytest.param(load, variable, id=f"{cls.__name__}-{variable}"))
+    return params
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+@pytest.mark.parametrize(("load", "variable"), _float_variables())
+def test_no_float_setting_takes_inf_or_nan(
+    env: pytest.MonkeyPatch, load: typing.Callable[[], object], variable: str, value: str
+) -> None:
+    """inf and nan are refused at start-up for every float setting, naming it (none slips through to a
+    json.dumps of the search body, nor means "never" for a deadline)."""
+    env.setenv(variable, value)
+    with pytest.raises(errors.ConfigError) as caught:
+        load()
+    assert caught.value.variable == variable
