@@ -167,6 +167,7 @@ class Daemon:
         clients, kit = await wiring.open_clients(self.settings, stack, nginx, tls, observer)
         rec = wiring.build_reconciler(self.settings, clients, on_event=self.metrics.on_event)
         self.pacer = kit.pace
+        kit.pace.on_wait = self._note_wait  # a slot hours away, slept in a tick: no stall either
         self.key_check = kit.account(clients.vast, self.settings.blacklist_key_prefix)
         self.runtime.reconciler = rec
         self.metrics.bind(self.runtime)
@@ -252,7 +253,7 @@ class Daemon:
     async def _reconcile_loop(self, vast: runtime.KeyCheck, rec: runtime.Reconciles) -> None:
         failures = 0  # in a row: the backoff grows with them
         while not self.stop.is_set():
-            self.runtime.loop_heartbeat_at = self.clock()
+            self.runtime.loop_heartbeat_at = self.runtime.resting_until = self.clock()
             try:
                 if not self.runtime.prepared:
                     await self._prepare(vast, rec)
@@ -276,13 +277,15 @@ class Daemon:
             await self._rest(plan.next_check_s * self.rng.uniform(1 - POLL_JITTER, 1 + POLL_JITTER))
 
     async def _rest(self, seconds: float) -> None:
-        """The reconcile loop's wait between ticks (woken by the health loop); the first tick is over.
-
-        Liveness counts the loop as stalled only once it is overdue from this rest: a 429 slot hours
-        away (a daily search quota, a long Retry-After) must not get the pod restarted."""
+        """The reconcile loop's wait between ticks (woken by the health loop); the first tick is over."""
         self.ticked.set()
-        self.runtime.resting_until = self.clock() + seconds
+        self._note_wait(seconds)
         await self.pause(seconds, True)
+
+    def _note_wait(self, seconds: float) -> None:
+        """A wait for a known time (this rest, a pacer slot hours away after a quota 429): liveness
+        counts no stall before its end. The next loop round resets it (a rest cut short by a wake-up)."""
+        self.runtime.resting_until = max(self.runtime.resting_until, self.clock() + seconds)
 
     def _jittered(self, failures: int) -> float:
         """Equal jitter: pods that failed together (a shared key, an API outage) spread out."""

@@ -325,6 +325,8 @@ class Pacer:
         self.failover = failover or Failover(clock=clock)
         self._clock = clock
         self._sleep = sleep
+        #: told each wait for a slot before it is slept (the daemon's liveness allows for it)
+        self.on_wait: Callable[[float], None] | None = None
 
     def interval_s(self, endpoint: Endpoint) -> float:
         """The spacing the pacer keeps on this endpoint (the limit plus the margin)."""
@@ -353,6 +355,8 @@ class Pacer:
             slot = await self.reserve(endpoint)
             due = self._clock() + slot.wait_s
             if slot.wait_s > 0:
+                if self.on_wait is not None:
+                    self.on_wait(slot.wait_s)
                 await self._sleep(slot.wait_s)
             late_s = self._clock() - due
             if late_s <= LATE_S or retries == LATE_RETRIES:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import types
+from typing import Any
+
 import pytest
 
-from provisioner import daemon, errors, pacer, runtime
+from provisioner import daemon, errors, pacer, planning, runtime
 from provisioner.settings import load_settings
-from tests.unit.test_daemon import Account, Edge, FakeRec
+from tests.unit.test_daemon import PLAN, Account, Edge, FakeRec
 from tests.unit.views import FakeNginx
 
 NOW = 1000.0
@@ -53,3 +57,80 @@ def test_a_stalled_tick_still_fails_liveness(env: pytest.MonkeyPatch) -> None:
     assert runtime.health(state, NOW + 10.0 + runtime.STALL_AFTER_S - 1.0)[0]
     ok, reason = runtime.health(state, NOW + 10.0 + runtime.STALL_AFTER_S + 1.0)
     assert not ok and reason.startswith("the reconcile loop has not run for")
+
+
+class SearchingRec(FakeRec):
+    """A tick that searches offers through the pacer (the slot another pod's quota 429 pushed away)."""
+
+    def __init__(self, pace: pacer.Pacer) -> None:
+        super().__init__()
+        self.pace = pace
+
+    async def tick(self) -> planning.Plan:
+        await self.pace.acquire(pacer.Endpoint.SEARCH_OFFERS)
+        return PLAN
+
+
+class NoAdmin:
+    def __init__(self, *_: Any) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_liveness_stays_200_while_a_tick_sleeps_hours_for_a_pacer_slot(
+    env: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick waiting in the pacer for a slot hours away (fleet-wide quota) keeps /healthz 200, then not."""
+    seen: list[tuple[bool, bool]] = []
+
+    async def sleep(seconds: float) -> None:
+        late = seconds + runtime.STALL_AFTER_S + 1.0
+        seen.append(
+            (runtime.health(d.runtime, NOW + seconds - 1.0)[0], runtime.health(d.runtime, NOW + late)[0])
+        )
+
+    async def pause(seconds: float, wakeable: bool) -> None:
+        d.stop.set()
+
+    pace = pacer.Pacer(None, pacer.Keys("b"), clock=lambda: 0.0, sleep=sleep)
+    pace.local.push(pacer.Endpoint.SEARCH_OFFERS, QUOTA_RESET_S)
+    rec = SearchingRec(pace)
+    kit = types.SimpleNamespace(pace=pace, account=lambda *_: Account())
+
+    async def open_clients(*_: Any) -> Any:
+        return types.SimpleNamespace(vast=Account()), kit
+
+    monkeypatch.setattr(daemon.wiring, "open_clients", open_clients)
+    monkeypatch.setattr(daemon.wiring, "build_reconciler", lambda *_, **__: rec)
+    monkeypatch.setattr(daemon.admin, "AdminPort", NoAdmin)
+    d = daemon.Daemon(load_settings(), clock=lambda: NOW, rng=Edge(), pause=pause)
+    d.runtime.nginx = FakeNginx()
+    async with contextlib.AsyncExitStack() as stack:
+        await d._open(stack, None, None)  # type: ignore[arg-type]
+    await d._reconcile_loop(Account(), rec)
+    assert seen == [(True, False)], "200 through the pacer's wait; a loop overdue after it is wedged"
+
+
+async def test_a_rest_cut_short_by_a_wake_up_covers_no_stuck_tick_after_it(env: pytest.MonkeyPatch) -> None:
+    """Woken 10 s into a rest of hours, the next tick counts as stuck 300 s on, not after the rest."""
+    now = [NOW]
+    stuck: list[bool] = []
+
+    class StuckAfterWake(FakeRec):
+        async def tick(self) -> planning.Plan:
+            if self.ticks == 0:
+                self.ticks += 1
+                raise errors.SearchQuotaExceeded("search offers", "quota", retry_after_s=QUOTA_RESET_S)
+            stuck.append(not runtime.health(d.runtime, now[0] + runtime.STALL_AFTER_S + 1.0)[0])
+            d.stop.set()
+            return PLAN
+
+    async def pause(seconds: float, wakeable: bool) -> None:
+        now[0] += 10.0  # the health loop's wake-up ends the rest early
+
+    d = daemon.Daemon(load_settings(), clock=lambda: now[0], rng=Edge(), pause=pause)
+    d.runtime.nginx = FakeNginx()
+    await d._reconcile_loop(Account(), StuckAfterWake())
+    assert stuck == [True]

@@ -285,3 +285,15 @@ async def test_a_call_late_every_time_still_goes_after_the_retries(clock: Clock)
     await p.acquire(E.LIST_INSTANCES)
     await p.acquire(E.LIST_INSTANCES)
     assert len(sleeper.waits) == 1 + pacer.LATE_RETRIES
+
+
+async def test_each_wait_for_a_slot_is_told_before_it_is_slept(clock: Clock) -> None:
+    """``on_wait`` hears every slot wait (the daemon's liveness allows for it), a free slot none."""
+    sleeper = Sleeper(clock)
+    p = make(None, clock, sleeper)
+    told: list[tuple[float, int]] = []
+    p.on_wait = lambda wait_s: told.append((wait_s, len(sleeper.waits)))
+    p.local.push(E.SEARCH_OFFERS, 7200.0)
+    await p.acquire(E.SEARCH_OFFERS)
+    await p.acquire(E.LIST_INSTANCES)
+    assert told == [(7200.0, 0)], "told before the sleep, not after; nothing for a free slot"
