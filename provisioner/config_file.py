@@ -1,39 +1,68 @@
 """Writing nginx's config file: a temp copy to test, and the atomic swap (fsync, rename, fsync of the dir).
 
-Blocking file I/O: ``NginxProcess`` calls these in a thread.
+Blocking file I/O: ``NginxProcess`` calls these in a thread. A failure of the state directory (full,
+read-only, removed, not ours) is ``NginxError`` naming the path, never a bare ``OSError``: during a
+tick the daemon retries it like any nginx failure, at start it is exit code 4.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+from provisioner import errors
+
+
+@contextlib.contextmanager
+def _state_dir_errors(path: Path, doing: str = "write") -> Iterator[None]:
+    """An ``OSError`` on ``path`` or beside it as ``NginxError`` naming the file and the reason."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or path
+        raise errors.NginxError(f"cannot {doing} {where}: {exc.strerror or exc}") from exc
 
 
 def write_temp(path: Path, text: str) -> Path:
-    """``text`` in a new hidden file beside ``path`` (for ``nginx -t``); its path."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".test")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    """``text`` in a new hidden file beside ``path`` (for ``nginx -t``; the directory made if missing)."""
+    with _state_dir_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".test")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
     return Path(name)
+
+
+def remove(path: Path) -> None:
+    """Delete ``path`` if it exists (a temp copy, a stale pid file)."""
+    with _state_dir_errors(path, "remove"):
+        path.unlink(missing_ok=True)
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` so that a reader sees the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(name, 0o644)
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with _state_dir_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(name, 0o644)
+            os.replace(name, path)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -17,7 +17,8 @@ inherited from elsewhere when it belongs to another user (non-root container,
 ``su``) or is a socket (systemd's journal).
 
 Only asyncio subprocesses here; config writes (with fsync) run in a thread,
-while the tiny reads of the pid file and of ``/proc`` are done in place.
+while the tiny reads of the pid file and of ``/proc`` are done in place. A file
+that cannot be written in the state directory is ``NginxError`` (``config_file``).
 """
 
 from __future__ import annotations
@@ -96,7 +97,6 @@ class NginxProcess:
 
     async def test_config(self, text: str) -> None:
         """Run ``nginx -t`` on ``text``; raise ``NginxError`` with nginx's complaint if it fails."""
-        await asyncio.to_thread(self.state_dir.mkdir, parents=True, exist_ok=True)
         path = await asyncio.to_thread(config_file.write_temp, self.config_path, text)
         try:
             argv = [self.binary, "-t", "-q", "-e", "stderr", "-p", f"{self.state_dir}/", "-c", str(path)]
@@ -118,7 +118,7 @@ class NginxProcess:
                 await proc.wait()
                 raise errors.NginxError("nginx -t did not finish") from None
         finally:
-            await asyncio.to_thread(path.unlink, missing_ok=True)
+            await asyncio.to_thread(config_file.remove, path)
         if proc.returncode != 0:
             message = nginx_output.summary((err + out).decode(errors="replace").splitlines(), path)
             raise errors.NginxError(f"nginx rejected the config: {message}")
@@ -250,7 +250,7 @@ class NginxProcess:
 
     async def _spawn(self) -> None:
         """Start nginx on the config file and wait until it listens (the pid file names it)."""
-        await asyncio.to_thread(self.pid_path.unlink, missing_ok=True)
+        await asyncio.to_thread(config_file.remove, self.pid_path)
         self._stderr = nginx_output.ErrorLog()
         argv = [self.binary, "-e", "stderr", "-p", f"{self.state_dir}/", "-c", str(self.config_path)]
         argv += ["-g", "daemon off;"]
