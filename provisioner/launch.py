@@ -2,10 +2,11 @@
 
 The only place with a broad ``except`` and the only place that knows the exit codes: a
 ``ConfigError`` becomes one line on stderr and exit code 2, a refused API key 3, an nginx failure 4,
-any other ``ProvisionerError`` (a taken ``ADMIN_PORT`` included) one line and exit code 1; nothing
-prints a traceback at the user. ``cli.py`` (the typer app) and ``__main__.py`` (the console script,
-which sends ``provisioner run`` here without building the typer app) both end through it. It imports
-only the error tree; each step imports what it needs when it runs.
+any other ``ProvisionerError`` (a taken ``ADMIN_PORT`` included) one line and exit code 1, each also
+when it is the only error a task group raised; none of them prints a traceback at the user. ``cli.py``
+(the typer app) and ``__main__.py`` (the console script, which sends ``provisioner run`` here without
+building the typer app) both end through it. It imports only the error tree; each step imports what
+it needs when it runs.
 """
 
 from __future__ import annotations
@@ -35,20 +36,42 @@ def fail(message: str, code: int) -> SystemExit:
 
 
 def guard(fn: Callable[[], T]) -> T:
-    """Run ``fn``; turn our errors into one line and an exit code."""
+    """Run ``fn``; turn our errors into one line and an exit code.
+
+    An error of ours that leaves a task group alone (inside an ``ExceptionGroup``, nested or not) is
+    reported like the bare error; any other exception, or several at once, propagates unchanged.
+    """
     try:
         return fn()
-    except errors.ConfigError as exc:
-        raise fail(str(exc), EXIT_CONFIG) from None
-    except errors.AuthError as exc:
-        raise fail(str(exc), EXIT_AUTH) from None
-    except errors.NginxError as exc:
-        raise fail(f"nginx: {exc}", EXIT_NGINX) from None
-    except errors.ProvisionerError as exc:
-        raise fail(str(exc), EXIT_FAILURE) from None
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        raise fail(f"{exc.strerror or exc}{where}", EXIT_FAILURE) from None
+    except (errors.ProvisionerError, OSError) as exc:
+        raise exit_for(exc) from None
+    except BaseExceptionGroup as group:
+        sole = sole_error(group)
+        if sole is None:
+            raise
+        raise exit_for(sole) from None
+
+
+def exit_for(exc: errors.ProvisionerError | OSError) -> SystemExit:
+    """One line on stderr for ``exc``; the ``SystemExit`` with its exit code, for the caller to raise."""
+    if isinstance(exc, errors.ConfigError):
+        return fail(str(exc), EXIT_CONFIG)
+    if isinstance(exc, errors.AuthError):
+        return fail(str(exc), EXIT_AUTH)
+    if isinstance(exc, errors.NginxError):
+        return fail(f"nginx: {exc}", EXIT_NGINX)
+    if isinstance(exc, errors.ProvisionerError):
+        return fail(str(exc), EXIT_FAILURE)
+    where = f": {exc.filename}" if exc.filename else ""
+    return fail(f"{exc.strerror or exc}{where}", EXIT_FAILURE)
+
+
+def sole_error(group: BaseExceptionGroup[BaseException]) -> errors.ProvisionerError | OSError | None:
+    """The one error of ours in ``group`` (nested one-error groups looked through), else None."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, errors.ProvisionerError | OSError) else None
 
 
 def arun(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
