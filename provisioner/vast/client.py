@@ -160,6 +160,7 @@ class VastClient(transport.Transport):
         before renting again.
         """
         path = f"/api/v0/asks/{_positive_id(offer_id, 'offer_id')}/"
+        self.add_secrets(*wire.rent_secrets(req.image_login, req.env))  # an answer may echo the body
         try:
             response = await self._request(
                 wire.CALL_RENT, "PUT", path, body=rent_body(req), retry=transport.Rule.NEVER

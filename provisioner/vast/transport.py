@@ -7,7 +7,7 @@ is sent inside its endpoint's slot (``PACED_CALLS`` maps calls to endpoints): a 
 for every pod on the key, and the retry waits for the slot instead of a backoff. Every unwanted
 answer and httpx error becomes one of ``provisioner.errors`` through ``wire.map_failure``. The API
 key goes only into the ``Authorization`` header; request logs show the path, never the query,
-headers or bodies.
+headers or bodies; no error text shows the key or a secret a rent carried (``add_secrets``).
 
 A 401/403 is ``AuthError`` (the daemon exits 3) only while the key has never worked in this process;
 once an authenticated call has succeeded, a refusal is ``AuthRefusedAgain`` (a transient fault,
@@ -151,13 +151,19 @@ class Transport:
         self._rand = rand
         #: an authenticated call has succeeded in this process (a later 401/403 is a glitch)
         self.key_worked = False
+        #: every secret this client was given (the key; a rent's login and env values): no error shows one
+        self._secrets: set[str] = {api_key.get_secret_value()}
+
+    def add_secrets(self, *values: str) -> None:
+        """Scrub ``values`` too (blank ones are ignored) from the text of every later error."""
+        self._secrets.update(value for value in values if value.strip())
 
     @property
     def _secret(self) -> str:
         return self._api_key.get_secret_value()
 
     def _error(self, call: str, failure: httpx.Response | httpx.HTTPError) -> errors.VastError:
-        error = wire.map_failure(call, failure, secret=self._secret, now=self._clock())
+        error = wire.map_failure(call, failure, secret=tuple(self._secrets), now=self._clock())
         if isinstance(error, errors.AuthError) and self.key_worked:
             log.warning(
                 "%s: the Vast.ai API refused the key that worked before (%s); retrying with backoff",
@@ -243,7 +249,7 @@ class Transport:
         try:
             request = self._http.build_request(method, url, headers=headers, content=content, timeout=timeout)
         except (httpx.InvalidURL, ValueError) as exc:  # a URL from an answer (result_url) that httpx refuses
-            reason = wire.scrub(str(exc), self._secret)
+            reason = wire.scrub(str(exc), *self._secrets)
             raise errors.VastBadResponse(call, f"cannot send to that URL: {reason}") from exc
         if not auth:
             request.headers.pop("Authorization", None)  # even if the injected client has a default one

@@ -11,11 +11,12 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import quote, quote_plus, urlencode, urlsplit
 
 import httpx
+from pydantic import SecretStr
 
 from provisioner import errors, model
 
@@ -24,6 +25,8 @@ CALL_RENT: Final = "rent"
 #: the JSON ``error`` codes of a 404 that means "that instance does not exist (any more)".
 GONE_CODES: Final = frozenset({"not_found", "no_such_instance"})
 _DETAIL_CHARS: Final = 200
+#: an env value of a rent this long or longer is scrubbed from error texts (it may be a token)
+MIN_ENV_SECRET_CHARS: Final = 8
 
 
 def template_body(spec: model.TemplateSpec) -> dict[str, Any]:
@@ -63,16 +66,16 @@ def encode_query(params: Mapping[str, Any]) -> str:
     return urlencode([(k, v if isinstance(v, str) else json.dumps(v)) for k, v in params.items()])
 
 
-def _unreached(call: str, failure: httpx.HTTPError, secret: str) -> errors.VastUnavailable:
+def _unreached(call: str, failure: httpx.HTTPError, secrets: Sequence[str]) -> errors.VastUnavailable:
     """No answer: what happened and the URL it went to, without credentials or query (nothing secret)."""
     kind = "timed out" if isinstance(failure, httpx.TimeoutException) else "connection failed"
-    text = _short(scrub(str(failure), secret))
+    text = _short(scrub(str(failure), *secrets))
     try:
         url = failure.request.url.copy_with(userinfo=b"", query=None, fragment=None)
     except RuntimeError:  # an error raised before any request was made
         where = ""
     else:
-        where = f" to {scrub(str(url), secret)}"
+        where = f" to {scrub(str(url), *secrets)}"
     return errors.VastUnavailable(
         call, f"{kind}{where} ({type(failure).__name__}{': ' + text if text else ''})"
     )
@@ -82,21 +85,27 @@ _THRESHOLD_RE = re.compile(r"threshold\s*=\s*([0-9]+(?:\.[0-9]+)?)")
 
 
 def map_failure(
-    call: str, failure: httpx.Response | httpx.HTTPError, *, secret: str = "", now: float | None = None
+    call: str,
+    failure: httpx.Response | httpx.HTTPError,
+    *,
+    secret: str | Sequence[str] = "",
+    now: float | None = None,
 ) -> errors.VastError:
     """The one translation of an unwanted HTTP answer or an httpx error into the project's errors.
 
-    ``secret`` (the API key) is replaced by ``***`` wherever it would appear in the message; ``now`` (unix
-    seconds) turns ``X-RateLimit-Reset`` into a wait. A 2xx answer given here is one whose body is not JSON
-    (``VastBadResponse``) or says ``success: false`` (``VastRejected``).
+    ``secret`` (the API key, or every secret the client holds) is replaced by ``***`` wherever it would
+    appear in the message; ``now`` (unix seconds) turns ``X-RateLimit-Reset`` into a wait. A 2xx answer
+    given here is one whose body is not JSON (``VastBadResponse``) or says ``success: false``
+    (``VastRejected``).
     """
+    secrets = (secret,) if isinstance(secret, str) else tuple(secret)
     if isinstance(failure, httpx.HTTPError):
-        return _unreached(call, failure, secret)
+        return _unreached(call, failure, secrets)
     status = failure.status_code
     body = _json_or_none(failure)
     code = body.get("error") if isinstance(body, Mapping) else None
     code = code if isinstance(code, str) else ""
-    detail = _short(scrub(_detail(failure, body), secret))
+    detail = _short(scrub(_detail(failure, body), *secrets))
     if failure.is_success:
         if body is None:
             return errors.VastBadResponse(call, f"answer is not JSON: {detail}", status=status)
@@ -166,13 +175,28 @@ def _header_number(response: httpx.Response, name: str) -> float | None:
     return value if math.isfinite(value) and value >= 0 else None
 
 
-def scrub(text: str, secret: str) -> str:
-    """``text`` with every occurrence of ``secret`` (raw or URL-encoded) replaced by ``***``."""
-    if not secret:
-        return text
-    for form in (secret, quote(secret, safe=""), quote_plus(secret)):
-        text = text.replace(form, "***")
+def scrub(text: str, *secrets: str) -> str:
+    """``text`` with every occurrence of each secret (raw, URL-encoded, or escaped as in JSON or a repr)
+    replaced by ``***``; the longest first, so that a secret holding another (a login, its password)
+    goes whole."""
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        escaped = (quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1], repr(secret)[1:-1])
+        for form in (secret, *escaped):
+            text = text.replace(form, "***")
     return text
+
+
+def rent_secrets(image_login: SecretStr | None, env: Mapping[str, str]) -> tuple[str, ...]:
+    """What a rent carries that no error text may show: the registry login (``-u USER -p PASS [REG]``)
+    and its password, and the value of every env entry of ``MIN_ENV_SECRET_CHARS`` or more (env carries
+    ``UPSTREAM_AUTH_TOKEN`` and whatever ``VAST_ENV_*`` holds; shorter values are flags, not secrets)."""
+    found = [value for value in env.values() if len(value) >= MIN_ENV_SECRET_CHARS]
+    if image_login is not None:
+        login = image_login.get_secret_value()
+        words = login.split()
+        found.append(login)
+        found += [words[i + 1] for i in range(len(words) - 1) if words[i] in ("-p", "--password")]
+    return tuple(found)
 
 
 def result_url(call: str, answer: Any) -> str:
