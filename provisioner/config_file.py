@@ -2,7 +2,9 @@
 
 Blocking file I/O: ``NginxProcess`` calls these in a thread. A failure of the state directory (full,
 read-only, removed, not ours) is ``NginxError`` naming the path, never a bare ``OSError``: during a
-tick the daemon retries it like any nginx failure, at start it is exit code 4.
+tick the daemon retries it like any nginx failure, at start it is exit code 4. The config carries the
+upstream's shared secret (``UPSTREAM_AUTH_HEADER``), so only its owner may read it (nginx runs as the
+same user: ``CONFIG_MODE``).
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 from provisioner import errors
+
+#: the rendered config's mode: owner read/write only (it may hold the upstream's shared secret)
+CONFIG_MODE: Final = 0o600
 
 
 @contextlib.contextmanager
@@ -56,7 +62,7 @@ def write_atomic(path: Path, text: str) -> None:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.chmod(name, 0o644)
+            os.chmod(name, CONFIG_MODE)
             os.replace(name, path)
         except BaseException:
             Path(name).unlink(missing_ok=True)

@@ -416,14 +416,15 @@ async def test_failed_reload_is_reported_and_old_config_restored(
 
 
 async def test_apply_before_start_only_writes_the_file(make_nginx: NginxFactory, tmp_path: Path) -> None:
-    """With no nginx running apply() swaps the file (mode 0644) and sends no reload."""
+    """With no nginx running apply() swaps the file (mode 0600: it may hold the upstream's secret) and sends
+    no reload."""
     cfg = proxy_config(tmp_path / "state", free_port())
     proc = make_nginx()
     text = rendering.render_nginx_conf(cfg, None)
     assert await proc.apply(text) is True
     assert proc.reloads == 0
     assert proc.config_path.read_text() == text
-    assert stat.S_IMODE(proc.config_path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(proc.config_path.stat().st_mode) == 0o600
     assert sorted(p.name for p in proc.state_dir.iterdir() if p.name.startswith(".")) == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,14 @@ def test_write_atomic_replaces_the_file(tmp_path: Path) -> None:
     config_file.write_atomic(path, "two")
     assert path.read_text() == "two"
     assert [p.name for p in path.parent.iterdir()] == ["nginx.conf"]
+
+
+def test_the_config_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """The swapped-in config (it may hold UPSTREAM_AUTH_HEADER's secret) and the nginx -t copy are 0600."""
+    path = tmp_path / "nginx.conf"
+    config_file.write_atomic(path, "proxy_set_header X-Pod-Auth secret;")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(config_file.write_temp(path, "x").stat().st_mode) == 0o600
 
 
 @pytest.mark.parametrize("write", [config_file.write_atomic, config_file.write_temp], ids=["atomic", "temp"])
