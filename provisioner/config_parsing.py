@@ -39,7 +39,8 @@ _COUNTRY_CODE_RE: Final = re.compile(r"^[A-Z]{2}$")
 _REGISTRY_RE: Final = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?(/[A-Za-z0-9._\-/]*)?")
 _CONFIG_PATH_RE: Final = re.compile(r"[A-Za-z0-9._+,:=@~/\-]+")
 _HEADER_RE: Final = re.compile(r"[A-Za-z0-9-]{1,64}")
-_HOST_RE: Final = re.compile(r"[0-9A-Za-z.:\-\[\]]+")
+#: a DNS host name (RFC 1123): dot-separated labels of letters, digits and inner hyphens
+_HOST_NAME_RE: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,9 +293,16 @@ def check_ip_address(value: str) -> str:
 
 
 def check_host(value: str) -> str:
-    if not _HOST_RE.fullmatch(value):
-        raise ValueError("is not an address")
-    return value
+    """An IP address (an IPv6 one with or without brackets, stored bare and normalised) or a host name."""
+    text = value.strip()
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    if len(text) > 253 or not _HOST_NAME_RE.fullmatch(text) or text.replace(".", "").isdigit():
+        raise ValueError("is not an IP address (0.0.0.0, 127.0.0.1, ::1) or a host name")
+    return text
 
 
 def is_env_name(name: str) -> bool:

@@ -129,6 +129,9 @@ BAD = [
     pytest.param({"VAST_MAX_FLEET_DPH": "3"}, "VAST_MAX_FLEET_DPH", id="fleet-cap-without-redis"),
     pytest.param({"VAST_API_TIMEOUT_SECONDS": "0"}, "VAST_API_TIMEOUT_SECONDS", id="api-timeout-zero"),
     pytest.param({"NGINX_LISTEN_ADDRESS": "localhost"}, "NGINX_LISTEN_ADDRESS", id="listen-address-name"),
+    pytest.param({"ADMIN_HOST": "999.1.1.1"}, "ADMIN_HOST", id="admin-host-not-an-ip"),
+    pytest.param({"ADMIN_HOST": "[admin]"}, "ADMIN_HOST", id="admin-host-brackets-around-a-name"),
+    pytest.param({"ADMIN_HOST": "host:8081"}, "ADMIN_HOST", id="admin-host-with-port"),
     pytest.param({"NGINX_LISTEN_ADDRESS": "0.0.0.0;"}, "NGINX_LISTEN_ADDRESS", id="listen-address-injection"),
 ]
 
@@ -297,3 +300,21 @@ def test_no_float_setting_takes_inf_or_nan(
     with pytest.raises(errors.ConfigError) as caught:
         load()
     assert caught.value.variable == variable
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        ("[::1]", "::1"),
+        ("::1", "::1"),
+        ("[::]", "::"),
+        ("0.0.0.0", "0.0.0.0"),
+        ("admin.local", "admin.local"),
+    ],
+)
+def test_admin_host_is_stored_as_something_a_socket_binds(
+    env: pytest.MonkeyPatch, value: str, stored: str
+) -> None:
+    """ADMIN_HOST=[::1] (URL notation) is stored bare, as bind() wants it, not refused later as ADMIN_PORT."""
+    env.setenv("ADMIN_HOST", value)
+    assert load_settings().admin_host == stored
