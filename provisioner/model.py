@@ -50,6 +50,19 @@ def _str(raw: Mapping[str, Any], key: str) -> str | None:
     return text or None
 
 
+def _env_value(extra_env: Any, name: str) -> str | None:
+    """``name``'s value in an instance's ``extra_env``: a list of ``[key, value]`` pairs (what Vast
+    sends), or a dict (tolerated); None when absent or of another shape."""
+    if isinstance(extra_env, Mapping):
+        value = extra_env.get(name)
+    elif isinstance(extra_env, list):
+        pairs = (p for p in extra_env if isinstance(p, list | tuple) and len(p) == 2 and p[0] == name)
+        value = next((p[1] for p in pairs), None)
+    else:
+        return None
+    return None if value is None else str(value).strip() or None
+
+
 def _required_int(raw: Mapping[str, Any], key: str, call: str) -> int:
     value = _int(raw, key, call)
     if value is None:
@@ -128,6 +141,8 @@ class Offer:
 # ---------------------------------------------------------------- instances
 
 #: actual_status values from which an instance never reaches ``running`` (docs/vast-api.md §7.4).
+#: the instance's environment variable naming the upstream secret it was rented with (a fingerprint)
+AUTH_TAG_ENV = "UPSTREAM_AUTH_TAG"
 DEAD_STATUSES = frozenset({"exited", "offline", "unknown", "destroyed", "terminated", "stopped", "frozen"})
 #: every actual_status value Vast is known to use (docs/vast-api.md §7.4); ``null`` means provisioning.
 KNOWN_STATUSES = DEAD_STATUSES | {"created", "loading", "running", "rebooting", "recycling", "restarting"}
@@ -183,6 +198,9 @@ class Instance:
     gpu_name: str | None = None
     num_gpus: int | None = None
     geolocation: str | None = None
+    #: ``UPSTREAM_AUTH_TAG`` from its environment (``extra_env``): which upstream secret it was
+    #: rented with; None when it was rented without one or the list left the environment out
+    auth_tag: str | None = None
 
     @property
     def failed_to_start(self) -> bool:
@@ -229,6 +247,7 @@ class Instance:
             gpu_name=_str(raw, "gpu_name"),
             num_gpus=_int(raw, "num_gpus", call),
             geolocation=_str(raw, "geolocation"),
+            auth_tag=_env_value(raw.get("extra_env"), AUTH_TAG_ENV),
         )
 
 
@@ -316,6 +335,8 @@ class DesiredSpec:
     env: Mapping[str, str]
     onstart: str | None
     disk_gb: float
+    #: the fingerprint of the upstream secret (``UPSTREAM_AUTH_HEADER``), not the secret; None without
+    auth_tag: str | None = None
 
     @property
     def container_ports(self) -> tuple[int, ...]:

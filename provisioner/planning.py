@@ -162,13 +162,21 @@ def has_endpoints(instance: model.Instance, desired: model.DesiredSpec) -> bool:
 
 
 def drift_of(instance: model.Instance, desired: model.DesiredSpec, template_hash: str | None) -> str | None:
-    """``image-drift`` / ``template-drift`` when the instance no longer matches, else None."""
+    """``image-drift`` / ``template-drift`` / ``auth-drift`` when the instance no longer matches, else None.
+
+    A field the list left out (null) is unknown, not a mismatch: a replacement costs a rental, and a
+    list that keeps leaving it out would otherwise rent and destroy on every tick.
+    """
     if instance.image_uuid and model.normalize_image(instance.image_uuid) != model.normalize_image(
         desired.image
     ):
         return "image-drift"
-    if template_hash and instance.template_hash_id != template_hash:
+    if template_hash and instance.template_hash_id and instance.template_hash_id != template_hash:
         return "template-drift"
+    if instance.auth_tag is not None and instance.auth_tag != desired.auth_tag:
+        # rented with another upstream secret (a rotated API key, UPSTREAM_AUTH_HEADER unset): its
+        # workload refuses what nginx sends now
+        return "auth-drift"
     return None
 
 

@@ -318,6 +318,16 @@ class Settings(VastAccess):
         digest = hmac.new(key, b"upstream-auth:" + self.label.encode(), hashlib.sha256).hexdigest()
         return SecretStr(digest[:40])
 
+    @property
+    def upstream_auth_tag(self) -> str | None:
+        """A fingerprint of ``upstream_auth_token`` that the instance gets beside it: which secret it
+        was rented with, so one rented with another (a rotated key) is replaced. Not the secret: a
+        one-way hash of a 160-bit HMAC."""
+        token = self.upstream_auth_token
+        if token is None:
+            return None
+        return hashlib.sha256(b"upstream-auth-tag:" + token.get_secret_value().encode()).hexdigest()[:16]
+
     def search_filter(self) -> dict[str, Any]:
         """The parsed ``VAST_SEARCH_QUERY`` filter (a copy: callers may extend it)."""
         return copy.deepcopy(dict(self.vast_search_query.filter))
@@ -344,6 +354,7 @@ class Settings(VastAccess):
             env=dict(self.remote_env),
             onstart=self.vast_onstart,
             disk_gb=self.vast_disk_gb,
+            auth_tag=self.upstream_auth_tag,
         )
 
 

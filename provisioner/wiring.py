@@ -207,6 +207,9 @@ def build_rent_request(settings: Settings) -> Callable[[str | None], vast_client
     for name, value in upstream_auth_headers(settings).items():
         env["UPSTREAM_AUTH_HEADER"] = name
         env["UPSTREAM_AUTH_TOKEN"] = value
+    if desired.auth_tag is not None:
+        # which secret it was: an instance rented with another one (a rotated key) is replaced
+        env[model.AUTH_TAG_ENV] = desired.auth_tag
 
     def request(template_hash: str | None) -> vast_client.RentRequest:
         return vast_client.RentRequest(

@@ -104,3 +104,22 @@ def test_upstream_auth_header_guards_the_instance_port(sim: Sim, tmp_path: Path)
         assert forged.status_code == 401
         spoofed = httpx.get(prov.proxy_url + "/check", headers={"X-Upstream-Auth": "guess"}, timeout=5)
         assert spoofed.status_code == 200, "the proxy replaces a client-sent copy of the header"
+
+
+def test_a_rotated_api_key_replaces_the_instance_the_old_secret_guards(sim: Sim, tmp_path: Path) -> None:
+    """The upstream secret derives from the API key. After a rotation (same account, new key) the
+    instance rented before would refuse what nginx now sends, so it is replaced make-before-break
+    (auth-drift) instead of being adopted and served 401s for good."""
+    env = base_env(sim, tmp_path, VAST_API_KEY=API_KEY, UPSTREAM_AUTH_HEADER="X-Upstream-Auth")
+    with run_provisioner(env, tmp_path, "before") as prov:
+        before = prov.wait_serving(60)
+    env["VAST_API_KEY"] = API_KEY + "-rotated"
+    with run_provisioner(env, tmp_path, "after") as prov:
+        after = prov.wait_serving(60, other_than=before)
+        assert prov.get("/check").status_code == 200
+        wait_for(
+            lambda: [i["id"] for i in sim.instances("k8s_pod=vast-pod-0")] == [after] or None,
+            60,
+            "the instance rented with the old secret to be destroyed",
+        )
+    assert "auth-drift" in prov.output()

@@ -291,6 +291,18 @@ CASES = [
         Phase.SERVING,
         id="unknown-template-hash-is-not-drift",
     ),
+    pytest.param(
+        obs(inst(1, template_hash_id=None), inst(2, "loading", template_hash_id=None)),
+        ["serve:1", "destroy:2:duplicate"],
+        Phase.SERVING,
+        id="instance-hash-left-out-of-the-list-is-not-drift",
+    ),
+    pytest.param(
+        obs(inst(1, auth_tag="old0123456")),
+        ["serve:1", "rent:auth-drift"],
+        Phase.RENTING,
+        id="auth-drift-serving-bridges-and-rents",
+    ),
 ]
 
 
@@ -331,6 +343,23 @@ def test_never_destroys_the_served_instance_in_the_same_plan() -> None:
         served = {a.instance.id for a in result.actions if isinstance(a, Serve)}
         destroyed = {a.instance.id for a in result.actions if isinstance(a, Destroy)}
         assert not served & destroyed, case.id
+
+
+@pytest.mark.parametrize(
+    ("has", "wants", "drift"),
+    [
+        pytest.param("k1tag", "k1tag", None, id="same-secret"),
+        pytest.param("k1tag", "k2tag", "auth-drift", id="rotated-key"),
+        pytest.param("k1tag", None, "auth-drift", id="auth-header-unset"),
+        pytest.param(None, "k2tag", None, id="rented-before-tags-or-env-left-out"),
+    ],
+)
+def test_an_instance_rented_with_another_upstream_secret_drifts(
+    has: str | None, wants: str | None, drift: str | None
+) -> None:
+    """Its workload refuses the header nginx sends now; an instance without a tag is not judged."""
+    desired = replace(DESIRED, auth_tag=wants)
+    assert planning.drift_of(inst(1, auth_tag=has), desired, HASH) == drift
 
 
 def test_image_comparison_is_tolerant() -> None:
