@@ -9,6 +9,8 @@ No I/O here.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 import re
 from collections.abc import Mapping
@@ -341,6 +343,18 @@ class DesiredSpec:
     @property
     def container_ports(self) -> tuple[int, ...]:
         return tuple(sorted({p.container_port for p in self.ports}))
+
+
+def upstream_secret(api_key: str, label: str) -> str:
+    """The per-pod secret of ``UPSTREAM_AUTH_HEADER``: stable per pod (so an adopted instance still
+    matches after a restart) and derived from the API key, which the workload never sees."""
+    return hmac.new(api_key.encode(), b"upstream-auth:" + label.encode(), hashlib.sha256).hexdigest()[:40]
+
+
+def auth_tag(secret: str) -> str:
+    """``AUTH_TAG_ENV``'s value: which secret an instance was rented with, so one rented with another
+    (a rotated key) is replaced. Not the secret: a one-way hash of a 160-bit HMAC."""
+    return hashlib.sha256(b"upstream-auth-tag:" + secret.encode()).hexdigest()[:16]
 
 
 def normalize_image(image: str | None) -> str:

@@ -14,8 +14,6 @@ never print. The README's configuration table lists every variable read here
 from __future__ import annotations
 
 import copy
-import hashlib
-import hmac
 import os
 import shlex
 import shutil
@@ -310,31 +308,18 @@ class Settings(VastAccess):
 
     @property
     def upstream_auth_token(self) -> SecretStr | None:
-        """The shared secret for ``UPSTREAM_AUTH_HEADER``: stable per pod (so an adopted instance
-        still matches after a restart) and derived from the API key, which the workload never sees."""
+        """The shared secret for ``UPSTREAM_AUTH_HEADER`` (``model.upstream_secret``), or None."""
         if self.upstream_auth_header is None:
             return None
-        key = self.vast_api_key.get_secret_value().encode()
-        digest = hmac.new(key, b"upstream-auth:" + self.label.encode(), hashlib.sha256).hexdigest()
-        return SecretStr(digest[:40])
-
-    @property
-    def upstream_auth_tag(self) -> str | None:
-        """A fingerprint of ``upstream_auth_token`` that the instance gets beside it: which secret it
-        was rented with, so one rented with another (a rotated key) is replaced. Not the secret: a
-        one-way hash of a 160-bit HMAC."""
-        token = self.upstream_auth_token
-        if token is None:
-            return None
-        return hashlib.sha256(b"upstream-auth-tag:" + token.get_secret_value().encode()).hexdigest()[:16]
+        return SecretStr(model.upstream_secret(self.vast_api_key.get_secret_value(), self.label))
 
     def search_filter(self) -> dict[str, Any]:
         """The parsed ``VAST_SEARCH_QUERY`` filter (a copy: callers may extend it)."""
         return copy.deepcopy(dict(self.vast_search_query.filter))
 
     def desired_spec(self) -> model.DesiredSpec:
-        """What this pod wants rented (no secrets)."""
-        ports = self.port_maps
+        """What this pod wants rented (no secrets: the upstream secret's fingerprint at most)."""
+        ports, token = self.port_maps, self.upstream_auth_token
         flags = [f"-p {p}:{p}" for p in sorted({m.container_port for m in ports})]
         flags += [f"-e {k}={shlex.quote(v)}" for k, v in sorted(self.remote_env.items())]
         image, tag = split_image(self.vast_template_image)
@@ -354,7 +339,7 @@ class Settings(VastAccess):
             env=dict(self.remote_env),
             onstart=self.vast_onstart,
             disk_gb=self.vast_disk_gb,
-            auth_tag=self.upstream_auth_tag,
+            auth_tag=None if token is None else model.auth_tag(token.get_secret_value()),
         )
 
 

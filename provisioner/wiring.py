@@ -2,16 +2,11 @@
 
 The one place where configuration becomes objects, so that nothing below it reads ``Settings``:
 
-* ``vast_http`` is the ONE factory of the Vast.ai HTTP client (``VAST_API_TIMEOUT_SECONDS`` for every
-  command: ``run``, ``offers``, ``status``, ``reap``), ``open_vast`` the client over it;
-* ``health_http`` is the upstream-probe client (``UPSTREAM_AUTH_HEADER`` set), used by the reconciler
-  and by ``provisioner status`` alike;
-* ``proxy_config``, ``build_criteria``, ``build_search_body``, ``build_chooser``, ``build_rent_request``
-  turn settings into the values the planner, the renter and the renderer take;
-* ``connect_blacklist`` / ``open_blacklist`` give the Redis blacklist (closed after), and
-  ``build_reconciler`` assembles the reconciler in ONE function (the daemon and the unit tests share it);
-* the fleet on one API key (issue 13: the pacer, shared view, checks and rent queue) is built by
-  ``fleet_wiring.py``; in Redis when the command uses the pods' Redis, else per process.
+* ``vast_http``: the ONE factory of the Vast.ai HTTP client (every command), ``open_vast`` the client;
+* ``health_http``: the upstream-probe client (``UPSTREAM_AUTH_HEADER`` set), reconciler and ``status``;
+* ``proxy_config``, ``build_*``: the values the planner, the renter and the renderer take;
+* ``open_blacklist``: the Redis blacklist; ``build_reconciler`` assembles the reconciler in ONE function
+  (the daemon and the unit tests share it); the fleet on one API key is built by ``fleet_wiring.py``.
 """
 
 from __future__ import annotations
@@ -48,6 +43,7 @@ from provisioner import (
 )
 from provisioner.settings import RedisAccess, Settings, VastAccess
 from provisioner.vast import client as vast_client
+from provisioner.vast import wire as vast_wire
 
 #: connecting to the Vast.ai API never waits longer than this, whatever VAST_API_TIMEOUT_SECONDS says
 VAST_CONNECT_TIMEOUT_S: Final = 10.0
@@ -60,7 +56,6 @@ SHARED_BOOT_POLL_S: Final = 0.9
 
 A = TypeVar("A")
 B = TypeVar("B")
-
 #: the search body for the current bans and reputation
 SearchBody = Callable[[selection.Standing], Mapping[str, object]]
 #: the offers that may be rented, best first
@@ -207,9 +202,8 @@ def build_rent_request(settings: Settings) -> Callable[[str | None], vast_client
     for name, value in upstream_auth_headers(settings).items():
         env["UPSTREAM_AUTH_HEADER"] = name
         env["UPSTREAM_AUTH_TOKEN"] = value
-    if desired.auth_tag is not None:
-        # which secret it was: an instance rented with another one (a rotated key) is replaced
-        env[model.AUTH_TAG_ENV] = desired.auth_tag
+    # the secret's fingerprint too: an instance rented with another secret (a rotated key) is replaced
+    env |= {model.AUTH_TAG_ENV: desired.auth_tag} if desired.auth_tag else {}
 
     def request(template_hash: str | None) -> vast_client.RentRequest:
         return vast_client.RentRequest(
@@ -320,6 +314,8 @@ async def open_clients(
     context, (health, bans, kit) = await both(tls, others())
     api_http = await stack.enter_async_context(vast_http(settings, context))
     vast = vast_over(settings, api_http, observer, pace=kit.pace)
+    rent = build_rent_request(settings)(None)  # its secrets are scrubbed from every error, rented or not
+    vast.add_secrets(*vast_wire.rent_secrets(rent.image_login, rent.env))
     return Clients(vast=vast, proxy=proxy, health_http=health, store=bans, kit=kit), kit
 
 
