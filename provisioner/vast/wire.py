@@ -25,6 +25,9 @@ CALL_RENT: Final = "rent"
 #: the JSON ``error`` codes of a 404 that means "that instance does not exist (any more)".
 GONE_CODES: Final = frozenset({"not_found", "no_such_instance"})
 _DETAIL_CHARS: Final = 200
+#: the longest wait a 429 may ask for (the daily search quota resets within a day): a bogus header (a
+#: reset in milliseconds) must not rest the pod for years while liveness, rightly, stays 200
+MAX_SERVER_WAIT_S: Final = 24 * 3600.0
 #: an env value of a rent this long or longer is scrubbed from error texts (it may be a token)
 MIN_ENV_SECRET_CHARS: Final = 8
 
@@ -123,6 +126,7 @@ def map_failure(
         if code == "search_quota_exceeded":
             reset = _header_number(failure, "X-RateLimit-Reset")
             wait = None if reset is None else max(0.0, reset - (time.time() if now is None else now))
+            wait = None if wait is None else min(wait, MAX_SERVER_WAIT_S)
             return errors.SearchQuotaExceeded(call, f"daily search quota spent: {detail}", retry_after_s=wait)
         wait = _header_number(failure, "Retry-After")
         if wait is None:
@@ -130,6 +134,7 @@ def map_failure(
             # "API requests too frequent endpoint threshold=3.0" -> wait that long before retrying
             threshold = _THRESHOLD_RE.search(detail)
             wait = float(threshold.group(1)) if threshold else None
+        wait = None if wait is None else min(wait, MAX_SERVER_WAIT_S)
         return errors.RateLimited(call, f"rate limited: {detail}", retry_after_s=wait)
     if call == CALL_RENT and (status == 410 or (status == 404 and "no_such_ask" in f"{code} {lowered}")):
         return errors.OfferGone(call, f"offer gone: {detail}", status=status)

@@ -797,6 +797,16 @@ async def test_429_retry_after_above_cap_is_not_retried(
     assert sleep.waits == []
 
 
+async def test_429_retry_after_of_years_is_capped_at_a_day(
+    router: respx.MockRouter, vast: VastClient
+) -> None:
+    """A bogus Retry-After (a date in seconds) asks for at most a day's rest, not decades."""
+    router.get("/api/v0/users/current").respond(429, headers={"Retry-After": "1764547200"}, text="slow down")
+    with pytest.raises(errors.RateLimited) as caught:
+        await vast.whoami()
+    assert caught.value.retry_after_s == 24 * 3600.0
+
+
 async def test_429_unparseable_retry_after_uses_backoff(
     router: respx.MockRouter, vast: VastClient, sleep: FakeSleep
 ) -> None:
@@ -812,9 +822,10 @@ async def test_429_unparseable_retry_after_uses_backoff(
     [
         ({"X-RateLimit-Reset": str(int(NOW) + 3600)}, 3600.0),
         ({"X-RateLimit-Reset": str(int(NOW) + 1)}, 1.0),
+        ({"X-RateLimit-Reset": str(int(NOW * 1000))}, 24 * 3600.0),
         ({}, None),
     ],
-    ids=["reset-in-1h", "reset-in-1s", "no-reset"],
+    ids=["reset-in-1h", "reset-in-1s", "reset-in-ms-capped-at-a-day", "no-reset"],
 )
 async def test_search_quota_exceeded_is_not_retried(
     router: respx.MockRouter, vast: VastClient, sleep: FakeSleep, headers: dict[str, str], wait: float | None
