@@ -32,18 +32,27 @@ def _state_dir_errors(path: Path, doing: str = "write") -> Iterator[None]:
         raise errors.NginxError(f"cannot {doing} {where}: {exc.strerror or exc}") from exc
 
 
-def write_temp(path: Path, text: str) -> Path:
-    """``text`` in a new hidden file beside ``path`` (for ``nginx -t``; the directory made if missing)."""
-    with _state_dir_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".test")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-        except BaseException:
-            Path(name).unlink(missing_ok=True)
-            raise
+def _new_file(path: Path, text: str, suffix: str, *, sync: bool = False) -> Path:
+    """``text`` in a new hidden file beside ``path`` (mode 0600, as ``mkstemp`` makes it; the directory
+    made if missing); removed again if writing fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
     return Path(name)
+
+
+def write_temp(path: Path, text: str) -> Path:
+    """``text`` in a new hidden file beside ``path`` (for ``nginx -t``)."""
+    with _state_dir_errors(path):
+        return _new_file(path, text, ".test")
 
 
 def remove(path: Path) -> None:
@@ -55,17 +64,12 @@ def remove(path: Path) -> None:
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` so that a reader sees the old file or the new one, never a mix."""
     with _state_dir_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
+        new = _new_file(path, text, ".new", sync=True)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(name, CONFIG_MODE)
-            os.replace(name, path)
+            os.chmod(new, CONFIG_MODE)
+            os.replace(new, path)
         except BaseException:
-            Path(name).unlink(missing_ok=True)
+            new.unlink(missing_ok=True)
             raise
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -190,31 +190,29 @@ async def test_backoff_after_failed_boots_holds_and_avoids_the_host(http: httpx.
     assert json.loads(search.calls.last.request.content)["host_id"] == {"notin": [7, 8, 9]}
 
 
-async def test_vanished_offers_are_skipped(http: httpx.AsyncClient) -> None:
-    """An offer taken meanwhile is noted and the next one rented."""
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        pytest.param(404, {"error": "no_such_ask", "msg": "gone"}, "offer-gone", id="taken-meanwhile"),
+        pytest.param(
+            400, {"error": "invalid_args", "msg": "no ssh key for vm"}, "offer-refused", id="refused"
+        ),
+    ],
+)
+async def test_an_offer_taken_or_refused_is_noted_and_the_next_rented(
+    http: httpx.AsyncClient, status: int, body: dict[str, str], kind: str
+) -> None:
+    """An offer taken meanwhile, or refused with a 4xx about that offer (which must not wedge the pod
+    on it), is noted and the next one rented."""
     with respx.mock(base_url=BASE) as mock:
         mock.post("/api/v0/bundles/").respond(json={"offers": [offer(1, 0.3), offer(2, 0.4)]})
-        mock.put("/api/v0/asks/1/").respond(404, json={"error": "no_such_ask", "msg": "gone"})
+        mock.put("/api/v0/asks/1/").respond(status, json=body)
         mock.put("/api/v0/asks/2/").respond(json={"success": True, "new_contract": 57})
         outcome = await renter(http).rent(ask())
     assert (outcome.result, outcome.instance_id, kinds(outcome)) == (
         renting.Result.RENTED,
         57,
-        ["offer-gone", "rent"],
-    )
-
-
-async def test_an_offer_refused_with_a_4xx_is_skipped_once(http: httpx.AsyncClient) -> None:
-    """A 4xx about one offer (here a 400 on the best) does not wedge the pod on it: the next is rented."""
-    with respx.mock(base_url=BASE) as mock:
-        mock.post("/api/v0/bundles/").respond(json={"offers": [offer(1, 0.3), offer(2, 0.4)]})
-        mock.put("/api/v0/asks/1/").respond(400, json={"error": "invalid_args", "msg": "no ssh key for vm"})
-        mock.put("/api/v0/asks/2/").respond(json={"success": True, "new_contract": 57})
-        outcome = await renter(http).rent(ask())
-    assert (outcome.result, outcome.instance_id, kinds(outcome)) == (
-        renting.Result.RENTED,
-        57,
-        ["offer-refused", "rent"],
+        [kind, "rent"],
     )
 
 
