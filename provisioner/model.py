@@ -142,9 +142,9 @@ class Offer:
 
 # ---------------------------------------------------------------- instances
 
-#: actual_status values from which an instance never reaches ``running`` (docs/vast-api.md §7.4).
 #: the instance's environment variable naming the upstream secret it was rented with (a fingerprint)
 AUTH_TAG_ENV = "UPSTREAM_AUTH_TAG"
+#: actual_status values from which an instance never reaches ``running`` (docs/vast-api.md §7.4).
 DEAD_STATUSES = frozenset({"exited", "offline", "unknown", "destroyed", "terminated", "stopped", "frozen"})
 #: every actual_status value Vast is known to use (docs/vast-api.md §7.4); ``null`` means provisioning.
 KNOWN_STATUSES = DEAD_STATUSES | {"created", "loading", "running", "rebooting", "recycling", "restarting"}

@@ -163,7 +163,7 @@ class Transport:
         return self._api_key.get_secret_value()
 
     def _error(self, call: str, failure: httpx.Response | httpx.HTTPError) -> errors.VastError:
-        error = wire.map_failure(call, failure, secret=tuple(self._secrets), now=self._clock())
+        error = wire.map_failure(call, failure, secrets=tuple(self._secrets), now=self._clock())
         if isinstance(error, errors.AuthError) and self.key_worked:
             log.warning(
                 "%s: the Vast.ai API refused the key that worked before (%s); retrying with backoff",

@@ -91,17 +91,16 @@ def map_failure(
     call: str,
     failure: httpx.Response | httpx.HTTPError,
     *,
-    secret: str | Sequence[str] = "",
+    secrets: Sequence[str] = (),
     now: float | None = None,
 ) -> errors.VastError:
     """The one translation of an unwanted HTTP answer or an httpx error into the project's errors.
 
-    ``secret`` (the API key, or every secret the client holds) is replaced by ``***`` wherever it would
-    appear in the message; ``now`` (unix seconds) turns ``X-RateLimit-Reset`` into a wait. A 2xx answer
-    given here is one whose body is not JSON (``VastBadResponse``) or says ``success: false``
-    (``VastRejected``).
+    ``secrets`` (the API key and every other secret the client holds) are replaced by ``***`` wherever
+    they would appear in the message; ``now`` (unix seconds) turns ``X-RateLimit-Reset`` into a wait.
+    A 2xx answer given here is one whose body is not JSON (``VastBadResponse``) or says
+    ``success: false`` (``VastRejected``).
     """
-    secrets = (secret,) if isinstance(secret, str) else tuple(secret)
     if isinstance(failure, httpx.HTTPError):
         return _unreached(call, failure, secrets)
     status = failure.status_code

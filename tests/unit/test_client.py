@@ -918,7 +918,7 @@ async def test_every_transport_error_maps_to_ours(
 def test_connection_errors_name_the_url_without_secrets() -> None:
     """A failed connection names the URL it went to, without credentials, query or the API key."""
     request = httpx.Request("GET", f"http://u:pw@127.0.0.1:9/api/v0/users/current/?api_key={KEY}")
-    mapped = wire.map_failure("whoami", httpx.ConnectError("refused", request=request), secret=KEY)
+    mapped = wire.map_failure("whoami", httpx.ConnectError("refused", request=request), secrets=(KEY,))
     assert (
         str(mapped)
         == "whoami: connection failed to http://127.0.0.1:9/api/v0/users/current/ (ConnectError: refused)"
