@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib
+import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -84,8 +86,16 @@ class AdminPort:
         try:
             self.sock = listen.bind_socket(host, port)
         except OSError as exc:
-            raise self._error(exc) from None
+            raise self._host_error(exc) or self._error(exc) from None
         self.handle: tuple[asgi.EmbeddedServer, asyncio.Task[None]] | None = None
+
+    def _host_error(self, exc: OSError) -> errors.ConfigError | None:
+        """``ADMIN_HOST``'s fault (exit 2): a name that does not resolve, an address not on this machine."""
+        if isinstance(exc, socket.gaierror):
+            return errors.ConfigError("ADMIN_HOST", f"cannot resolve {self.host!r}: {exc.strerror or exc}")
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return errors.ConfigError("ADMIN_HOST", f"{self.host} is not an address of this machine")
+        return None
 
     def _error(self, exc: OSError) -> errors.AdminServerError:
         return errors.AdminServerError(self.host, self.port, exc.strerror or str(exc))

@@ -181,6 +181,23 @@ async def test_the_port_is_bound_at_once_and_served_after_the_first_tick() -> No
     assert port.sock.fileno() == -1
 
 
+@pytest.mark.parametrize(
+    ("host", "problem"),
+    [
+        ("no-such-host.invalid", "ADMIN_HOST: cannot resolve 'no-such-host.invalid': "),
+        ("192.0.2.1", "ADMIN_HOST: 192.0.2.1 is not an address of this machine"),
+    ],
+)
+def test_a_host_it_cannot_listen_on_is_a_config_error_naming_admin_host(host: str, problem: str) -> None:
+    """A name that does not resolve, or an address of another machine, is ADMIN_HOST's fault (exit 2),
+    not ADMIN_PORT's."""
+    runtime, m = make_runtime()
+    with pytest.raises(errors.ConfigError) as caught:
+        admin.AdminPort(host, 0, runtime, m.registry)
+    assert caught.value.variable == "ADMIN_HOST"
+    assert str(caught.value).startswith(problem)
+
+
 async def test_the_port_is_served_within_the_bound_when_the_first_tick_is_long() -> None:
     """A first tick waiting for its turn in the rental queue does not keep the probes unanswered."""
     runtime, m = make_runtime()
