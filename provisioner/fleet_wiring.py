@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from provisioner import fleetshared, fleetview, pacer, renting, rentqueue, store
 from provisioner.settings import Settings, VastAccess
@@ -87,8 +87,15 @@ def build_fleet_parts(
     """The shared instance view, the shared template check, and the rent queue with the shared search."""
     prefix, budget, failover = settings.blacklist_key_prefix, kit.pace.keys.budget, kit.failover
     view_keys = fleetview.Keys(budget, fleetview.label_prefix(settings.label), prefix)
-    view = fleetview.FleetView(vast.list_rows, kit.redis, view_keys, fleetview.RAW, failover=failover)
-    lister = fleetview.OwnInstances(view)
+
+    async def label_rows(label: str) -> list[dict[str, Any]]:
+        return await vast.list_rows({"label": {"eq": label}})
+
+    view = fleetview.FleetView(
+        vast.list_rows, kit.redis, view_keys, fleetview.RAW, failover=failover, fetch_label=label_rows
+    )
+    # while Redis is away: this pod's own page at the pace of a pod without Redis (BOOT_POLL_SECONDS)
+    lister = fleetview.OwnInstances(view, local_poll_s=settings.boot_poll_seconds)
     queue = rentqueue.RentQueue(kit.redis, rentqueue.Keys(budget, prefix), failover=failover)
     search = fleetshared.SharedSearch(vast.search_rows, kit.redis, budget, prefix=prefix, failover=failover)
     checks = fleetshared.SharedChecks(kit.redis, budget, prefix=prefix, failover=failover)

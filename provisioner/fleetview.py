@@ -10,12 +10,16 @@ has just refreshed it reads the new view rather than listing again.
 
 Ages are on the Redis clock (``TIME``), and a view's time is when its list was *requested* (the
 lock was taken), so "the list is younger than my rent lock" holds whatever the pods' clocks say:
-a renter passes ``max_age_s`` = seconds since it took the rent lock.
+a caller that must see every rent after some moment passes ``newer_than_ms``.
 
 The list call is passed in (``fetch``), so the view is generic over the payload: a :class:`Codec`
 says how to read an item's label and how to turn it into JSON and back. Only items whose label
 starts with the fleet's prefix are kept. Without Redis, or while it fails, each pod keeps its own
-view (it lists itself, once per ``max_age_s``, single flight within the process).
+view (it lists itself, once per ``max_age_s``, single flight within the process), and only its own
+label when ``fetch_label`` is given: one page, not the whole account. :class:`OwnInstances` also tells
+the reconciler to poll no faster than a pod without Redis would (``local_poll_s``) while its list is
+its own: an outage costs the key what pods without Redis spend, not every pod listing at the shared
+view's pace.
 
 Redis keys: ``store.py``'s one key table (``P pace:<B>:<endpoint>``, ``P view:<B>:<F>``, ``P rentq:<B>``,
 ``P claim:<B>:<offer_id>``); ``B`` is the budget id (:func:`pacer.budget_id`), never the API key.
@@ -152,10 +156,12 @@ class FleetView(Generic[T]):
         lock_ttl_s: float = DEFAULT_LOCK_TTL_S,
         poll_s: float = DEFAULT_POLL_S,
         failover: pacer.Failover | None = None,
+        fetch_label: Callable[[str], Awaitable[Sequence[T]]] | None = None,
         clock: pacer.Clock = time.monotonic,
         sleep: pacer.Sleep = asyncio.sleep,
     ) -> None:
         self._fetch = fetch
+        self._fetch_label = fetch_label
         self._redis = redis
         self.keys = keys
         self._codec = codec
@@ -165,7 +171,8 @@ class FleetView(Generic[T]):
         self._clock = clock
         self._sleep = sleep
         self._local_lock = asyncio.Lock()
-        self._local: tuple[float, tuple[T, ...]] | None = None
+        #: per-process lists while Redis is away: the whole fleet's (key None) or one label's
+        self._local: dict[str | None, tuple[float, tuple[T, ...]]] = {}
         #: how many times this process called ``fetch`` (the fleet's list calls, from this pod)
         self.fetches = 0
 
@@ -175,35 +182,40 @@ class FleetView(Generic[T]):
         """The fleet's instances (only ``label``'s when given), listed no more than ``max_age_s`` ago
         and, when ``newer_than_ms`` is given, after that shared view (a pod polling a boot asks for
         the list after the one it saw: one list per interval for the fleet, however many poll)."""
-        snap = await self._get(max(max_age_s, 0.0), -1 if newer_than_ms is None else newer_than_ms)
+        max_age_s = max(max_age_s, 0.0)
+        if self._redis is not None:
+            after = -1 if newer_than_ms is None else newer_than_ms
+            try:
+                return self._only(await self._shared(max_age_s, after), label)
+            except (errors.StoreError, _Stale):
+                pass
+        by_label = label if self._fetch_label is not None else None
+        snap = await self._local_get(max_age_s, by_label)
+        return self._only(snap, label)
+
+    def _only(self, snap: Snapshot[T], label: str | None) -> Snapshot[T]:
         if label is None:
             return snap
         own = tuple(i for i in snap.items if self._codec.label_of(i) == label)
         return dataclasses.replace(snap, items=own)
 
-    async def _get(self, max_age_s: float, newer_than_ms: int) -> Snapshot[T]:
-        if self._redis is not None:
-            try:
-                return await self._shared(max_age_s, newer_than_ms)
-            except (errors.StoreError, _Stale):
-                pass
-        return await self._local_get(max_age_s)
-
     def _ours(self, items: Sequence[T]) -> tuple[T, ...]:
         return tuple(i for i in items if (self._codec.label_of(i) or "").startswith(self.keys.fleet))
 
-    async def _local_get(self, max_age_s: float) -> Snapshot[T]:
+    async def _local_get(self, max_age_s: float, label: str | None) -> Snapshot[T]:
         async with self._local_lock:
-            if self._local is not None and self._clock() - self._local[0] <= max_age_s:
-                at, items = self._local
-                return Snapshot(items, self._clock() - at, shared=False, fetched=False)
+            kept = self._local.get(label)
+            if kept is not None and self._clock() - kept[0] <= max_age_s:
+                return Snapshot(kept[1], self._clock() - kept[0], shared=False, fetched=False)
             at = self._clock()
-            items = await self._list()
-            self._local = (at, items)
+            items = await self._list(label)
+            self._local[label] = (at, items)
             return Snapshot(items, self._clock() - at, shared=False, fetched=True)
 
-    async def _list(self) -> tuple[T, ...]:
+    async def _list(self, label: str | None = None) -> tuple[T, ...]:
         self.fetches += 1
+        if label is not None and self._fetch_label is not None:
+            return self._ours(await self._fetch_label(label))
         return self._ours(await self._fetch())
 
     async def _script(self, op: str, source: str, keys: Sequence[str], *args: str | int) -> list[Any]:
@@ -267,6 +279,9 @@ class OwnList:
 
     instances: list[model.Instance]
     at_ms: int | None = None
+    #: the soonest the next tick should list: the pace of a pod without Redis while this list was the
+    #: pod's own (Redis away), 0 while the fleet shares one
+    min_poll_s: float = 0.0
 
 
 class InstanceLister(Protocol):
@@ -278,12 +293,14 @@ class InstanceLister(Protocol):
 class OwnInstances:
     """The reconciler's list, read from the fleet's view: this pod's rows (exact label), parsed."""
 
-    def __init__(self, view: FleetView[dict[str, Any]]) -> None:
+    def __init__(self, view: FleetView[dict[str, Any]], local_poll_s: float = 0.0) -> None:
         self.view = view
+        self.local_poll_s = local_poll_s
 
     async def own(self, label: str, max_age_s: float, *, newer_than_ms: int | None = None) -> OwnList:
         """``label``'s instances as listed no more than ``max_age_s`` ago, and after ``newer_than_ms``
         when given (a malformed row raises)."""
         snap = await self.view.get(max_age_s, label=label, newer_than_ms=newer_than_ms)
         found = {i.id: i for i in (model.Instance.from_api(row, "list instances") for row in snap.items)}
-        return OwnList(sorted(found.values(), key=lambda i: i.id), snap.at_ms)
+        own = sorted(found.values(), key=lambda i: i.id)
+        return OwnList(own, snap.at_ms, 0.0 if snap.shared else self.local_poll_s)

@@ -260,7 +260,7 @@ class Reconciler:
         plan, label = self.state.last_plan, self.desired.label
         max_age_s = self.policy.boot_interval_s if plan is None else plan.next_check_s
         listed = await self.adapters.lister.own(label, max_age_s, newer_than_ms=self.state.listed_at_ms)
-        self.state.listed_at_ms = listed.at_ms
+        self.state.listed_at_ms, self.state.min_poll_s = listed.at_ms, listed.min_poll_s
         return listed.instances
 
     async def _confirm_rentals(self, instances: dict[int, model.Instance], now: float) -> None:
@@ -322,6 +322,8 @@ class Reconciler:
         observation = await self.observe()
         self.state.last_observation = observation
         plan = planning.plan(self.desired, observation, self.policy)
+        if plan.next_check_s < self.state.min_poll_s:  # Redis away: the pace of a pod without it
+            plan = dataclasses.replace(plan, next_check_s=self.state.min_poll_s)
         self._log_progress(plan, observation)
         if not any(isinstance(action, planning.Rent) for action in plan.actions):
             self.state.waiting_reason = None

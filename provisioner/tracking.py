@@ -156,6 +156,8 @@ class ReconcilerState:
     last_list_ok_at: float = 0.0
     #: when the tick's list was requested, ms on the Redis clock (None: not from the fleet's view)
     listed_at_ms: int | None = None
+    #: the soonest the next tick lists (``fleetview.OwnList.min_poll_s``: Redis away)
+    min_poll_s: float = 0.0
     last_observation: planning.Observation | None = None
     #: when the last boot progress line was logged
     last_progress_at: float = 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -172,11 +173,15 @@ class Lister:
         self.newer_than: list[int | None] = []
         self.lists = 0
 
+        #: what OwnInstances says while Redis is away (the pace of a pod without it); 0: shared
+        self.min_poll_s = 0.0
+
     async def own(self, label: str, max_age_s: float, *, newer_than_ms: int | None = None) -> Any:
         self.max_ages.append(max_age_s)
         self.newer_than.append(newer_than_ms)
         self.lists += 1
-        return fleetview.OwnList([i for i in self.instances if i.label == label], 1_000 * self.lists)
+        own = [i for i in self.instances if i.label == label]
+        return fleetview.OwnList(own, 1_000 * self.lists, self.min_poll_s)
 
 
 @respx.mock
@@ -196,6 +201,56 @@ async def test_observe_reads_the_shared_view_not_the_api(
     await rec.observe()
     assert lister.newer_than == [None, 1_000], "the next tick asks for a list after the one it saw"
     assert rec.state.listed_at_ms == 2_000
+
+
+@respx.mock
+async def test_while_redis_is_away_the_tick_polls_at_the_pace_of_a_pod_without_it(
+    env: pytest.MonkeyPatch, http: httpx.AsyncClient, clock: Clock
+) -> None:
+    """A booting pod's tick comes back after the shared view's 0.9 s; while its list is its own
+    (Redis away) after BOOT_POLL_SECONDS, as a pod without Redis would, and in steady state unchanged."""
+    respx.get(LIST).mock(return_value=httpx.Response(200, json=rows()))
+    respx.post(f"{BASE}/api/v0/bundles/").mock(return_value=httpx.Response(200, json={"offers": []}))
+    rec = builders.make_reconciler(env, http, clock)
+    rec.policy = dataclasses.replace(rec.policy, boot_interval_s=0.9)
+    lister = Lister([])
+    rec.adapters = dataclasses.replace(rec.adapters, lister=lister)
+    assert (await rec.tick()).next_check_s == 0.9
+    lister.min_poll_s = 5.0
+    clock.now += 1
+    assert (await rec.tick()).next_check_s == 5.0
+    lister.min_poll_s = 0.0
+    clock.now += 5
+    assert (await rec.tick()).next_check_s == 0.9, "Redis back: the shared pace again"
+
+
+@respx.mock
+async def test_while_redis_is_away_a_pod_lists_its_own_label_not_the_account(
+    env: pytest.MonkeyPatch, http: httpx.AsyncClient, server: fakeredis.FakeServer, pods: list[Any]
+) -> None:
+    """The fleet's view lists the whole account once for everyone; during an outage each pod lists one
+    page, its own label (the server's filter), and says so to its tick (BOOT_POLL_SECONDS)."""
+    env.setenv("BOOT_POLL_SECONDS", "4")
+    settings = load_settings()
+    label = settings.label
+    filters: list[str] = []
+
+    def answer(req: httpx.Request) -> httpx.Response:
+        filters.append(req.url.params.get("select_filters", ""))
+        others = rows(2, label="k8s_pod=other-0")["instances"]
+        return httpx.Response(200, json={"instances": rows(1, label=label)["instances"] + others})
+
+    respx.get(LIST).mock(side_effect=answer)
+    vast = VastClient(http, KEY, base_url=BASE, retry=RetryPolicy(attempts=1))
+    lister, _, _ = fleet_wiring.build_fleet_parts(settings, vast, fleet_wiring.fleet_kit(settings, pods[0]))
+    shared = await lister.own(label, 0.0)
+    assert ([i.id for i in shared.instances], shared.min_poll_s) == ([1], 0.0)
+    assert "label" not in json.loads(filters[-1] or "{}"), "shared: the whole account, for every pod"
+    server.connected = False
+    alone = await lister.own(label, 0.0)
+    assert ([i.id for i in alone.instances], alone.min_poll_s, alone.at_ms) == ([1], 4.0, None)
+    assert json.loads(filters[-1]) == {"label": {"eq": label}}, "alone: one page, this pod's label"
+    assert len(filters) == 2
 
 
 async def test_own_instances_keeps_exactly_this_label(pods: list[fakeredis.FakeAsyncRedis]) -> None:
