@@ -34,17 +34,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from provisioner import (
-    admin,
-    backoff,
-    errors,
-    fleet,
-    logs,
-    pacer,
-    rendering,
-    runtime,
-    wiring,
-)
+from provisioner import admin, backoff, errors, fleet, logs, pacer, rendering, runtime, wiring
 from provisioner import metrics as metrics_mod
 from provisioner import nginx as nginx_mod
 from provisioner.settings import Settings, find_nginx_binary
@@ -104,6 +94,7 @@ class Daemon:
         self.key_check: runtime.KeyCheck | None = None  # whoami shared by the fleet (with a Redis)
         self.ticked = asyncio.Event()  # the first tick is over (the admin server may load now)
         self.admin: admin.AdminPort | None = None  # bound at start, served after the first tick
+        self.loop_task: asyncio.Task[Any] | None = None  # the reconcile loop's (whose waits are rests)
 
     # ------------------------------------------------------------ signals
 
@@ -167,7 +158,7 @@ class Daemon:
         clients, kit = await wiring.open_clients(self.settings, stack, nginx, tls, observer)
         rec = wiring.build_reconciler(self.settings, clients, on_event=self.metrics.on_event)
         self.pacer = kit.pace
-        kit.pace.on_wait = self._note_wait  # a slot hours away, slept in a tick: no stall either
+        kit.pace.on_wait = self._note_slot_wait
         self.key_check = kit.account(clients.vast, self.settings.blacklist_key_prefix)
         self.runtime.reconciler = rec
         self.metrics.bind(self.runtime)
@@ -252,6 +243,7 @@ class Daemon:
 
     async def _reconcile_loop(self, vast: runtime.KeyCheck, rec: runtime.Reconciles) -> None:
         failures = 0  # in a row: the backoff grows with them
+        self.loop_task = asyncio.current_task()
         while not self.stop.is_set():
             self.runtime.loop_heartbeat_at = self.runtime.resting_until = self.clock()
             try:
@@ -286,6 +278,12 @@ class Daemon:
         """A wait for a known time (this rest, a pacer slot hours away after a quota 429): liveness
         counts no stall before its end. The next loop round resets it (a rest cut short by a wake-up)."""
         self.runtime.resting_until = max(self.runtime.resting_until, self.clock() + seconds)
+
+    def _note_slot_wait(self, seconds: float) -> None:
+        """A pacer wait: a slot hours away slept in a tick is no stall; another task's (remote logs')
+        says nothing about the reconcile loop, and must not hide it wedged."""
+        if asyncio.current_task() is self.loop_task:
+            self._note_wait(seconds)
 
     def _jittered(self, failures: int) -> float:
         """Equal jitter: pods that failed together (a shared key, an API outage) spread out."""

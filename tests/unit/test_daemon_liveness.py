@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import types
 from typing import Any
@@ -134,3 +135,37 @@ async def test_a_rest_cut_short_by_a_wake_up_covers_no_stuck_tick_after_it(env: 
     d.runtime.nginx = FakeNginx()
     await d._reconcile_loop(Account(), StuckAfterWake())
     assert stuck == [True]
+
+
+async def test_a_pacer_wait_outside_the_reconcile_loop_does_not_hide_a_wedged_loop(
+    env: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Remote logs waiting hours for their slot: the loop stuck meanwhile fails liveness after the usual
+    stall; the same wait inside a tick keeps it at 200 (the test above)."""
+    waited: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waited.append(seconds)
+
+    pace = pacer.Pacer(None, pacer.Keys("b"), clock=lambda: 0.0, sleep=sleep)
+    pace.local.push(pacer.Endpoint.LOGS, QUOTA_RESET_S)
+    kit = types.SimpleNamespace(pace=pace, account=lambda *_: Account())
+
+    async def open_clients(*_: Any) -> Any:
+        return types.SimpleNamespace(vast=Account()), kit
+
+    monkeypatch.setattr(daemon.wiring, "open_clients", open_clients)
+    monkeypatch.setattr(daemon.wiring, "build_reconciler", lambda *_, **__: FakeRec())
+    monkeypatch.setattr(daemon.admin, "AdminPort", NoAdmin)
+    d = daemon.Daemon(load_settings(), clock=lambda: NOW, rng=Edge())
+    d.runtime.nginx = FakeNginx()
+    async with contextlib.AsyncExitStack() as stack:
+        await d._open(stack, None, None)  # type: ignore[arg-type]
+    d.runtime.loop_heartbeat_at = d.runtime.resting_until = NOW  # a tick began, then hung
+    d.loop_task = asyncio.current_task()
+    await asyncio.create_task(pace.acquire(pacer.Endpoint.LOGS))  # the remote log streamer's task
+    assert waited and waited[0] >= QUOTA_RESET_S - 1
+    ok, reason = runtime.health(d.runtime, NOW + runtime.STALL_AFTER_S + 1.0)
+    assert not ok and reason.startswith("the reconcile loop has not run for")
+    await pace.acquire(pacer.Endpoint.LOGS)  # the same kind of wait in the loop's own task
+    assert runtime.health(d.runtime, NOW + runtime.STALL_AFTER_S + 1.0)[0]
