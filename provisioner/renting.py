@@ -5,9 +5,9 @@ reason, template hash, the ids it knows, what this pod spends, now) and applies 
 :class:`Outcome` it gets back: a rented id and price, a hold after an unknown outcome, or nothing
 (with the events to record). The renter never touches the reconciler's state.
 
-In order: the local rent brakes (``rentguard``) may say "not yet"; with Redis, the label's rent lock
-is taken and, unless the label's rent mark shows no rent since the tick's list was requested, the
-label is listed again under it (another process may just have rented); the search
+In order: the rent brakes (``rentguard``) or a search slot far off may say "not yet"; with Redis,
+the label's rent lock is taken and, unless the label's rent mark shows no rent since the tick's list
+was requested, the label is listed again under it (another process may just have rented); the search
 leaves out banned and avoided hosts; the spend cap (``VAST_MAX_FLEET_DPH``) keeps only offers that
 fit and reserves their $/h in Redis before the rent call (``fleet.Fleet.reserve``: pods starting
 together see each other's rentals); then the best offer is rented, the next one tried when it
@@ -26,7 +26,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
-from provisioner import errors, events, model, rentguard, rentqueue, selection, spend, spendcheck
+from provisioner import errors, events, model, pacer, rentguard, rentqueue, selection, spend, spendcheck
 from provisioner.vast import client as vast_client
 
 #: how long to hold off renting after a rent (until a list shows it) or a rent whose outcome is unknown
@@ -36,6 +36,8 @@ MAX_OFFER_ATTEMPTS = 5
 #: offers refused with a 4xx in one rental before the refusal is raised: one may be about that offer
 #: (the next is tried, so one bad offer cannot wedge the pod), two in a row are about the request
 MAX_REFUSALS = 2
+#: a search or rent slot further off (a quota 429 moved it) is not slept for in a turn: the pod holds
+FAR_SLOT_S = 10.0
 #: the figures in a note ($/h, seconds): a note said once per situation ignores them
 _FIGURES = re.compile(r"\d+(?:\.\d+)?")
 
@@ -59,8 +61,7 @@ class OfferSearch(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Turns:
-    """The fleet's rental queue (``rentqueue.RentQueue``): pods rent one after another, each its own
-    offer, from one shared offer search."""
+    """The fleet's rental queue (``rentqueue``): pods rent one after another, each its own offer."""
 
     queue: rentqueue.RentQueue
     pod: str
@@ -188,10 +189,18 @@ class Renter:
             failed = self.guard.failures_in_a_row
             why = f"rent brakes: {failed} rentals failed before serving; next in {wait:.0f}s"
             return Outcome(Result.HELD, notes=self._backoff_note(ask, wait), why=why)
+        if (far := await self._far_slot_s()) > FAR_SLOT_S:
+            text = f"the key's offer search or rent is rate limited; next slot in {far:.0f}s"
+            return self._held(ask, events.EventKind.RENT_WAITS, text)
         if self.fleet is None:
             return await self._search_and_rent(ask)
         async with self._turn():
             return await self._rent_in_turn(ask, self.fleet)
+
+    async def _far_slot_s(self) -> float:
+        """Seconds until the key's next offer search or rent slot, the later (0 unpaced)."""
+        ends = (pacer.Endpoint.SEARCH_OFFERS, pacer.Endpoint.CREATE_INSTANCE)
+        return max([await self.vast.pacer.free_in_s(e) for e in ends]) if self.vast.pacer else 0.0
 
     @property
     def queue_line(self) -> str | None:
@@ -318,9 +327,8 @@ class Renter:
                 new_id = await self.vast.rent(offer.id, request)
             except errors.OfferGone:
                 await self._retire(offer.id)
-                notes.append(
-                    _note(ask, events.EventKind.OFFER_GONE, f"offer {offer.id} was taken; trying the next")
-                )
+                text = f"offer {offer.id} was taken; trying the next"
+                notes.append(_note(ask, events.EventKind.OFFER_GONE, text))
                 continue
             except errors.VastRejected as exc:
                 await self._retire(offer.id)

@@ -410,3 +410,33 @@ async def test_with_a_fleet_store_the_reconciler_lists_and_rents_through_the_fle
     assert rec.adapters.checks is not None and rec.renter.turns is not None
     assert rec.renter.turns.pod == settings.pod_name and rec.renter.turns.search is not None
     assert alone.adapters.lister is None and alone.renter.turns is None, "no Redis: each pod lists itself"
+
+
+@respx.mock
+@pytest.mark.parametrize("endpoint", [E.SEARCH_OFFERS, E.CREATE_INSTANCE])
+async def test_a_search_or_rent_slot_hours_away_holds_the_rental_outside_the_queue(
+    http: httpx.AsyncClient, pods: list[fakeredis.FakeAsyncRedis], endpoint: pacer.Endpoint
+) -> None:
+    """Another pod's quota 429 moved the key's search (or rent) slot two hours on: the renter holds and
+    says so, without taking the queue's turn or the rent lock (others would wait behind it) and without
+    sleeping for the slot under a lock whose section would end it as an unknown rent."""
+    searched = respx.post(f"{BASE}/api/v0/bundles/").mock(
+        return_value=httpx.Response(200, json={"offers": []})
+    )
+    listed = respx.get(LIST).mock(return_value=httpx.Response(200, json=rows()))
+    waits: Waits = Waits()
+    vast = paced_client(http, pods[0], waits, [])
+    assert vast.pacer is not None
+    await vast.pacer.penalize(endpoint, 7200.0)
+    fleet = Fleet()
+    queue = rentqueue.RentQueue(pods[0], rentqueue.Keys("b"), poll_s=0.01)
+    spec = renting.RentSpec(search_body=search_body, choose_offers=ranked, rent_request=request)
+    renter = renting.Renter(vast, spec, fleet=fleet, turns=renting.Turns(queue, "web-0"))
+    out = await renter.rent(make_ask(label="k8s_pod=web-0"))
+    assert out.result is renting.Result.HELD
+    assert out.why is not None and "rate limited; next slot in 7200s" in out.why
+    assert [str(n.event.kind) for n in out.notes] == ["rent-waits"]
+    assert (fleet.locked, searched.call_count, listed.call_count, waits.waits) == (0, 0, 0, [])
+    assert await pods[0].keys("*rentq*") == [], "no turn taken"
+    again = await renter.rent(make_ask(label="k8s_pod=web-0"))
+    assert again.result is renting.Result.HELD and again.notes == (), "said once per situation"
