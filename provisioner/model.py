@@ -52,17 +52,26 @@ def _str(raw: Mapping[str, Any], key: str) -> str | None:
     return text or None
 
 
-def _env_value(extra_env: Any, name: str) -> str | None:
-    """``name``'s value in an instance's ``extra_env``: a list of ``[key, value]`` pairs (what Vast
-    sends), or a dict (tolerated); None when absent or of another shape."""
+def _env_of(extra_env: Any) -> Mapping[str, Any]:
+    """An instance's ``extra_env``: a list of ``[key, value]`` pairs (what Vast sends), or a dict
+    (tolerated); empty when absent or of another shape."""
     if isinstance(extra_env, Mapping):
-        value = extra_env.get(name)
-    elif isinstance(extra_env, list):
-        pairs = (p for p in extra_env if isinstance(p, list | tuple) and len(p) == 2 and p[0] == name)
-        value = next((p[1] for p in pairs), None)
-    else:
-        return None
+        return {str(k): v for k, v in extra_env.items()}
+    if isinstance(extra_env, list):
+        return {str(p[0]): p[1] for p in extra_env if isinstance(p, list | tuple) and len(p) == 2}
+    return {}
+
+
+def _env_value(env: Mapping[str, Any], name: str) -> str | None:
+    value = env.get(name)
     return None if value is None else str(value).strip() or None
+
+
+def _rented_without_auth(env: Mapping[str, Any]) -> bool:
+    """The env is a whole rental's (it maps a port: ``-p N:N``, as each of ours does) and carries no
+    upstream secret (neither the tag nor the token). A missing or partial env tells nothing: False."""
+    mapped = any(key.startswith("-p ") for key in env)
+    return mapped and AUTH_TAG_ENV not in env and AUTH_TOKEN_ENV not in env
 
 
 def _required_int(raw: Mapping[str, Any], key: str, call: str) -> int:
@@ -144,6 +153,8 @@ class Offer:
 
 #: the instance's environment variable naming the upstream secret it was rented with (a fingerprint)
 AUTH_TAG_ENV = "UPSTREAM_AUTH_TAG"
+#: the upstream secret itself, in the rental's env beside the header name (``UPSTREAM_AUTH_HEADER``)
+AUTH_TOKEN_ENV = "UPSTREAM_AUTH_TOKEN"  # noqa: S105 - a variable name, not a secret
 #: actual_status values from which an instance never reaches ``running`` (docs/vast-api.md §7.4).
 DEAD_STATUSES = frozenset({"exited", "offline", "unknown", "destroyed", "terminated", "stopped", "frozen"})
 #: every actual_status value Vast is known to use (docs/vast-api.md §7.4); ``null`` means provisioning.
@@ -203,6 +214,8 @@ class Instance:
     #: ``UPSTREAM_AUTH_TAG`` from its environment (``extra_env``): which upstream secret it was
     #: rented with; None when it was rented without one or the list left the environment out
     auth_tag: str | None = None
+    #: its listed environment is a whole rental's and carries no upstream secret: rented without auth
+    rented_without_auth: bool = False
 
     @property
     def failed_to_start(self) -> bool:
@@ -231,6 +244,7 @@ class Instance:
         if not isinstance(raw, Mapping):
             raise errors.VastBadResponse(call, "instance is not an object")
         status = _str(raw, "actual_status")
+        env = _env_of(raw.get("extra_env"))
         return cls(
             id=_required_int(raw, "id", call),
             label=_str(raw, "label"),
@@ -249,7 +263,8 @@ class Instance:
             gpu_name=_str(raw, "gpu_name"),
             num_gpus=_int(raw, "num_gpus", call),
             geolocation=_str(raw, "geolocation"),
-            auth_tag=_env_value(raw.get("extra_env"), AUTH_TAG_ENV),
+            auth_tag=_env_value(env, AUTH_TAG_ENV),
+            rented_without_auth=_rented_without_auth(env),
         )
 
 

@@ -177,6 +177,9 @@ def drift_of(instance: model.Instance, desired: model.DesiredSpec, template_hash
         # rented with another upstream secret (a rotated API key, UPSTREAM_AUTH_HEADER unset): its
         # workload refuses what nginx sends now
         return "auth-drift"
+    if desired.auth_tag is not None and instance.rented_without_auth:
+        # rented before UPSTREAM_AUTH_HEADER was set: its workload answers anyone who finds its port
+        return "auth-drift"
     return None
 
 

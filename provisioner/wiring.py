@@ -201,7 +201,7 @@ def build_rent_request(settings: Settings) -> Callable[[str | None], vast_client
     env = dict(desired.env)
     for name, value in upstream_auth_headers(settings).items():
         env["UPSTREAM_AUTH_HEADER"] = name
-        env["UPSTREAM_AUTH_TOKEN"] = value
+        env[model.AUTH_TOKEN_ENV] = value
     # the secret's fingerprint too: an instance rented with another secret (a rotated key) is replaced
     env |= {model.AUTH_TAG_ENV: desired.auth_tag} if desired.auth_tag else {}
 

@@ -106,14 +106,21 @@ def test_upstream_auth_header_guards_the_instance_port(sim: Sim, tmp_path: Path)
         assert spoofed.status_code == 200, "the proxy replaces a client-sent copy of the header"
 
 
-def test_a_rotated_api_key_replaces_the_instance_the_old_secret_guards(sim: Sim, tmp_path: Path) -> None:
+@pytest.mark.parametrize("change", ["rotated-key", "auth-turned-on"])
+def test_an_instance_rented_with_another_or_no_secret_is_replaced(
+    sim: Sim, tmp_path: Path, change: str
+) -> None:
     """The upstream secret derives from the API key. After a rotation (same account, new key) the
     instance rented before would refuse what nginx now sends, so it is replaced make-before-break
-    (auth-drift) instead of being adopted and served 401s for good."""
+    (auth-drift) instead of being adopted and served 401s for good. One rented before
+    UPSTREAM_AUTH_HEADER was set answers anyone who finds its public port: replaced the same way."""
     env = base_env(sim, tmp_path, VAST_API_KEY=API_KEY, UPSTREAM_AUTH_HEADER="X-Upstream-Auth")
+    if change == "auth-turned-on":
+        del env["UPSTREAM_AUTH_HEADER"]
     with run_provisioner(env, tmp_path, "before") as prov:
         before = prov.wait_serving(60)
     env["VAST_API_KEY"] = API_KEY + "-rotated"
+    env["UPSTREAM_AUTH_HEADER"] = "X-Upstream-Auth"
     with run_provisioner(env, tmp_path, "after") as prov:
         after = prov.wait_serving(60, other_than=before)
         assert prov.get("/check").status_code == 200

@@ -345,21 +345,33 @@ def test_never_destroys_the_served_instance_in_the_same_plan() -> None:
         assert not served & destroyed, case.id
 
 
+PORT = ["-p 8000:8000", "1"]
+TAG1, TOKEN = ["UPSTREAM_AUTH_TAG", "k1tag"], ["UPSTREAM_AUTH_TOKEN", "s3cr3t"]
+
+
 @pytest.mark.parametrize(
-    ("has", "wants", "drift"),
+    ("extra_env", "wants", "drift"),
     [
-        pytest.param("k1tag", "k1tag", None, id="same-secret"),
-        pytest.param("k1tag", "k2tag", "auth-drift", id="rotated-key"),
-        pytest.param("k1tag", None, "auth-drift", id="auth-header-unset"),
-        pytest.param(None, "k2tag", None, id="rented-before-tags-or-env-left-out"),
+        pytest.param([PORT, TAG1, TOKEN], "k1tag", None, id="same-secret"),
+        pytest.param([PORT, TAG1, TOKEN], "k2tag", "auth-drift", id="rotated-key"),
+        pytest.param([PORT, TAG1, TOKEN], None, "auth-drift", id="auth-header-unset"),
+        pytest.param([PORT], "k2tag", "auth-drift", id="auth-turned-on"),
+        pytest.param({"-p 8000:8000": "1"}, "k2tag", "auth-drift", id="auth-turned-on-dict-env"),
+        pytest.param([PORT], None, None, id="no-auth-either-way"),
+        pytest.param([PORT, TOKEN], "k2tag", None, id="rented-with-a-secret-before-tags"),
+        pytest.param(None, "k2tag", None, id="env-left-out"),
+        pytest.param([], "k2tag", None, id="env-empty"),
+        pytest.param([["FOO", "bar"]], "k2tag", None, id="env-not-a-whole-rental"),
     ],
 )
-def test_an_instance_rented_with_another_upstream_secret_drifts(
-    has: str | None, wants: str | None, drift: str | None
+def test_an_instance_rented_with_another_or_no_upstream_secret_drifts(
+    extra_env: object, wants: str | None, drift: str | None
 ) -> None:
-    """Its workload refuses the header nginx sends now; an instance without a tag is not judged."""
-    desired = replace(DESIRED, auth_tag=wants)
-    assert planning.drift_of(inst(1, auth_tag=has), desired, HASH) == drift
+    """Its workload refuses the header nginx sends now, or answers anyone (rented before auth was on);
+    an instance whose listed env tells neither is not judged (a replacement costs a rental)."""
+    listed = model.Instance.from_api({"id": 1, "extra_env": extra_env})
+    seen = replace(inst(1), auth_tag=listed.auth_tag, rented_without_auth=listed.rented_without_auth)
+    assert planning.drift_of(seen, replace(DESIRED, auth_tag=wants), HASH) == drift
 
 
 def test_image_comparison_is_tolerant() -> None:
