@@ -75,6 +75,12 @@ def _load_server() -> None:
         importlib.import_module(name)
 
 
+#: getaddrinfo's answers that the name itself is wrong (no such name, no IPv4 address for it)
+_NO_SUCH_NAME = frozenset(
+    getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY") if hasattr(socket, name)
+)
+
+
 class AdminPort:
     """``ADMIN_PORT``, bound at once (a taken port ends the start before any Vast call) and served a
     moment later (`serve_after`); a probe that comes in between waits in the socket's backlog. It
@@ -91,7 +97,7 @@ class AdminPort:
 
     def _host_error(self, exc: OSError) -> errors.ConfigError | None:
         """``ADMIN_HOST``'s fault (exit 2): a name that does not resolve, an address not on this machine."""
-        if isinstance(exc, socket.gaierror):
+        if isinstance(exc, socket.gaierror) and exc.errno in _NO_SUCH_NAME:  # EAI_AGAIN may pass: exit 1
             return errors.ConfigError("ADMIN_HOST", f"cannot resolve {self.host!r}: {exc.strerror or exc}")
         if exc.errno == errno.EADDRNOTAVAIL:
             return errors.ConfigError("ADMIN_HOST", f"{self.host} is not an address of this machine")

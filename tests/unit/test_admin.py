@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
+import socket
 import time
 from typing import Any
 
@@ -182,20 +184,48 @@ async def test_the_port_is_bound_at_once_and_served_after_the_first_tick() -> No
 
 
 @pytest.mark.parametrize(
-    ("host", "problem"),
+    ("failure", "variable", "problem"),
     [
-        ("no-such-host.invalid", "ADMIN_HOST: cannot resolve 'no-such-host.invalid': "),
-        ("192.0.2.1", "ADMIN_HOST: 192.0.2.1 is not an address of this machine"),
+        (
+            socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+            "ADMIN_HOST",
+            "ADMIN_HOST: cannot resolve 'gpu-admin.example': Name or service not known",
+        ),
+        (
+            OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"),
+            "ADMIN_HOST",
+            "ADMIN_HOST: gpu-admin.example is not an address of this machine",
+        ),
+        (
+            socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"),
+            None,
+            "ADMIN_PORT: cannot listen on gpu-admin.example:0: Temporary failure in name resolution",
+        ),
     ],
+    ids=["no-such-name", "not-this-machine", "dns-down-for-now"],
 )
-def test_a_host_it_cannot_listen_on_is_a_config_error_naming_admin_host(host: str, problem: str) -> None:
+def test_a_host_it_cannot_listen_on_is_a_config_error_naming_admin_host(
+    monkeypatch: pytest.MonkeyPatch, failure: OSError, variable: str | None, problem: str
+) -> None:
     """A name that does not resolve, or an address of another machine, is ADMIN_HOST's fault (exit 2),
-    not ADMIN_PORT's."""
+    not ADMIN_PORT's; a name server that fails for now is no configuration error (exit 1)."""
+
+    def bind(host: str, port: int) -> None:
+        raise failure
+
+    monkeypatch.setattr(admin.listen, "bind_socket", bind)
     runtime, m = make_runtime()
-    with pytest.raises(errors.ConfigError) as caught:
-        admin.AdminPort(host, 0, runtime, m.registry)
-    assert caught.value.variable == "ADMIN_HOST"
-    assert str(caught.value).startswith(problem)
+    with pytest.raises(errors.ProvisionerError) as caught:
+        admin.AdminPort("gpu-admin.example", 0, runtime, m.registry)
+    assert str(caught.value) == problem
+    assert isinstance(caught.value, errors.ConfigError) == (variable is not None)
+
+
+def test_an_unresolvable_admin_host_is_named_by_the_real_resolver() -> None:
+    """The same through the real getaddrinfo: ``.invalid`` never resolves (RFC 6761)."""
+    runtime, m = make_runtime()
+    with pytest.raises(errors.ProvisionerError, match=r"no-such-host\.invalid"):
+        admin.AdminPort("no-such-host.invalid", 0, runtime, m.registry)
 
 
 async def test_the_port_is_served_within_the_bound_when_the_first_tick_is_long() -> None:
