@@ -36,7 +36,7 @@ MAX_OFFER_ATTEMPTS = 5
 #: offers refused with a 4xx in one rental before the refusal is raised: one may be about that offer
 #: (the next is tried, so one bad offer cannot wedge the pod), two in a row are about the request
 MAX_REFUSALS = 2
-#: a search or rent slot further off (a quota 429 moved it) is not slept for in a turn: the pod holds
+#: a search or rent slot further off (a quota 429 moved it) is not slept for under the lock: a hold
 FAR_SLOT_S = 10.0
 #: the figures in a note ($/h, seconds): a note said once per situation ignores them
 _FIGURES = re.compile(r"\d+(?:\.\d+)?")
@@ -189,9 +189,6 @@ class Renter:
             failed = self.guard.failures_in_a_row
             why = f"rent brakes: {failed} rentals failed before serving; next in {wait:.0f}s"
             return Outcome(Result.HELD, notes=self._backoff_note(ask, wait), why=why)
-        if (far := await self._far_slot_s()) > FAR_SLOT_S:
-            text = f"the key's offer search or rent is rate limited; next slot in {far:.0f}s"
-            return self._held(ask, events.EventKind.RENT_WAITS, text)
         if self.fleet is None:
             return await self._search_and_rent(ask)
         async with self._turn():
@@ -268,7 +265,10 @@ class Renter:
         return Outcome(Result.HELD, notes=(_note(ask, kind, detail, reason=str(kind)),), why=detail)
 
     async def _search_and_rent(self, ask: Ask) -> Outcome:
-        """Search with the bans left out, rank, and rent the best offer that is still there."""
+        """Search (bans left out), rank, rent the best offer still there; hold while a slot is far off."""
+        if (far := await self._far_slot_s()) > FAR_SLOT_S:
+            text = f"the key's offer search or rent is rate limited; next slot in {far:.0f}s"
+            return self._held(ask, events.EventKind.RENT_WAITS, text)
         standing = await self.bans.standing() if self.bans is not None else selection.Standing()
         avoided = self.guard.avoided(ask.now)
         if avoided:

@@ -414,29 +414,37 @@ async def test_with_a_fleet_store_the_reconciler_lists_and_rents_through_the_fle
 
 @respx.mock
 @pytest.mark.parametrize("endpoint", [E.SEARCH_OFFERS, E.CREATE_INSTANCE])
-async def test_a_search_or_rent_slot_hours_away_holds_the_rental_outside_the_queue(
+async def test_a_search_or_rent_slot_hours_away_holds_the_rental_instead_of_sleeping_under_the_lock(
     http: httpx.AsyncClient, pods: list[fakeredis.FakeAsyncRedis], endpoint: pacer.Endpoint
 ) -> None:
-    """Another pod's quota 429 moved the key's search (or rent) slot two hours on: the renter holds and
-    says so, without taking the queue's turn or the rent lock (others would wait behind it) and without
+    """Another pod's quota 429 moves the key's search (or rent) slot two hours on while this pod waits
+    in the rental queue: in its turn it holds and says so, releasing turn and lock at once, instead of
     sleeping for the slot under a lock whose section would end it as an unknown rent."""
     searched = respx.post(f"{BASE}/api/v0/bundles/").mock(
         return_value=httpx.Response(200, json={"offers": []})
     )
-    listed = respx.get(LIST).mock(return_value=httpx.Response(200, json=rows()))
+    respx.get(LIST).mock(return_value=httpx.Response(200, json=rows()))
     waits: Waits = Waits()
-    vast = paced_client(http, pods[0], waits, [])
+    vast = paced_client(http, pods[1], waits, [])
     assert vast.pacer is not None
-    await vast.pacer.penalize(endpoint, 7200.0)
-    fleet = Fleet()
-    queue = rentqueue.RentQueue(pods[0], rentqueue.Keys("b"), poll_s=0.01)
+    head = rentqueue.RentQueue(pods[0], rentqueue.Keys("b"))
+    await head.join("web-0")
+    queue = rentqueue.RentQueue(pods[1], rentqueue.Keys("b"), poll_s=0.01)
     spec = renting.RentSpec(search_body=search_body, choose_offers=ranked, rent_request=request)
-    renter = renting.Renter(vast, spec, fleet=fleet, turns=renting.Turns(queue, "web-0"))
-    out = await renter.rent(make_ask(label="k8s_pod=web-0"))
+    renter = renting.Renter(vast, spec, fleet=Fleet(), turns=renting.Turns(queue, "web-1"))
+    waiting = asyncio.create_task(renter.rent(make_ask(label="k8s_pod=web-1")))
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if renter.queue_line:
+            break
+    assert renter.queue_line == "queued for rental (position 2 of 2)"
+    await vast.pacer.penalize(endpoint, 7200.0)  # while it waits behind web-0
+    await head.leave("web-0")
+    out = await asyncio.wait_for(waiting, 5)
     assert out.result is renting.Result.HELD
     assert out.why is not None and "rate limited; next slot in 7200s" in out.why
     assert [str(n.event.kind) for n in out.notes] == ["rent-waits"]
-    assert (fleet.locked, searched.call_count, listed.call_count, waits.waits) == (0, 0, 0, [])
-    assert await pods[0].keys("*rentq*") == [], "no turn taken"
-    again = await renter.rent(make_ask(label="k8s_pod=web-0"))
+    assert (searched.call_count, [w for w in waits.waits if w > 60]) == (0, [])
+    assert await queue.position("web-1") is None, "the turn is given back"
+    again = await renter.rent(make_ask(label="k8s_pod=web-1"))
     assert again.result is renting.Result.HELD and again.notes == (), "said once per situation"
