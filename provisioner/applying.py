@@ -213,7 +213,7 @@ class Executor:
         state.spend_reserved = state.spend_reserved or outcome.reserved
         if outcome.result is renting.Result.RENTED and outcome.instance_id is not None:
             record = state.tracked[outcome.instance_id]
-            record.unconfirmed = True
+            record.unconfirmed = record.rented_here = True
             record.rent_price = outcome.price_per_hour
             state.rent_hold_until = self.clock() + renting.RENT_HOLD_S
             record.first_seen = await self.boot_started(outcome.instance_id, self.clock())

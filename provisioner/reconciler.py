@@ -237,6 +237,8 @@ class Reconciler:
             if tracked[iid].first_seen is None:
                 tracked[iid].first_seen = await self.executor.boot_started(iid, now)
         tracked.forget_unlisted(instances)
+        if (distrust := tracking.distrust_auth_env(self.state, instances, self.desired)) is not None:
+            self.executor.record(events.EventKind.LIST_DOUBTED, distrust, None, logging.WARNING)
         await self._check_listed(instances.values(), now)
         if self.adapters.bans is not None:
             await tracking.record_outcomes(self.adapters.bans, tracked, instances.values(), self.desired, now)

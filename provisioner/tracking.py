@@ -9,6 +9,7 @@ failed health checks), written through the blacklist adapter. The time is passed
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -60,6 +61,8 @@ class Tracked:
     rent_price: float | None = None
     #: rented (or maybe rented) by this process and not shown by a list yet
     unconfirmed: bool = False
+    #: rented by this process (so with its upstream secret, when it has one)
+    rented_here: bool = False
     #: destroyed by this process (its absence from the next list is expected, not doubted)
     destroyed: bool = False
     #: since when an odd list answer about it is doubted (the last known entry stands in)
@@ -100,7 +103,7 @@ class Tracker:
             if iid in shown:
                 continue
             if record.unconfirmed:
-                self.records[iid] = Tracked(rent_price=record.rent_price, unconfirmed=True)
+                self.records[iid] = Tracked(rent_price=record.rent_price, unconfirmed=True, rented_here=True)
             else:
                 del self.records[iid]
 
@@ -158,6 +161,8 @@ class ReconcilerState:
     listed_at_ms: int | None = None
     #: the soonest the next tick lists (``fleetview.OwnList.min_poll_s``: Redis away)
     min_poll_s: float = 0.0
+    #: a rental of this process was listed without its upstream secret: the listed env is not judged
+    auth_env_distrusted: bool = False
     last_observation: planning.Observation | None = None
     #: when the last boot progress line was logged
     last_progress_at: float = 0.0
@@ -204,3 +209,26 @@ async def record_outcomes(
             # a dead instance's death is recorded when it is destroyed, not twice
             record.failing_recorded = True
             await bans.record(inst, "health-fail")
+
+
+def distrust_auth_env(
+    state: ReconcilerState, instances: dict[int, model.Instance], desired: model.DesiredSpec
+) -> str | None:
+    """Clear ``rented_without_auth`` in ``instances`` (in place) once the list has shown a rental of this
+    process without the upstream secret it was rented with: that list does not echo a rental's env,
+    and judging by it would replace every instance, each replacement too. Returns the warning to log,
+    the first time."""
+    said = None
+    if desired.auth_tag is not None and not state.auth_env_distrusted:
+        mine = {iid for iid, record in state.tracked.records.items() if record.rented_here}
+        suspect = [i.id for i in instances.values() if i.rented_without_auth and i.id in mine]
+        if suspect:
+            state.auth_env_distrusted = True
+            said = (
+                f"instance {suspect[0]}, rented here with the upstream secret, is listed without it:"
+                " the listed environment is not judged for auth-drift from now on"
+            )
+    if state.auth_env_distrusted:
+        for iid, inst in instances.items():
+            instances[iid] = dataclasses.replace(inst, rented_without_auth=False)
+    return said

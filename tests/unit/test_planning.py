@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provisioner import model, planning
+from provisioner import model, planning, tracking
 from provisioner.planning import Ban, Destroy, Observation, Phase, Policy, Rent, Serve, Unserve
 
 IMAGE = "ghcr.io/acme/whisper:1.2"
@@ -372,6 +372,27 @@ def test_an_instance_rented_with_another_or_no_upstream_secret_drifts(
     listed = model.Instance.from_api({"id": 1, "extra_env": extra_env})
     seen = replace(inst(1), auth_tag=listed.auth_tag, rented_without_auth=listed.rented_without_auth)
     assert planning.drift_of(seen, replace(DESIRED, auth_tag=wants), HASH) == drift
+
+
+def test_once_a_rental_of_ours_is_listed_without_its_secret_no_listed_env_is_judged() -> None:
+    """The loop breaker: a rental of this process carries the secret; listed without it, the list does
+    not echo a rental's env, and judging by it would replace every replacement in turn. From then on
+    no instance is judged by its listed env (said once)."""
+    desired = replace(DESIRED, auth_tag="k2tag")
+    old = model.Instance.from_api({"id": 1, "actual_status": "running", "extra_env": [PORT]})
+    new = model.Instance.from_api({"id": 2, "actual_status": "running", "extra_env": [PORT]})
+    state = tracking.ReconcilerState()
+    listed = {1: old}
+    assert tracking.distrust_auth_env(state, listed, desired) is None
+    assert planning.drift_of(listed[1], desired, None) == "auth-drift", "judged until then"
+    state.tracked[2].rented_here = True
+    listed = {1: old, 2: new}
+    said = tracking.distrust_auth_env(state, listed, desired)
+    assert said is not None and said.startswith("instance 2, rented here with the upstream secret, is listed")
+    assert [planning.drift_of(i, desired, None) for i in listed.values()] == [None, None]
+    again = {1: old}
+    assert tracking.distrust_auth_env(state, again, desired) is None
+    assert planning.drift_of(again[1], desired, None) is None
 
 
 def test_image_comparison_is_tolerant() -> None:
