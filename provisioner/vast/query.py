@@ -247,8 +247,10 @@ def _unknown_field_message(field: str) -> str:
 def load_filter(value: str) -> dict[str, Any]:
     """Read ``VAST_SEARCH_QUERY``: a console JSON filter (``{...}``) or a CLI query string.
 
-    The JSON form must be an object of operator objects and is returned as given,
-    with no defaults added; the query form gets the CLI's defaults.
+    The JSON form must be an object of operator objects and is returned as given, plus
+    ``rentable eq true`` unless it names ``rentable`` or ``rented`` (the server does not add it: a
+    search could return offers already taken, each a lost rent slot); the query form gets the CLI's
+    defaults.
     """
     if not value.strip().startswith("{"):
         return parse_query(value)
@@ -267,6 +269,8 @@ def load_filter(value: str) -> dict[str, Any]:
             raise errors.QueryError(f"{field!r} is not a filter field; it is set separately")
         for operand in constraint.values():
             _check_type(field, operand, json.dumps({field: constraint}))
+    if not loaded.keys() & {"rentable", "rented"}:
+        loaded["rentable"] = {"eq": True}
     return loaded
 
 

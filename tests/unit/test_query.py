@@ -585,7 +585,7 @@ def test_json_filter_wrong_type_is_rejected(text: str, field: str) -> None:
 def test_json_filter_right_types_pass() -> None:
     """Numbers as JSON numbers or numeric strings, and JSON booleans, are accepted as given."""
     text = '{"num_gpus": {"gte": 1, "lte": "8"}, "reliability": {"gt": 0.9}, "verified": {"eq": true}}'
-    assert dumps(query.load_filter(text)) == text
+    assert dumps(query.load_filter(text)) == text[:-1] + ', "rentable": {"eq": true}}'
 
 
 def test_suggestion_is_left_out_when_nothing_is_close() -> None:
@@ -678,14 +678,22 @@ def test_search_body_does_not_alias_the_inputs() -> None:
 # --- load_filter
 
 
-def test_load_filter_json_form_is_returned_as_given() -> None:
-    """A console JSON filter is used verbatim, key order kept, with no defaults added."""
+def test_load_filter_json_form_is_returned_as_given_plus_rentable() -> None:
+    """A console JSON filter is used verbatim, key order kept; only ``rentable eq true`` is added (the
+    server does not add it, and a taken offer cannot be rented)."""
     text = '  {"gpu_name": {"in": ["RTX 4090"]}, "num_gpus": {"gte": 1}, "dph_total": {"lt": 0.5}}'
     result = query.load_filter(text)
-    assert (
-        dumps(result)
-        == '{"gpu_name": {"in": ["RTX 4090"]}, "num_gpus": {"gte": 1}, "dph_total": {"lt": 0.5}}'
+    assert dumps(result) == (
+        '{"gpu_name": {"in": ["RTX 4090"]}, "num_gpus": {"gte": 1}, "dph_total": {"lt": 0.5},'
+        ' "rentable": {"eq": true}}'
     )
+
+
+@pytest.mark.parametrize(
+    "text", ['{"num_gpus": {"gte": 1}, "rentable": {"eq": false}}', '{"rented": {"eq": false}}']
+)
+def test_load_filter_json_form_naming_rentable_or_rented_is_left_alone(text: str) -> None:
+    assert dumps(query.load_filter(text)) == text
 
 
 def test_load_filter_query_form_gets_defaults() -> None:
