@@ -13,7 +13,8 @@ destroys those whose label carries ``REAP_LABEL_PREFIX`` but whose pod has been 
   age is unknown (no ``start_date``);
 * ``orphan`` - no heartbeat that fresh, and the instance is older than the grace;
 * ``refused`` - an orphan left alone because the whole picture looks wrong: there is no
-  heartbeat in Redis at all (wrong Redis or prefix, or pods without ``BLACKLIST_ENABLED``), the
+  heartbeat under the label prefix in Redis (wrong Redis or prefix, another deployment's
+  heartbeats only, or pods without ``BLACKLIST_ENABLED``), the
   heartbeat record itself is younger than the grace (Redis was flushed or restarted: live pods
   have not all written again yet), or it would destroy more than ``REAP_MAX_SHARE`` of the
   managed instances.
@@ -133,10 +134,11 @@ def _refusal(
     orphans = sum(1 for d in decisions if d.verdict == "orphan")
     if not orphans:
         return None
-    if not heartbeats:
+    if not any(label.startswith(policy.label_prefix) for label in heartbeats):
         return (
-            "there is no heartbeat in Redis at all (wrong BLACKLIST_REDIS_URL or BLACKLIST_KEY_PREFIX,"
-            " or pods without BLACKLIST_ENABLED): every instance would look orphaned"
+            f"there is no heartbeat in Redis at all under {policy.label_prefix!r} (wrong BLACKLIST_REDIS_URL,"
+            " BLACKLIST_KEY_PREFIX or REAP_LABEL_PREFIX, or pods without BLACKLIST_ENABLED): every"
+            " instance would look orphaned"
         )
     if tracked_since is not None and now - tracked_since <= policy.grace_s:
         return (

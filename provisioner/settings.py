@@ -353,8 +353,8 @@ class ReaperSettings(VastAccess):
     reap_label_prefix: Annotated[str, AfterValidator(cp.check_label_prefix)] = Field(
         "k8s_pod=", description="Only instances whose label starts with this are ever considered."
     )
-    reap_grace_seconds: float = Field(
-        1800.0, ge=1, le=30 * 24 * 3600, description="Heartbeat silence (and instance age) before a reap."
+    reap_grace_seconds: float = Field(  # at least three heartbeat intervals (fleet.HEARTBEAT_INTERVAL_S)
+        1800.0, ge=60, le=30 * 24 * 3600, description="Heartbeat silence (and instance age) before a reap."
     )
     reap_max_share: float = Field(
         0.5, gt=0, le=1, description="Refuse when more than this share of the managed instances would go."

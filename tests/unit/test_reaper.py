@@ -154,8 +154,17 @@ def test_refusal_says_why() -> None:
     shared = decide([inst(1, A), inst(2, B), LIVE_INSTANCE], LIVE, NOW, POLICY)
     assert "it would destroy 2 of 3 managed instances, more than REAP_MAX_SHARE=0.5" in shared[0].reason
     empty = decide([inst(1, A)], {}, NOW, POLICY)
-    assert "no heartbeat in Redis at all" in empty[0].reason
+    assert "no heartbeat in Redis at all under 'k8s_pod=gpu/'" in empty[0].reason
     assert "BLACKLIST_ENABLED" in empty[0].reason
+
+
+def test_heartbeats_of_another_prefix_only_refuse() -> None:
+    """Another deployment's heartbeats in the same Redis say nothing about ours: with none under our
+    prefix, every one of our old instances would look orphaned, so the run refuses."""
+    other = "k8s_pod=other/vast-pod-0"
+    decisions = decide([inst(1, A), inst(2, B), inst(3, C), inst(4, D)], {other: beat(other, 5)}, NOW, POLICY)
+    assert verdicts(decisions) == {1: "refused", 2: "refused", 3: "refused", 4: "refused"}
+    assert "no heartbeat in Redis at all under 'k8s_pod=gpu/'" in decisions[0].reason
 
 
 def test_empty_prefix_manages_nothing() -> None:
@@ -234,6 +243,21 @@ async def test_apply_destroys_exactly_the_orphans(record: fleet.Fleet) -> None:
         outcome = await run_reap(record, mock, apply=True)
     assert gone.call_count == 1
     assert outcome.destroyed == [2] and outcome.problem is None
+
+
+async def test_a_record_younger_than_the_grace_refuses_the_run(record: fleet.Fleet) -> None:
+    """Redis flushed or restarted half a grace ago: the heartbeat record restarts with the first pod
+    that wrote again, so an old instance without a heartbeat may belong to a live pod that has not
+    written yet. The run reads when the record started and refuses, destroying nothing."""
+    await record.beat(beat(D, GRACE / 2))  # the first heartbeat since the flush starts the record
+    await record.beat(beat(D, 5))
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").respond(json=listing(row(1, A), row(4, D)))
+        destroy = mock.delete(url__regex=r"/api/v0/instances/\d+/")
+        outcome = await run_reap(record, mock, apply=True)
+    assert not destroy.called and outcome.destroyed == []
+    assert outcome.problem is not None and "Redis was restarted or flushed" in outcome.problem
+    assert verdicts(outcome.decisions) == {1: "refused", 4: "keep"}
 
 
 async def test_a_pod_that_came_back_is_not_reaped(record: fleet.Fleet) -> None:
@@ -330,6 +354,8 @@ def test_reaper_settings_need_no_pod_variables(env: pytest.MonkeyPatch) -> None:
         ("BLACKLIST_REDIS_URL", "http://redis"),
         ("BLACKLIST_KEY_PREFIX", "has space"),
         ("REAP_GRACE_SECONDS", "0"),
+        # under three heartbeat intervals (20 s each): live pods would look silent
+        ("REAP_GRACE_SECONDS", "59"),
         ("REAP_MAX_SHARE", "1.5"),
         ("REAP_MAX_SHARE", "0"),
         ("REAP_LABEL_PREFIX", " k8s_pod="),
