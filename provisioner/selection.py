@@ -114,12 +114,15 @@ def constraints(criteria: Criteria) -> dict[str, dict[str, Any]]:
         extra["verified"] = {"eq": True}
     if criteria.datacenter_only:
         extra["hosting_type"] = {"gte": 1}
+    # allocated_storage only prices the disk (vast-api.md §4.2): an offer with less would refuse the rent
+    extra["disk_space"] = {"gte": criteria.disk_gb}
     return extra
 
 
 #: which setting adds which field (for messages); fields not listed come from ``VAST_SEARCH_QUERY``
 CONSTRAINT_SOURCES: Final[Mapping[str, str]] = {
     "direct_port_count": "the proxied ports",
+    "disk_space": "VAST_DISK_GB",
     "dph_total": "VAST_MAX_PRICE",
     "reliability": "VAST_MIN_RELIABILITY",
     "inet_down": "VAST_MIN_INET_DOWN",

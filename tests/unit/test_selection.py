@@ -72,6 +72,9 @@ def test_preferred_countries_do_not_filter() -> None:
         pytest.param(
             "direct_port_count>=5", Criteria(ports_needed=2), "direct_port_count", {"gte": 5}, id="ports"
         ),
+        # allocated_storage only prices the disk: an offer with less disk than VAST_DISK_GB refuses the rent
+        pytest.param("gpu_name=RTX_4090", Criteria(disk_gb=40), "disk_space", {"gte": 40.0}, id="disk"),
+        pytest.param("disk_space>=100", Criteria(disk_gb=40), "disk_space", {"gte": 100.0}, id="query-disk"),
     ],
 )
 def test_settings_tighten_but_never_loosen_the_query(
@@ -435,10 +438,12 @@ def test_relaxations_try_the_settings_constraints_first() -> None:
     """Diagnosis drops the settings' constraints first, then query fields; never rentable or bans."""
     crit = Criteria(max_price=0.1, min_reliability=0.9)
     full = selection.search_filter(query.parse_query("gpu_name=RTX_4090"), crit, Standing(frozenset({1})))
-    options = offer_report.relaxations(full, crit, limit=4)
-    assert [o.field for o in options] == ["direct_port_count", "dph_total", "reliability", "verified"]
-    assert [o.source for o in options][:3] == ["the proxied ports", "VAST_MAX_PRICE", "VAST_MIN_RELIABILITY"]
-    assert options[3].source == "VAST_SEARCH_QUERY"
+    options = offer_report.relaxations(full, crit, limit=5)
+    fields = ["direct_port_count", "dph_total", "reliability", "disk_space", "verified"]
+    assert [o.field for o in options] == fields
+    sources = ["the proxied ports", "VAST_MAX_PRICE", "VAST_MIN_RELIABILITY", "VAST_DISK_GB"]
+    assert [o.source for o in options][:4] == sources
+    assert options[4].source == "VAST_SEARCH_QUERY"
     assert all("dph_total" not in o.filter for o in options if o.field == "dph_total")
 
 
