@@ -303,19 +303,27 @@ async def test_pods_in_the_queue_rent_different_offers(
     assert a.queue_line is None and b.queue_line is None, "nobody is queued once both rented"
 
 
+async def queued_behind_web_0(
+    redis: fakeredis.FakeAsyncRedis, renter: renting.Renter
+) -> tuple[rentqueue.RentQueue, asyncio.Task[renting.Outcome]]:
+    """web-0 holds the queue's turn; ``renter`` (web-1) starts renting and waits behind it."""
+    head = rentqueue.RentQueue(redis, rentqueue.Keys("b"))
+    await head.join("web-0")
+    waiting = asyncio.create_task(renter.rent(make_ask(label="k8s_pod=web-1")))
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if renter.queue_line:
+            break
+    assert renter.queue_line == "queued for rental (position 2 of 2)"
+    return head, waiting
+
+
 async def test_a_waiting_pod_says_its_position(
     http: httpx.AsyncClient, pods: list[fakeredis.FakeAsyncRedis]
 ) -> None:
     """While another pod holds the turn, the renter reports `queued for rental (position 2 of 2)`."""
-    head = rentqueue.RentQueue(pods[0], rentqueue.Keys("b"))
-    await head.join("web-0")
     b = queue_renter(http, pods[1], "web-1")
-    waiting = asyncio.create_task(b.rent(make_ask(label="k8s_pod=web-1")))
-    for _ in range(200):
-        await asyncio.sleep(0.01)
-        if b.queue_line:
-            break
-    assert b.queue_line == "queued for rental (position 2 of 2)"
+    head, waiting = await queued_behind_web_0(pods[0], b)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
@@ -427,17 +435,10 @@ async def test_a_search_or_rent_slot_hours_away_holds_the_rental_instead_of_slee
     waits: Waits = Waits()
     vast = paced_client(http, pods[1], waits, [])
     assert vast.pacer is not None
-    head = rentqueue.RentQueue(pods[0], rentqueue.Keys("b"))
-    await head.join("web-0")
     queue = rentqueue.RentQueue(pods[1], rentqueue.Keys("b"), poll_s=0.01)
     spec = renting.RentSpec(search_body=search_body, choose_offers=ranked, rent_request=request)
     renter = renting.Renter(vast, spec, fleet=Fleet(), turns=renting.Turns(queue, "web-1"))
-    waiting = asyncio.create_task(renter.rent(make_ask(label="k8s_pod=web-1")))
-    for _ in range(200):
-        await asyncio.sleep(0.01)
-        if renter.queue_line:
-            break
-    assert renter.queue_line == "queued for rental (position 2 of 2)"
+    head, waiting = await queued_behind_web_0(pods[0], renter)
     await vast.pacer.penalize(endpoint, 7200.0)  # while it waits behind web-0
     await head.leave("web-0")
     out = await asyncio.wait_for(waiting, 5)
