@@ -11,7 +11,8 @@ Fault kinds (one fault answers one request; `count` requests in all, `count <= 0
     auth_error      `status` (default: the configured auth failure status; 401, 403 or 404) with the
                     auth_error body; the key stays valid for the next request
     edge_403        403 text/html "Access denied" page, as an edge proxy in front of the API answers
-    error           `status` (default 400) {"success": false, "error": "injected_error", "msg": …}
+    error           `status` (default 400) {"success": false, "error": "injected_error", "msg": …}, or
+                    `body` (a JSON object: a documented answer, e.g. 404 {"msg": "no_such_ask", ...})
   the world changes first:
     offer_taken     (rent) someone else rents the offer just before this request: 404 no_such_ask
   delayed:
@@ -77,7 +78,19 @@ FAULT_KINDS = PRE_KINDS | POST_KINDS | WORLD_KINDS | ROW_KINDS | {"latency"}
 #: what `row_incomplete` does when given neither `patch` nor `drop`
 DEFAULT_ROW_PATCH: dict[str, Any] = {"public_ipaddr": None, "ports": None, "actual_status": None}
 _FIELDS = frozenset(
-    {"endpoint", "kind", "count", "status", "retry_after", "delay_s", "instance_id", "label", "patch", "drop"}
+    {
+        "endpoint",
+        "kind",
+        "count",
+        "status",
+        "retry_after",
+        "delay_s",
+        "instance_id",
+        "label",
+        "patch",
+        "drop",
+        "body",
+    }
 )
 _HTML_REASONS = {403: "Forbidden", 500: "Internal Server Error", 502: "Bad Gateway",
                  503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}  # fmt: skip
@@ -109,6 +122,8 @@ class Fault:
     label: str | None = None
     patch: dict[str, Any] = field(default_factory=dict)
     drop: list[str] = field(default_factory=list)
+    #: the `error` kind's answer body (None: the generic injected_error one)
+    body: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, raw: Any) -> Fault:
@@ -137,6 +152,10 @@ class Fault:
                 raise ValueError(f"{name} must be a non-negative number")
         fault = cls(endpoint, kind, count, status, raw.get("retry_after"), raw.get("delay_s"))
         _set_targets(fault, raw)
+        body = raw.get("body")
+        if body is not None and (kind != "error" or not isinstance(body, dict)):
+            raise ValueError("body is a JSON object, for the error kind only")
+        fault.body = body
         return fault
 
     def as_dict(self) -> dict[str, Any]:
@@ -259,7 +278,7 @@ async def answer_before(fault: Fault, endpoint: str, auth_status: int) -> Respon
     if fault.kind == "edge_403":
         return html_error(403, headers)
     if fault.kind == "error":
-        body = {"success": False, "error": "injected_error", "msg": "injected failure"}
+        body = fault.body or {"success": False, "error": "injected_error", "msg": "injected failure"}
         return json_response(body, fault.status or 400, headers)
     return None
 

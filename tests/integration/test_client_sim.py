@@ -140,3 +140,70 @@ async def test_error_paths(sim: Any) -> None:
     with pytest.raises(errors.VastBadResponse):
         await vast.list_by_label("k8s_pod=err")
     assert runtime.requests.counts().get("v0_list", 0) == 0, "the deprecated v0 list is never called"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "status", "body", "outcome"),
+    [
+        pytest.param(
+            "rent",
+            404,
+            {
+                "success": False,
+                "error": "invalid_args",
+                "msg": "error 404/3603: no_such_ask Instance type by id 1234567 is not available.",
+                "ask_id": 1234567,
+            },
+            errors.OfferGone,
+            id="rent-404-no-such-ask",
+        ),
+        pytest.param(
+            "rent",
+            403,
+            {
+                "success": False,
+                "error": "invalid_args",
+                "msg": "Offer 1234567 is not your own. Hosts can only rent their own machines.",
+            },
+            errors.VastRejected,
+            id="rent-403-not-your-own",
+        ),
+        pytest.param(
+            "show",
+            404,
+            {"success": False, "error": "no_such_instance", "msg": "Instance 12345 not found."},
+            None,
+            id="show-404-gone",
+        ),
+        pytest.param(
+            "whoami",
+            404,
+            {"msg": "Session expired. Please log in again."},
+            errors.AuthError,
+            id="session-expired",
+        ),
+    ],
+)
+async def test_documented_error_answers_map_to_our_errors(
+    sim: Any, endpoint: str, status: int, body: dict[str, Any], outcome: type[Exception] | None
+) -> None:
+    """The answers vast-api.md documents (§5, §6, §12), sent over HTTP by the simulator's error fault:
+    an offer taken (404 form) is OfferGone, a refused one VastRejected, a gone instance None, a 404
+    "Session expired" an auth failure (on a client whose key has not worked yet: one that had is
+    retried, by design)."""
+    vast, runtime, *_ = sim
+    offer_id = (await offers(vast))[0].id if endpoint != "whoami" else 0
+    iid = await vast.rent(offer_id, request("k8s_pod=documented")) if endpoint == "show" else 0
+    runtime.faults.add(
+        Fault.from_json({"endpoint": endpoint, "kind": "error", "status": status, "body": body})
+    )
+    calls = {
+        "rent": lambda: vast.rent(offer_id, request("k8s_pod=documented")),
+        "show": lambda: vast.show_instance(iid),
+        "whoami": vast.whoami,
+    }
+    if outcome is None:
+        assert await calls[endpoint]() is None
+        return
+    with pytest.raises(outcome):
+        await calls[endpoint]()

@@ -118,6 +118,16 @@ async def test_fault_count_and_endpoint_matching(client: httpx.AsyncClient) -> N
     assert bad.status_code == 400
 
 
+async def test_an_error_fault_can_answer_a_documented_body(client: httpx.AsyncClient) -> None:
+    """`body` replaces the generic injected_error answer (an object, and for the error kind only)."""
+    documented = {"success": False, "error": "no_such_instance", "msg": "Instance 7 not found."}
+    await fault(client, endpoint="show", kind="error", status=404, body=documented)
+    answer = await client.get("/api/v0/instances/7/")
+    assert (answer.status_code, answer.json()) == (404, documented)
+    for bad in ({"kind": "error", "body": ["not", "an", "object"]}, {"kind": "5xx", "body": {"a": 1}}):
+        assert (await client.post("/_sim/faults", json={"endpoint": "show", **bad})).status_code == 400
+
+
 async def test_request_log_counts(client: httpx.AsyncClient) -> None:
     """The request log names each call's endpoint and status; admin calls are not logged; DELETE clears it."""
     await client.get("/api/v1/instances/")
