@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Must match the ``pid`` directive ``rendering`` writes: ``<state dir>/nginx.pid``.
 PID_FILE_NAME = "nginx.pid"
+#: the access-log pipe's size (Linux's default ceiling, /proc/sys/fs/pipe-max-size)
+ACCESS_LOG_PIPE_BYTES = 1024 * 1024
 #: Pauses before restarts after successive crashes; the last one repeats.
 RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -144,6 +147,8 @@ class NginxProcess:
                     await self._reload()
                 except errors.NginxError:
                     # nginx keeps running the old config: put its file back so that a restart uses it
+                    # (unknown until that is done: should the write fail, the next apply redoes all)
+                    self._config = None
                     if previous is not None:
                         await asyncio.to_thread(config_file.write_atomic, self.config_path, previous)
                     self._config = previous
@@ -259,6 +264,10 @@ class NginxProcess:
         # open; with ours, wait() returns when the master exits.
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
+        # ~4,000 access-log lines of slack (64 KiB by default): a moment's stall of our loop, or of
+        # the container's stdout, does not block nginx's workers on their log writes
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(out_write, fcntl.F_SETPIPE_SZ, ACCESS_LOG_PIPE_BYTES)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -312,7 +321,7 @@ class NginxProcess:
                 raise errors.NginxError(
                     f"nginx exited while reloading{self._stderr.reason(self.config_path)}"
                 )
-            if failures := self._stderr.errors_since(errors_before):
+            if failures := self._stderr.errors_since(errors_before, master=proc.pid):
                 summary = nginx_output.summary(failures, self.config_path)
                 raise errors.NginxError(f"nginx did not reload: {summary}")
             now = _accepting_workers(proc.pid)

@@ -26,6 +26,8 @@ _READ_SIZE = 64 * 1024
 _TAIL_LINES = 20
 # "2026/11/22 17:02:49 [emerg] 8117#8117: " -> "[emerg] "
 _LOG_PREFIX_RE = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(\w+)\] \d+#\d+: (?:\*\d+ )?")
+# "... [alert] 8118#8118: ..." -> "8118": which process wrote the line
+_LOG_PID_RE = re.compile(r"\[(?:emerg|alert)\] (\d+)#")
 
 
 async def _open_reader(read_fd: int, limit: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
@@ -96,7 +98,8 @@ class ErrorLog:
         self.tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         #: ``[emerg]``/``[alert]`` lines seen so far, to notice a failed reload
         self.error_count = 0
-        self.last_errors: collections.deque[str] = collections.deque(maxlen=3)
+        #: enough that a master's line is still here after a burst of workers' alerts
+        self.last_errors: collections.deque[str] = collections.deque(maxlen=64)
 
     def note(self, text: str) -> None:
         self.tail.append(text)
@@ -104,9 +107,14 @@ class ErrorLog:
             self.error_count += 1
             self.last_errors.append(text)
 
-    def errors_since(self, count: int) -> list[str]:
-        """The ``[emerg]``/``[alert]`` lines after the first ``count`` (the last 3 at most)."""
-        return list(self.last_errors)[-(self.error_count - count) :] if self.error_count > count else []
+    def errors_since(self, count: int, master: int | None = None) -> list[str]:
+        """The ``[emerg]``/``[alert]`` lines after the first ``count`` (the last 3 at most); with
+        ``master``, only that process's own lines and lines naming no process: a worker's alert under
+        load (``worker_connections are not enough``) says nothing about a reload."""
+        new = list(self.last_errors)[-(self.error_count - count) :] if self.error_count > count else []
+        if master is not None:
+            new = [line for line in new if (m := _LOG_PID_RE.search(line)) is None or int(m[1]) == master]
+        return new[-3:]
 
     def reason(self, config_path: Path) -> str:
         """``": <nginx's last complaints>"``, or ``""`` when stderr said nothing lately."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
 import socket
 import stat
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -415,6 +417,78 @@ async def test_failed_reload_is_reported_and_old_config_restored(
     assert (await get(port)).json()["backend"] == "a"
 
 
+async def test_a_reload_under_worker_alerts_succeeds(make_nginx: NginxFactory, tmp_path: Path) -> None:
+    """Workers out of connections log `[alert] ... worker_connections are not enough` while a reload
+    runs: that is no failed reload (only the master's lines are). The reload is recorded, the file and
+    the recorded config are the new ones."""
+    port = free_port()
+    flooding = threading.Event()
+    opened: list[socket.socket] = []
+
+    def flood() -> None:  # clients keep coming while every worker connection is taken
+        while not flooding.is_set():
+            with contextlib.suppress(OSError):
+                c = socket.create_connection(("127.0.0.1", port), timeout=1)
+                c.sendall(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+                opened.append(c)
+            time.sleep(0.002)
+
+    with socket.socket() as silent:  # an upstream that accepts (kernel backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1024)
+        upstream = {port: model.Upstream(listen_port=port, host="127.0.0.1", port=silent.getsockname()[1])}
+        cfg = proxy_config(tmp_path / "state", port, worker_connections=16)
+        proc = await started(make_nginx, tmp_path, cfg, upstream)
+
+        async def alerted() -> bool:
+            return any("worker_connections are not enough" in line for line in proc._stderr.tail)
+
+        flooder = threading.Thread(target=flood, daemon=True)
+        flooder.start()
+        try:
+            await eventually(alerted)
+            new = rendering.render_nginx_conf(dataclasses.replace(cfg, retry_after_s=9), upstream)
+            assert await proc.apply(new) is True
+        finally:
+            flooding.set()
+            flooder.join(5)
+            for c in opened:
+                c.close()
+    assert proc.reloads == 1
+    assert proc.config == new == proc.config_path.read_text()
+
+
+async def test_a_failed_write_back_leaves_no_stale_config_record(
+    make_nginx: NginxFactory, tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload nginx refuses, then a disk that refuses to take the old file back: the process does not
+    claim to run the new config, so applying the good one again really tests, writes and reloads."""
+    port = free_port()
+    cfg = proxy_config(tmp_path / "state", port)
+    good = rendering.render_nginx_conf(cfg, to(port, backend))
+    proc = await started(make_nginx, tmp_path, cfg, to(port, backend))
+    writes = {"n": 0}
+    real_write = nginx.config_file.write_atomic
+
+    def write_atomic(path: Path, text: str) -> None:
+        writes["n"] += 1
+        if writes["n"] == 2:  # the write-back of the old config
+            raise errors.NginxError("cannot write the config: No space left on device")
+        real_write(path, text)
+
+    monkeypatch.setattr(nginx.config_file, "write_atomic", write_atomic)
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        wider = proxy_config(tmp_path / "state", port, blocker.getsockname()[1])
+        with pytest.raises(errors.NginxError):
+            await proc.apply(rendering.render_nginx_conf(wider, to(port, backend)))
+    assert proc.config is None, "unknown: nginx runs the old config, the file holds the new one"
+    assert await proc.apply(good) is True
+    assert proc.config == good == proc.config_path.read_text()
+    assert (await get(port)).json()["backend"] == "a"
+
+
 async def test_apply_before_start_only_writes_the_file(make_nginx: NginxFactory, tmp_path: Path) -> None:
     """With no nginx running apply() swaps the file (mode 0600: it may hold the upstream's secret) and sends
     no reload."""
@@ -571,3 +645,41 @@ async def test_access_log_lines_are_json(
     assert entry["upstream_status"] == "200"
     assert entry["upstream_addr"] == f"127.0.0.1:{backend.port}"
     assert entry["listen_port"] == port
+
+
+async def test_nginx_keeps_serving_while_our_loop_stalls(
+    make_nginx: NginxFactory, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The access log passes through our event loop. While the loop stalls for a moment (a slow
+    stdout, a long tick), nginx's workers write into the pipe's slack (1 MiB, ~4,000 lines) instead of
+    blocking on a full 64 KiB one (~250 lines): requests keep being answered meanwhile, and every line
+    arrives once the loop runs again."""
+    port = free_port()
+    proc = await started(make_nginx, tmp_path, proxy_config(tmp_path / "state", port))  # nginx answers 503
+    done: list[float] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            reader = conn.makefile("rb")
+            while not stop.is_set():
+                conn.sendall(b"GET /stalled HTTP/1.1\r\nHost: x\r\n\r\n")
+                length = 0
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                reader.read(length)
+                done.append(time.monotonic())
+
+    sender = threading.Thread(target=client, daemon=True)
+    sender.start()
+    await asyncio.sleep(0.2)
+    stalled_at = time.monotonic()
+    time.sleep(1.5)  # noqa: ASYNC251 - the loop stalls on purpose: nothing copies the access log
+    answered = sum(1 for t in done if stalled_at + 0.1 < t < stalled_at + 1.5)
+    stop.set()
+    await asyncio.to_thread(sender.join, 5)
+    await proc.stop(drain_s=5)
+    logged = sum(1 for line in capfd.readouterr().out.splitlines() if '"uri":"/stalled"' in line)
+    assert answered > 1000, f"only {answered} answers while the loop stalled: nginx blocked on its log"
+    assert logged == len(done), "every answered request was logged, once"

@@ -52,3 +52,17 @@ def test_error_log_counts_emerg_and_alert_and_summarises() -> None:
     assert log.errors_since(count) == [f'2026/11/22 17:02:50 [emerg] 1#1: unknown directive "x" in {path}:3']
     assert log.errors_since(log.error_count) == []
     assert log.reason(path) == ': [warn] something minor; [emerg] unknown directive "x" in <config>:3'
+
+
+def test_a_reload_counts_the_masters_complaints_not_a_workers_alerts() -> None:
+    """With the master's pid, a worker's `[alert]` under load is left out; the master's own `[emerg]` and
+    a line naming no process count."""
+    log = nginx_output.ErrorLog()
+    count = log.error_count
+    worker = "2026/12/02 05:40:37 [alert] 8118#8118: 16 worker_connections are not enough"
+    master = "2026/12/02 05:40:37 [emerg] 8117#8117: bind() to 127.0.0.1:8080 failed (98: Address in use)"
+    early = 'nginx: [emerg] unknown directive "x" in /state/nginx.conf:3'
+    for line in (worker, master, worker, early, worker):
+        log.note(line)
+    assert log.errors_since(count, master=8117) == [master, early]
+    assert log.errors_since(count) == [worker, early, worker], "without a pid: every line, the last 3"
