@@ -10,6 +10,7 @@ same user: ``CONFIG_MODE``).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -76,3 +77,25 @@ def write_atomic(path: Path, text: str) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def claim(path: Path) -> int:
+    """This process's claim on the state directory of ``path``: an exclusive ``flock`` on ``.lock`` in
+    it (``NginxError`` when another process holds it: its nginx would load this one's config, or the
+    other way round), then the temp copies a killed process left there are removed (they may hold the
+    upstream secret). Returns the lock's descriptor; closing it releases the claim."""
+    with _state_dir_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.parent / ".lock", os.O_RDWR | os.O_CREAT, CONFIG_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise errors.NginxError(
+                f"another process uses the state directory {path.parent}: give each provisioner its own"
+                " NGINX_CONFIG_PATH"
+            ) from None
+        for stale in path.parent.glob(f".{path.name}.*"):
+            if stale.suffix in (".new", ".test"):
+                stale.unlink(missing_ok=True)
+        return fd

@@ -79,6 +79,8 @@ class NginxProcess:
         self._started = False
         self._lock = asyncio.Lock()
         self._stopping = False
+        #: this process's claim on the state directory (``config_file.claim``), from start to stop
+        self._claim: int | None = None
 
     # ------------------------------------------------------------ state
 
@@ -164,6 +166,8 @@ class NginxProcess:
             if self.is_running:
                 raise errors.NginxError(f"nginx is already running (pid {self.pid})")
             self._stopping = False
+            if self._claim is None:
+                self._claim = await asyncio.to_thread(config_file.claim, self.config_path)
             await self.test_config(text)
             await asyncio.to_thread(config_file.write_atomic, self.config_path, text)
             self._config = text
@@ -238,6 +242,9 @@ class NginxProcess:
                     if proc.returncode is not None:
                         break
             await self._reap()
+            if self._claim is not None:
+                os.close(self._claim)
+                self._claim = None
 
     # ------------------------------------------------------------ internals
 

@@ -683,3 +683,26 @@ async def test_nginx_keeps_serving_while_our_loop_stalls(
     logged = sum(1 for line in capfd.readouterr().out.splitlines() if '"uri":"/stalled"' in line)
     assert answered > 1000, f"only {answered} answers while the loop stalled: nginx blocked on its log"
     assert logged == len(done), "every answered request was logged, once"
+
+
+async def test_one_state_directory_serves_one_provisioner(make_nginx: NginxFactory, tmp_path: Path) -> None:
+    """A second process on the same NGINX_CONFIG_PATH is refused at start (its nginx would load the
+    first one's config); the first keeps serving; once it stops, the directory is free again. Temp
+    copies a killed process left there (they may hold the upstream secret) are removed at start."""
+    state = tmp_path / "state"
+    state.mkdir()
+    leftovers = [state / ".nginx.conf.k1ll3d.new", state / ".nginx.conf.k1ll3d.test"]
+    for path in leftovers:
+        path.write_text("proxy_set_header X-Upstream-Auth secret;")
+    kept = state / "notes.txt"
+    kept.write_text("not ours")
+    port = free_port()
+    first = await started(make_nginx, tmp_path, proxy_config(state, port))
+    assert not any(path.exists() for path in leftovers) and kept.exists()
+    second = make_nginx()
+    with pytest.raises(errors.NginxError, match=f"another process uses the state directory {state}"):
+        await second.start(rendering.render_nginx_conf(proxy_config(state, free_port()), None, reason="x"))
+    assert (await get(port)).status_code == 503, "the first one still serves"
+    await first.stop(drain_s=0)
+    await second.start(rendering.render_nginx_conf(proxy_config(state, port), None, reason="x"))
+    assert second.is_running
