@@ -10,7 +10,9 @@ destroys those whose label carries ``REAP_LABEL_PREFIX`` but whose pod has been 
 
 * ``keep`` - its label has a heartbeat at most the grace old; or the instance itself is at most
   the grace old (a new pod writes its first heartbeat after its rental: never reap it); or its
-  age is unknown (no ``start_date``);
+  age is unknown (no ``start_date``); or the reaper destroyed another instance of its label
+  before and this one was rented since (``REAPED_TTL_S``): only a live pod rents, so that pod is
+  alive without heartbeats (it cannot reach Redis), and reaping again would only loop;
 * ``orphan`` - no heartbeat that fresh, and the instance is older than the grace;
 * ``refused`` - an orphan left alone because the whole picture looks wrong: there is no
   heartbeat under the label prefix in Redis (wrong Redis or prefix, another deployment's
@@ -29,6 +31,7 @@ have come back). Every decision is one JSON log line (``"event": "reap-decision"
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -51,6 +54,49 @@ class Policy:
     label_prefix: str = "k8s_pod="
     grace_s: float = 1800.0
     max_share: float = 0.5
+
+
+#: how long the reaper remembers its last destroy per label (``P reaped:<label>``)
+REAPED_TTL_S = 7 * 24 * 3600.0
+#: clock slack between the reaper and Vast's ``start_date`` when telling a later rental
+REAPED_SLACK_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reaped:
+    """The reaper's last destroy for a label: when, and which instance."""
+
+    at: float
+    instance_id: int
+
+
+class ReapRecord:
+    """``P reaped:<label>`` in the pods' Redis; every failure raises ``StoreError``."""
+
+    def __init__(self, client: store.Client, keys: store.Keys, deadline_s: float = 2.0) -> None:
+        self._redis, self.keys, self._deadline_s = client, keys, deadline_s
+
+    async def read(self, labels: Iterable[str]) -> dict[str, Reaped]:
+        names = sorted({label for label in labels if label})
+        if not names:
+            return {}
+        raws = await store.run_redis(
+            "read reaped", lambda: self._redis.mget([self.keys.reaped(n) for n in names]), self._deadline_s
+        )
+        found: dict[str, Reaped] = {}
+        for name, raw in zip(names, raws, strict=True):
+            data = store.json_object(raw)
+            at, iid = data.get("at"), data.get("instance_id")
+            if isinstance(at, int | float) and isinstance(iid, int) and not isinstance(iid, bool):
+                found[name] = Reaped(float(at), iid)
+        return found
+
+    async def mark(self, label: str, reaped: Reaped) -> None:
+        value = json.dumps({"at": reaped.at, "instance_id": reaped.instance_id})
+        key = self.keys.reaped(label)
+        await store.run_redis(
+            "mark reaped", lambda: self._redis.set(key, value, ex=int(REAPED_TTL_S)), self._deadline_s
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +124,13 @@ def decide(
     policy: Policy,
     *,
     tracked_since: float | None = None,
+    reaped: Mapping[str, Reaped] | None = None,
 ) -> list[Decision]:
     """One decision per managed instance, in id order (see the module docstring for the rules).
 
     ``heartbeats`` maps labels to their latest heartbeat; ``tracked_since`` is when the heartbeat
-    record was started in this Redis (None: unknown, the rule is then not applied).
+    record was started in this Redis (None: unknown, the rule is then not applied); ``reaped``, the
+    reaper's last destroy per label.
     """
     ours = sorted((i for i in instances if is_managed(i, policy.label_prefix)), key=lambda i: i.id)
     decisions: list[Decision] = []
@@ -99,6 +147,8 @@ def decide(
         elif age <= policy.grace_s:
             verdict = "keep"
             reason = f"it is {age:.0f}s old, within the {policy.grace_s:.0f}s grace"
+        elif (again := _rented_again(inst, (reaped or {}).get(label))) is not None:
+            verdict, reason = "keep", again
         else:
             verdict = "orphan"
             silence = "no heartbeat" if beat_age is None else f"last heartbeat {beat_age:.0f}s ago"
@@ -121,6 +171,18 @@ def decide(
         else d
         for d in decisions
     ]
+
+
+def _rented_again(inst: model.Instance, last: Reaped | None) -> str | None:
+    """Why ``inst`` says its pod is alive: rented after the reaper destroyed the label's last one."""
+    if last is None or inst.id == last.instance_id or inst.start_date is None:
+        return None
+    if inst.start_date < last.at - REAPED_SLACK_S:
+        return None
+    return (
+        f"its pod rented it after instance {last.instance_id} was reaped: the pod is alive without"
+        " heartbeats (can it reach Redis?)"
+    )
 
 
 def _refusal(
@@ -166,7 +228,8 @@ class Outcome:
 
 
 def _log_decision(d: Decision, *, dry_run: bool) -> None:
-    level = logging.WARNING if d.verdict != "keep" else logging.INFO
+    alive_unseen = d.reason.startswith("its pod rented it after")  # a pod that cannot reach Redis
+    level = logging.WARNING if d.verdict != "keep" or alive_unseen else logging.INFO
     log.log(
         level,
         "instance %s (%s): %s: %s",
@@ -200,8 +263,9 @@ async def reap(
     *,
     apply: bool,
     clock: Callable[[], float] = time.time,
+    reaped: ReapRecord | None = None,
 ) -> Outcome:
-    """Decide about every managed instance; with ``apply``, destroy the orphans."""
+    """Decide about every managed instance; with ``apply``, destroy the orphans (remembered in ``reaped``)."""
     try:
         heartbeats = await record.heartbeats()
         tracked_since = await record.tracked_since()
@@ -213,7 +277,11 @@ async def reap(
         raise
     except errors.VastError as exc:
         return _refuse(f"the instance list failed ({exc}); nothing is decided without a full list")
-    decisions = decide(instances, heartbeats, clock(), policy, tracked_since=tracked_since)
+    try:
+        last = await reaped.read(i.label or "" for i in instances) if reaped is not None else {}
+    except errors.StoreError as exc:
+        return _refuse(f"{exc}; without the reaper's own record a live pod's instance could be reaped again")
+    decisions = decide(instances, heartbeats, clock(), policy, tracked_since=tracked_since, reaped=last)
     outcome = Outcome(decisions=decisions)
     for d in decisions:
         _log_decision(d, dry_run=not apply)
@@ -223,7 +291,7 @@ async def reap(
     if refused:
         outcome.problem = f"reap refused: {refused[0].reason.partition('; refused: ')[2]}"
     elif apply:
-        await _destroy(vast, record, policy, orphans, outcome, clock)
+        await _destroy(vast, record, policy, orphans, outcome, clock, reaped)
     log.info(
         "%s: %d managed instance(s): %d kept, %d orphaned, %d refused, %d destroyed;"
         " %d without the %r prefix left alone",
@@ -247,6 +315,7 @@ async def _destroy(
     orphans: list[Decision],
     outcome: Outcome,
     clock: Callable[[], float],
+    reaped: ReapRecord | None = None,
 ) -> None:
     failures: list[str] = []
     for d in orphans:
@@ -280,15 +349,27 @@ async def _destroy(
             )
             continue
         outcome.destroyed.append(d.instance_id)
-        log.warning(
-            "instance %s (%s): destroyed%s",
-            d.instance_id,
-            d.label,
-            "" if gone else " (it was already gone)",
-            extra={"event": "reap-destroy", "instance_id": d.instance_id, "label": d.label, "dph": d.dph},
-        )
+        await _destroyed(d, gone, Reaped(clock(), d.instance_id), reaped, failures)
     if failures:
         outcome.problem = "reap failed for " + "; ".join(failures)
+
+
+async def _destroyed(
+    d: Decision, gone: bool, done: Reaped, reaped: ReapRecord | None, failures: list[str]
+) -> None:
+    """Log a destroy and remember it for the label (a later rental of it means its pod lives)."""
+    log.warning(
+        "instance %s (%s): destroyed%s",
+        d.instance_id,
+        d.label,
+        "" if gone else " (it was already gone)",
+        extra={"event": "reap-destroy", "instance_id": d.instance_id, "label": d.label, "dph": d.dph},
+    )
+    if reaped is not None:
+        try:
+            await reaped.mark(d.label, done)
+        except errors.StoreError as exc:
+            failures.append(f"instance {d.instance_id}: destroyed, not recorded ({exc})")
 
 
 async def run(settings: ReaperSettings, *, apply: bool, max_share: float | None = None) -> Outcome:
@@ -308,6 +389,7 @@ async def run(settings: ReaperSettings, *, apply: bool, max_share: float | None 
                 keys=store.Keys(settings.blacklist_key_prefix),
                 deadline_s=4 * settings.blacklist_redis_timeout_seconds,
             )
-            return await reap(vast, record, policy, apply=apply)
+            reaped = ReapRecord(redis, record.keys, deadline_s=4 * settings.blacklist_redis_timeout_seconds)
+            return await reap(vast, record, policy, apply=apply, reaped=reaped)
     finally:
         await redis.aclose()

@@ -22,6 +22,8 @@ key                        type        holds                                    
 ``P spend:<label>``        string      JSON: pod, dph, at: $/h reserved for a rent ``SPEND_RESERVE_TTL_S``
 ``P spends``               sorted set  labels scored by their reservation's expiry pruned on read
 ``P cleanstop:<instance>`` string      the pod that stopped cleanly while it ran   the restart window
+``P reaped:<label>``       string      JSON: at, instance_id: the reaper's last    ``REAPED_TTL_S``
+                                       destroy for the label (``reaper.py``)
 ``P pace:<B>:<endpoint>``  string      the endpoint's next free slot, unix ms on   the slot + ``pacer.
                                        the Redis clock (``pacer.py``)              SLOT_KEY_SLACK_MS``
 ``P view:<B>:<F>``         hash        ``at`` (ms, Redis clock: when the list was  ``fleetview.VIEW_TTL
@@ -172,6 +174,9 @@ class Keys:
     @property
     def spends(self) -> str:
         return f"{self.prefix}spends"
+
+    def reaped(self, label: str) -> str:
+        return f"{self.prefix}reaped:{label}"
 
     def clean_stop(self, instance_id: int) -> str:
         return f"{self.prefix}cleanstop:{instance_id}"

@@ -167,6 +167,24 @@ def test_heartbeats_of_another_prefix_only_refuse() -> None:
     assert "no heartbeat in Redis at all under 'k8s_pod=gpu/'" in decisions[0].reason
 
 
+@pytest.mark.parametrize(
+    ("instance", "expected"),
+    [
+        pytest.param(inst(2, A, age_s=GRACE + 60), "keep", id="rented-after-the-reap"),
+        pytest.param(inst(2, A, age_s=3 * GRACE), "orphan", id="older-than-the-reap"),
+        pytest.param(inst(1, A, age_s=GRACE + 60), "orphan", id="the-reaped-one-itself"),
+    ],
+)
+def test_a_label_rented_again_after_a_reap_is_a_live_pod(instance: model.Instance, expected: str) -> None:
+    """Instance 1 of A was reaped 2 grace ago; a later instance of A was rented by a live pod (only a
+    live pod rents) that sends no heartbeats (it cannot reach Redis): reaping it again would loop."""
+    last = {A: reaper.Reaped(at=NOW - 2 * GRACE, instance_id=1)}
+    decisions = decide([instance, LIVE_INSTANCE, inst(5, D)], LIVE, NOW, POLICY, reaped=last)
+    assert decisions[0].verdict == expected
+    if expected == "keep":
+        assert decisions[0].reason.startswith("its pod rented it after instance 1 was reaped")
+
+
 def test_empty_prefix_manages_nothing() -> None:
     """An empty prefix would match every label: it manages nothing instead."""
     assert decide([inst(1, A)], LIVE, NOW, Policy(label_prefix="", grace_s=GRACE)) == []
@@ -258,6 +276,36 @@ async def test_a_record_younger_than_the_grace_refuses_the_run(record: fleet.Fle
     assert not destroy.called and outcome.destroyed == []
     assert outcome.problem is not None and "Redis was restarted or flushed" in outcome.problem
     assert verdicts(outcome.decisions) == {1: "refused", 4: "keep"}
+
+
+async def test_a_reap_is_remembered_and_a_later_rental_of_the_label_is_kept(
+    record: fleet.Fleet, server: fakeredis.FakeServer
+) -> None:
+    """The first run destroys B's orphan and records it; B's pod, alive but cut off from Redis, rents
+    again; once that instance is past the grace too, the next run keeps it and says why."""
+    await seed(record, beat(D, 5), beat(B, 3 * GRACE))
+    client = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
+    reaped = reaper.ReapRecord(client, record.keys)
+    rows = [row(2, B), row(4, D), row(5, D)]
+
+    async def run(now: float) -> reaper.Outcome:
+        with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+            mock.get("/api/v1/instances/").respond(json=listing(*rows))
+            mock.delete(url__regex=r"/api/v0/instances/\d+/").respond(json={"success": True})
+            async with httpx.AsyncClient() as http:
+                vast = vast_client.VastClient(http, SecretStr("k"), base_url=BASE)
+                return await reaper.reap(vast, record, POLICY, apply=True, clock=Clock(now), reaped=reaped)
+
+    first = await run(NOW)
+    assert first.destroyed == [2]
+    assert await reaped.read([B]) == {B: reaper.Reaped(NOW, 2)}
+    rows[0] = row(7, B, age_s=-60)  # rented again a minute after the reap, by B's pod
+    await record.beat(beat(D, 5 - 2 * GRACE))  # D's pod still beats
+    second = await run(NOW + 2 * GRACE)
+    assert second.problem is None and second.destroyed == []
+    assert verdicts(second.decisions) == {4: "keep", 5: "keep", 7: "keep"}
+    assert "its pod rented it after instance 2 was reaped" in second.decisions[-1].reason
+    await client.aclose()
 
 
 async def test_a_pod_that_came_back_is_not_reaped(record: fleet.Fleet) -> None:
