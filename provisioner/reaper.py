@@ -11,7 +11,7 @@ destroys those whose label carries ``REAP_LABEL_PREFIX`` but whose pod has been 
 * ``keep`` - its label has a heartbeat at most the grace old; or the instance itself is at most
   the grace old (a new pod writes its first heartbeat after its rental: never reap it); or its
   age is unknown (no ``start_date``); or the reaper destroyed another instance of its label
-  before and this one was rented since (``REAPED_TTL_S``): only a live pod rents, so that pod is
+  before and this one was rented since (``reapmarks``): only a live pod rents, so that pod is
   alive without heartbeats (it cannot reach Redis), and reaping again would only loop;
 * ``orphan`` - no heartbeat that fresh, and the instance is older than the grace;
 * ``refused`` - an orphan left alone because the whole picture looks wrong: there is no
@@ -31,7 +31,7 @@ have come back). Every decision is one JSON log line (``"event": "reap-decision"
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from provisioner import errors, fleet, model, store, wiring
+from provisioner.reapmarks import Reaped, ReapRecord
 from provisioner.settings import ReaperSettings
 from provisioner.vast import client as vast_client
 
@@ -56,47 +57,13 @@ class Policy:
     max_share: float = 0.5
 
 
-#: how long the reaper remembers its last destroy per label (``P reaped:<label>``)
-REAPED_TTL_S = 7 * 24 * 3600.0
 #: clock slack between the reaper and Vast's ``start_date`` when telling a later rental
 REAPED_SLACK_S = 300.0
-
-
-@dataclass(frozen=True, slots=True)
-class Reaped:
-    """The reaper's last destroy for a label: when, and which instance."""
-
-    at: float
-    instance_id: int
-
-
-class ReapRecord:
-    """``P reaped:<label>`` in the pods' Redis; every failure raises ``StoreError``."""
-
-    def __init__(self, client: store.Client, keys: store.Keys, deadline_s: float = 2.0) -> None:
-        self._redis, self.keys, self._deadline_s = client, keys, deadline_s
-
-    async def read(self, labels: Iterable[str]) -> dict[str, Reaped]:
-        names = sorted({label for label in labels if label})
-        if not names:
-            return {}
-        raws = await store.run_redis(
-            "read reaped", lambda: self._redis.mget([self.keys.reaped(n) for n in names]), self._deadline_s
-        )
-        found: dict[str, Reaped] = {}
-        for name, raw in zip(names, raws, strict=True):
-            data = store.json_object(raw)
-            at, iid = data.get("at"), data.get("instance_id")
-            if isinstance(at, int | float) and isinstance(iid, int) and not isinstance(iid, bool):
-                found[name] = Reaped(float(at), iid)
-        return found
-
-    async def mark(self, label: str, reaped: Reaped) -> None:
-        value = json.dumps({"at": reaped.at, "instance_id": reaped.instance_id})
-        key = self.keys.reaped(label)
-        await store.run_redis(
-            "mark reaped", lambda: self._redis.set(key, value, ex=int(REAPED_TTL_S)), self._deadline_s
-        )
+#: before destroying an orphan that has a heartbeat, wait this long and read it again: a live pod
+#: writes one within it, however far behind its clock is (its stamps are on its own clock)
+CHANGE_WAIT_S = fleet.HEARTBEAT_INTERVAL_S + 5.0
+#: the wait itself (tests replace it)
+_pause = asyncio.sleep
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +258,7 @@ async def reap(
     if refused:
         outcome.problem = f"reap refused: {refused[0].reason.partition('; refused: ')[2]}"
     elif apply:
-        await _destroy(vast, record, policy, orphans, outcome, clock, reaped)
+        await _destroy(vast, record, (policy, heartbeats), orphans, outcome, clock, reaped)
     log.info(
         "%s: %d managed instance(s): %d kept, %d orphaned, %d refused, %d destroyed;"
         " %d without the %r prefix left alone",
@@ -311,26 +278,28 @@ async def reap(
 async def _destroy(
     vast: vast_client.VastClient,
     record: fleet.Fleet,
-    policy: Policy,
+    seen: tuple[Policy, Mapping[str, fleet.Heartbeat]],
     orphans: list[Decision],
     outcome: Outcome,
     clock: Callable[[], float],
     reaped: ReapRecord | None = None,
 ) -> None:
+    policy, first = seen
     failures: list[str] = []
+    if any(d.label in first for d in orphans):
+        await _pause(CHANGE_WAIT_S)
     for d in orphans:
         try:
             beat = await record.heartbeat(d.label)
         except errors.StoreError as exc:
             failures.append(f"instance {d.instance_id}: heartbeat not re-read ({exc})")
             break
-        if beat is not None and beat.age_s(clock()) <= policy.grace_s:
+        if (why := _revived(beat, first.get(d.label), clock(), policy.grace_s)) is not None:
             log.info(
-                "instance %s (%s): kept: its pod %s is back (heartbeat %.0fs ago)",
+                "instance %s (%s): kept: %s",
                 d.instance_id,
                 d.label,
-                beat.pod,
-                beat.age_s(clock()),
+                why,
                 extra={"event": "reap-revived", "instance_id": d.instance_id, "label": d.label},
             )
             continue
@@ -352,6 +321,19 @@ async def _destroy(
         await _destroyed(d, gone, Reaped(clock(), d.instance_id), reaped, failures)
     if failures:
         outcome.problem = "reap failed for " + "; ".join(failures)
+
+
+def _revived(
+    beat: fleet.Heartbeat | None, first: fleet.Heartbeat | None, now: float, grace_s: float
+) -> str | None:
+    """Why an orphan's pod turns out alive on the second read, or None."""
+    if beat is None:
+        return None
+    if beat.age_s(now) <= grace_s:
+        return f"its pod {beat.pod} is back (heartbeat {beat.age_s(now):.0f}s ago)"
+    if first is not None and beat.at != first.at:
+        return f"its pod {beat.pod} wrote a heartbeat since the first read (its clock runs behind?)"
+    return None
 
 
 async def _destroyed(

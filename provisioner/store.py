@@ -23,7 +23,7 @@ key                        type        holds                                    
 ``P spends``               sorted set  labels scored by their reservation's expiry pruned on read
 ``P cleanstop:<instance>`` string      the pod that stopped cleanly while it ran   the restart window
 ``P reaped:<label>``       string      JSON: at, instance_id: the reaper's last    ``REAPED_TTL_S``
-                                       destroy for the label (``reaper.py``)
+                                       destroy for the label (``reapmarks.py``)
 ``P pace:<B>:<endpoint>``  string      the endpoint's next free slot, unix ms on   the slot + ``pacer.
                                        the Redis clock (``pacer.py``)              SLOT_KEY_SLACK_MS``
 ``P view:<B>:<F>``         hash        ``at`` (ms, Redis clock: when the list was  ``fleetview.VIEW_TTL

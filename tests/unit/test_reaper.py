@@ -13,7 +13,7 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from provisioner import errors, fleet, model, reaper
+from provisioner import errors, fleet, model, reaper, reapmarks
 from provisioner.fleet import Heartbeat
 from provisioner.reaper import Decision, Policy, decide
 from provisioner.settings import load_reaper_settings
@@ -178,7 +178,7 @@ def test_heartbeats_of_another_prefix_only_refuse() -> None:
 def test_a_label_rented_again_after_a_reap_is_a_live_pod(instance: model.Instance, expected: str) -> None:
     """Instance 1 of A was reaped 2 grace ago; a later instance of A was rented by a live pod (only a
     live pod rents) that sends no heartbeats (it cannot reach Redis): reaping it again would loop."""
-    last = {A: reaper.Reaped(at=NOW - 2 * GRACE, instance_id=1)}
+    last = {A: reapmarks.Reaped(at=NOW - 2 * GRACE, instance_id=1)}
     decisions = decide([instance, LIVE_INSTANCE, inst(5, D)], LIVE, NOW, POLICY, reaped=last)
     assert decisions[0].verdict == expected
     if expected == "keep":
@@ -191,6 +191,18 @@ def test_empty_prefix_manages_nothing() -> None:
 
 
 # ---------------------------------------------------------------- the run (respx + fakeredis)
+
+
+@pytest.fixture(autouse=True)
+def pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The reaper's wait before re-reading an orphan's heartbeat, recorded instead of slept."""
+    waited: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        waited.append(seconds)
+
+    monkeypatch.setattr(reaper, "_pause", pause)
+    return waited
 
 
 @pytest.fixture
@@ -285,7 +297,7 @@ async def test_a_reap_is_remembered_and_a_later_rental_of_the_label_is_kept(
     again; once that instance is past the grace too, the next run keeps it and says why."""
     await seed(record, beat(D, 5), beat(B, 3 * GRACE))
     client = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
-    reaped = reaper.ReapRecord(client, record.keys)
+    reaped = reapmarks.ReapRecord(client, record.keys)
     rows = [row(2, B), row(4, D), row(5, D)]
 
     async def run(now: float) -> reaper.Outcome:
@@ -298,7 +310,7 @@ async def test_a_reap_is_remembered_and_a_later_rental_of_the_label_is_kept(
 
     first = await run(NOW)
     assert first.destroyed == [2]
-    assert await reaped.read([B]) == {B: reaper.Reaped(NOW, 2)}
+    assert await reaped.read([B]) == {B: reapmarks.Reaped(NOW, 2)}
     rows[0] = row(7, B, age_s=-60)  # rented again a minute after the reap, by B's pod
     await record.beat(beat(D, 5 - 2 * GRACE))  # D's pod still beats
     second = await run(NOW + 2 * GRACE)
@@ -306,6 +318,27 @@ async def test_a_reap_is_remembered_and_a_later_rental_of_the_label_is_kept(
     assert verdicts(second.decisions) == {4: "keep", 5: "keep", 7: "keep"}
     assert "its pod rented it after instance 2 was reaped" in second.decisions[-1].reason
     await client.aclose()
+
+
+async def test_a_live_pod_whose_clock_runs_behind_is_not_reaped(
+    record: fleet.Fleet, monkeypatch: pytest.MonkeyPatch, pauses: list[float]
+) -> None:
+    """B's pod stamps its heartbeats with a clock 3 graces behind: they look stale, but it writes a new
+    one every 20 s. The reaper waits a heartbeat interval before destroying, reads again, sees it
+    changed, and keeps the instance."""
+    await seed(record, beat(D, 5), beat(B, 3 * GRACE))
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        await record.beat(beat(B, 3 * GRACE - 20))  # the pod's next heartbeat, on its slow clock
+
+    monkeypatch.setattr(reaper, "_pause", pause)
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").respond(json=listing(row(2, B), row(4, D), row(5, D)))
+        destroy = mock.delete(url__regex=r"/api/v0/instances/\d+/")
+        outcome = await run_reap(record, mock, apply=True)
+    assert pauses == [reaper.CHANGE_WAIT_S] and reaper.CHANGE_WAIT_S > fleet.HEARTBEAT_INTERVAL_S
+    assert not destroy.called and outcome.destroyed == [] and outcome.problem is None
 
 
 async def test_a_pod_that_came_back_is_not_reaped(record: fleet.Fleet) -> None:
