@@ -90,8 +90,9 @@ def test_killing_redis_while_five_pods_boot_loses_and_doubles_nothing(tmp_path: 
             recovered = [fleet_events(p, "fleet-store-recovered") for p in pods]
         db.close()
         rows = sim.instances(include_destroyed=True)
-        # a list already under way when Redis died may still go out whole; after that, none
-        window = [r for r in sim.requests() if killed_at + 3 < r["ts"] < restarted_at]
+        # a list already under way when Redis died (waiting for its paced slot) may still go out
+        # whole, one per pod at most; after that, only label lists (before the fix: 58 whole lists)
+        window = [r for r in sim.requests() if killed_at < r["ts"] < restarted_at]
         lists = [r for r in window if r["endpoint"] == "list"]
         whole = [r for r in lists if "label" not in "".join(parse_qs(r["query"]).get("select_filters", []))]
     assert booting >= 1, "Redis went away while pods were still booting"
@@ -102,4 +103,6 @@ def test_killing_redis_while_five_pods_boot_loses_and_doubles_nothing(tmp_path: 
     assert all(n <= 1 for n in outages) and sum(outages) >= 1, outages
     assert sum(recovered) >= 1, recovered
     assert lists, "the pods listed during the outage"
-    assert whole == [], f"during the outage a pod lists its own label, not the whole account: {whole[:3]}"
+    assert len(whole) <= PODS, (
+        f"during the outage a pod lists its own label, not the whole account: {whole[:3]}"
+    )
