@@ -77,6 +77,8 @@ class Decision:
     instance_age_s: float | None = None
     heartbeat_age_s: float | None = None
     dph: float | None = None
+    #: kept although its pod sends no heartbeats (it rented again after a reap): said as a warning
+    alive_unseen: bool = False
 
 
 def is_managed(instance: model.Instance, prefix: str) -> bool:
@@ -106,6 +108,7 @@ def decide(
         beat = heartbeats.get(label)
         beat_age = beat.age_s(now) if beat is not None else None
         age = max(now - inst.start_date, 0.0) if inst.start_date is not None else None
+        again = _rented_again(inst, (reaped or {}).get(label))
         if beat_age is not None and beat_age <= policy.grace_s:
             verdict: Verdict = "keep"
             reason = f"its pod {beat.pod if beat else '?'} sent a heartbeat {beat_age:.0f}s ago"
@@ -114,13 +117,14 @@ def decide(
         elif age <= policy.grace_s:
             verdict = "keep"
             reason = f"it is {age:.0f}s old, within the {policy.grace_s:.0f}s grace"
-        elif (again := _rented_again(inst, (reaped or {}).get(label))) is not None:
+        elif again is not None:
             verdict, reason = "keep", again
         else:
             verdict = "orphan"
             silence = "no heartbeat" if beat_age is None else f"last heartbeat {beat_age:.0f}s ago"
             reason = f"{silence} (grace {policy.grace_s:.0f}s); instance {age:.0f}s old"
-        decisions.append(Decision(inst.id, label, verdict, reason, age, beat_age, inst.dph_total))
+        unseen = reason == again
+        decisions.append(Decision(inst.id, label, verdict, reason, age, beat_age, inst.dph_total, unseen))
     refusal = _refusal(decisions, heartbeats, now, policy, tracked_since)
     if refusal is None:
         return decisions
@@ -195,8 +199,7 @@ class Outcome:
 
 
 def _log_decision(d: Decision, *, dry_run: bool) -> None:
-    alive_unseen = d.reason.startswith("its pod rented it after")  # a pod that cannot reach Redis
-    level = logging.WARNING if d.verdict != "keep" or alive_unseen else logging.INFO
+    level = logging.WARNING if d.verdict != "keep" or d.alive_unseen else logging.INFO
     log.log(
         level,
         "instance %s (%s): %s: %s",
@@ -245,7 +248,7 @@ async def reap(
     except errors.VastError as exc:
         return _refuse(f"the instance list failed ({exc}); nothing is decided without a full list")
     try:
-        last = await reaped.read(i.label or "" for i in instances) if reaped is not None else {}
+        last = await _last_reaps(reaped, instances, policy.label_prefix)
     except errors.StoreError as exc:
         return _refuse(f"{exc}; without the reaper's own record a live pod's instance could be reaped again")
     decisions = decide(instances, heartbeats, clock(), policy, tracked_since=tracked_since, reaped=last)
@@ -258,7 +261,7 @@ async def reap(
     if refused:
         outcome.problem = f"reap refused: {refused[0].reason.partition('; refused: ')[2]}"
     elif apply:
-        await _destroy(vast, record, (policy, heartbeats), orphans, outcome, clock, reaped)
+        await _destroy(vast, record, policy, heartbeats, orphans, outcome, clock, reaped)
     log.info(
         "%s: %d managed instance(s): %d kept, %d orphaned, %d refused, %d destroyed;"
         " %d without the %r prefix left alone",
@@ -275,16 +278,25 @@ async def reap(
     return outcome
 
 
+async def _last_reaps(
+    reaped: ReapRecord | None, instances: Iterable[model.Instance], prefix: str
+) -> dict[str, Reaped]:
+    """The reaper's last destroy for each managed label (none without a record)."""
+    if reaped is None:
+        return {}
+    return await reaped.read(i.label or "" for i in instances if is_managed(i, prefix))
+
+
 async def _destroy(
     vast: vast_client.VastClient,
     record: fleet.Fleet,
-    seen: tuple[Policy, Mapping[str, fleet.Heartbeat]],
+    policy: Policy,
+    first: Mapping[str, fleet.Heartbeat],
     orphans: list[Decision],
     outcome: Outcome,
     clock: Callable[[], float],
     reaped: ReapRecord | None = None,
 ) -> None:
-    policy, first = seen
     failures: list[str] = []
     if any(d.label in first for d in orphans):
         await _pause(CHANGE_WAIT_S)
