@@ -5,15 +5,16 @@ reason, template hash, the ids it knows, what this pod spends, now) and applies 
 :class:`Outcome` it gets back: a rented id and price, a hold after an unknown outcome, or nothing
 (with the events to record). The renter never touches the reconciler's state.
 
-In order: the rent brakes (``rentguard``) or a search slot far off may say "not yet"; with Redis,
-the label's rent lock is taken and, unless the label's rent mark shows no rent since the tick's list
-was requested, the label is listed again under it (another process may just have rented); the search
-leaves out banned and avoided hosts; the spend cap (``VAST_MAX_FLEET_DPH``) keeps only offers that
-fit and reserves their $/h in Redis before the rent call (``fleet.Fleet.reserve``: pods starting
-together see each other's rentals); then the best offer is rented, the next one tried when it
-vanished, and nothing retried when the outcome is unknown (the next tick lists by label first).
-A reservation is released when nothing was rented; a rental's stays until the heartbeat counts it
-(``Outcome.reserved``), and an unknown outcome's until its TTL.
+In order: the rent brakes (``rentguard``) or a list, search or rent slot far off (``FAR_SLOT_S``)
+may say "not yet"; with Redis, the label's rent lock is taken and, unless the label's rent mark
+shows no rent since the tick's list was requested, the label is listed again under it (another
+process may just have rented); the search leaves out banned and avoided hosts; the spend cap
+(``VAST_MAX_FLEET_DPH``) keeps only offers that fit and reserves their $/h in Redis before the rent
+call (``fleet.Fleet.reserve``: pods starting together see each other's rentals); then the best
+offer is rented, the next one tried when it vanished, and nothing retried when the outcome is
+unknown (the next tick lists by label first). A reservation is released when nothing was rented; a
+rental's stays until the heartbeat counts it (``Outcome.reserved``), and an unknown outcome's until
+its TTL.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ MAX_OFFER_ATTEMPTS = 5
 #: offers refused with a 4xx in one rental before the refusal is raised: one may be about that offer
 #: (the next is tried, so one bad offer cannot wedge the pod), two in a row are about the request
 MAX_REFUSALS = 2
-#: a search or rent slot further off (a quota 429 moved it) is not slept for under the lock: a hold
+#: a list, search or rent slot further off (a quota 429 moved it) is not slept for under the lock: a hold
 FAR_SLOT_S = 10.0
+_RENT_SLOTS = (pacer.Endpoint.SEARCH_OFFERS, pacer.Endpoint.CREATE_INSTANCE)
 #: the figures in a note ($/h, seconds): a note said once per situation ignores them
 _FIGURES = re.compile(r"\d+(?:\.\d+)?")
 
@@ -194,9 +196,8 @@ class Renter:
         async with self._turn():
             return await self._rent_in_turn(ask, self.fleet)
 
-    async def _far_slot_s(self) -> float:
-        """Seconds until the key's next offer search or rent slot, the later (0 unpaced)."""
-        ends = (pacer.Endpoint.SEARCH_OFFERS, pacer.Endpoint.CREATE_INSTANCE)
+    async def _far_slot_s(self, *ends: pacer.Endpoint) -> float:
+        """Seconds until the latest of the key's next slots for ``ends`` (0 unpaced)."""
         return max([await self.vast.pacer.free_in_s(e) for e in ends]) if self.vast.pacer else 0.0
 
     @property
@@ -233,12 +234,13 @@ class Renter:
             return Outcome(Result.UNKNOWN, notes=(_note(ask, events.EventKind.RENT_UNKNOWN, text),))
 
     async def _rent_locked(self, ask: Ask, pods: RentFleet) -> Outcome:
-        # under the lock, look again: another process may have rented since this tick's list. The
-        # rent mark tells when no rent happened since (then the tick's list stands: one list interval
-        # saved); else a label-filtered list of its own, one page, not a refresh of the fleet's view
-        # (at 50 pods the view is two pages and the queue would wait for a whole refresh per rental)
+        # under the lock, list the label again (one page, not the fleet's view) unless its rent mark
+        # says no rent happened since the tick's list; not while the list's slot is far off (a hold)
         covered = ask.listed_at_ms is not None and await pods.list_covers_rents(ask.label, ask.listed_at_ms)
         if not covered:
+            if (far := await self._far_slot_s(pacer.Endpoint.LIST_INSTANCES)) > FAR_SLOT_S:
+                text = f"the key's instance list is rate limited; next slot in {far:.0f}s"
+                return self._held(ask, events.EventKind.RENT_WAITS, text)
             fresh = [i for i in await self.vast.list_by_label(ask.label) if i.id not in ask.known_ids]
             if fresh:
                 text = f"instance {fresh[0].id} appeared meanwhile; adopting it"
@@ -250,10 +252,8 @@ class Renter:
         if self._backoff_noted_at == self.guard.last_failure_at:
             return ()
         self._backoff_noted_at = self.guard.last_failure_at
-        text = (
-            f"{self.guard.failures_in_a_row} rentals in a row failed before serving;"
-            f" next rental in {wait:.0f}s"
-        )
+        failed = self.guard.failures_in_a_row
+        text = f"{failed} rentals in a row failed before serving; next rental in {wait:.0f}s"
         return (_note(ask, events.EventKind.RENT_BACKOFF, text, reason=None),)
 
     def _held(self, ask: Ask, kind: events.EventKind, detail: str) -> Outcome:
@@ -266,7 +266,7 @@ class Renter:
 
     async def _search_and_rent(self, ask: Ask) -> Outcome:
         """Search (bans left out), rank, rent the best offer still there; hold while a slot is far off."""
-        if (far := await self._far_slot_s()) > FAR_SLOT_S:
+        if (far := await self._far_slot_s(*_RENT_SLOTS)) > FAR_SLOT_S:
             text = f"the key's offer search or rent is rate limited; next slot in {far:.0f}s"
             return self._held(ask, events.EventKind.RENT_WAITS, text)
         standing = await self.bans.standing() if self.bans is not None else selection.Standing()

@@ -421,17 +421,18 @@ async def test_with_a_fleet_store_the_reconciler_lists_and_rents_through_the_fle
 
 
 @respx.mock
-@pytest.mark.parametrize("endpoint", [E.SEARCH_OFFERS, E.CREATE_INSTANCE])
-async def test_a_search_or_rent_slot_hours_away_holds_the_rental_instead_of_sleeping_under_the_lock(
+@pytest.mark.parametrize("endpoint", [E.SEARCH_OFFERS, E.CREATE_INSTANCE, E.LIST_INSTANCES])
+async def test_a_search_rent_or_list_slot_hours_away_holds_the_rental_instead_of_sleeping_under_the_lock(
     http: httpx.AsyncClient, pods: list[fakeredis.FakeAsyncRedis], endpoint: pacer.Endpoint
 ) -> None:
-    """Another pod's quota 429 moves the key's search (or rent) slot two hours on while this pod waits
-    in the rental queue: in its turn it holds and says so, releasing turn and lock at once, instead of
-    sleeping for the slot under a lock whose section would end it as an unknown rent."""
+    """Another pod's quota 429 moves the key's search (or rent, or list) slot two hours on while this
+    pod waits in the rental queue: in its turn it holds and says so, releasing turn and lock at once,
+    instead of sleeping for the slot under a lock whose section would end it as an unknown rent (the
+    list: the label's own list under the lock, when its rent mark cannot vouch for the tick's)."""
     searched = respx.post(f"{BASE}/api/v0/bundles/").mock(
         return_value=httpx.Response(200, json={"offers": []})
     )
-    respx.get(LIST).mock(return_value=httpx.Response(200, json=rows()))
+    listed = respx.get(LIST).mock(return_value=httpx.Response(200, json=rows()))
     waits: Waits = Waits()
     vast = paced_client(http, pods[1], waits, [])
     assert vast.pacer is not None
@@ -446,6 +447,7 @@ async def test_a_search_or_rent_slot_hours_away_holds_the_rental_instead_of_slee
     assert out.why is not None and "rate limited; next slot in 7200s" in out.why
     assert [str(n.event.kind) for n in out.notes] == ["rent-waits"]
     assert (searched.call_count, [w for w in waits.waits if w > 60]) == (0, [])
+    assert listed.call_count == (0 if endpoint is E.LIST_INSTANCES else 1)
     assert await queue.position("web-1") is None, "the turn is given back"
     again = await renter.rent(make_ask(label="k8s_pod=web-1"))
     assert again.result is renting.Result.HELD and again.notes == (), "said once per situation"
