@@ -11,7 +11,8 @@ threshold condemn the instance: it is replaced make-before-break, and its host i
 Reading the bans and the reputation for a rental is one round trip (:meth:`Blacklist.standing`).
 
 Expiry: the detail keys expire by Redis TTL; the indexes are scored by expiry time on the
-writer's clock and pruned on every read (pods' clocks are assumed NTP-close). Reputation events
+writer's clock and pruned on every read: the ``clock`` given (``wiring`` gives the fleet's one
+clock, ``redisclock.RedisClock``). Reputation events
 older than ``EVENT_HORIZON_HALF_LIVES`` half-lives are dropped, and only the newest ``EVENTS_MAX``
 are kept.
 

@@ -248,13 +248,13 @@ _Ident = Annotated[int, typer.Argument(metavar="HOST", min=1, help="Host id (a m
 
 def _with_blacklist(owner: str, action: Callable[[blacklist.Blacklist], Awaitable[T]]) -> T:
     """Run ``action(blacklist)`` against BLACKLIST_REDIS_URL; Redis errors become one line, exit 1."""
+    from provisioner import fleet_wiring  # noqa: PLC0415
     from provisioner import settings as settings_mod  # noqa: PLC0415
-    from provisioner import wiring  # noqa: PLC0415
 
     cfg = guard(settings_mod.load_redis_access)
 
     async def go() -> T:
-        async with wiring.connect_blacklist(cfg, owner) as store:
+        async with fleet_wiring.connect_blacklist(cfg, owner) as store:
             return await action(store)
 
     return arun(go)
@@ -266,16 +266,17 @@ def blacklist_list(
 ) -> None:
     """Show every current ban: host or machine, reason, when, expiry, by which pod or operator."""
     import dataclasses  # noqa: PLC0415
-    import time  # noqa: PLC0415
 
-    bans = _with_blacklist("", lambda store: store.bans())
+    async def listed(store: blacklist.Blacklist) -> tuple[list[blacklist.BanRecord], float]:
+        return await store.bans(), store.clock()  # expiries are on the fleet's (Redis) clock
+
+    bans, now = _with_blacklist("", listed)
     if as_json:
         print(json.dumps([dataclasses.asdict(b) for b in bans]))
         return
     if not bans:
         print("no bans")
         return
-    now = time.time()
     print(f"{'kind':<8} {'id':>10} {'expires in':>11} {'by':<24} reason")
     for b in bans:
         print(f"{b.kind:<8} {b.ident:>10} {b.expires_at - now:>10.0f}s {b.by or '-':<24} {b.reason or '-'}")

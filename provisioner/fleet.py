@@ -28,7 +28,10 @@ any heartbeat shows them. The reservation goes in the MULTI/EXEC of the heartbea
 counts the rental (``beat(..., settle=True)``), at once when nothing was rented, or by its TTL.
 
 Two readings of "alive": the spend guard counts a heartbeat younger than ``HEARTBEAT_LIVE_S``;
-the reaper keeps an instance whose label's heartbeat is younger than ``REAP_GRACE_SECONDS``.
+the reaper keeps an instance whose label's heartbeat is younger than ``REAP_GRACE_SECONDS``. Both
+ages are on the fleet's one clock: the heartbeat's ``at`` (and ``since``) is stamped with the
+blacklist's clock, a ``redisclock.RedisClock`` in the daemon and the reaper, measured again before
+a heartbeat when it is due (``GuardedFleet``).
 
 :class:`Fleet` raises ``StoreError`` (the reaper needs to know); :class:`GuardedFleet` is what the
 reconciler uses: it never raises and shares the blacklist's outage state (``store.Outage``), so
@@ -51,7 +54,7 @@ from typing import Any, Final, TypeGuard, TypeVar
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockNotOwnedError
 
-from provisioner import blacklist, rentmark, spend, store
+from provisioner import blacklist, redisclock, rentmark, spend, store
 from provisioner.spend import UNCHECKED, Decide, Reservation, fleet_dph, spend_block, usd
 
 __all__ = ["UNCHECKED", "Decide", "Reservation", "fleet_dph", "spend_block", "usd"]
@@ -128,6 +131,10 @@ class Fleet:
         self._lock = store.RentLock(client, self.keys, deadline_s=deadline_s)
         #: the label's latest rent (``rentmark.RentMarks``): lets a renter trust its tick's list
         self.marks = rentmark.RentMarks(client, self.keys, deadline_s=deadline_s)
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     @classmethod
     def over(cls, bans: blacklist.Blacklist) -> Fleet:
@@ -297,7 +304,7 @@ class GuardedFleet:
         outage: store.Outage,
         *,
         pod: str,
-        clock: Clock = time.time,
+        clock: Clock | None = None,
         live_s: float = HEARTBEAT_LIVE_S,
         lock_ttl_s: float = store.RENT_LOCK_TTL_S,
         renew_s: float = store.RENT_LOCK_RENEW_S,
@@ -306,7 +313,7 @@ class GuardedFleet:
         self.fleet = fleet
         self.outage = outage
         self.pod = pod
-        self._clock = clock
+        self._clock = clock or fleet.clock
         self.live_s = live_s
         self.lock_ttl_s = lock_ttl_s
         self.renew_s = renew_s
@@ -317,14 +324,22 @@ class GuardedFleet:
     async def beat(
         self, label: str, instance_ids: Sequence[int], dph: float, *, settle: bool = False
     ) -> None:
+        await self._sync_clock()
         heartbeat = Heartbeat(label, self.pod, self._clock(), tuple(sorted(instance_ids)), dph)
         await self.outage.call(lambda: self.fleet.beat(heartbeat, settle=settle), None)
 
     async def reserve(self, label: str, decide: Decide) -> Reservation:
         """Reserve spend for a rental (``Fleet.reserve``); ``UNCHECKED`` while Redis is unavailable."""
+        await self._sync_clock()
         return await self.outage.call(
             lambda: self.fleet.reserve(label, self.pod, decide, live_s=self.live_s), UNCHECKED
         )
+
+    async def _sync_clock(self) -> None:
+        """The fleet clock measured again when due (before anything that stamps or ages a record).
+        Only then a Redis call: a no-op through ``outage`` would count as Redis being back."""
+        if redisclock.due(self._clock):
+            await self.outage.call(lambda: redisclock.sync_if_due(self._clock), None)
 
     async def release_reservation(self, label: str) -> None:
         await self.outage.call(lambda: self.fleet.release_reservation(label), None)
@@ -376,6 +391,7 @@ class GuardedFleet:
 
     async def others_dph(self, label: str) -> float | None:
         """The $/h of the other live pods, or None while Redis is unavailable."""
+        await self._sync_clock()
         beats = await self.outage.call(self.fleet.heartbeats, None)
         if beats is None:
             return None

@@ -1,5 +1,6 @@
-"""The fleet on one API key (issue 13), built from the settings: the pacer, the shared instance view,
-the shared checks (template, whoami, offer search) and the rent queue.
+"""The Redis side, built from the settings: the blacklist (with the fleet's clock, ``redisclock``)
+and the fleet on one API key (issue 13): the pacer, the shared instance view, the shared checks
+(template, whoami, offer search) and the rent queue.
 
 Fleet-wide in Redis when the command uses the pods' Redis (``BLACKLIST_ENABLED=true``; ``reap``
 always), else per process; one ``pacer.Failover`` per process, so an outage is logged once.
@@ -13,12 +14,69 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from provisioner import fleetshared, fleetview, pacer, renting, rentqueue, store
-from provisioner.settings import Settings, VastAccess
+from provisioner import (
+    blacklist,
+    errors,
+    fleetshared,
+    fleetview,
+    pacer,
+    redisclock,
+    renting,
+    rentqueue,
+    store,
+)
+from provisioner.settings import RedisAccess, Settings, VastAccess
 from provisioner.vast import client as vast_client
 
 #: added to each pacer interval: requests of a loaded node reach Vast up to ~0.1 s apart from their slot
 PACE_MARGIN_S: Final = 0.15
+
+
+def build_blacklist(settings: RedisAccess, client: store.Client, owner: str) -> blacklist.Blacklist:
+    """The Redis blacklist over a built client (``store.connect``); bans are recorded as ``owner``'s.
+
+    Its clock, which the fleet record shares (``fleet.Fleet.over``), is the Redis server's
+    (``redisclock``): the pods compare each other's stamps."""
+    deadline_s = 4 * settings.blacklist_redis_timeout_seconds
+    return blacklist.Blacklist(
+        client,
+        keys=store.Keys(settings.blacklist_key_prefix),
+        ban_ttl_s=settings.blacklist_ban_ttl_seconds,
+        restart_window_s=settings.blacklist_restart_ttl_seconds,
+        restart_threshold=settings.blacklist_restart_threshold,
+        half_life_s=settings.blacklist_reputation_half_life_seconds,
+        owner=owner,
+        deadline_s=deadline_s,
+        clock=redisclock.RedisClock(client, deadline_s=deadline_s),
+    )
+
+
+@contextlib.asynccontextmanager
+async def connect_blacklist(settings: RedisAccess, owner: str) -> AsyncIterator[blacklist.Blacklist]:
+    """The blacklist at ``BLACKLIST_REDIS_URL`` (whatever ``BLACKLIST_ENABLED`` says); closed after.
+
+    ``owner`` is who its bans are recorded as: the pod's name, or the operator of ``blacklist ban``.
+    """
+    client = store.connect(
+        settings.blacklist_redis_url.get_secret_value(), timeout_s=settings.blacklist_redis_timeout_seconds
+    )
+    try:
+        bans = build_blacklist(settings, client, owner)
+        with contextlib.suppress(errors.StoreError):  # unreachable: measured again before it counts
+            await redisclock.sync_if_due(bans.clock)
+        yield bans
+    finally:
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def open_blacklist(settings: Settings) -> AsyncIterator[blacklist.Blacklist | None]:
+    """The blacklist when ``BLACKLIST_ENABLED``, else None (no Redis at all)."""
+    if not settings.blacklist_enabled:
+        yield None
+        return
+    async with connect_blacklist(settings, settings.pod_name) as store:
+        yield store
 
 
 def uses_fleet_store(access: VastAccess) -> bool:

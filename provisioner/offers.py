@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from provisioner import errors, offer_report, selection, wiring
+from provisioner import errors, fleet_wiring, offer_report, selection, wiring
 from provisioner.settings import Settings
 from provisioner.vast import client as vast_client
 from provisioner.vast import query
@@ -38,7 +38,7 @@ class OfferSurvey:
 
 async def read_standing(settings: Settings) -> tuple[selection.Standing, str | None]:
     """The bans and reputation from the blacklist when enabled; the error text when Redis failed."""
-    async with wiring.open_blacklist(settings) as bans:
+    async with fleet_wiring.open_blacklist(settings) as bans:
         if bans is None:
             return selection.Standing(), None
         try:

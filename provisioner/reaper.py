@@ -16,29 +16,30 @@ destroys those whose label carries ``REAP_LABEL_PREFIX`` but whose pod has been 
 * ``orphan`` - no heartbeat that fresh, and the instance is older than the grace;
 * ``refused`` - an orphan left alone because the whole picture looks wrong: there is no
   heartbeat under the label prefix in Redis (wrong Redis or prefix, another deployment's
-  heartbeats only, or pods without ``BLACKLIST_ENABLED``), the
-  heartbeat record itself is younger than the grace (Redis was flushed or restarted: live pods
-  have not all written again yet), or it would destroy more than ``REAP_MAX_SHARE`` of the
-  managed instances.
+  heartbeats only, or pods without ``BLACKLIST_ENABLED``), the heartbeat record itself is younger
+  than the grace (Redis was flushed or restarted: live pods have not all written again yet), or it
+  would destroy more than ``REAP_MAX_SHARE`` of the managed instances.
 
 An instance whose label lacks the prefix gets no decision at all: it is never touched.
 
 :func:`reap` is the I/O around it. It refuses without listing when Redis cannot be read (without
 heartbeats every instance would look orphaned) and refuses when the instance list fails. With
 ``apply`` it reads each orphan's heartbeat once more right before destroying it (its pod may just
-have come back). Every decision is one JSON log line (``"event": "reap-decision"``).
+have come back). Every decision is one JSON log line (``"event": "reap-decision"``). Heartbeat ages
+are on the fleet's clock (``redisclock``), Vast's times on the reaper's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from provisioner import errors, fleet, model, store, wiring
+from provisioner import errors, fleet, model, redisclock, store, wiring
 from provisioner.reapmarks import Reaped, ReapRecord
 from provisioner.settings import ReaperSettings
 from provisioner.vast import client as vast_client
@@ -60,7 +61,8 @@ class Policy:
 #: clock slack between the reaper and Vast's ``start_date`` when telling a later rental
 REAPED_SLACK_S = 300.0
 #: before destroying an orphan that has a heartbeat, wait this long and read it again: a live pod
-#: writes one within it, however far behind its clock is (its stamps are on its own clock)
+#: writes one within it, whatever its stamps say (they are on the Redis clock once the pod measured
+#: it: ``redisclock``; on its own clock before that, or with an older version of the pod)
 CHANGE_WAIT_S = fleet.HEARTBEAT_INTERVAL_S + 5.0
 #: the wait itself (tests replace it)
 _pause = asyncio.sleep
@@ -129,15 +131,7 @@ def decide(
     if refusal is None:
         return decisions
     return [
-        Decision(
-            d.instance_id,
-            d.label,
-            "refused",
-            f"{d.reason}; refused: {refusal}",
-            d.instance_age_s,
-            d.heartbeat_age_s,
-            d.dph,
-        )
+        dataclasses.replace(d, verdict="refused", reason=f"{d.reason}; refused: {refusal}")
         if d.verdict == "orphan"
         else d
         for d in decisions
@@ -199,26 +193,12 @@ class Outcome:
 
 
 def _log_decision(d: Decision, *, dry_run: bool) -> None:
+    """One ``reap-decision`` line: the decision's fields (ages to 0.1 s) and ``dry_run``."""
     level = logging.WARNING if d.verdict != "keep" or d.alive_unseen else logging.INFO
-    log.log(
-        level,
-        "instance %s (%s): %s: %s",
-        d.instance_id,
-        d.label,
-        d.verdict,
-        d.reason,
-        extra={
-            "event": "reap-decision",
-            "verdict": d.verdict,
-            "instance_id": d.instance_id,
-            "label": d.label,
-            "reason": d.reason,
-            "instance_age_s": None if d.instance_age_s is None else round(d.instance_age_s, 1),
-            "heartbeat_age_s": None if d.heartbeat_age_s is None else round(d.heartbeat_age_s, 1),
-            "dph": d.dph,
-            "dry_run": dry_run,
-        },
-    )
+    items = dataclasses.asdict(d).items()
+    fields = {k: round(v, 1) if k.endswith("age_s") and v is not None else v for k, v in items}
+    extra = {"event": "reap-decision", **fields, "dry_run": dry_run}
+    log.log(level, "instance %s (%s): %s: %s", d.instance_id, d.label, d.verdict, d.reason, extra=extra)
 
 
 def _refuse(problem: str) -> Outcome:
@@ -235,10 +215,10 @@ async def reap(
     clock: Callable[[], float] = time.time,
     reaped: ReapRecord | None = None,
 ) -> Outcome:
-    """Decide about every managed instance; with ``apply``, destroy the orphans (remembered in ``reaped``)."""
+    """Decide about every managed instance; with ``apply``, destroy the orphans (remembered in ``reaped``).
+    ``clock``: the reaper's own, which Vast's times are compared with (:func:`_read_beats`)."""
     try:
-        heartbeats = await record.heartbeats()
-        tracked_since = await record.tracked_since()
+        heartbeats, tracked_since, lead = await _read_beats(record, clock())
     except errors.StoreError as exc:
         return _refuse(f"{exc}; without the pods' heartbeats every instance would look orphaned")
     try:
@@ -261,7 +241,7 @@ async def reap(
     if refused:
         outcome.problem = f"reap refused: {refused[0].reason.partition('; refused: ')[2]}"
     elif apply:
-        await _destroy(vast, record, policy, heartbeats, orphans, outcome, clock, reaped)
+        await _destroy(vast, record, lead, policy, heartbeats, orphans, outcome, clock, reaped)
     log.info(
         "%s: %d managed instance(s): %d kept, %d orphaned, %d refused, %d destroyed;"
         " %d without the %r prefix left alone",
@@ -278,6 +258,19 @@ async def reap(
     return outcome
 
 
+async def _read_beats(
+    record: fleet.Fleet, now: float
+) -> tuple[dict[str, fleet.Heartbeat], float | None, float]:
+    """The heartbeats and the record's start on the reaper's clock (``now``), and the fleet clock's
+    lead over it: the pods stamp them on the fleet's clock (``redisclock``: Redis's), while Vast's
+    times are compared with the reaper's own."""
+    await redisclock.sync_if_due(record.clock)
+    lead = record.clock() - now
+    heartbeats = {label: _moved(b, lead) for label, b in (await record.heartbeats()).items()}
+    since = await record.tracked_since()
+    return heartbeats, (since - lead if since is not None else None), lead
+
+
 async def _last_reaps(
     reaped: ReapRecord | None, instances: Iterable[model.Instance], prefix: str
 ) -> dict[str, Reaped]:
@@ -290,6 +283,7 @@ async def _last_reaps(
 async def _destroy(
     vast: vast_client.VastClient,
     record: fleet.Fleet,
+    lead: float,
     policy: Policy,
     first: Mapping[str, fleet.Heartbeat],
     orphans: list[Decision],
@@ -303,6 +297,7 @@ async def _destroy(
     for d in orphans:
         try:
             beat = await record.heartbeat(d.label)
+            beat = _moved(beat, lead) if beat is not None else None
         except errors.StoreError as exc:
             failures.append(f"instance {d.instance_id}: heartbeat not re-read ({exc})")
             break
@@ -335,6 +330,11 @@ async def _destroy(
         outcome.problem = "reap failed for " + "; ".join(failures)
 
 
+def _moved(beat: fleet.Heartbeat, lead: float) -> fleet.Heartbeat:
+    """``beat`` with its time on the reaper's clock, which the fleet's clock was ``lead`` s ahead of."""
+    return dataclasses.replace(beat, at=beat.at - lead) if lead else beat
+
+
 def _revived(
     beat: fleet.Heartbeat | None, first: fleet.Heartbeat | None, now: float, grace_s: float
 ) -> str | None:
@@ -344,7 +344,7 @@ def _revived(
     if beat.age_s(now) <= grace_s:
         return f"its pod {beat.pod} is back (heartbeat {beat.age_s(now):.0f}s ago)"
     if first is not None and beat.at != first.at:
-        return f"its pod {beat.pod} wrote a heartbeat since the first read (its clock runs behind?)"
+        return f"its pod {beat.pod} wrote a heartbeat since the first read (on a clock behind?)"
     return None
 
 
@@ -376,14 +376,14 @@ async def run(settings: ReaperSettings, *, apply: bool, max_share: float | None 
     redis = store.connect(
         settings.blacklist_redis_url.get_secret_value(), timeout_s=settings.blacklist_redis_timeout_seconds
     )
+    deadline_s = 4 * settings.blacklist_redis_timeout_seconds
     try:
         async with wiring.open_vast(settings, redis=redis) as vast:  # paced with the pods
+            clock = redisclock.RedisClock(redis, deadline_s=deadline_s)  # the pods stamp heartbeats on it
             record = fleet.Fleet(
-                redis,
-                keys=store.Keys(settings.blacklist_key_prefix),
-                deadline_s=4 * settings.blacklist_redis_timeout_seconds,
+                redis, keys=store.Keys(settings.blacklist_key_prefix), deadline_s=deadline_s, clock=clock
             )
-            reaped = ReapRecord(redis, record.keys, deadline_s=4 * settings.blacklist_redis_timeout_seconds)
+            reaped = ReapRecord(redis, record.keys, deadline_s=deadline_s)
             return await reap(vast, record, policy, apply=apply, reaped=reaped)
     finally:
         await redis.aclose()

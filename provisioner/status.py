@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import httpx
 
-from provisioner import errors, model, planning, rendering, runtime, upstream_health, wiring
+from provisioner import errors, fleet_wiring, model, planning, rendering, runtime, upstream_health, wiring
 from provisioner.runtime import SOURCE_ADMIN
 from provisioner.settings import Settings, load_settings
 from provisioner.vast import client as vast_client
@@ -56,7 +56,7 @@ def settings_or_problem() -> tuple[Settings | None, errors.ConfigError | None]:
 
 async def from_blacklist(settings: Settings) -> list[dict[str, Any]]:
     """Every current ban in the shared blacklist (``StoreError`` when Redis does not answer)."""
-    async with wiring.connect_blacklist(settings, settings.pod_name) as store:
+    async with fleet_wiring.connect_blacklist(settings, settings.pod_name) as store:
         records = await store.bans()
     return [
         {

@@ -5,8 +5,8 @@ The one place where configuration becomes objects, so that nothing below it read
 * ``vast_http``: the ONE factory of the Vast.ai HTTP client (every command), ``open_vast`` the client;
 * ``health_http``: the upstream-probe client (``UPSTREAM_AUTH_HEADER`` set), reconciler and ``status``;
 * ``proxy_config``, ``build_*``: the values the planner, the renter and the renderer take;
-* ``open_blacklist``: the Redis blacklist; ``build_reconciler`` assembles the reconciler in ONE function
-  (the daemon and the unit tests share it); the fleet on one API key is built by ``fleet_wiring.py``.
+* ``build_reconciler`` assembles the reconciler in ONE function (the daemon and the unit tests share
+  it); the Redis side (the blacklist, the fleet on one API key) is built by ``fleet_wiring.py``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from provisioner import (
     store,
     upstream_health,
 )
-from provisioner.settings import RedisAccess, Settings, VastAccess
+from provisioner.settings import Settings, VastAccess
 from provisioner.vast import client as vast_client
 from provisioner.vast import wire as vast_wire
 
@@ -239,48 +239,6 @@ def boot_poll_s(settings: Settings) -> float:
     return SHARED_BOOT_POLL_S
 
 
-# ---------------------------------------------------------------- Redis
-
-
-def build_blacklist(settings: RedisAccess, client: store.Client, owner: str) -> blacklist.Blacklist:
-    """The Redis blacklist over a built client (``store.connect``); bans are recorded as ``owner``'s."""
-    return blacklist.Blacklist(
-        client,
-        keys=store.Keys(settings.blacklist_key_prefix),
-        ban_ttl_s=settings.blacklist_ban_ttl_seconds,
-        restart_window_s=settings.blacklist_restart_ttl_seconds,
-        restart_threshold=settings.blacklist_restart_threshold,
-        half_life_s=settings.blacklist_reputation_half_life_seconds,
-        owner=owner,
-        deadline_s=4 * settings.blacklist_redis_timeout_seconds,
-    )
-
-
-@contextlib.asynccontextmanager
-async def connect_blacklist(settings: RedisAccess, owner: str) -> AsyncIterator[blacklist.Blacklist]:
-    """The blacklist at ``BLACKLIST_REDIS_URL`` (whatever ``BLACKLIST_ENABLED`` says); closed after.
-
-    ``owner`` is who its bans are recorded as: the pod's name, or the operator of ``blacklist ban``.
-    """
-    client = store.connect(
-        settings.blacklist_redis_url.get_secret_value(), timeout_s=settings.blacklist_redis_timeout_seconds
-    )
-    try:
-        yield build_blacklist(settings, client, owner)
-    finally:
-        await client.aclose()
-
-
-@contextlib.asynccontextmanager
-async def open_blacklist(settings: Settings) -> AsyncIterator[blacklist.Blacklist | None]:
-    """The blacklist when ``BLACKLIST_ENABLED``, else None (no Redis at all)."""
-    if not settings.blacklist_enabled:
-        yield None
-        return
-    async with connect_blacklist(settings, settings.pod_name) as store:
-        yield store
-
-
 # ---------------------------------------------------------------- the reconciler
 
 
@@ -308,7 +266,7 @@ async def open_clients(
 
     async def others() -> tuple[httpx.AsyncClient, blacklist.Blacklist | None, fleet_wiring.FleetKit]:
         health = await stack.enter_async_context(health_http(settings))
-        bans = await stack.enter_async_context(open_blacklist(settings))
+        bans = await stack.enter_async_context(fleet_wiring.open_blacklist(settings))
         return health, bans, await stack.enter_async_context(fleet_wiring.open_fleet_kit(settings))
 
     context, (health, bans, kit) = await both(tls, others())

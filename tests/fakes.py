@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import fakeredis
+
 #: a fixed "now" far from the epoch, so that ages and TTLs are never negative by accident
 T0 = 1_800_000_000.0
 
@@ -14,3 +18,18 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+#: how far the clock of :class:`SkewedRedis` runs ahead of this machine's unless told otherwise
+REDIS_AHEAD_S = 3600.0
+
+
+class SkewedRedis(fakeredis.FakeAsyncRedis):
+    """A Redis whose clock (``TIME``) runs ``skew_s`` ahead of this machine's (fakeredis answers with
+    this machine's time), so that the Redis clock can be told from this machine's in assertions."""
+
+    skew_s = REDIS_AHEAD_S
+
+    async def time(self) -> Any:
+        seconds, micros = await super().time()
+        return int(seconds) + int(self.skew_s), micros

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import redis
 
-from provisioner import blacklist, fleet, store
+from provisioner import blacklist, fleet, fleet_wiring, redisclock, settings, store
 from tests.glitch_support import crash
 from tests.procs import Provisioner, Sim, base_env, cli, run_provisioner, run_sim, wait_for
 from tests.redis_server import RedisServer, run_redis
@@ -347,3 +347,31 @@ async def test_rent_marks_on_a_real_redis_server(tmp_path: Path) -> None:
             assert not await guarded.list_covers_rents(label, done_ms + store.RENT_MARK_LAG_MS + 1)
         finally:
             await client.aclose()
+
+
+async def test_the_fleet_clock_on_a_real_redis_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against redis-server: opening the blacklist measures the Redis clock (``TIME``), and a pod whose
+    own clock runs ten minutes behind stamps its heartbeat on Redis's; with Redis gone, opening it
+    still works (the clock is measured before it counts)."""
+    with run_redis(tmp_path) as server:
+        monkeypatch.setenv("BLACKLIST_REDIS_URL", server.url)
+        async with fleet_wiring.connect_blacklist(settings.load_redis_access(), "op") as bans:
+            assert isinstance(bans.clock, redisclock.RedisClock) and bans.clock.synced
+            assert abs(bans.clock.offset_s) < 1.0, "redis-server runs on this machine's clock"
+        client = store.connect(server.url, timeout_s=2.0)
+        try:
+            behind = redisclock.RedisClock(client, local=lambda: time.time() - 600)
+            pod = fleet.GuardedFleet(
+                fleet.Fleet.over(blacklist.Blacklist(client, clock=behind)), store.Outage(), pod="p"
+            )
+            await pod.beat("k8s_pod=p", [7], 0.5)
+            assert behind.offset_s == pytest.approx(600, abs=1.0)
+            (beat,) = (await fleet.Fleet(client).heartbeats()).values()
+            assert beat.at == pytest.approx(time.time(), abs=2.0)
+        finally:
+            await client.aclose()
+        server.kill()
+        async with fleet_wiring.connect_blacklist(settings.load_redis_access(), "op") as bans:
+            assert isinstance(bans.clock, redisclock.RedisClock) and not bans.clock.synced

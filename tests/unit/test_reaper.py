@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,12 +14,13 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from provisioner import errors, fleet, model, reaper, reapmarks
+from provisioner import errors, fleet, model, reaper, reapmarks, store
 from provisioner.fleet import Heartbeat
 from provisioner.reaper import Decision, Policy, decide
+from provisioner.redisclock import RedisClock
 from provisioner.settings import load_reaper_settings
 from provisioner.vast import client as vast_client
-from tests.fakes import Clock
+from tests.fakes import Clock, SkewedRedis
 
 NOW = 1_800_000_000.0
 GRACE = 1800.0
@@ -463,3 +465,59 @@ def test_heartbeat_json_round_trips_and_rejects_junk() -> None:
         json.dumps({**json.loads(b.to_json()), "at": True}),
     ):
         assert Heartbeat.from_json(junk) is None
+
+
+@pytest.mark.parametrize("redis_skew_s", [3600.0, -3600.0])
+async def test_heartbeat_ages_are_on_the_redis_clock_and_vast_times_on_the_reapers(
+    server: fakeredis.FakeServer, redis_skew_s: float
+) -> None:
+    """The pod's clock runs 20 minutes behind, Redis's an hour ahead (or behind): the pod stamps its
+    heartbeat on the Redis clock and the reaper ages it on the same, so it is seconds old and the
+    instance is kept. On any other pair of clocks it would be an hour old: an orphan. Vast's
+    ``start_date`` is compared with the reaper's own clock: the instance is 90 minutes old."""
+    real = time.time()
+    client = SkewedRedis(server=server, decode_responses=True)
+    client.skew_s = redis_skew_s
+    pod_clock = RedisClock(client, local=Clock(real - 1200))
+    pod = fleet.GuardedFleet(fleet.Fleet(client, clock=pod_clock), store.Outage(), pod="vast-pod-0")
+    await pod.beat(A, [1], 0.4)
+    long_ago = real + redis_skew_s - 10 * GRACE
+    await client.set("vastprov:heartbeats:since", repr(long_ago))  # a record kept for long
+    record = fleet.Fleet(client, clock=RedisClock(client))
+    old_row = row(1, A) | {"start_date": real - 3 * GRACE}
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").respond(json=listing(old_row))
+        destroy = mock.delete(url__regex=r"/api/v0/instances/\d+/")
+        async with httpx.AsyncClient() as http:
+            vast = vast_client.VastClient(http, SecretStr("k"), base_url=BASE)
+            outcome = await reaper.reap(vast, record, POLICY, apply=True)
+    await client.aclose()
+    assert not destroy.called and outcome.destroyed == []
+    (decision,) = outcome.decisions
+    assert decision.verdict == "keep"
+    assert decision.heartbeat_age_s is not None and decision.heartbeat_age_s < 5
+    assert decision.instance_age_s == pytest.approx(3 * GRACE, abs=5)
+
+
+async def test_a_young_instance_is_kept_whatever_the_redis_clock_says(server: fakeredis.FakeServer) -> None:
+    """A pod rented a minute ago and has written no heartbeat yet; Redis's clock runs two hours ahead.
+    The instance's age is on the reaper's own clock (1 minute, within the grace): kept."""
+    real = time.time()
+    client = SkewedRedis(server=server, decode_responses=True)
+    client.skew_s = 4 * GRACE
+    other = fleet.GuardedFleet(
+        fleet.Fleet(client, clock=RedisClock(client)), store.Outage(), pod="vast-pod-3"
+    )
+    await other.beat(D, [4], 0.4)  # the record is not empty
+    await client.set("vastprov:heartbeats:since", repr(real + 4 * GRACE - 10 * GRACE))
+    record = fleet.Fleet(client, clock=RedisClock(client))
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        rows = [row(1, A) | {"start_date": real - 60}, row(4, D) | {"start_date": real - 3 * GRACE}]
+        mock.get("/api/v1/instances/").respond(json=listing(*rows))
+        destroy = mock.delete(url__regex=r"/api/v0/instances/\d+/")
+        async with httpx.AsyncClient() as http:
+            vast = vast_client.VastClient(http, SecretStr("k"), base_url=BASE)
+            outcome = await reaper.reap(vast, record, POLICY, apply=True)
+    await client.aclose()
+    assert not destroy.called
+    assert {d.instance_id: d.verdict for d in outcome.decisions} == {1: "keep", 4: "keep"}
