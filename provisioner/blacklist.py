@@ -11,10 +11,10 @@ threshold condemn the instance: it is replaced make-before-break, and its host i
 Reading the bans and the reputation for a rental is one round trip (:meth:`Blacklist.standing`).
 
 Expiry: the detail keys expire by Redis TTL; the indexes are scored by expiry time on the
-writer's clock and pruned on every read: the ``clock`` given (``wiring`` gives the fleet's one
-clock, ``redisclock.RedisClock``). Reputation events
-older than ``EVENT_HORIZON_HALF_LIVES`` half-lives are dropped, and only the newest ``EVENTS_MAX``
-are kept.
+writer's clock and pruned on every read: the ``clock`` given (``fleet_wiring`` gives the fleet's
+one clock, ``redisclock.RedisClock``); so is a boot wait's start, moved to and from this machine's.
+Reputation events older than ``EVENT_HORIZON_HALF_LIVES`` half-lives are dropped, and only the
+newest ``EVENTS_MAX`` are kept.
 
 Errors: ``Blacklist`` raises ``errors.StoreError`` (the CLI reports it); :class:`Guarded` is what
 the reconciler uses: it never raises and answers "no bans" while Redis is down (``store.Outage``).
@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from provisioner import model, selection, store
+from provisioner import model, redisclock, selection, store
 
 log = logging.getLogger("provisioner.blacklist")
 
@@ -221,16 +221,19 @@ class Blacklist:
     # ------------------------------------------------------------ boot waits and restarts
 
     async def boot_started(self, instance_id: int, at: float) -> float:
-        """When the boot wait of this instance started: the stored time, else ``at`` (now stored)."""
+        """When the boot wait of this instance started: the stored time, else ``at`` (now stored).
+        ``at`` and the answer are on this machine's clock, the stored time on the fleet's (a pod that
+        restarts on another node reads it)."""
         key = self.keys.boot(instance_id)
+        lead = redisclock.lead_s(self._clock)
 
         def queue(pipe: Any) -> None:
-            pipe.set(key, repr(float(at)), nx=True, ex=store.BOOT_KEY_TTL_S)
+            pipe.set(key, repr(float(at + lead)), nx=True, ex=store.BOOT_KEY_TTL_S)
             pipe.get(key)
 
         _, stored = await self._transaction("boot start", queue)
         started = _opt(stored, float)
-        return at if started is None else started
+        return at if started is None else started - lead
 
     async def boot_done(self, instance_id: int) -> None:
         """It showed its endpoints: a boot wait after a later adoption (a restart) starts then, not at

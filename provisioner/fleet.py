@@ -29,9 +29,9 @@ counts the rental (``beat(..., settle=True)``), at once when nothing was rented,
 
 Two readings of "alive": the spend guard counts a heartbeat younger than ``HEARTBEAT_LIVE_S``;
 the reaper keeps an instance whose label's heartbeat is younger than ``REAP_GRACE_SECONDS``. Both
-ages are on the fleet's one clock: the heartbeat's ``at`` (and ``since``) is stamped with the
-blacklist's clock, a ``redisclock.RedisClock`` in the daemon and the reaper, measured again before
-a heartbeat when it is due (``GuardedFleet``).
+ages are on the fleet's one clock, a ``redisclock.RedisClock``: the daemon stamps a heartbeat's
+``at`` (and ``since``) with the blacklist's, measured again before a heartbeat when it is due
+(``GuardedFleet``); the reaper measures its own.
 
 :class:`Fleet` raises ``StoreError`` (the reaper needs to know); :class:`GuardedFleet` is what the
 reconciler uses: it never raises and shares the blacklist's outage state (``store.Outage``), so

@@ -218,7 +218,7 @@ async def reap(
     """Decide about every managed instance; with ``apply``, destroy the orphans (remembered in ``reaped``).
     ``clock``: the reaper's own, which Vast's times are compared with (:func:`_read_beats`)."""
     try:
-        heartbeats, tracked_since, lead = await _read_beats(record, clock())
+        heartbeats, tracked_since, lead = await _read_beats(record, clock)
     except errors.StoreError as exc:
         return _refuse(f"{exc}; without the pods' heartbeats every instance would look orphaned")
     try:
@@ -259,13 +259,13 @@ async def reap(
 
 
 async def _read_beats(
-    record: fleet.Fleet, now: float
+    record: fleet.Fleet, clock: Callable[[], float]
 ) -> tuple[dict[str, fleet.Heartbeat], float | None, float]:
-    """The heartbeats and the record's start on the reaper's clock (``now``), and the fleet clock's
-    lead over it: the pods stamp them on the fleet's clock (``redisclock``: Redis's), while Vast's
-    times are compared with the reaper's own."""
+    """The heartbeats and the record's start on the reaper's ``clock``, and the fleet clock's lead
+    over it (read after the clock's measurement): the pods stamp them on the fleet's clock
+    (``redisclock``: Redis's), while Vast's times are compared with the reaper's own."""
     await redisclock.sync_if_due(record.clock)
-    lead = record.clock() - now
+    lead = record.clock() - clock()
     heartbeats = {label: _moved(b, lead) for label, b in (await record.heartbeats()).items()}
     since = await record.tracked_since()
     return heartbeats, (since - lead if since is not None else None), lead

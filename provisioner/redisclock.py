@@ -91,6 +91,12 @@ class RedisClock:
         self._synced_at = self._monotonic()
 
 
+def lead_s(clock: store.Clock) -> float:
+    """How far ``clock`` runs ahead of this machine's: a :class:`RedisClock`'s offset, else 0. A time
+    stored on the fleet's clock minus this is a time on this machine's (``time.time``)."""
+    return clock.offset_s if isinstance(clock, RedisClock) else 0.0
+
+
 def due(clock: store.Clock) -> bool:
     """Whether ``clock`` is a :class:`RedisClock` due a measurement (any other clock never is)."""
     return isinstance(clock, RedisClock) and clock.due()

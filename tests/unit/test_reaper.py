@@ -521,3 +521,45 @@ async def test_a_young_instance_is_kept_whatever_the_redis_clock_says(server: fa
     await client.aclose()
     assert not destroy.called
     assert {d.instance_id: d.verdict for d in outcome.decisions} == {1: "keep", 4: "keep"}
+
+
+async def reap_on_skewed_redis(
+    server: fakeredis.FakeServer, skew_s: float, since_age_s: float, *beats: tuple[str, float]
+) -> tuple[reaper.Outcome, list[int]]:
+    """Heartbeats ``(label, age_s)`` written on a Redis whose clock runs ``skew_s`` ahead, its record
+    started ``since_age_s`` ago (Redis clock); the reaper (on this machine's clock) applies over
+    instances 1 (A) and 4 (D), both 90 minutes old. Returns the outcome and the destroyed ids."""
+    real = time.time()
+    client = SkewedRedis(server=server, decode_responses=True)
+    client.skew_s = skew_s
+    writer = fleet.Fleet(client)
+    for label, age_s in beats:
+        await writer.beat(Heartbeat(label, "p", real + skew_s - age_s, (), 0.4))
+    await client.set("vastprov:heartbeats:since", repr(real + skew_s - since_age_s))
+    record = fleet.Fleet(client, clock=RedisClock(client))
+    rows = [row(i, label) | {"start_date": real - 3 * GRACE} for i, label in ((1, A), (4, D))]
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").respond(json=listing(*rows))
+        gone = mock.delete(url__regex=r"/api/v0/instances/\d+/").respond(json={"success": True})
+        async with httpx.AsyncClient() as http:
+            vast = vast_client.VastClient(http, SecretStr("k"), base_url=BASE)
+            outcome = await reaper.reap(vast, record, POLICY, apply=True)
+    await client.aclose()
+    return outcome, [int(str(c.request.url).rstrip("/").rsplit("/", 1)[1]) for c in gone.calls]
+
+
+async def test_a_stale_heartbeat_on_a_redis_clock_behind_is_still_an_orphan(
+    server: fakeredis.FakeServer,
+) -> None:
+    """Redis's clock runs an hour behind: A's heartbeat, two graces old on it, is an orphan's, and the
+    second read before the destroy sees the same heartbeat (moved by the same lead): destroyed."""
+    outcome, destroyed = await reap_on_skewed_redis(server, -3600.0, 10 * GRACE, (A, 2 * GRACE), (D, 5))
+    assert {d.instance_id: d.verdict for d in outcome.decisions} == {1: "orphan", 4: "keep"}
+    assert destroyed == [1] and outcome.problem is None
+
+
+async def test_a_young_record_on_a_redis_clock_behind_refuses(server: fakeredis.FakeServer) -> None:
+    """Redis's clock runs an hour behind and its heartbeat record started ten minutes ago on it (a
+    flushed Redis): refused, although on this machine's clock that start looks 70 minutes old."""
+    outcome, destroyed = await reap_on_skewed_redis(server, -3600.0, 600, (A, 2 * GRACE), (D, 5))
+    assert destroyed == [] and outcome.problem is not None and "record in Redis is only" in outcome.problem

@@ -150,3 +150,19 @@ async def test_an_outage_is_said_once_though_the_clock_is_not_due(
             await member.beat(LABEL, [7], 0.5)
     events = [getattr(r, "event", None) for r in caplog.records]
     assert events.count("store-unavailable") == 1 and "store-recovered" not in events
+
+
+async def test_a_boot_start_is_kept_on_the_redis_clock(server: fakeredis.FakeServer) -> None:
+    """A pod whose clock runs ten minutes ahead starts an instance's boot wait; restarted on a node
+    whose clock is right, the pod reads it back as the same moment on its own clock, not ten minutes
+    in its future (which would shorten the boot deadline by as much)."""
+    client = SkewedRedis(server=server, decode_responses=True)
+    real = time.time()
+    ahead = blacklist.Blacklist(client, clock=RedisClock(client, local=Clock(real + 600)))
+    await redisclock.sync_if_due(ahead.clock)
+    assert await ahead.boot_started(7, real + 600) == real + 600
+    right = blacklist.Blacklist(client, clock=RedisClock(client, local=Clock(real)))
+    await redisclock.sync_if_due(right.clock)
+    assert await right.boot_started(7, real + 30) == pytest.approx(real, abs=2.0)
+    assert float(await client.get("vastprov:boot:7")) == pytest.approx(real + REDIS_AHEAD_S, abs=2.0)
+    await client.aclose()
