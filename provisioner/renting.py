@@ -14,21 +14,48 @@ call (``fleet.Fleet.reserve``: pods starting together see each other's rentals);
 offer is rented, the next one tried when it vanished, and nothing retried when the outcome is
 unknown (the next tick lists by label first). A reservation is released when nothing was rented; a
 rental's stays until the heartbeat counts it (``Outcome.reserved``), and an unknown outcome's until
-its TTL.
+its TTL. The names it speaks in (``Ask``, ``Outcome``, ``RentSpec``, the protocols) live in
+``rentterms.py`` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
 
-from provisioner import errors, events, model, pacer, rentguard, rentqueue, selection, spend, spendcheck
+from provisioner import errors, events, pacer, rentguard, rentqueue, selection, spendcheck
+from provisioner.rentterms import (
+    Ask,
+    Note,
+    OfferChooser,
+    OfferSearch,
+    Outcome,
+    RentBans,
+    RentFleet,
+    RentSpec,
+    Result,
+    SearchBody,
+    Turns,
+)
 from provisioner.vast import client as vast_client
+
+__all__ = [
+    "Ask",
+    "Note",
+    "OfferChooser",
+    "OfferSearch",
+    "Outcome",
+    "RentBans",
+    "RentFleet",
+    "RentSpec",
+    "Renter",
+    "Result",
+    "SearchBody",
+    "Turns",
+]
 
 #: how long to hold off renting after a rent (until a list shows it) or a rent whose outcome is unknown
 RENT_HOLD_S = 90.0
@@ -42,102 +69,6 @@ FAR_SLOT_S = 10.0
 _RENT_SLOTS = (pacer.Endpoint.SEARCH_OFFERS, pacer.Endpoint.CREATE_INSTANCE)
 #: the figures in a note ($/h, seconds): a note said once per situation ignores them
 _FIGURES = re.compile(r"\d+(?:\.\d+)?")
-
-#: the search body for the current bans and reputation
-SearchBody = Callable[[selection.Standing], Mapping[str, Any]]
-#: the offers that may be rented, best first
-OfferChooser = Callable[[list[model.Offer], selection.Standing], list[selection.Scored]]
-
-
-class RentBans(Protocol):
-    """The part of the blacklist a rental reads (``blacklist.Guarded`` never raises)."""
-
-    async def standing(self) -> selection.Standing: ...
-
-
-class OfferSearch(Protocol):
-    """The fleet's shared offer search (``fleetshared.SharedSearch``)."""
-
-    async def offers(self, body: Mapping[str, Any]) -> list[model.Offer]: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class Turns:
-    """The fleet's rental queue (``rentqueue``): pods rent one after another, each its own offer."""
-
-    queue: rentqueue.RentQueue
-    pod: str
-    search: OfferSearch | None = None
-
-
-class RentFleet(Protocol):
-    """The part of the fleet record a rental uses (``fleet.GuardedFleet`` never raises)."""
-
-    async def reserve(self, label: str, decide: spend.Decide) -> spend.Reservation: ...
-
-    async def release_reservation(self, label: str) -> None: ...
-
-    def rent_lock(self, label: str) -> contextlib.AbstractAsyncContextManager[bool]: ...
-
-    async def mark_rent(self, label: str, *, done: bool) -> None: ...
-
-    async def list_covers_rents(self, label: str, listed_at_ms: int) -> bool: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class RentSpec:
-    """What to search for and how to rent it: values and pure functions only."""
-
-    search_body: SearchBody
-    choose_offers: OfferChooser
-    rent_request: Callable[[str | None], vast_client.RentRequest]
-    max_fleet_dph: float | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Ask:
-    """One rental the planner asked for, with what the renter needs to know of the pod."""
-
-    label: str
-    reason: str
-    template_hash: str | None
-    #: the template is not checked yet (API busy): renting waits for it
-    template_pending: bool
-    #: the instance ids this tick's list showed (a new one under the lock was rented meanwhile)
-    known_ids: frozenset[int]
-    #: $/h of the instance this pod serves now (make-before-break: it still bills)
-    own_dph: float
-    now: float
-    #: when this tick's list was requested, ms on the Redis clock (None: not from the fleet's view)
-    listed_at_ms: int | None = None
-
-
-class Result(enum.Enum):
-    RENTED = "rented"  # instance_id and price_per_hour are set
-    UNKNOWN = "unknown"  # the rent may have happened: hold, list by label before any new rental
-    HELD = "held"  # a brake, the lock, the spend cap or the template said not now
-    SKIPPED = "skipped"  # an instance appeared meanwhile: adopt it
-    NO_OFFERS = "no-offers"
-
-
-@dataclasses.dataclass(frozen=True)
-class Note:
-    """An event to record, with its log level."""
-
-    event: events.Event
-    level: int = logging.INFO
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    result: Result
-    instance_id: int | None = None
-    price_per_hour: float | None = None
-    notes: tuple[Note, ...] = ()
-    #: why nothing was rented although one is wanted (for ``/readyz`` and the progress line)
-    why: str | None = None
-    #: $/h stays reserved in Redis for this rental until a heartbeat counts it (``beat(settle=True)``)
-    reserved: bool = False
 
 
 class Renter:
