@@ -173,8 +173,10 @@ class Blacklist:
             pipe.zrangebyscore(self.keys.ban_index(kind), f"({now!r}", "+inf", withscores=True)
 
     async def bans(self) -> list[BanRecord]:
-        """Every current ban with its details, hosts first, then by expiry."""
+        """Every current ban with its details, hosts first, then by expiry; its times on this
+        machine's clock (stored on the fleet's: ``redisclock.lead_s``)."""
         now = self._clock()
+        lead = redisclock.lead_s(self._clock)
         result = await self._transaction("list bans", lambda pipe: self._queue_read_bans(pipe, now))
         found: list[tuple[BanKind, int, float]] = []
         for kind, rows in zip(BAN_KINDS, (result[1], result[3]), strict=True):
@@ -186,13 +188,14 @@ class Blacklist:
         records = []
         for (kind, ident, expires), raw in zip(found, details, strict=True):
             info = store.json_object(raw)
+            at = _opt(info.get("at"), float)
             records.append(
                 BanRecord(
                     kind=kind,
                     ident=ident,
-                    expires_at=expires,
+                    expires_at=expires - lead,
                     reason=_opt(info.get("reason"), str),
-                    at=_opt(info.get("at"), float),
+                    at=None if at is None else at - lead,
                     by=_opt(info.get("by"), str),
                     instance_id=_opt(info.get("instance_id"), int),
                 )

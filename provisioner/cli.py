@@ -266,17 +266,16 @@ def blacklist_list(
 ) -> None:
     """Show every current ban: host or machine, reason, when, expiry, by which pod or operator."""
     import dataclasses  # noqa: PLC0415
+    import time  # noqa: PLC0415
 
-    async def listed(store: blacklist.Blacklist) -> tuple[list[blacklist.BanRecord], float]:
-        return await store.bans(), store.clock()  # expiries are on the fleet's (Redis) clock
-
-    bans, now = _with_blacklist("", listed)
+    bans = _with_blacklist("", lambda store: store.bans())
     if as_json:
         print(json.dumps([dataclasses.asdict(b) for b in bans]))
         return
     if not bans:
         print("no bans")
         return
+    now = time.time()
     print(f"{'kind':<8} {'id':>10} {'expires in':>11} {'by':<24} reason")
     for b in bans:
         print(f"{b.kind:<8} {b.ident:>10} {b.expires_at - now:>10.0f}s {b.by or '-':<24} {b.reason or '-'}")

@@ -22,17 +22,7 @@ from typing import Any, Final
 
 import httpx
 
-from provisioner import (
-    errors,
-    fleet_wiring,
-    model,
-    planning,
-    redisclock,
-    rendering,
-    runtime,
-    upstream_health,
-    wiring,
-)
+from provisioner import errors, fleet_wiring, model, planning, rendering, runtime, upstream_health, wiring
 from provisioner.runtime import SOURCE_ADMIN
 from provisioner.settings import Settings, load_settings
 from provisioner.vast import client as vast_client
@@ -68,7 +58,6 @@ async def from_blacklist(settings: Settings) -> list[dict[str, Any]]:
     """Every current ban in the shared blacklist (``StoreError`` when Redis does not answer)."""
     async with fleet_wiring.connect_blacklist(settings, settings.pod_name) as store:
         records = await store.bans()
-        lead = redisclock.lead_s(store.clock)  # ban times are on the fleet's clock; shown on ours
     return [
         {
             "kind": b.kind,
@@ -76,8 +65,8 @@ async def from_blacklist(settings: Settings) -> list[dict[str, Any]]:
             "reason": b.reason,
             "by": b.by,
             "instance_id": b.instance_id,
-            "at": None if b.at is None else b.at - lead,
-            "expires_at": b.expires_at - lead,
+            "at": b.at,
+            "expires_at": b.expires_at,
             "detail": None,
         }
         for b in records

@@ -166,3 +166,16 @@ async def test_a_boot_start_is_kept_on_the_redis_clock(server: fakeredis.FakeSer
     assert await right.boot_started(7, real + 30) == pytest.approx(real, abs=2.0)
     assert float(await client.get("vastprov:boot:7")) == pytest.approx(real + REDIS_AHEAD_S, abs=2.0)
     await client.aclose()
+
+
+async def test_ban_times_are_read_back_on_this_machines_clock(server: fakeredis.FakeServer) -> None:
+    """Bans are indexed on the fleet's clock (Redis's, an hour ahead here); ``bans()`` answers on this
+    machine's, so ``blacklist list`` and ``status`` subtract ``time.time()`` from them."""
+    client = SkewedRedis(server=server, decode_responses=True)
+    bans = blacklist.Blacklist(client, clock=RedisClock(client), ban_ttl_s=600, owner="op")
+    await redisclock.sync_if_due(bans.clock)
+    await bans.ban_id("host", 42, "slow")
+    (record,) = await bans.bans()
+    assert record.expires_at == pytest.approx(time.time() + 600, abs=2.0)
+    assert record.at == pytest.approx(time.time(), abs=2.0)
+    await client.aclose()
