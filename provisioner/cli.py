@@ -221,7 +221,8 @@ def reap(
     """Destroy instances labelled REAP_LABEL_PREFIX... whose pod sent no heartbeat for REAP_GRACE_SECONDS.
 
     A dry run unless --apply. Needs VAST_API_KEY and the pods' Redis (BLACKLIST_REDIS_URL), not the pod's
-    own settings. Exits 1 when it refuses (list failed, Redis unreachable, too many orphans).
+    own settings. With REAP_CHECK_PODS it keeps an orphan whose pod still exists in Kubernetes. Exits 1
+    when it refuses (list failed, Redis unreachable, too many orphans, Kubernetes did not say).
     """
     from provisioner import logs, reaper  # noqa: PLC0415
     from provisioner import settings as settings_mod  # noqa: PLC0415

@@ -18,6 +18,7 @@ mapped at the boundary (``raise ... from exc``) and never escape raw.
     │   └── VastBadResponse    not JSON, or JSON of the wrong shape
     ├── StoreError             Redis failed or is unreachable
     ├── NginxError             nginx would not start, test or reload
+    ├── KubeError              the Kubernetes API did not say whether a pod exists (the reaper)
     ├── AdminServerError       the admin server cannot listen on ADMIN_HOST:ADMIN_PORT
     └── ShutdownForced         a second signal cut the shutdown short
 """
@@ -104,6 +105,10 @@ class StoreError(ProvisionerError):
 
 class NginxError(ProvisionerError):
     """nginx failed to start, to accept a config, or to reload."""
+
+
+class KubeError(ProvisionerError):
+    """The Kubernetes API did not say whether a pod exists (``provisioner reap`` with ``REAP_CHECK_PODS``)."""
 
 
 class AdminServerError(ProvisionerError):

@@ -104,6 +104,14 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def add_secret(secret: str) -> None:
+    """Mask ``secret`` too, in every line from now on (one read after logging was set up)."""
+    for handler in logging.getLogger().handlers:
+        for flt in handler.filters:
+            if isinstance(flt, SecretMask) and secret and len(secret) >= 4:
+                flt.secrets.append(secret)
+
+
 def setup_logging(
     *, pod: str, fmt: str = "json", debug: bool = False, secrets: Iterable[str] = ()
 ) -> ContextFilter:

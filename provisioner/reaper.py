@@ -6,13 +6,16 @@ heartbeat under its label (``fleet.py``); the reaper lists every instance of the
 destroys those whose label carries ``REAP_LABEL_PREFIX`` but whose pod has been silent longer than
 ``REAP_GRACE_SECONDS``.
 
-:func:`decide` is the pure part (no I/O, no clock): per managed instance one :class:`Decision`,
+:func:`decide` (``reapdecide.py``) is the pure part (no I/O, no clock): per managed instance one
+:class:`Decision`,
 
 * ``keep`` - its label has a heartbeat at most the grace old; or the instance itself is at most
   the grace old (a new pod writes its first heartbeat after its rental: never reap it); or its
   age is unknown (no ``start_date``); or the reaper destroyed another instance of its label
   before and this one was rented since (``reapmarks``): only a live pod rents, so that pod is
-  alive without heartbeats (it cannot reach Redis), and reaping again would only loop;
+  alive without heartbeats (it cannot reach Redis), and reaping again would only loop; or, with
+  ``REAP_CHECK_PODS``, its pod still exists in Kubernetes (``kube.py``: asked for every orphan,
+  refused or not, before anything is destroyed; when the API does not say, every orphan is refused);
 * ``orphan`` - no heartbeat that fresh, and the instance is older than the grace;
 * ``refused`` - an orphan left alone because the whole picture looks wrong: there is no
   heartbeat under the label prefix in Redis (wrong Redis or prefix, another deployment's
@@ -32,155 +35,30 @@ are on the fleet's clock (``redisclock``), Vast's times on the reaper's own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
-from provisioner import errors, fleet, model, redisclock, store, wiring
+from provisioner import errors, fleet, kube, logs, model, redisclock, store, wiring
+from provisioner.reapdecide import Decision, Policy, Verdict, decide, is_managed, refuse_orphans
 from provisioner.reapmarks import Reaped, ReapRecord
 from provisioner.settings import ReaperSettings
 from provisioner.vast import client as vast_client
 
 log = logging.getLogger("provisioner.reaper")
 
-Verdict = Literal["keep", "orphan", "refused"]
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """Which instances are ours and how long a pod may be silent."""
-
-    label_prefix: str = "k8s_pod="
-    grace_s: float = 1800.0
-    max_share: float = 0.5
-
-
-#: clock slack between the reaper and Vast's ``start_date`` when telling a later rental
-REAPED_SLACK_S = 300.0
 #: before destroying an orphan that has a heartbeat, wait this long and read it again: a live pod
 #: writes one within it, whatever its stamps say (they are on the Redis clock once the pod measured
 #: it: ``redisclock``; on its own clock before that, or with an older version of the pod)
 CHANGE_WAIT_S = fleet.HEARTBEAT_INTERVAL_S + 5.0
 #: the wait itself (tests replace it)
 _pause = asyncio.sleep
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What happens to one managed instance, and why."""
-
-    instance_id: int
-    label: str
-    verdict: Verdict
-    reason: str
-    instance_age_s: float | None = None
-    heartbeat_age_s: float | None = None
-    dph: float | None = None
-    #: kept although its pod sends no heartbeats (it rented again after a reap): said as a warning
-    alive_unseen: bool = False
-
-
-def is_managed(instance: model.Instance, prefix: str) -> bool:
-    """The label carries our prefix (the only instances the reaper may ever touch)."""
-    return bool(prefix) and instance.label is not None and instance.label.startswith(prefix)
-
-
-def decide(
-    instances: Iterable[model.Instance],
-    heartbeats: Mapping[str, fleet.Heartbeat],
-    now: float,
-    policy: Policy,
-    *,
-    tracked_since: float | None = None,
-    reaped: Mapping[str, Reaped] | None = None,
-) -> list[Decision]:
-    """One decision per managed instance, in id order (see the module docstring for the rules).
-
-    ``heartbeats`` maps labels to their latest heartbeat; ``tracked_since`` is when the heartbeat
-    record was started in this Redis (None: unknown, the rule is then not applied); ``reaped``, the
-    reaper's last destroy per label.
-    """
-    ours = sorted((i for i in instances if is_managed(i, policy.label_prefix)), key=lambda i: i.id)
-    decisions: list[Decision] = []
-    for inst in ours:
-        label = inst.label or ""
-        beat = heartbeats.get(label)
-        beat_age = beat.age_s(now) if beat is not None else None
-        age = max(now - inst.start_date, 0.0) if inst.start_date is not None else None
-        again = _rented_again(inst, (reaped or {}).get(label))
-        if beat_age is not None and beat_age <= policy.grace_s:
-            verdict: Verdict = "keep"
-            reason = f"its pod {beat.pod if beat else '?'} sent a heartbeat {beat_age:.0f}s ago"
-        elif age is None:
-            verdict, reason = "keep", "its age is unknown (no start_date)"
-        elif age <= policy.grace_s:
-            verdict = "keep"
-            reason = f"it is {age:.0f}s old, within the {policy.grace_s:.0f}s grace"
-        elif again is not None:
-            verdict, reason = "keep", again
-        else:
-            verdict = "orphan"
-            silence = "no heartbeat" if beat_age is None else f"last heartbeat {beat_age:.0f}s ago"
-            reason = f"{silence} (grace {policy.grace_s:.0f}s); instance {age:.0f}s old"
-        unseen = reason == again
-        decisions.append(Decision(inst.id, label, verdict, reason, age, beat_age, inst.dph_total, unseen))
-    refusal = _refusal(decisions, heartbeats, now, policy, tracked_since)
-    if refusal is None:
-        return decisions
-    return [
-        dataclasses.replace(d, verdict="refused", reason=f"{d.reason}; refused: {refusal}")
-        if d.verdict == "orphan"
-        else d
-        for d in decisions
-    ]
-
-
-def _rented_again(inst: model.Instance, last: Reaped | None) -> str | None:
-    """Why ``inst`` says its pod is alive: rented after the reaper destroyed the label's last one."""
-    if last is None or inst.id == last.instance_id or inst.start_date is None:
-        return None
-    if inst.start_date < last.at - REAPED_SLACK_S:
-        return None
-    return (
-        f"its pod rented it after instance {last.instance_id} was reaped: the pod is alive without"
-        " heartbeats (can it reach Redis?)"
-    )
-
-
-def _refusal(
-    decisions: list[Decision],
-    heartbeats: Mapping[str, fleet.Heartbeat],
-    now: float,
-    policy: Policy,
-    tracked_since: float | None,
-) -> str | None:
-    """Why the orphans must be left alone this time, or None."""
-    orphans = sum(1 for d in decisions if d.verdict == "orphan")
-    if not orphans:
-        return None
-    if not any(label.startswith(policy.label_prefix) for label in heartbeats):
-        return (
-            f"there is no heartbeat in Redis at all under {policy.label_prefix!r} (wrong BLACKLIST_REDIS_URL,"
-            " BLACKLIST_KEY_PREFIX or REAP_LABEL_PREFIX, or pods without BLACKLIST_ENABLED): every"
-            " instance would look orphaned"
-        )
-    if tracked_since is not None and now - tracked_since <= policy.grace_s:
-        return (
-            f"the heartbeat record in Redis is only {max(now - tracked_since, 0):.0f}s old (Redis was"
-            " restarted or flushed): live pods may not have written theirs yet"
-        )
-    if orphans > policy.max_share * len(decisions):
-        return (
-            f"it would destroy {orphans} of {len(decisions)} managed instances, more than"
-            f" REAP_MAX_SHARE={policy.max_share:g}"
-        )
-    return None
-
-
-# ---------------------------------------------------------------- the run
+#: re-exported: the rules live in ``reapdecide``
+__all__ = ["CHANGE_WAIT_S", "Decision", "Outcome", "Policy", "Verdict", "decide", "is_managed", "reap", "run"]
 
 
 @dataclass
@@ -214,9 +92,11 @@ async def reap(
     apply: bool,
     clock: Callable[[], float] = time.time,
     reaped: ReapRecord | None = None,
+    pods: kube.Pods | None = None,
 ) -> Outcome:
     """Decide about every managed instance; with ``apply``, destroy the orphans (remembered in ``reaped``).
-    ``clock``: the reaper's own, which Vast's times are compared with (:func:`_read_beats`)."""
+    ``clock``: the reaper's own, which Vast's times are compared with (:func:`_read_beats`); ``pods``:
+    where to ask whether an orphan's pod still exists (``REAP_CHECK_PODS``)."""
     try:
         heartbeats, tracked_since, lead = await _read_beats(record, clock)
     except errors.StoreError as exc:
@@ -231,7 +111,18 @@ async def reap(
         last = await _last_reaps(reaped, instances, policy.label_prefix)
     except errors.StoreError as exc:
         return _refuse(f"{exc}; without the reaper's own record a live pod's instance could be reaped again")
-    decisions = decide(instances, heartbeats, clock(), policy, tracked_since=tracked_since, reaped=last)
+    now = clock()
+    decisions = decide(instances, heartbeats, now, policy, tracked_since=tracked_since, reaped=last)
+    if pods is not None:
+        try:
+            live = await _live_pods(pods, decisions, policy.label_prefix)
+            decisions = decide(
+                instances, heartbeats, now, policy, tracked_since=tracked_since, reaped=last, live=live
+            )
+        except errors.KubeError as exc:
+            decisions = refuse_orphans(
+                decisions, f"{exc}; an orphan goes only once Kubernetes says its pod is gone"
+            )
     outcome = Outcome(decisions=decisions)
     for d in decisions:
         _log_decision(d, dry_run=not apply)
@@ -269,6 +160,23 @@ async def _read_beats(
     heartbeats = {label: _moved(b, lead) for label, b in (await record.heartbeats()).items()}
     since = await record.tracked_since()
     return heartbeats, (since - lead if since is not None else None), lead
+
+
+async def _live_pods(pods: kube.Pods, decisions: Iterable[Decision], prefix: str) -> dict[str, str]:
+    """Why each orphan (refused or not) is kept after all: its pod still exists in Kubernetes.
+    ``KubeError`` when the API does not say, or a label names no pod."""
+    live: dict[str, str] = {}
+    for d in decisions:
+        if d.verdict == "keep":
+            continue
+        pod = kube.pod_ref(d.label.removeprefix(prefix), pods.namespace)
+        if pod is None:
+            raise errors.KubeError(f"the label {d.label!r} names no pod after {prefix!r}")
+        if await pods.exists(pod):
+            live[d.label] = (
+                f"its pod {pod} exists in Kubernetes: it is alive without heartbeats (can it reach Redis?)"
+            )
+    return live
 
 
 async def _last_reaps(
@@ -367,23 +275,37 @@ async def _destroyed(
 
 
 async def run(settings: ReaperSettings, *, apply: bool, max_share: float | None = None) -> Outcome:
-    """Build the clients at the edge, reap once, close them."""
+    """Build the clients at the edge (the Kubernetes access first: without it nothing is listed),
+    reap once, close them."""
     policy = Policy(
         label_prefix=settings.reap_label_prefix,
         grace_s=settings.reap_grace_seconds,
         max_share=settings.reap_max_share if max_share is None else max_share,
     )
-    redis = store.connect(
-        settings.blacklist_redis_url.get_secret_value(), timeout_s=settings.blacklist_redis_timeout_seconds
-    )
-    deadline_s = 4 * settings.blacklist_redis_timeout_seconds
-    try:
-        async with wiring.open_vast(settings, redis=redis) as vast:  # paced with the pods
-            clock = redisclock.RedisClock(redis, deadline_s=deadline_s)  # the pods stamp heartbeats on it
-            record = fleet.Fleet(
-                redis, keys=store.Keys(settings.blacklist_key_prefix), deadline_s=deadline_s, clock=clock
-            )
-            reaped = ReapRecord(redis, record.keys, deadline_s=deadline_s)
-            return await reap(vast, record, policy, apply=apply, reaped=reaped)
-    finally:
-        await redis.aclose()
+    async with _pod_check(settings.reap_check_pods) as pods:
+        redis = store.connect(
+            settings.blacklist_redis_url.get_secret_value(),
+            timeout_s=settings.blacklist_redis_timeout_seconds,
+        )
+        deadline_s = 4 * settings.blacklist_redis_timeout_seconds
+        try:
+            async with wiring.open_vast(settings, redis=redis) as vast:  # paced with the pods
+                clock = redisclock.RedisClock(redis, deadline_s=deadline_s)  # the pods stamp heartbeats on it
+                keys = store.Keys(settings.blacklist_key_prefix)
+                record = fleet.Fleet(redis, keys=keys, deadline_s=deadline_s, clock=clock)
+                reaped = ReapRecord(redis, record.keys, deadline_s=deadline_s)
+                return await reap(vast, record, policy, apply=apply, reaped=reaped, pods=pods)
+        finally:
+            await redis.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _pod_check(on: bool) -> AsyncIterator[kube.Pods | None]:
+    """This pod's view of its Kubernetes API (``ConfigError`` when it has none), or None when off."""
+    if not on:
+        yield None
+        return
+    access = kube.in_cluster(os.environ)
+    logs.add_secret(access.token)
+    async with kube.http_client(access) as http:
+        yield kube.Pods(http, access.namespace)

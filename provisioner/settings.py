@@ -359,6 +359,9 @@ class ReaperSettings(VastAccess):
     reap_max_share: float = Field(
         0.5, gt=0, le=1, description="Refuse when more than this share of the managed instances would go."
     )
+    reap_check_pods: bool = Field(
+        False, description="Keep an orphan whose pod still exists in Kubernetes (in-cluster API, get pods)."
+    )
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -80,8 +80,8 @@ def test_rendered_manifests_validate_strictly(path: Path, version: str | None, t
 
 
 def test_base_renders_the_expected_resources() -> None:
-    """The base holds the StatefulSet, both Services, Redis, the PDB, the ConfigMap, a ServiceAccount and
-    the reaper CronJob."""
+    """The base holds the StatefulSet, both Services, Redis, the PDB, the ConfigMap, a ServiceAccount, and
+    the reaper CronJob with its own ServiceAccount, Role and RoleBinding."""
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in manifests.kustomize(K8S))
     names = [
         (kind, re.sub(r"-[a-z0-9]{10}$", "", name) if kind == "ConfigMap" else name) for kind, name in kinds
@@ -91,10 +91,13 @@ def test_base_renders_the_expected_resources() -> None:
         ("CronJob", "vast-pod-reaper"),
         ("Deployment", "vast-pod-redis"),
         ("PodDisruptionBudget", "vast-pod"),
+        ("Role", "vast-pod-reaper"),
+        ("RoleBinding", "vast-pod-reaper"),
         ("Service", "vast-pod"),
         ("Service", "vast-pod-headless"),
         ("Service", "vast-pod-redis"),
         ("ServiceAccount", "vast-pod-provisioner"),
+        ("ServiceAccount", "vast-pod-reaper"),
         ("StatefulSet", "vast-pod"),
     ]
     assert not any(d["kind"] == "Secret" for d in manifests.kustomize(K8S)), "no credential in the base"
@@ -165,8 +168,8 @@ def test_statefulset_pod_security() -> None:
             assert sc["capabilities"]["drop"] == ["ALL"]
             assert container["resources"]["requests"] and container["resources"]["limits"]
             assert container["resources"]["limits"].get("memory")
-    sa = manifests.find(manifests.kustomize(K8S), "ServiceAccount")
-    assert sa["automountServiceAccountToken"] is False
+    for sa in (d for d in manifests.kustomize(K8S) if d["kind"] == "ServiceAccount"):
+        assert sa["automountServiceAccountToken"] is False, "a token only where a pod asks for one"
 
 
 def test_nginx_state_is_on_an_emptydir() -> None:
@@ -344,16 +347,28 @@ def test_reaper_cronjob_reaps_only_this_namespace(monkeypatch: pytest.MonkeyPatc
     assert reaper_cfg.blacklist_redis_url == pod_cfg.blacklist_redis_url
     assert reaper_cfg.blacklist_key_prefix == pod_cfg.blacklist_key_prefix
     assert pod_cfg.blacklist_enabled, "the reaper needs the pods' heartbeats"
+    assert reaper_cfg.reap_check_pods, "and asks Kubernetes before destroying"
 
 
 def test_reaper_pod_security() -> None:
     """The reaper runs like the pods: non-root, read-only root, no escalation, no capabilities, seccomp,
-    no token, and its pods are not selected by the Services or the PDB."""
+    and its pods are not selected by the Services or the PDB. Its token (for the pod check) is its own
+    service account's, which may get pods in the namespace and nothing else."""
     docs = manifests.kustomize(K8S)
     cron = manifests.find(docs, "CronJob")
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]
     spec = pod["spec"]
-    assert spec["automountServiceAccountToken"] is False and spec["restartPolicy"] == "Never"
+    assert spec["automountServiceAccountToken"] is True and spec["restartPolicy"] == "Never"
+    assert spec["serviceAccountName"] == "vast-pod-reaper"
+    binding = manifests.find(docs, "RoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "vast-pod-reaper"}]
+    role = manifests.find(docs, "Role")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     sc = manifests.reaper_container(docs)["securityContext"]
