@@ -14,6 +14,7 @@ namespace from ``/var/run/secrets/kubernetes.io/serviceaccount``. The token goes
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import ssl
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ TIMEOUT_S = 10.0
 #: a pod name (DNS-1123 subdomain) and a namespace (DNS-1123 label), as the API server checks them
 _POD = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_HOST = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +43,14 @@ class PodRef:
         return f"{self.namespace}/{self.name}"
 
 
-def pod_ref(rest: str, namespace: str) -> PodRef | None:
-    """The pod a label names after its prefix: ``<namespace>/<name>``, or ``<name>`` in ``namespace``
-    (the reaper's own); None when that is not a valid pod name."""
-    ns, slash, name = rest.rpartition("/")
+def pod_ref(label: str, namespace: str) -> PodRef | None:
+    """The pod an instance label names: its value (after the first ``=``; the whole label without
+    one) is ``<namespace>/<name>`` (the StatefulSet's ``k8s_pod=<namespace>/<pod>``), or ``<name>`` in
+    ``namespace`` (the reaper's own). The whole label, never what follows ``REAP_LABEL_PREFIX``: a
+    prefix that ends inside the namespace would otherwise send the question to another namespace,
+    whose NotFound would read as "gone". None when that is not a valid pod name."""
+    _, eq, value = label.partition("=")
+    ns, slash, name = (value if eq else label).rpartition("/")
     ref = PodRef(ns if slash else namespace, name)
     return ref if _POD.fullmatch(ref.name) and _NAMESPACE.fullmatch(ref.namespace) else None
 
@@ -76,16 +82,31 @@ def in_cluster(env: Mapping[str, str], sa_dir: Path = SA_DIR) -> Access:
             f"no service account in {sa_dir} ({exc.strerror}): the reaper's pod needs"
             " automountServiceAccountToken: true (k8s/base/reaper-rbac.yaml)",
         ) from None
-    if not token or not _NAMESPACE.fullmatch(namespace):
+    except UnicodeDecodeError:
+        token = namespace = ""
+    usable = bool(token) and token.isascii() and token.isprintable() and " " not in token
+    if not usable or not _NAMESPACE.fullmatch(namespace):
         raise errors.ConfigError(
             "REAP_CHECK_PODS", f"the service account files in {sa_dir} are empty or invalid"
         )
+    return Access(_url(host, port), namespace, sa_dir / "ca.crt", token)
+
+
+def _url(host: str, port: str) -> str:
+    """``https://host:port`` (an IPv6 address bracketed); ``ConfigError`` for a host that is neither
+    an IP address (without a zone) nor a DNS name, or a port that is not one."""
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise errors.ConfigError("REAP_CHECK_PODS", f"KUBERNETES_SERVICE_PORT {port!r} is not a port")
-    ip6 = ":" in host
-    return Access(
-        f"https://{'[' if ip6 else ''}{host}{']' if ip6 else ''}:{port}", namespace, sa_dir / "ca.crt", token
-    )
+    bare = host.removeprefix("[").removesuffix("]")
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        ip = None
+    if (ip is None and not _HOST.fullmatch(bare)) or "%" in bare:
+        raise errors.ConfigError(
+            "REAP_CHECK_PODS", f"KUBERNETES_SERVICE_HOST {host!r} is not a host name or an IP address"
+        )
+    return f"https://[{bare}]:{port}" if ip is not None and ip.version == 6 else f"https://{bare}:{port}"
 
 
 def http_client(access: Access, timeout_s: float = TIMEOUT_S) -> httpx.AsyncClient:
@@ -118,9 +139,9 @@ class Pods:
         try:
             response = await self._http.get(f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}")
         except httpx.HTTPError as exc:
-            raise errors.KubeError(
-                f"pod {pod}: the Kubernetes API did not answer ({type(exc).__name__})"
-            ) from None
+            # httpx's messages name no header (the token is one): the TLS or socket error itself
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise errors.KubeError(f"pod {pod}: the Kubernetes API did not answer ({detail})") from None
         status = response.status_code
         if status in (httpx.codes.UNAUTHORIZED, httpx.codes.FORBIDDEN):
             raise errors.KubeError(
@@ -150,4 +171,5 @@ def _about(response: httpx.Response, pod: PodRef) -> bool:
         and body.get("reason") == "NotFound"
         and isinstance(details, dict)
         and details.get("name") == pod.name
+        and details.get("kind") == "pods"
     )

@@ -1,5 +1,8 @@
 """The reaper's rules, without I/O or a clock: which managed instance is kept, orphaned or refused.
 
+Part of the pure core (import-linter: no asyncio, time, os, socket, httpx or redis): it reads the
+heartbeats and past destroys through the two protocols below, not the adapters' types.
+
 :func:`decide` takes the instance list, the heartbeats (on the reaper's clock), the reaper's own
 record of past destroys and, with ``REAP_CHECK_PODS``, which labels' pods Kubernetes still has; it
 returns one :class:`Decision` per instance whose label carries the prefix. ``reaper.py`` gathers those
@@ -11,12 +14,30 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
-from provisioner import fleet, model
-from provisioner.reapmarks import Reaped
+from provisioner import model
 
 Verdict = Literal["keep", "orphan", "refused"]
+
+
+class Beat(Protocol):
+    """What the rules read of a heartbeat (``fleet.Heartbeat``)."""
+
+    @property
+    def pod(self) -> str: ...
+
+    def age_s(self, now: float) -> float: ...
+
+
+class LastReap(Protocol):
+    """What the rules read of the reaper's last destroy of a label (``reapmarks.Reaped``)."""
+
+    @property
+    def at(self) -> float: ...
+
+    @property
+    def instance_id(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +75,12 @@ def is_managed(instance: model.Instance, prefix: str) -> bool:
 
 def decide(
     instances: Iterable[model.Instance],
-    heartbeats: Mapping[str, fleet.Heartbeat],
+    heartbeats: Mapping[str, Beat],
     now: float,
     policy: Policy,
     *,
     tracked_since: float | None = None,
-    reaped: Mapping[str, Reaped] | None = None,
+    reaped: Mapping[str, LastReap] | None = None,
     live: Mapping[str, str] | None = None,
 ) -> list[Decision]:
     """One decision per managed instance, in id order (see the module docstring for the rules).
@@ -109,7 +130,7 @@ def refuse_orphans(decisions: list[Decision], why: str) -> list[Decision]:
     ]
 
 
-def _rented_again(inst: model.Instance, last: Reaped | None) -> str | None:
+def _rented_again(inst: model.Instance, last: LastReap | None) -> str | None:
     """Why ``inst`` says its pod is alive: rented after the reaper destroyed the label's last one."""
     if last is None or inst.id == last.instance_id or inst.start_date is None:
         return None
@@ -123,7 +144,7 @@ def _rented_again(inst: model.Instance, last: Reaped | None) -> str | None:
 
 def _refusal(
     decisions: list[Decision],
-    heartbeats: Mapping[str, fleet.Heartbeat],
+    heartbeats: Mapping[str, Beat],
     now: float,
     policy: Policy,
     tracked_since: float | None,

@@ -27,9 +27,10 @@ An instance whose label lacks the prefix gets no decision at all: it is never to
 
 :func:`reap` is the I/O around it. It refuses without listing when Redis cannot be read (without
 heartbeats every instance would look orphaned) and refuses when the instance list fails. With
-``apply`` it reads each orphan's heartbeat once more right before destroying it (its pod may just
-have come back). Every decision is one JSON log line (``"event": "reap-decision"``). Heartbeat ages
-are on the fleet's clock (``redisclock``), Vast's times on the reaper's own.
+``apply`` it reads each orphan's heartbeat once more right before destroying it, and with the pod
+check asks Kubernetes again (its pod may just have come back: ``_SecondLook``). Every decision is
+one JSON log line (``"event": "reap-decision"``). Heartbeat ages are on the fleet's clock
+(``redisclock``), Vast's times on the reaper's own.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from provisioner import errors, fleet, kube, logs, model, redisclock, store, wiring
 from provisioner.reapdecide import Decision, Policy, Verdict, decide, is_managed, refuse_orphans
@@ -112,41 +114,56 @@ async def reap(
     except errors.StoreError as exc:
         return _refuse(f"{exc}; without the reaper's own record a live pod's instance could be reaped again")
     now = clock()
-    decisions = decide(instances, heartbeats, now, policy, tracked_since=tracked_since, reaped=last)
+
+    def decided(live: Mapping[str, str] | None = None) -> list[Decision]:
+        return decide(instances, heartbeats, now, policy, tracked_since=tracked_since, reaped=last, live=live)
+
+    decisions, unasked = decided(), None
     if pods is not None:
-        try:
-            live = await _live_pods(pods, decisions, policy.label_prefix)
-            decisions = decide(
-                instances, heartbeats, now, policy, tracked_since=tracked_since, reaped=last, live=live
-            )
-        except errors.KubeError as exc:
-            decisions = refuse_orphans(
-                decisions, f"{exc}; an orphan goes only once Kubernetes says its pod is gone"
-            )
+        decisions, unasked = await _ask_pods(pods, decisions, decided)
     outcome = Outcome(decisions=decisions)
     for d in decisions:
         _log_decision(d, dry_run=not apply)
     orphans = [d for d in decisions if d.verdict == "orphan"]
     refused = [d for d in decisions if d.verdict == "refused"]
-    foreign = sum(1 for i in instances if not is_managed(i, policy.label_prefix))
     if refused:
-        outcome.problem = f"reap refused: {refused[0].reason.partition('; refused: ')[2]}"
+        outcome.problem = f"reap refused: {unasked or refused[0].reason.partition('; refused: ')[2]}"
     elif apply:
-        await _destroy(vast, record, lead, policy, heartbeats, orphans, outcome, clock, reaped)
+        second = _SecondLook(record, lead, policy.grace_s, heartbeats, clock, pods)
+        await _destroy(vast, second, orphans, outcome, reaped)
+    foreign = sum(1 for i in instances if not is_managed(i, policy.label_prefix))
+    _log_summary(outcome, apply=apply, foreign=foreign, prefix=policy.label_prefix)
+    return outcome
+
+
+def _log_summary(outcome: Outcome, *, apply: bool, foreign: int, prefix: str) -> None:
+    verdicts = [d.verdict for d in outcome.decisions]
     log.info(
         "%s: %d managed instance(s): %d kept, %d orphaned, %d refused, %d destroyed;"
         " %d without the %r prefix left alone",
         "reap" if apply else "reap (dry run)",
-        len(decisions),
-        len(decisions) - len(orphans) - len(refused),
-        len(orphans),
-        len(refused),
+        len(verdicts),
+        verdicts.count("keep"),
+        verdicts.count("orphan"),
+        verdicts.count("refused"),
         len(outcome.destroyed),
         foreign,
-        policy.label_prefix,
+        prefix,
         extra={"event": "reap-summary", "dry_run": not apply, "destroyed": outcome.destroyed},
     )
-    return outcome
+
+
+async def _ask_pods(
+    pods: kube.Pods, decisions: list[Decision], decided: Callable[[Mapping[str, str]], list[Decision]]
+) -> tuple[list[Decision], str | None]:
+    """The decisions once Kubernetes was asked about every orphan's pod (``decided`` with the live
+    ones); when it did not say, every orphan refused, and why."""
+    try:
+        live = await _live_pods(pods, decisions)
+    except errors.KubeError as exc:
+        unasked = f"{exc}; an orphan goes only once Kubernetes says its pod is gone"
+        return refuse_orphans(decisions, unasked), unasked
+    return decided(live), None
 
 
 async def _read_beats(
@@ -162,16 +179,18 @@ async def _read_beats(
     return heartbeats, (since - lead if since is not None else None), lead
 
 
-async def _live_pods(pods: kube.Pods, decisions: Iterable[Decision], prefix: str) -> dict[str, str]:
+async def _live_pods(pods: kube.Pods, decisions: Iterable[Decision]) -> dict[str, str]:
     """Why each orphan (refused or not) is kept after all: its pod still exists in Kubernetes.
     ``KubeError`` when the API does not say, or a label names no pod."""
     live: dict[str, str] = {}
     for d in decisions:
         if d.verdict == "keep":
             continue
-        pod = kube.pod_ref(d.label.removeprefix(prefix), pods.namespace)
+        pod = kube.pod_ref(d.label, pods.namespace)
         if pod is None:
-            raise errors.KubeError(f"the label {d.label!r} names no pod after {prefix!r}")
+            raise errors.KubeError(
+                f"the label {d.label!r} names no pod (<key>=<namespace>/<pod> or <key>=<pod>)"
+            )
         if await pods.exists(pod):
             live[d.label] = (
                 f"its pod {pod} exists in Kubernetes: it is alive without heartbeats (can it reach Redis?)"
@@ -188,28 +207,51 @@ async def _last_reaps(
     return await reaped.read(i.label or "" for i in instances if is_managed(i, prefix))
 
 
+@dataclass(frozen=True, slots=True)
+class _SecondLook:
+    """What the look at an orphan right before its destroy needs."""
+
+    record: fleet.Fleet
+    #: the fleet clock's lead over ``clock`` (``_read_beats``)
+    lead: float
+    grace_s: float
+    #: the heartbeats of the first read
+    first: Mapping[str, fleet.Heartbeat]
+    clock: Callable[[], float]
+    pods: kube.Pods | None
+
+    async def kept(self, label: str) -> str | None:
+        """Why the orphan of ``label`` is kept after all: its pod wrote a heartbeat since the first
+        read, or (``REAP_CHECK_PODS``) exists in Kubernetes by now (a StatefulSet recreates a pod under
+        its name, and the new one adopts the instance). ``StoreError``/``KubeError`` when it cannot be
+        told."""
+        beat = await self.record.heartbeat(label)
+        beat = _moved(beat, self.lead) if beat is not None else None
+        why = _revived(beat, self.first.get(label), self.clock(), self.grace_s)
+        if why is None and self.pods is not None:
+            pod = kube.pod_ref(label, self.pods.namespace)
+            if pod is None or await self.pods.exists(pod):
+                why = f"its pod {pod} exists in Kubernetes by now"
+        return why
+
+
 async def _destroy(
     vast: vast_client.VastClient,
-    record: fleet.Fleet,
-    lead: float,
-    policy: Policy,
-    first: Mapping[str, fleet.Heartbeat],
+    second: _SecondLook,
     orphans: list[Decision],
     outcome: Outcome,
-    clock: Callable[[], float],
     reaped: ReapRecord | None = None,
 ) -> None:
     failures: list[str] = []
-    if any(d.label in first for d in orphans):
+    if any(d.label in second.first for d in orphans):
         await _pause(CHANGE_WAIT_S)
     for d in orphans:
         try:
-            beat = await record.heartbeat(d.label)
-            beat = _moved(beat, lead) if beat is not None else None
-        except errors.StoreError as exc:
-            failures.append(f"instance {d.instance_id}: heartbeat not re-read ({exc})")
+            why = await second.kept(d.label)
+        except (errors.StoreError, errors.KubeError) as exc:
+            failures.append(f"instance {d.instance_id}: not destroyed, its pod not looked at again ({exc})")
             break
-        if (why := _revived(beat, first.get(d.label), clock(), policy.grace_s)) is not None:
+        if why is not None:
             log.info(
                 "instance %s (%s): kept: %s",
                 d.instance_id,
@@ -233,7 +275,7 @@ async def _destroy(
             )
             continue
         outcome.destroyed.append(d.instance_id)
-        await _destroyed(d, gone, Reaped(clock(), d.instance_id), reaped, failures)
+        await _destroyed(d, gone, Reaped(second.clock(), d.instance_id), reaped, failures)
     if failures:
         outcome.problem = "reap failed for " + "; ".join(failures)
 
@@ -274,15 +316,22 @@ async def _destroyed(
             failures.append(f"instance {d.instance_id}: destroyed, not recorded ({exc})")
 
 
-async def run(settings: ReaperSettings, *, apply: bool, max_share: float | None = None) -> Outcome:
+async def run(
+    settings: ReaperSettings,
+    *,
+    apply: bool,
+    max_share: float | None = None,
+    env: Mapping[str, str] = os.environ,
+    sa_dir: Path = kube.SA_DIR,
+) -> Outcome:
     """Build the clients at the edge (the Kubernetes access first: without it nothing is listed),
-    reap once, close them."""
+    reap once, close them. ``env`` and ``sa_dir``: where this pod's Kubernetes access is read from."""
     policy = Policy(
         label_prefix=settings.reap_label_prefix,
         grace_s=settings.reap_grace_seconds,
         max_share=settings.reap_max_share if max_share is None else max_share,
     )
-    async with _pod_check(settings.reap_check_pods) as pods:
+    async with _pod_check(settings.reap_check_pods, env, sa_dir) as pods:
         redis = store.connect(
             settings.blacklist_redis_url.get_secret_value(),
             timeout_s=settings.blacklist_redis_timeout_seconds,
@@ -300,12 +349,12 @@ async def run(settings: ReaperSettings, *, apply: bool, max_share: float | None 
 
 
 @contextlib.asynccontextmanager
-async def _pod_check(on: bool) -> AsyncIterator[kube.Pods | None]:
+async def _pod_check(on: bool, env: Mapping[str, str], sa_dir: Path) -> AsyncIterator[kube.Pods | None]:
     """This pod's view of its Kubernetes API (``ConfigError`` when it has none), or None when off."""
     if not on:
         yield None
         return
-    access = kube.in_cluster(os.environ)
+    access = kube.in_cluster(env, sa_dir)
     logs.add_secret(access.token)
     async with kube.http_client(access) as http:
         yield kube.Pods(http, access.namespace)

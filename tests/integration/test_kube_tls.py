@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import io
 import ipaddress
+import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from provisioner import errors, kube
+from provisioner import errors, kube, logs, reaper
 from provisioner.asgi import EmbeddedServer, bind_socket, stop_server
 
 TOKEN = "service-account-token-of-the-reaper"
@@ -57,8 +59,13 @@ def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
+#: the Authorization header of every request the API server received (per test: the fixture clears it)
+SEEN: list[str | None] = []
+
+
 async def pod(request: Request) -> JSONResponse:
     """Like the API server: 401 without the token, the Pod for vast-pod-0, NotFound for any other."""
+    SEEN.append(request.headers.get("authorization"))
     if request.headers.get("authorization") != f"Bearer {TOKEN}":
         return JSONResponse({"kind": "Status", "reason": "Unauthorized", "code": 401}, status_code=401)
     name = request.path_params["name"]
@@ -71,6 +78,7 @@ async def pod(request: Request) -> JSONResponse:
 @pytest.fixture
 async def api_server(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
     """An HTTPS API server on 127.0.0.1: its port and the CA file that signed its certificate."""
+    SEEN.clear()
     cert, key = self_signed(tmp_path, "apiserver")
     app = Starlette(routes=[Route("/api/v1/namespaces/{namespace}/pods/{name}", pod)])
     sock = bind_socket("127.0.0.1", 0)
@@ -105,6 +113,7 @@ def service_account(directory: Path, ca: Path, token: str = TOKEN) -> Path:
 
 
 async def test_the_pod_check_over_https(api_server: tuple[int, Path], tmp_path: Path) -> None:
+    """The cluster's CA verifies the server's certificate for its IP; the token goes as the bearer."""
     port, ca = api_server
     sa = service_account(tmp_path, ca)
     access = kube.in_cluster(
@@ -114,11 +123,14 @@ async def test_the_pod_check_over_https(api_server: tuple[int, Path], tmp_path: 
         pods = kube.Pods(http, access.namespace)
         assert await pods.exists(kube.PodRef("gpu", "vast-pod-0")) is True
         assert await pods.exists(kube.PodRef("gpu", "vast-pod-7")) is False
+    assert [f"Bearer {TOKEN}", f"Bearer {TOKEN}"] == SEEN
 
 
 async def test_a_wrong_token_is_refused_not_read_as_gone(
     api_server: tuple[int, Path], tmp_path: Path
 ) -> None:
+    """401 for an expired token is an error (the reaper refuses), not "the pod is gone"; the token is
+    not in the message."""
     port, ca = api_server
     sa = service_account(tmp_path, ca, token="an-expired-token")
     access = kube.in_cluster(
@@ -142,8 +154,9 @@ async def test_a_server_the_cluster_ca_did_not_sign_is_not_asked(
         {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(port)}, sa
     )
     async with kube.http_client(access) as http:
-        with pytest.raises(errors.KubeError, match="did not answer"):
+        with pytest.raises(errors.KubeError, match=r"did not answer .*CERTIFICATE_VERIFY_FAILED"):
             await kube.Pods(http, access.namespace).exists(kube.PodRef("gpu", "vast-pod-0"))
+    assert SEEN == [], "no request reached the server"
 
 
 def test_nothing_listens_there(tmp_path: Path) -> None:
@@ -161,5 +174,39 @@ def test_nothing_listens_there(tmp_path: Path) -> None:
         async with kube.http_client(access, timeout_s=2.0) as http:
             return await kube.Pods(http, "gpu").exists(kube.PodRef("gpu", "vast-pod-0"))
 
-    with pytest.raises(errors.KubeError, match=r"did not answer \(ConnectError\)"):
+    with pytest.raises(errors.KubeError, match=r"did not answer \(ConnectError: "):
         asyncio.run(ask())
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """Restore the root logger's handlers and level after the test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_logging")
+async def test_the_reapers_pod_check_masks_its_token(api_server: tuple[int, Path], tmp_path: Path) -> None:
+    """``reaper._pod_check`` as ``provisioner reap`` opens it: from the pod's variables and mounted
+    service account, a working check; the token, should any line carry it, is logged as ``***``."""
+    port, ca = api_server
+    sa = service_account(tmp_path, ca)
+    buffer = io.StringIO()
+    logs.setup_logging(pod="reaper", fmt="json")
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(buffer)
+    env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(port)}
+    async with reaper._pod_check(True, env, sa) as pods:
+        assert pods is not None and pods.namespace == "gpu"
+        assert await pods.exists(kube.PodRef("gpu", "vast-pod-0")) is True
+        logging.getLogger("provisioner.reaper").warning("a careless line: %s", TOKEN)
+    assert "a careless line: ***" in buffer.getvalue() and TOKEN not in buffer.getvalue()
+    async with reaper._pod_check(False, env, sa) as off:
+        assert off is None

@@ -17,7 +17,7 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from provisioner import errors, fleet, kube, logs, reaper
+from provisioner import errors, fleet, kube, reaper
 from provisioner.kube import PodRef
 from provisioner.reaper import Policy, decide
 from provisioner.settings import load_reaper_settings
@@ -57,21 +57,27 @@ def pod(name: str, status: int = 200) -> httpx.Response:
 
 
 @pytest.mark.parametrize(
-    ("rest", "expected"),
+    ("label", "expected"),
     [
-        ("vast-pod-0", PodRef("gpu", "vast-pod-0")),
-        ("other/vast-pod-0", PodRef("other", "vast-pod-0")),
-        ("web.v1-2", PodRef("gpu", "web.v1-2")),
-        ("Vast-Pod-0", None),
-        ("", None),
-        ("a/b/c", None),
-        ("-pod", None),
-        ("ns_x/pod", None),
-        ("p" * 254, None),
+        ("k8s_pod=gpu/vast-pod-0", PodRef("gpu", "vast-pod-0")),
+        ("k8s_pod=vast-pod-0", PodRef("ops", "vast-pod-0")),
+        ("k8s_pod=production/x", PodRef("production", "x")),
+        ("vast-pod-0", PodRef("ops", "vast-pod-0")),
+        ("team=gpu/web.v1-2", PodRef("gpu", "web.v1-2")),
+        ("k8s_pod=a=b", None),
+        ("k8s_pod=Vast-Pod-0", None),
+        ("k8s_pod=", None),
+        ("k8s_pod=a/b/c", None),
+        ("k8s_pod=-pod", None),
+        ("k8s_pod=ns_x/pod", None),
+        ("k8s_pod=" + "p" * 254, None),
     ],
 )
-def test_a_label_names_a_pod_or_none(rest: str, expected: PodRef | None) -> None:
-    assert kube.pod_ref(rest, "gpu") == expected
+def test_a_label_names_a_pod_or_none(label: str, expected: PodRef | None) -> None:
+    """The pod comes from the whole label's value, never from what follows REAP_LABEL_PREFIX (with
+    ``k8s_pod=prod`` that would leave ``uction/x``); without a namespace it is the reaper's own
+    (``ops`` here); what is not a valid pod name is None (the run then refuses)."""
+    assert kube.pod_ref(label, "ops") == expected
 
 
 def test_an_existing_pod_keeps_its_silent_instance_and_lifts_the_share_refusal() -> None:
@@ -104,6 +110,8 @@ def k8s() -> Iterator[respx.MockRouter]:
 
 
 async def test_exists_asks_for_the_pod_with_the_token(pods: kube.Pods, k8s: respx.MockRouter) -> None:
+    """200 with the Pod: it exists; 404 with the API server's NotFound for it: gone. The service
+    account's token goes as the bearer."""
     route = k8s.get("/api/v1/namespaces/gpu/pods/vast-pod-0").mock(return_value=pod("vast-pod-0"))
     k8s.get("/api/v1/namespaces/gpu/pods/vast-pod-1").mock(return_value=pod("vast-pod-1", 404))
     assert await pods.exists(PodRef("gpu", "vast-pod-0")) is True
@@ -127,13 +135,25 @@ async def test_exists_asks_for_the_pod_with_the_token(pods: kube.Pods, k8s: resp
         ),
         pytest.param(pod("vast-pod-9", 404), "not about that pod", id="404-other-pod"),
         pytest.param(
+            httpx.Response(
+                404,
+                json={
+                    "kind": "Status",
+                    "reason": "NotFound",
+                    "details": {"name": "vast-pod-0", "kind": "services"},
+                },
+            ),
+            "not about that pod",
+            id="404-a-service",
+        ),
+        pytest.param(
             httpx.Response(200, json={"kind": "Service", "metadata": {"name": "vast-pod-0"}}),
             "200",
             id="200-not-a-pod",
         ),
         pytest.param(httpx.Response(200, text="ok"), "answered 200", id="200-not-json"),
-        pytest.param(httpx.ConnectError("refused"), r"did not answer \(ConnectError\)", id="down"),
-        pytest.param(httpx.ReadTimeout("slow"), r"did not answer \(ReadTimeout\)", id="timeout"),
+        pytest.param(httpx.ConnectError("refused"), r"did not answer \(ConnectError: refused\)", id="down"),
+        pytest.param(httpx.ReadTimeout("slow"), r"did not answer \(ReadTimeout: slow\)", id="timeout"),
     ],
 )
 async def test_anything_but_a_clear_answer_is_an_error(
@@ -142,7 +162,10 @@ async def test_anything_but_a_clear_answer_is_an_error(
     """Only the Pod (200) or the API server's NotFound for that very pod (404) say anything: a proxy's
     404 page must never read as "the pod is gone". The token is in no message."""
     route = k8s.get("/api/v1/namespaces/gpu/pods/vast-pod-0")
-    route.mock(side_effect=response) if isinstance(response, Exception) else route.mock(return_value=response)
+    if isinstance(response, Exception):
+        route.mock(side_effect=response)
+    else:
+        route.mock(return_value=response)
     with pytest.raises(errors.KubeError, match=says) as caught:
         await pods.exists(PodRef("gpu", "vast-pod-0"))
     assert TOKEN not in str(caught.value) and "gpu/vast-pod-0" in str(caught.value)
@@ -161,47 +184,57 @@ def sa(tmp_path: Path) -> Path:
 
 
 async def test_in_cluster_access_comes_from_the_service_account(sa: Path) -> None:
+    """The API server from KUBERNETES_SERVICE_HOST/PORT (an IPv6 address bracketed, once), the token
+    and namespace from the mounted files; the token is in no repr and only in the bearer header."""
     env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
     access = kube.in_cluster(env, sa)
     assert (access.url, access.namespace, access.token) == ("https://10.0.0.1:443", "gpu", TOKEN)
     assert TOKEN not in repr(access)
-    assert kube.in_cluster({"KUBERNETES_SERVICE_HOST": "fd00::1"}, sa).url == "https://[fd00::1]:443"
+    for host in ("fd00::1", "[fd00::1]"):
+        assert kube.in_cluster({"KUBERNETES_SERVICE_HOST": host}, sa).url == "https://[fd00::1]:443"
+    named = {"KUBERNETES_SERVICE_HOST": "kubernetes.default.svc", "KUBERNETES_SERVICE_PORT": "6443"}
+    assert kube.in_cluster(named, sa).url == "https://kubernetes.default.svc:6443"
     async with kube.http_client(access) as http:
         assert http.headers["Authorization"] == f"Bearer {TOKEN}"
         assert (http.base_url.scheme, http.base_url.host) == ("https", "10.0.0.1")
 
 
+HOST = {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}
+
+
 @pytest.mark.parametrize(
-    ("env", "remove", "says"),
+    ("env", "token", "says"),
     [
-        ({}, None, "KUBERNETES_SERVICE_HOST is not set"),
-        ({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, "token", "automountServiceAccountToken: true"),
-        ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "https"}, None, "is not a port"),
+        ({}, TOKEN.encode(), "KUBERNETES_SERVICE_HOST is not set"),
+        (HOST, None, "automountServiceAccountToken: true"),
+        (HOST, b"", "empty or invalid"),
+        (HOST, b"\xff\xfe-not-utf-8", "empty or invalid"),
+        (HOST, "tökén".encode(), "empty or invalid"),
+        (HOST, b"two words", "empty or invalid"),
+        ({**HOST, "KUBERNETES_SERVICE_PORT": "https"}, TOKEN.encode(), "is not a port"),
+        ({**HOST, "KUBERNETES_SERVICE_PORT": "0"}, TOKEN.encode(), "is not a port"),
+        ({"KUBERNETES_SERVICE_HOST": "fe80::1%eth0"}, TOKEN.encode(), "not a host name or an IP address"),
+        ({"KUBERNETES_SERVICE_HOST": "bad host"}, TOKEN.encode(), "not a host name or an IP address"),
     ],
 )
-def test_no_access_is_a_config_error(sa: Path, env: dict[str, str], remove: str | None, says: str) -> None:
-    if remove:
-        (sa / remove).unlink()
+def test_no_access_is_a_config_error(sa: Path, env: dict[str, str], token: bytes | None, says: str) -> None:
+    """Outside a pod, without the mounted token, or with files or variables that are not what
+    Kubernetes writes: one ConfigError naming REAP_CHECK_PODS (exit 2), never a traceback."""
+    if token is None:
+        (sa / "token").unlink()
+    else:
+        (sa / "token").write_bytes(token)
     with pytest.raises(errors.ConfigError, match=says) as caught:
         kube.in_cluster(env, sa)
     assert caught.value.variable == "REAP_CHECK_PODS"
 
 
 def test_an_unreadable_ca_is_a_config_error(sa: Path) -> None:
+    """A ca.crt that is not a certificate: a ConfigError before any request."""
     (sa / "ca.crt").write_text("not a certificate")
     access = kube.in_cluster({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, sa)
     with pytest.raises(errors.ConfigError, match="cannot read the cluster CA"):
         kube.http_client(access)
-
-
-def test_the_token_is_masked_once_added(
-    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
-) -> None:
-    logs.setup_logging(pod="reaper", fmt="json")
-    logs.add_secret(TOKEN)
-    logging.getLogger("provisioner.reaper").warning("leaked %s", TOKEN)
-    out = capsys.readouterr().out
-    assert "leaked ***" in out and TOKEN not in out
 
 
 # ---------------------------------------------------------------- the run (respx + fakeredis)
@@ -236,32 +269,64 @@ def vast_mock(*rows: dict[str, Any]) -> respx.MockRouter:
     return mock
 
 
-async def test_a_pod_cut_off_from_redis_keeps_its_instance(record: fleet.Fleet, pods: kube.Pods) -> None:
-    """A's pod lives but sends no heartbeats (it cannot reach Redis); B's pod was deleted. Only B's
-    instance goes, and only the orphans' pods were asked about."""
+@pytest.mark.parametrize("reaper_namespace", ["gpu", "ops"])
+async def test_a_pod_cut_off_from_redis_keeps_its_instance(
+    record: fleet.Fleet, reaper_namespace: str
+) -> None:
+    """A's pod lives but sends no heartbeats (it cannot reach Redis); B's pod and vast-pod-5 were
+    deleted. Only their instances go. Each orphan's pod is asked about in the label's namespace
+    (``gpu``), wherever the reaper runs, and asked again right before its destroy."""
     await seed(record, beat(D, 5))
-    with vast_mock(row(1, A), row(2, B), row(3, D), row(4, "k8s_pod=gpu/vast-pod-5")) as mock:
-        asked = mock.get(url__regex=rf"{API}/api/v1/namespaces/gpu/pods/.*")
-        asked.side_effect = lambda request: pod(
-            request.url.path.rsplit("/", 1)[1], 200 if "-0" in request.url.path else 404
-        )
-        outcome = await reap_with_pods(record, pods)
+    async with httpx.AsyncClient(base_url=API) as http:
+        pods = kube.Pods(http, reaper_namespace)
+        with vast_mock(row(1, A), row(2, B), row(3, D), row(4, "k8s_pod=gpu/vast-pod-5")) as mock:
+            asked = mock.get(url__regex=rf"{API}/api/v1/namespaces/.*")
+            asked.side_effect = lambda request: pod(
+                request.url.path.rsplit("/", 1)[1], 200 if "-0" in request.url.path else 404
+            )
+            outcome = await reap_with_pods(record, pods)
     assert outcome.destroyed == [2, 4] and outcome.problem is None
-    assert {d.instance_id: d.verdict for d in outcome.decisions} == {
-        1: "keep",
-        2: "orphan",
-        3: "keep",
-        4: "orphan",
-    }
-    assert (
-        outcome.decisions[0].alive_unseen
-        and "gpu/vast-pod-0 exists in Kubernetes" in outcome.decisions[0].reason
-    )
-    assert sorted(c.request.url.path.rsplit("/", 1)[1] for c in asked.calls) == [
-        "vast-pod-0",
-        "vast-pod-1",
-        "vast-pod-5",
+    verdicts = {d.instance_id: d.verdict for d in outcome.decisions}
+    assert verdicts == {1: "keep", 2: "orphan", 3: "keep", 4: "orphan"}
+    kept = outcome.decisions[0]
+    assert kept.alive_unseen and "gpu/vast-pod-0 exists in Kubernetes" in kept.reason
+    paths = sorted(c.request.url.path for c in asked.calls)
+    assert paths == [f"/api/v1/namespaces/gpu/pods/vast-pod-{n}" for n in (0, 1, 1, 5, 5)]
+
+
+async def test_a_pod_back_before_the_destroy_keeps_its_instance(
+    record: fleet.Fleet, pods: kube.Pods, caplog: pytest.LogCaptureFixture
+) -> None:
+    """B's pod is gone when the reaper decides, and back (the StatefulSet recreated it under its name,
+    and it adopts the instance) when the reaper looks again right before the destroy: kept."""
+    await seed(record, beat(D, 5), beat(C, 5))
+    with vast_mock(row(2, B), row(3, D), row(5, C)) as mock, caplog.at_level(logging.INFO):
+        route = mock.get(f"{API}/api/v1/namespaces/gpu/pods/vast-pod-1")
+        route.side_effect = [pod("vast-pod-1", 404), pod("vast-pod-1")]
+        outcome = await reap_with_pods(record, pods)
+        destroyed = [c for c in mock.calls if c.request.method == "DELETE"]
+    assert not destroyed and outcome.destroyed == [] and outcome.problem is None
+    assert [d.verdict for d in outcome.decisions] == ["orphan", "keep", "keep"]
+    revived = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "reap-revived"]
+    assert revived == [
+        "instance 2 (k8s_pod=gpu/vast-pod-1): kept: its pod gpu/vast-pod-1 exists in Kubernetes by now"
     ]
+
+
+async def test_kubernetes_gone_before_the_destroy_stops_the_destroys(
+    record: fleet.Fleet, pods: kube.Pods
+) -> None:
+    """The API answered when the reaper decided but not when it looks again: nothing is destroyed and
+    the run fails (exit 1), naming the instance."""
+    await seed(record, beat(D, 5), beat(C, 5))
+    with vast_mock(row(2, B), row(3, D), row(5, C)) as mock:
+        route = mock.get(f"{API}/api/v1/namespaces/gpu/pods/vast-pod-1")
+        route.side_effect = [pod("vast-pod-1", 404), httpx.ConnectError("refused")]
+        outcome = await reap_with_pods(record, pods)
+        destroyed = [c for c in mock.calls if c.request.method == "DELETE"]
+    assert not destroyed and outcome.destroyed == []
+    assert outcome.problem is not None and "instance 2: not destroyed" in outcome.problem
+    assert "did not answer" in outcome.problem
 
 
 @pytest.mark.parametrize(
@@ -269,7 +334,7 @@ async def test_a_pod_cut_off_from_redis_keeps_its_instance(record: fleet.Fleet, 
     [
         (B, httpx.Response(403), "needs get on pods"),
         (B, httpx.ConnectError("down"), "did not answer"),
-        ("k8s_pod=gpu/Not_A_Pod", None, "names no pod after 'k8s_pod=gpu/'"),
+        ("k8s_pod=gpu/Not_A_Pod", None, "names no pod"),
     ],
 )
 async def test_when_kubernetes_does_not_say_nothing_is_destroyed(
