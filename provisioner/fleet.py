@@ -31,30 +31,28 @@ Two readings of "alive": the spend guard counts a heartbeat younger than ``HEART
 the reaper keeps an instance whose label's heartbeat is younger than ``REAP_GRACE_SECONDS``. Both
 ages are on the fleet's one clock, a ``redisclock.RedisClock``: the daemon stamps a heartbeat's
 ``at`` (and ``since``) with the blacklist's, measured again before a heartbeat when it is due
-(``GuardedFleet``); the reaper measures its own.
+(``fleetguard.GuardedFleet``); the reaper measures its own.
 
-:class:`Fleet` raises ``StoreError`` (the reaper needs to know); :class:`GuardedFleet` is what the
-reconciler uses: it never raises and shares the blacklist's outage state (``store.Outage``), so
+:class:`Fleet` raises ``StoreError`` (the reaper needs to know); ``fleetguard.GuardedFleet`` is what
+the reconciler uses: it never raises and shares the blacklist's outage state (``store.Outage``), so
 one Redis outage is logged once. The pure helpers (:func:`fleet_dph`, :func:`spend_block`) hold
 the spend guard's arithmetic.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard, TypeVar
 
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockNotOwnedError
 
-from provisioner import blacklist, redisclock, rentmark, spend, store
+from provisioner import blacklist, rentmark, spend, store
 from provisioner.spend import UNCHECKED, Decide, Reservation, fleet_dph, spend_block, usd
 
 __all__ = ["UNCHECKED", "Decide", "Reservation", "fleet_dph", "spend_block", "usd"]
@@ -289,110 +287,3 @@ class Fleet:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class GuardedFleet:
-    """The heartbeat, the fleet's spend and the rent lock as the reconciler uses them: never raises.
-
-    It shares ``outage`` with the blacklist adapter: while Redis is down, heartbeats are skipped, the
-    fleet's spend is unknown (None) and there is no rent lock to take; the outage is logged once.
-    """
-
-    def __init__(
-        self,
-        fleet: Fleet,
-        outage: store.Outage,
-        *,
-        pod: str,
-        clock: Clock | None = None,
-        live_s: float = HEARTBEAT_LIVE_S,
-        lock_ttl_s: float = store.RENT_LOCK_TTL_S,
-        renew_s: float = store.RENT_LOCK_RENEW_S,
-        section_s: float = store.RENT_SECTION_S,
-    ) -> None:
-        self.fleet = fleet
-        self.outage = outage
-        self.pod = pod
-        self._clock = clock or fleet.clock
-        self.live_s = live_s
-        self.lock_ttl_s = lock_ttl_s
-        self.renew_s = renew_s
-        self.section_s = section_s
-        #: this process's token for the per-label rent lock
-        self.token = secrets.token_hex(8)
-
-    async def beat(
-        self, label: str, instance_ids: Sequence[int], dph: float, *, settle: bool = False
-    ) -> None:
-        await self._sync_clock()
-        heartbeat = Heartbeat(label, self.pod, self._clock(), tuple(sorted(instance_ids)), dph)
-        await self.outage.call(lambda: self.fleet.beat(heartbeat, settle=settle), None)
-
-    async def reserve(self, label: str, decide: Decide) -> Reservation:
-        """Reserve spend for a rental (``Fleet.reserve``); ``UNCHECKED`` while Redis is unavailable."""
-        await self._sync_clock()
-        return await self.outage.call(
-            lambda: self.fleet.reserve(label, self.pod, decide, live_s=self.live_s), UNCHECKED
-        )
-
-    async def _sync_clock(self) -> None:
-        """The fleet clock measured again when due (before anything that stamps or ages a record).
-        Only then a Redis call: a no-op through ``outage`` would count as Redis being back."""
-        if redisclock.due(self._clock):
-            await self.outage.call(lambda: redisclock.sync_if_due(self._clock), None)
-
-    async def release_reservation(self, label: str) -> None:
-        await self.outage.call(lambda: self.fleet.release_reservation(label), None)
-
-    @contextlib.asynccontextmanager
-    async def rent_lock(self, label: str) -> AsyncIterator[bool]:
-        """Hold ``label``'s rent lock for the body: yields False when another process holds it.
-
-        While Redis is down there is no lock to take: yields True (renting goes on). While held the
-        lock is renewed every ``renew_s``; the body is cancelled after ``section_s`` (``TimeoutError``
-        leaves the block), and the lock is released however the body ends.
-        """
-        held = await self.outage.call(
-            lambda: self.fleet.take_rent_lock(label, self.token, self.lock_ttl_s), True
-        )
-        if not held:
-            yield False
-            return
-        renewer = asyncio.create_task(self._renew(label))
-        try:
-            async with asyncio.timeout(self.section_s):
-                yield True
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-            await self.outage.call(lambda: self.fleet.release_rent_lock(label, self.token), None)
-
-    async def mark_rent(self, label: str, *, done: bool) -> None:
-        """Record a rent of ``label`` starting (under its lock) or its known outcome; skipped while
-        Redis is down (there is no lock then either)."""
-        await self.outage.call(lambda: self.fleet.marks.mark(label, done=done), None)
-
-    async def list_covers_rents(self, label: str, listed_at_ms: int) -> bool:
-        """Whether a list requested at ``listed_at_ms`` (Redis clock) shows every rent of ``label``
-        (``rentmark.list_covers_rents``); False when it cannot be told (the renter lists again)."""
-        return await self.outage.call(lambda: self.fleet.marks.covers(label, listed_at_ms), False)
-
-    async def _renew(self, label: str) -> None:
-        while True:
-            await asyncio.sleep(self.renew_s)
-            if not await self.outage.call(
-                lambda: self.fleet.renew_rent_lock(label, self.token, self.lock_ttl_s), True
-            ):
-                log.warning(
-                    "the rent lock of %s was lost while renting", label, extra={"event": "rent-lock-lost"}
-                )
-                return
-
-    async def others_dph(self, label: str) -> float | None:
-        """The $/h of the other live pods, or None while Redis is unavailable."""
-        await self._sync_clock()
-        beats = await self.outage.call(self.fleet.heartbeats, None)
-        if beats is None:
-            return None
-        return fleet_dph(beats.values(), now=self._clock(), exclude_label=label, live_s=self.live_s)

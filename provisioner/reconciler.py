@@ -41,7 +41,7 @@ Clock = Callable[[], float]
 
 
 class FleetPort(Protocol):
-    """The pods' shared heartbeats (optional); ``fleet.GuardedFleet`` never raises."""
+    """The pods' shared heartbeats (optional); ``fleetguard.GuardedFleet`` never raises."""
 
     async def beat(
         self, label: str, instance_ids: Sequence[int], dph: float, *, settle: bool = False

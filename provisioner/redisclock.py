@@ -11,7 +11,7 @@ trip, whatever its own clock says. (The Lua scripts read ``TIME`` themselves: ``
 The offset is measured by one ``TIME`` call when the Redis connection opens
 (``fleet_wiring.connect_blacklist``; a failure there is left to the next try) and again when it is
 older than ``RESYNC_S``, before a heartbeat, a spend reservation or a read of the fleet's spend
-(``fleet.GuardedFleet``); the reaper measures it when it starts. Until a sync succeeds it is the
+(``fleetguard.GuardedFleet``); the reaper measures it when it starts. Until a sync succeeds it is the
 local clock; a failed sync keeps the last offset, and so does a slow one once an offset is known.
 Local time still drives everything that is only this process's business (timeouts, intervals:
 ``time.monotonic``), and the reaper compares Vast's times (``start_date``) with its own clock.

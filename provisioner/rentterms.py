@@ -44,7 +44,7 @@ class Turns:
 
 
 class RentFleet(Protocol):
-    """The part of the fleet record a rental uses (``fleet.GuardedFleet`` never raises)."""
+    """The part of the fleet record a rental uses (``fleetguard.GuardedFleet`` never raises)."""
 
     async def reserve(self, label: str, decide: spend.Decide) -> spend.Reservation: ...
 

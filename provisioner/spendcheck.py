@@ -15,7 +15,7 @@ from provisioner import events, selection, spend
 
 
 class Reserver(Protocol):
-    """The part of the fleet record the check uses (``fleet.GuardedFleet`` never raises)."""
+    """The part of the fleet record the check uses (``fleetguard.GuardedFleet`` never raises)."""
 
     async def reserve(self, label: str, decide: spend.Decide) -> spend.Reservation: ...
 

@@ -56,7 +56,7 @@ once when nothing was rented; a crashed pod's reservation expires after ``SPEND_
 
 The rent lock is redis-py's ``Lock``: ``SET NX PX`` with this process's token to take it, and Lua
 scripts that check the token to renew (``reacquire``) and to release it, so only its holder ever
-extends or deletes it. ``GuardedFleet.rent_lock`` renews it every ``RENT_LOCK_RENEW_S`` while held
+extends or deletes it. ``fleetguard.GuardedFleet.rent_lock`` renews it every ``RENT_LOCK_RENEW_S`` while held
 and bounds the locked section by ``RENT_SECTION_S``, shorter than the TTL.
 
 The rent mark (``rentmark.py``) lets a renter trust the list its tick already made instead of

@@ -29,6 +29,7 @@ from provisioner import (
     events,
     fleet,
     fleet_wiring,
+    fleetguard,
     model,
     pacer,
     planning,
@@ -328,7 +329,7 @@ def build_reconciler(
         # the blacklist and the heartbeats share one Redis and one outage state (logged once)
         outage = store.Outage(where=store.describe_url(settings.blacklist_redis_url.get_secret_value()))
         guarded = blacklist.Guarded(clients.store, outage)
-        pods = fleet.GuardedFleet(fleet.Fleet.over(clients.store), outage, pod=settings.pod_name)
+        pods = fleetguard.GuardedFleet(fleet.Fleet.over(clients.store), outage, pod=settings.pod_name)
     spec = renting.RentSpec(
         search_body=build_search_body(settings),
         choose_offers=build_chooser(settings),

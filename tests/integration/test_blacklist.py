@@ -18,7 +18,7 @@ import httpx
 import pytest
 import redis
 
-from provisioner import blacklist, fleet, fleet_wiring, redisclock, settings, store
+from provisioner import blacklist, fleet, fleet_wiring, fleetguard, redisclock, settings, store
 from tests.glitch_support import crash
 from tests.procs import Provisioner, Sim, base_env, cli, run_provisioner, run_sim, wait_for
 from tests.redis_server import RedisServer, run_redis
@@ -309,10 +309,10 @@ async def test_rent_lock_on_a_real_redis_server(tmp_path: Path) -> None:
             assert await clients[0].get(store.Keys().rent_lock(label)) is None
 
             record = fleet.Fleet.over(blacklist.Blacklist(clients[0]))
-            ports = fleet.GuardedFleet(
+            ports = fleetguard.GuardedFleet(
                 record, store.Outage(), pod="vast-pod-0", lock_ttl_s=0.3, renew_s=0.1, section_s=10.0
             )
-            rival = fleet.GuardedFleet(
+            rival = fleetguard.GuardedFleet(
                 fleet.Fleet.over(blacklist.Blacklist(clients[1])), store.Outage(), pod="b"
             )
             async with ports.rent_lock(label) as held:
@@ -333,7 +333,7 @@ async def test_rent_marks_on_a_real_redis_server(tmp_path: Path) -> None:
     with run_redis(tmp_path) as server:
         client = store.connect(server.url, timeout_s=2.0)
         try:
-            guarded = fleet.GuardedFleet(
+            guarded = fleetguard.GuardedFleet(
                 fleet.Fleet.over(blacklist.Blacklist(client)), store.Outage(), pod="a"
             )
             before_ms = int((await client.time())[0]) * 1000
@@ -363,7 +363,7 @@ async def test_the_fleet_clock_on_a_real_redis_server(
         client = store.connect(server.url, timeout_s=2.0)
         try:
             behind = redisclock.RedisClock(client, local=lambda: time.time() - 600)
-            pod = fleet.GuardedFleet(
+            pod = fleetguard.GuardedFleet(
                 fleet.Fleet.over(blacklist.Blacklist(client, clock=behind)), store.Outage(), pod="p"
             )
             await pod.beat("k8s_pod=p", [7], 0.5)

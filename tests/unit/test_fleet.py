@@ -14,7 +14,8 @@ import pytest
 import respx
 
 from provisioner import blacklist, daemon, errors, fleet, model, reconciler, selection, store
-from provisioner.fleet import Fleet, GuardedFleet, Heartbeat
+from provisioner.fleet import Fleet, Heartbeat
+from provisioner.fleetguard import GuardedFleet
 from provisioner.settings import load_settings
 from tests.fakes import T0, Clock
 from tests.unit.builders import BASE, make_reconciler

@@ -14,7 +14,7 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from provisioner import errors, fleet, model, reaper, reapmarks, store
+from provisioner import errors, fleet, fleetguard, model, reaper, reapmarks, store
 from provisioner.fleet import Heartbeat
 from provisioner.reaper import Decision, Policy, decide
 from provisioner.redisclock import RedisClock
@@ -479,7 +479,7 @@ async def test_heartbeat_ages_are_on_the_redis_clock_and_vast_times_on_the_reape
     client = SkewedRedis(server=server, decode_responses=True)
     client.skew_s = redis_skew_s
     pod_clock = RedisClock(client, local=Clock(real - 1200))
-    pod = fleet.GuardedFleet(fleet.Fleet(client, clock=pod_clock), store.Outage(), pod="vast-pod-0")
+    pod = fleetguard.GuardedFleet(fleet.Fleet(client, clock=pod_clock), store.Outage(), pod="vast-pod-0")
     await pod.beat(A, [1], 0.4)
     long_ago = real + redis_skew_s - 10 * GRACE
     await client.set("vastprov:heartbeats:since", repr(long_ago))  # a record kept for long
@@ -505,7 +505,7 @@ async def test_a_young_instance_is_kept_whatever_the_redis_clock_says(server: fa
     real = time.time()
     client = SkewedRedis(server=server, decode_responses=True)
     client.skew_s = 4 * GRACE
-    other = fleet.GuardedFleet(
+    other = fleetguard.GuardedFleet(
         fleet.Fleet(client, clock=RedisClock(client)), store.Outage(), pod="vast-pod-3"
     )
     await other.beat(D, [4], 0.4)  # the record is not empty

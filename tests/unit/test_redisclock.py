@@ -11,7 +11,7 @@ from typing import Any, cast
 import fakeredis
 import pytest
 
-from provisioner import blacklist, errors, fleet, redisclock, store
+from provisioner import blacklist, errors, fleet, fleetguard, redisclock, store
 from provisioner.redisclock import MAX_SYNC_RTT_S, RedisClock
 from tests.fakes import REDIS_AHEAD_S, Clock, SkewedRedis
 
@@ -95,12 +95,12 @@ async def test_redis_down_is_a_store_error_and_the_last_offset_stays(
     assert clock.offset_s == pytest.approx(50, abs=1.0)
 
 
-def pod(client: Any, name: str, skew_s: float) -> fleet.GuardedFleet:
+def pod(client: Any, name: str, skew_s: float) -> fleetguard.GuardedFleet:
     """A pod as ``fleet_wiring`` builds it (the fleet record shares the blacklist's clock), its
     machine's clock ``skew_s`` off."""
     clock = RedisClock(client, local=Clock(time.time() + skew_s))
     bans = blacklist.Blacklist(client, clock=clock, owner=name)
-    return fleet.GuardedFleet(fleet.Fleet.over(bans), store.Outage(), pod=name)
+    return fleetguard.GuardedFleet(fleet.Fleet.over(bans), store.Outage(), pod=name)
 
 
 async def test_pods_with_skewed_clocks_stamp_and_age_on_the_redis_clock(server: fakeredis.FakeServer) -> None:
@@ -140,7 +140,9 @@ async def test_an_outage_is_said_once_though_the_clock_is_not_due(
     mono = Clock(0.0)
     clock = RedisClock(client, local=Clock(time.time()))
     outage = store.Outage(retry_s=1.0, clock=mono)
-    member = fleet.GuardedFleet(fleet.Fleet.over(blacklist.Blacklist(client, clock=clock)), outage, pod="p")
+    member = fleetguard.GuardedFleet(
+        fleet.Fleet.over(blacklist.Blacklist(client, clock=clock)), outage, pod="p"
+    )
     await member.beat(LABEL, [7], 0.5)
     assert clock.synced
     server.connected = False

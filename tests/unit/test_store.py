@@ -11,7 +11,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from provisioner import blacklist, errors, fleet, rentmark, store
+from provisioner import blacklist, errors, fleet, fleetguard, rentmark, store
 from tests.fakes import Clock
 
 LABEL = "k8s_pod=vast-pod-0"
@@ -21,9 +21,9 @@ def rent_lock(client: Any) -> store.RentLock:
     return store.RentLock(client, store.Keys())
 
 
-def guarded(client: Any, **kwargs: Any) -> fleet.GuardedFleet:
+def guarded(client: Any, **kwargs: Any) -> fleetguard.GuardedFleet:
     record = fleet.Fleet.over(blacklist.Blacklist(client))
-    return fleet.GuardedFleet(record, store.Outage(), pod="vast-pod-0", **kwargs)
+    return fleetguard.GuardedFleet(record, store.Outage(), pod="vast-pod-0", **kwargs)
 
 
 # ---------------------------------------------------------------- keys, connections, errors
