@@ -56,6 +56,8 @@ async def connect_blacklist(settings: RedisAccess, owner: str) -> AsyncIterator[
     """The blacklist at ``BLACKLIST_REDIS_URL`` (whatever ``BLACKLIST_ENABLED`` says); closed after.
 
     ``owner`` is who its bans are recorded as: the pod's name, or the operator of ``blacklist ban``.
+    A Redis that answers and runs in cluster mode is a ``ConfigError`` (exit 2) here, at start-up, not
+    a failure of every later multi-key call (the pacer's store, on the same URL, is not asked again).
     """
     client = store.connect(
         settings.blacklist_redis_url.get_secret_value(), timeout_s=settings.blacklist_redis_timeout_seconds
@@ -64,6 +66,7 @@ async def connect_blacklist(settings: RedisAccess, owner: str) -> AsyncIterator[
         bans = build_blacklist(settings, client, owner)
         with contextlib.suppress(errors.StoreError):  # unreachable: measured again before it counts
             await redisclock.sync_if_due(bans.clock)
+            await store.refuse_cluster(client, settings.blacklist_redis_timeout_seconds)  # ConfigError
         yield bans
     finally:
         await client.aclose()

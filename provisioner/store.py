@@ -82,7 +82,15 @@ import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import LockNotOwnedError, RedisError
+from redis.exceptions import (
+    AskError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    LockNotOwnedError,
+    MovedError,
+    RedisError,
+    TryAgainError,
+)
 
 from provisioner import backoff, errors
 
@@ -218,7 +226,30 @@ async def run_redis(op: str, fn: Callable[[], Awaitable[T]], deadline_s: float) 
         raise errors.StoreError(f"redis {op}: no answer within {deadline_s:g}s") from exc
     except (RedisError, OSError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, _CLUSTER_ERRORS) or any(word in detail for word in _CLUSTER_WORDS):
+            cluster = f"BLACKLIST_REDIS_URL names a Redis Cluster node; {CLUSTER_UNSUPPORTED}"
+            raise errors.StoreError(f"redis {op}: {type(exc).__name__} {detail}: {cluster}") from exc
         raise errors.StoreError(f"redis {op}: {detail}") from exc
+
+
+#: what a Redis Cluster node answers a client that is not cluster-aware (a pipeline's error names
+#: the command's in its message)
+_CLUSTER_ERRORS = (MovedError, AskError, ClusterDownError, ClusterCrossSlotError, TryAgainError)
+_CLUSTER_WORDS = ("CROSSSLOT", "MOVED ", "CLUSTERDOWN")
+CLUSTER_UNSUPPORTED = (
+    "cluster mode is not supported (the fleet's keys and scripts span hash slots): use a single Redis,"
+    " or a managed one with cluster mode disabled"
+)
+
+
+async def refuse_cluster(client: Client, deadline_s: float) -> None:
+    """``ConfigError`` when the server runs in cluster mode (``INFO cluster``: ``cluster_enabled:1``),
+    which would fail every multi-key call at run time; ``StoreError`` when it cannot be asked."""
+    info = await run_redis("info cluster", lambda: client.info("cluster"), deadline_s)
+    if str(info.get("cluster_enabled", 0)) == "1":
+        raise errors.ConfigError(
+            "BLACKLIST_REDIS_URL", f"the server runs in cluster mode; {CLUSTER_UNSUPPORTED}"
+        )
 
 
 def json_object(raw: Any) -> dict[str, Any]:

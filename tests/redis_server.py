@@ -56,6 +56,8 @@ class RedisServer:
     proc: subprocess.Popen[bytes] | None = None
     #: in a session of its own (the benchmarks: Ctrl-C on the benchmark reaches only the benchmark)
     new_session: bool = False
+    #: more server options (e.g. cluster mode)
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -75,7 +77,7 @@ class RedisServer:
             "no",
         ]
         self.proc = subprocess.Popen(
-            [*args, "--dir", str(self.workdir), "--protected-mode", "no"],
+            [*args, "--dir", str(self.workdir), "--protected-mode", "no", *self.extra_args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -10,6 +10,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+from redis.exceptions import ClusterCrossSlotError, MovedError, ResponseError
 
 from provisioner import blacklist, errors, fleet, fleetguard, rentmark, store
 from tests.fakes import Clock
@@ -83,6 +84,36 @@ async def test_redis_and_socket_errors_become_store_errors(server: fakeredis.Fak
     server.connected = False
     with pytest.raises(errors.StoreError, match="redis get"):
         await store.run_redis("get", lambda: client.get("x"), 1.0)
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        MovedError("3999 127.0.0.1:6381"),
+        ClusterCrossSlotError("Keys in request don't hash to the same slot"),
+        ResponseError("Command # 1 (SET k v) of pipeline caused error: CROSSSLOT Keys in request ..."),
+        ResponseError("CLUSTERDOWN Hash slot not served"),
+    ],
+)
+async def test_a_cluster_nodes_answers_name_the_cause(raised: Exception) -> None:
+    """What a cluster node answers a plain client (a redirect, a cross-slot refusal, also inside a
+    pipeline's error) is a StoreError saying that BLACKLIST_REDIS_URL names a cluster node and what to
+    use instead; any other Redis error is passed on as it is."""
+
+    async def fail() -> None:
+        raise raised
+
+    with pytest.raises(errors.StoreError, match="names a Redis Cluster node; cluster mode is not supported"):
+        await store.run_redis("beat", fail, 1.0)
+
+    async def other() -> None:
+        raise ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+
+    with pytest.raises(errors.StoreError) as caught:
+        await store.run_redis("beat", other, 1.0)
+    assert (
+        str(caught.value) == "redis beat: WRONGTYPE Operation against a key holding the wrong kind of value"
+    )
 
 
 # ---------------------------------------------------------------- guarded calls
