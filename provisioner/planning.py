@@ -113,6 +113,9 @@ class Observation:
     first_seen: Mapping[int, float] = field(default_factory=dict)
     #: instance id -> since when its health check has been failing
     unhealthy_since: Mapping[int, float] = field(default_factory=dict)
+    #: instances that answered their health check since their boot (re)started: only their failing
+    #: checks make them unhealthy; the others are judged by the boot timeout (the app may be loading)
+    answered: frozenset[int] = frozenset()
     #: after an ambiguous rent: do not rent again before this time
     rent_hold_until: float = 0.0
     #: instances that must be replaced regardless (e.g. restart threshold exceeded)
@@ -150,6 +153,10 @@ class Verdict(NamedTuple):
     #: drifted or condemned but still healthy: it may keep serving until a matching instance is
     #: (make-before-break)
     can_bridge: bool = False
+    #: drifted or condemned, failing its health check for less than the unhealthy timeout after it
+    #: answered: not served, and not destroyed either while no matching instance is healthy (one
+    #: failed check must not end a make-before-break)
+    may_wait: bool = False
 
 
 def has_endpoints(instance: model.Instance, desired: model.DesiredSpec) -> bool:
@@ -188,31 +195,51 @@ def classify(
 ) -> Verdict:
     """One verdict per instance, with a short detail for logs."""
     if instance.id in obs.condemned:
-        bridge = has_endpoints(instance, desired) and bool(obs.healthy.get(instance.id))
-        return Verdict(VerdictKind.CONDEMNED, obs.condemned[instance.id], can_bridge=bridge)
+        return _replaced(VerdictKind.CONDEMNED, obs.condemned[instance.id], instance, desired, obs, policy)
     if instance.is_dead:
         detail = "oci-failure" if instance.failed_to_start else f"status-{instance.actual_status}"
         return Verdict(VerdictKind.DEAD, detail)
     drift = drift_of(instance, desired, obs.template_hash)
     if drift:
-        bridge = has_endpoints(instance, desired) and bool(obs.healthy.get(instance.id))
-        return Verdict(VerdictKind.DRIFTED, drift, can_bridge=bridge)
+        return _replaced(VerdictKind.DRIFTED, drift, instance, desired, obs, policy)
     unknown = f"status {instance.actual_status!r} unknown" if instance.status_unknown else None
+    started = obs.first_seen.get(instance.id, instance.start_date or obs.now)
     if has_endpoints(instance, desired):
         if obs.healthy.get(instance.id):
             return Verdict(VerdictKind.HEALTHY, f"{unknown}; answering" if unknown else "ok")
         since = obs.unhealthy_since.get(instance.id)
-        if since is not None and obs.now - since > policy.unhealthy_timeout_s:
+        if instance.id not in obs.answered:  # not up yet since its boot: the boot timeout applies
+            if obs.now - started > policy.boot_timeout_s:
+                return Verdict(VerdictKind.TIMED_OUT, f"not ready after {obs.now - started:.0f}s")
+        elif since is not None and obs.now - since > policy.unhealthy_timeout_s:
             return Verdict(VerdictKind.UNHEALTHY, f"health failing for {obs.now - since:.0f}s")
         if unknown:
             return Verdict(VerdictKind.UNKNOWN, unknown)
         return Verdict(VerdictKind.READY, "waiting for health check")
-    started = obs.first_seen.get(instance.id, instance.start_date or obs.now)
     if obs.now - started > policy.boot_timeout_s:
         return Verdict(VerdictKind.TIMED_OUT, f"not ready after {obs.now - started:.0f}s")
     if unknown:
         return Verdict(VerdictKind.UNKNOWN, unknown)
     return Verdict(VerdictKind.BOOTING, instance.actual_status or "provisioning")
+
+
+def _replaced(
+    kind: VerdictKind,
+    detail: str,
+    instance: model.Instance,
+    desired: model.DesiredSpec,
+    obs: Observation,
+    policy: Policy,
+) -> Verdict:
+    """A drifted or condemned instance: whether it may bridge (healthy now), or wait unserved (it
+    answered since its boot and has been failing for less than the unhealthy timeout)."""
+    if not has_endpoints(instance, desired):
+        return Verdict(kind, detail)
+    if obs.healthy.get(instance.id):
+        return Verdict(kind, detail, can_bridge=True)
+    since = obs.unhealthy_since.get(instance.id)
+    brief = since is not None and obs.now - since <= policy.unhealthy_timeout_s
+    return Verdict(kind, detail, may_wait=instance.id in obs.answered and brief)
 
 
 _RANK = {VerdictKind.HEALTHY: 0, VerdictKind.READY: 1, VerdictKind.UNKNOWN: 2, VerdictKind.BOOTING: 2}
@@ -282,7 +309,8 @@ def _bridge_and_replace(
 ) -> model.Instance | None:
     """Make-before-break: a healthy drifted or condemned instance serves until a matching one is healthy.
 
-    Returns that bridge (the served one first) and appends a destroy for every other one to replace.
+    Returns that bridge (the served one first) and appends a destroy for every other one to replace,
+    except one that may wait (briefly failing: it may answer again) while no matching one is healthy.
     """
     replaced = sorted(
         (by_id[i] for i, v in verdicts.items() if v.kind in _REPLACED),
@@ -293,6 +321,8 @@ def _bridge_and_replace(
         verdict = verdicts[inst.id]
         if keep_kind is not VerdictKind.HEALTHY and verdict.can_bridge and bridge is None:
             bridge = inst
+            continue
+        if keep_kind is not VerdictKind.HEALTHY and verdict.may_wait:
             continue
         destroys.append(Destroy(inst, verdict.detail))
     return bridge

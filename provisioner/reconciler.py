@@ -250,6 +250,7 @@ class Reconciler:
             healthy=tracked.healthy(),
             first_seen=tracked.first_seen(),
             unhealthy_since=tracked.unhealthy_since(),
+            answered=tracked.answered(),
             rent_hold_until=self.state.rent_hold_until,
             condemned=tracked.condemned(),
         )
@@ -302,9 +303,7 @@ class Reconciler:
                 if record.healthy:
                     record.ever_ready = True
             elif record.were_ready and not inst.is_dead:
-                # it was up and is booting again (reboot, recycle): its boot deadline starts now
-                record.were_ready = False
-                record.first_seen = now
+                record.boots_again(now)  # reboot, recycle: its boot deadline starts now
 
     # ------------------------------------------------------------ blacklist bookkeeping
 

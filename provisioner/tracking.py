@@ -55,6 +55,9 @@ class Tracked:
     were_ready: bool = False
     #: it served at least once (a failure before that counts against the host)
     ever_ready: bool = False
+    #: it answered its health check since its boot clock (re)started: only then does a failing check
+    #: count as unhealthy (before, the app may still be loading: the boot timeout applies)
+    answered: bool = False
     #: no longer served: its open requests finish until then, before a destroy
     draining_until: float = 0.0
     #: the $/h it was rented at (the heartbeat counts it before a list shows it)
@@ -67,6 +70,12 @@ class Tracked:
     destroyed: bool = False
     #: since when an odd list answer about it is doubted (the last known entry stands in)
     doubted_since: float | None = None
+
+    def boots_again(self, now: float) -> None:
+        """It was up and lost its endpoints (reboot, recycle): its boot clock starts now, and what its
+        health checks said before is over (a failure from before must not count against the new boot)."""
+        self.were_ready, self.first_seen, self.answered = False, now, False
+        self.healthy, self.unhealthy_since, self.failing_recorded = None, None, False
 
 
 class Tracker:
@@ -89,6 +98,7 @@ class Tracker:
         record.healthy = ok
         if ok:
             record.unhealthy_since = None
+            record.answered = True
         elif record.unhealthy_since is None:
             record.unhealthy_since = now
         return was
@@ -115,6 +125,9 @@ class Tracker:
 
     def unhealthy_since(self) -> dict[int, float]:
         return {i: t.unhealthy_since for i, t in self.records.items() if t.unhealthy_since is not None}
+
+    def answered(self) -> frozenset[int]:
+        return frozenset(i for i, t in self.records.items() if t.answered)
 
     def condemned(self) -> dict[int, str]:
         return {i: t.condemned for i, t in self.records.items() if t.condemned is not None}
@@ -205,8 +218,14 @@ async def record_outcomes(
             await bans.record(inst, "ready", now - started)
         if record.healthy:
             record.failing_recorded = False
-        elif record.unhealthy_since is not None and not record.failing_recorded and not inst.is_dead:
-            # a dead instance's death is recorded when it is destroyed, not twice
+        elif (
+            record.unhealthy_since is not None
+            and record.answered
+            and not record.failing_recorded
+            and not inst.is_dead
+        ):
+            # a dead instance's death is recorded when it is destroyed, not twice; one that never
+            # answered since its boot is still loading (a boot that never ends is a boot timeout)
             record.failing_recorded = True
             await bans.record(inst, "health-fail")
 

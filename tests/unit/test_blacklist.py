@@ -517,3 +517,39 @@ async def test_time_to_ready_and_health_failures_are_recorded_once(
     assert sorted((e["k"], e["v"]) for e in events) == [("health-fail", 0.0), ("ready", 42.0)]
     record = (await make(client, clock).standing()).hosts[10]
     assert (record.good, record.bad) == (pytest.approx(1.0, abs=1e-3), pytest.approx(0.25, abs=1e-3))
+
+
+async def test_an_app_still_loading_records_no_health_failure(
+    env: pytest.MonkeyPatch, client: Any, clock: Clock
+) -> None:
+    """Port mapped, app not answering yet (still loading): failed checks before its first answer are
+    the boot, not a failure of the host. Only the ready event, with the whole wait, is recorded."""
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    running = {
+        **row(77, 10, 100, status="running"),
+        "public_ipaddr": "127.0.0.1",
+        "ports": {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]},
+    }
+    listed = [row(77, 10, 100), running, running, running, running]
+    with respx.mock(base_url=BASE) as mock:
+        mock.get("/api/v1/instances/").mock(
+            side_effect=[httpx.Response(200, json={"instances": [r], "next_token": None}) for r in listed]
+        )
+        async with httpx.AsyncClient() as http:
+            rec = build_reconciler(
+                env, http, Guarded(make(client, clock)), clock, VAST_ALLOW_PRIVATE_UPSTREAMS="true"
+            )
+            for _ in range(4):
+                assert (await rec.tick()).phase is planning.Phase.BOOTING
+                clock.now += 20
+            server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", port)
+            try:
+                assert (await rec.tick()).phase is planning.Phase.SERVING
+            finally:
+                server.close()
+                await server.wait_closed()
+    events = [json.loads(m) for m, _ in await client.zrange("vastprov:events", 0, -1, withscores=True)]
+    assert [(e["k"], e["v"]) for e in events] == [("ready", 80.0)]

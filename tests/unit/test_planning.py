@@ -210,10 +210,58 @@ CASES = [
         id="first-seen-wins-over-start-date",
     ),
     pytest.param(
-        obs(inst(1), healthy={1: False}, unhealthy_since={1: NOW - 400}),
+        obs(inst(1), healthy={1: False}, unhealthy_since={1: NOW - 400}, answered=frozenset({1})),
         ["unserve:renting", "ban:1:unhealthy", "destroy:1:unhealthy", "rent:health failing for 400s"],
         Phase.RENTING,
         id="long-unhealthy-replaced",
+    ),
+    pytest.param(
+        obs(inst(1), healthy={1: False}, unhealthy_since={1: NOW - 400}, first_seen={1: NOW - 450}),
+        ["unserve:health-check"],
+        Phase.BOOTING,
+        id="never-answered-app-still-loading-waits-for-the-boot-timeout",
+    ),
+    pytest.param(
+        obs(inst(1), healthy={1: False}, unhealthy_since={1: NOW - 1250}, first_seen={1: NOW - 1300}),
+        ["unserve:renting", "ban:1:boot-timeout", "destroy:1:boot-timeout", "rent:boot-timeout"],
+        Phase.RENTING,
+        id="never-answered-past-the-boot-timeout",
+    ),
+    pytest.param(
+        obs(
+            inst(1, template_hash_id="b" * 32),
+            inst(2, "loading"),
+            healthy={1: False},
+            unhealthy_since={1: NOW - 10},
+            answered=frozenset({1}),
+        ),
+        ["unserve:booting"],
+        Phase.BOOTING,
+        id="bridge-failing-briefly-waits-unserved",
+    ),
+    pytest.param(
+        obs(
+            inst(1, template_hash_id="b" * 32),
+            inst(2, "loading"),
+            healthy={1: False},
+            unhealthy_since={1: NOW - 400},
+            answered=frozenset({1}),
+        ),
+        ["unserve:booting", "destroy:1:template-drift"],
+        Phase.BOOTING,
+        id="bridge-failing-long-destroyed",
+    ),
+    pytest.param(
+        obs(
+            inst(1, template_hash_id="b" * 32),
+            inst(2),
+            healthy={1: False, 2: True},
+            unhealthy_since={1: NOW - 10},
+            answered=frozenset({1, 2}),
+        ),
+        ["serve:2", "destroy:1:template-drift"],
+        Phase.SERVING,
+        id="bridge-failing-briefly-goes-once-the-replacement-serves",
     ),
     pytest.param(
         obs(inst(1), healthy={1: False}, unhealthy_since={1: NOW - 30}),
@@ -504,6 +552,7 @@ def observations(draw: st.DrawFn) -> Observation:
         healthy=draw(st.dictionaries(some, st.booleans())) if ids else {},
         first_seen=draw(st.dictionaries(some, times)) if ids else {},
         unhealthy_since=draw(st.dictionaries(some, times)) if ids else {},
+        answered=frozenset(draw(st.lists(some))) if ids else frozenset(),
         rent_hold_until=draw(st.sampled_from([0.0, NOW - 1, NOW + 60])),
         condemned=draw(st.dictionaries(some, st.just("restart-threshold"))) if ids else {},
     )
@@ -554,7 +603,8 @@ def test_property_serves_only_what_is_healthy_and_kept(observation: Observation)
 @given(observations())
 def test_property_failures_are_destroyed_and_bans_come_with_a_destroy(observation: Observation) -> None:
     """Dead, condemned, timed-out and unhealthy instances are destroyed (a condemned one once it no
-    longer bridges); each ban has its destroy."""
+    longer bridges, nor waits out a brief failure while nothing healthy serves); each ban has its
+    destroy."""
     result = planning.plan(DESIRED, observation, POLICY)
     destroyed = {a.instance.id for a in result.actions if isinstance(a, Destroy)}
     banned = {a.instance.id for a in result.actions if isinstance(a, Ban)}
@@ -565,7 +615,10 @@ def test_property_failures_are_destroyed_and_bans_come_with_a_destroy(observatio
         planning.VerdictKind.UNHEALTHY,
     }
     bridge = result.serving.id if result.serving is not None else None
-    assert {i for i, v in result.verdicts.items() if v.kind in failed and i != bridge} <= destroyed
+    waits = set() if result.phase is Phase.SERVING else {i for i, v in result.verdicts.items() if v.may_wait}
+    assert {
+        i for i, v in result.verdicts.items() if v.kind in failed and i not in {bridge, *waits}
+    } <= destroyed
     assert banned <= destroyed
     assert len(destroyed) == len([a for a in result.actions if isinstance(a, Destroy)]), "one destroy each"
 
