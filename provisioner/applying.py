@@ -119,7 +119,7 @@ class Executor:
 
     async def _apply(self, action: planning.Action) -> None:
         if isinstance(action, planning.Serve):
-            await self._serve(action.instance)
+            await self._serve(action.instance, bridge=action.bridge)
         elif isinstance(action, planning.Unserve):
             await self._unserve(action.reason)
         elif isinstance(action, planning.Ban):
@@ -127,7 +127,7 @@ class Executor:
         elif isinstance(action, planning.Rent):
             await self._rent(action.reason)
 
-    async def _serve(self, instance: model.Instance) -> None:
+    async def _serve(self, instance: model.Instance, *, bridge: bool = False) -> None:
         upstreams = self.health.upstreams(instance)
         text = rendering.render_nginx_conf(self.proxy_config, upstreams)
         self.state.page_reason = None
@@ -135,7 +135,8 @@ class Executor:
         previous = self.state.serving
         self.state.serving = instance
         self.state.upstreams = upstreams
-        self.renter.became_ready()
+        if not bridge:  # a bridge is the old spec: whether the new one rents well is still open
+            self.renter.became_ready()
         if previous is not None and previous.id != instance.id and self.drain_s > 0:
             self.state.tracked[previous.id].draining_until = self.clock() + self.drain_s
         if changed or previous is None or previous.id != instance.id:

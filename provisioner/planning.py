@@ -42,6 +42,9 @@ class Serve:
     """Point the proxy at this instance."""
 
     instance: model.Instance
+    #: a drifted or condemned instance serving until its replacement answers (make-before-break): its
+    #: serving says nothing about whether rentals of the current spec work (the rent brakes stay on)
+    bridge: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +279,9 @@ def plan(desired: model.DesiredSpec, obs: Observation, policy: Policy) -> Plan:
     bridge = _bridge_and_replace(obs, by_id, verdicts, keep_kind, destroys)
     serve_target = keep if keep_kind is VerdictKind.HEALTHY else bridge
     actions: list[Action] = [
-        Serve(serve_target) if serve_target else Unserve(_unserve_reason(keep_kind, obs))
+        Serve(serve_target, bridge=serve_target is bridge)
+        if serve_target
+        else Unserve(_unserve_reason(keep_kind, obs))
     ]
     actions.extend(bans)
     actions.extend(destroys)

@@ -1,9 +1,11 @@
-"""Health checks against the boot clock, through whole ticks (respx for Vast, scripted health answers).
+"""Health checks against the boot clock, and make-before-break, through whole ticks (respx for Vast,
+scripted health answers).
 
 A failing health check makes an instance unhealthy (replaced, host banned after the unhealthy timeout)
 only once it has answered since its boot (re)started: before that its app may still be loading, and
 the boot timeout applies. A reboot starts the boot clock again and forgets the health failures from
-before. A drifted instance bridging a make-before-break is not destroyed for one failed check.
+before. A drifted instance bridging a make-before-break is not destroyed for one failed check, and
+its serving does not lift the rent brakes on replacements that keep dying.
 """
 
 from __future__ import annotations
@@ -158,3 +160,41 @@ async def test_one_failed_check_of_the_bridge_does_not_end_the_make_before_break
         clock.now += 301
         assert "destroy:1:template-drift" in kinds(await rec.tick())
     assert delete.call_count == 1
+
+
+async def _bridge_and_dying_replacements(http: httpx.AsyncClient, *, bridge: bool, ticks: int = 8) -> int:
+    """Each tick a replacement is rented and the next list shows it dead (a bad new image); with
+    ``bridge``, a healthy template-drifted instance serves meanwhile. The rentals made."""
+    clock = Clock()
+    rec, _ = build(http, clock)
+    rec.state.template_hash = HASH
+    ids = iter(range(100, 200))
+    rented: list[int] = []
+
+    def lister(request: httpx.Request) -> httpx.Response:
+        rows = [row(7, template_hash_id="b" * 32)] if bridge else []
+        return listing(*rows, *(row(i, "exited") for i in rented[-1:]))
+
+    def rent(request: httpx.Request) -> httpx.Response:
+        rented.append(next(ids))
+        return httpx.Response(200, json={"success": True, "new_contract": rented[-1]})
+
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").side_effect = lister
+        mock.get(url__regex=r"/api/v0/instances/\d+/").respond(json={"instances": None})
+        mock.delete(url__regex=r"/api/v0/instances/\d+/").respond(json={"success": True})
+        mock.post("/api/v0/bundles/").respond(json={"offers": [{"id": 1, "host_id": 9, "dph_total": 0.3}]})
+        mock.put("/api/v0/asks/1/").side_effect = rent
+        for _ in range(ticks):
+            await rec.tick()
+            clock.now += 100  # past the rent hold
+    return len(rented)
+
+
+async def test_a_bridge_does_not_lift_the_rent_brakes(http: httpx.AsyncClient) -> None:
+    """Serving the bridge is not a rental of the current spec working: replacements that die before
+    serving slow the rentals down (the rent brakes) whether or not a bridge serves meanwhile."""
+    alone = await _bridge_and_dying_replacements(http, bridge=False)
+    bridged = await _bridge_and_dying_replacements(http, bridge=True)
+    assert alone < 8, "the brakes engage"
+    assert bridged == alone
