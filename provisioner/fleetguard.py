@@ -62,7 +62,7 @@ class GuardedFleet:
         """Reserve spend for a rental (``Fleet.reserve``); ``UNCHECKED`` while Redis is unavailable."""
         await self._sync_clock()
         return await self.outage.call(
-            lambda: self.fleet.reserve(label, self.pod, decide, live_s=self.live_s), UNCHECKED
+            lambda: self.fleet.reserve(label, self.pod, decide, live_s=self.live_s), UNCHECKED, always=True
         )
 
     async def _sync_clock(self) -> None:
@@ -78,12 +78,13 @@ class GuardedFleet:
     async def rent_lock(self, label: str) -> AsyncIterator[bool]:
         """Hold ``label``'s rent lock for the body: yields False when another process holds it.
 
-        While Redis is down there is no lock to take: yields True (renting goes on). While held the
+        While Redis is down there is no lock to take: yields True (renting goes on); it is always
+        tried, though, however recently another call failed. While held the
         lock is renewed every ``renew_s``; the body is cancelled after ``section_s`` (``TimeoutError``
         leaves the block), and the lock is released however the body ends.
         """
         held = await self.outage.call(
-            lambda: self.fleet.take_rent_lock(label, self.token, self.lock_ttl_s), True
+            lambda: self.fleet.take_rent_lock(label, self.token, self.lock_ttl_s), True, always=True
         )
         if not held:
             yield False

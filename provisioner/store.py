@@ -294,10 +294,15 @@ class Outage:
         self._failures = 0
         self._retry_at = 0.0
 
-    async def call(self, fn: Callable[[], Awaitable[T]], default: T) -> T:
-        """``await fn()``, or ``default`` when it fails or Redis is down (not tried before the retry time)."""
+    async def call(self, fn: Callable[[], Awaitable[T]], default: T, *, always: bool = False) -> T:
+        """``await fn()``, or ``default`` when it fails or Redis is down (not tried before the retry time).
+
+        ``always``: try it even then. For the calls a rental depends on (the spend cap's reservation,
+        the rent lock): one failed call elsewhere a moment before must not let a rental skip them;
+        only Redis failing them now does (fail-open).
+        """
         now = self._clock()
-        if self._down_since is not None and now < self._retry_at:
+        if self._down_since is not None and now < self._retry_at and not always:
             return default
         try:
             result = await fn()

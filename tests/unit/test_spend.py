@@ -12,7 +12,7 @@ import httpx
 import pytest
 import respx
 
-from provisioner import spend, store
+from provisioner import errors, spend, store
 from tests.fakes import T0, Clock
 from tests.unit.builders import BASE, make_reconciler
 from tests.unit.test_fleet import guarded_fleet, offer_row
@@ -74,6 +74,29 @@ async def test_redis_down_is_unchecked(server: fakeredis.FakeServer, client: Any
     pod = guarded_fleet(client, clock, "vast-pod-0")
     server.connected = False
     assert await pod.reserve(LABELS[0], up_to(1.0, 0.3)) == spend.UNCHECKED
+
+
+async def test_a_failed_call_elsewhere_does_not_let_the_next_rental_skip_the_cap(
+    server: fakeredis.FakeServer, client: Any, clock: Clock
+) -> None:
+    """One Redis call of the pod failed a moment ago (a ban read, a heartbeat: the outage state is
+    shared). The reservation and the rent lock are tried anyway: Redis answers, so the cap holds the
+    rental back and the lock is taken; only Redis failing them now makes them fail open."""
+    pod = guarded_fleet(client, clock, "vast-pod-0")
+    other = guarded_fleet(client, clock, "vast-pod-1")
+    await other.beat(LABELS[1], [7], 2.7)
+
+    async def blip() -> None:
+        raise errors.StoreError("redis read bans: no answer within 0.5s")
+
+    assert await pod.outage.call(blip, None) is None  # the outage starts: calls skip Redis for a while
+    assert await pod.outage.call(lambda: client.get("x"), "skipped") == "skipped"
+    held = await pod.reserve(LABELS[0], up_to(3.0, 0.5))
+    assert (held.others, held.amount) == (pytest.approx(2.7), None), "the cap was checked, not UNCHECKED"
+    async with pod.rent_lock(LABELS[0]) as got:
+        assert got and await client.exists(f"vastprov:rentlock:{LABELS[0]}")
+    server.connected = False
+    assert await pod.reserve(LABELS[0], up_to(3.0, 0.5)) == spend.UNCHECKED
 
 
 async def test_a_busy_spend_lock_holds_the_rental(
