@@ -98,6 +98,9 @@ class Renter:
         self._backoff_noted_at = -1.0
         #: since when every search found no usable offer (None: the last one found some)
         self._no_offers_since: float | None = None
+        #: this turn's rental once the API answered it with an id, and whether its $/h is reserved:
+        #: a cut of the turn after that (the section bound) still reports it
+        self._rented_now: Outcome | None = None
 
     # ------------------------------------------------------------ what the reconciler reports
 
@@ -153,6 +156,7 @@ class Renter:
         self.position = position if position.k > 1 else None
 
     async def _rent_in_turn(self, ask: Ask, pods: RentFleet) -> Outcome:
+        self._rented_now = None
         try:
             async with pods.rent_lock(ask.label) as held:
                 if not held:
@@ -160,6 +164,8 @@ class Renter:
                     return self._held(ask, events.EventKind.RENT_LOCK_HELD, text)
                 return await self._rent_locked(ask, pods)
         except TimeoutError:
+            if self._rented_now is not None:  # cut off after the API named the new instance
+                return self._rented_now
             # cut off under the lock: a rent may be in flight, so it counts as unknown
             text = "the rent took longer than its bound; listing by label before any new rental"
             return Outcome(Result.UNKNOWN, notes=(_note(ask, events.EventKind.RENT_UNKNOWN, text),))
@@ -215,7 +221,14 @@ class Renter:
         fit = await self._within_spend_cap(ask, ranked, notes)
         if fit.offers is None:
             return Outcome(Result.HELD, notes=tuple(notes), why=fit.why)
-        outcome = await self._rent_marked(ask, fit.offers, notes)
+        try:
+            outcome = await self._rent_marked(ask, fit.offers, notes, reserved=fit.reserved)
+        except errors.VastError:
+            # a 429, a refused key, a second refusal: nothing was rented (an unknown outcome is
+            # returned, not raised), so the $/h reserved for it must not count for the other pods
+            if fit.reserved and self.fleet is not None:
+                await self.fleet.release_reservation(ask.label)
+            raise
         if fit.reserved and self.fleet is not None:
             if outcome.result is Result.RENTED:
                 return dataclasses.replace(outcome, reserved=True)
@@ -230,18 +243,27 @@ class Renter:
         detail = f"{text}{lasting}; `provisioner offers` shows every offer and what excludes it"
         return Outcome(Result.NO_OFFERS, notes=(_note(ask, events.EventKind.NO_OFFERS, detail),), why=detail)
 
-    async def _rent_marked(self, ask: Ask, ranked: list[selection.Scored], notes: list[Note]) -> Outcome:
+    async def _rent_marked(
+        self, ask: Ask, ranked: list[selection.Scored], notes: list[Note], *, reserved: bool = False
+    ) -> Outcome:
         """``_rent_best`` between the label's rent marks: ``started`` before, ``done`` once the outcome
-        is known (an unknown outcome or an error leaves ``started``: the next renter lists again)."""
+        is known, a Vast error (nothing rented) included; an unknown outcome or a cut leaves ``started``:
+        the next renter lists again."""
         if self.fleet is None:
-            return await self._rent_best(ask, ranked, notes)
+            return await self._rent_best(ask, ranked, notes, reserved)
         await self.fleet.mark_rent(ask.label, done=False)
-        outcome = await self._rent_best(ask, ranked, notes)
+        try:
+            outcome = await self._rent_best(ask, ranked, notes, reserved)
+        except errors.VastError:
+            await self.fleet.mark_rent(ask.label, done=True)
+            raise
         if outcome.result is not Result.UNKNOWN:
             await self.fleet.mark_rent(ask.label, done=True)
         return outcome
 
-    async def _rent_best(self, ask: Ask, ranked: list[selection.Scored], notes: list[Note]) -> Outcome:
+    async def _rent_best(
+        self, ask: Ask, ranked: list[selection.Scored], notes: list[Note], reserved: bool = False
+    ) -> Outcome:
         """Rent the first offer still there; an unknown outcome stops at once (never rent twice)."""
         tried: set[int] = set()
         refusals = 0
@@ -273,8 +295,9 @@ class Renter:
                 text = f"offer {offer.id}: {exc.reason}; listing by label before any new rental"
                 notes.append(_note(ask, events.EventKind.RENT_UNKNOWN, text))
                 return Outcome(Result.UNKNOWN, notes=tuple(notes))
+            self._rented_now = dataclasses.replace(_rented(ask, choice, new_id, notes), reserved=reserved)
             await self._retire(offer.id)
-            return _rented(ask, choice, new_id, notes)
+            return self._rented_now
         text = "every offer tried was taken" if tried else "every usable offer is claimed by another pod"
         notes.append(_note(ask, events.EventKind.NO_OFFERS, text))
         return Outcome(Result.NO_OFFERS, notes=tuple(notes), why=text)

@@ -434,3 +434,47 @@ def test_a_situation_is_said_once_whatever_its_figures() -> None:
     other = r._held(ask(), kind, "another pod is checking the fleet's spend; renting next tick")
     assert (len(first.notes), len(again.notes), len(other.notes)) == (1, 0, 1)
     assert again.why is not None and "$0.118/h" in again.why
+
+
+@pytest.mark.parametrize("status", [429, 400], ids=["429", "refused-twice"])
+async def test_a_rent_that_raises_releases_its_reservation_and_says_nothing_was_rented(
+    http: httpx.AsyncClient, status: int
+) -> None:
+    """A 429 on the rent call, or a second 4xx refusal in one rental: nothing was rented. The error
+    reaches the loop (which backs off), but the $/h reserved for the rental is released, not left to
+    the other pods for its TTL, and the rent mark says done (the next renter need not list again)."""
+    fleet = Fleet(others=0.0)
+    r = renter(http, cap=3.0, fleet=fleet)
+    body = {"success": False, "error": "invalid_args", "msg": "bad request"}
+    answer = (
+        httpx.Response(status, text="API requests too frequent")
+        if status == 429
+        else httpx.Response(400, json=body)
+    )
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").respond(json={"instances": [], "next_token": None})
+        mock.post("/api/v0/bundles/").respond(json={"offers": [offer(1, 0.5), offer(2, 0.6)]})
+        mock.put(url__regex=r"/api/v0/asks/\d+/").mock(return_value=answer)
+        with pytest.raises(errors.RateLimited if status == 429 else errors.VastRejected):
+            await r.rent(ask())
+    assert fleet.released == [ask().label] and fleet.marks == ["started", "done"]
+
+
+async def test_a_rental_cut_off_after_the_api_named_it_is_still_reported(http: httpx.AsyncClient) -> None:
+    """The rent section's bound cuts the bookkeeping after a successful rent (a slow Redis answer to
+    the 'done' mark): the rental, whose id the API gave, is RENTED with that id, not an unknown
+    outcome whose instance the pod would not track."""
+
+    class SlowMark(Fleet):
+        async def mark_rent(self, label: str, *, done: bool) -> None:
+            await super().mark_rent(label, done=done)
+            if done:
+                await asyncio.sleep(1.0)
+
+    r = renter(http, fleet=SlowMark(section_s=0.3))
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/v1/instances/").respond(json={"instances": [], "next_token": None})
+        mock.post("/api/v0/bundles/").respond(json={"offers": [offer(1, 0.5)]})
+        mock.put("/api/v0/asks/1/").respond(json={"success": True, "new_contract": 55})
+        outcome = await r.rent(ask())
+    assert (outcome.result, outcome.instance_id) == (renting.Result.RENTED, 55)
