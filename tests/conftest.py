@@ -1,8 +1,12 @@
-"""Suite-wide hooks: the fault-injection summary table at the end of the run."""
+"""Suite-wide hooks (the fault-injection summary table at the end of the run) and shared fixtures."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from tests import fault_report
 
@@ -29,3 +33,16 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"{scenario:<{width}}  {invariants:<46}  {result}")
     passed = sum(1 for r in rows if r[2] == "pass")
     terminalreporter.write_line(f"{passed} of {len(rows)} scenarios passed every invariant")
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """Restore the root logger's handlers and level after the test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)

@@ -10,7 +10,7 @@ import io
 import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -176,19 +176,6 @@ def test_nothing_listens_there(tmp_path: Path) -> None:
 
     with pytest.raises(errors.KubeError, match=r"did not answer \(ConnectError: "):
         asyncio.run(ask())
-
-
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    """Restore the root logger's handlers and level after the test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
 
 
 @pytest.mark.usefixtures("root_logging")

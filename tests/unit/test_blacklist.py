@@ -483,6 +483,17 @@ async def test_redis_down_does_not_stop_a_rental(
     assert rent.called
 
 
+def _boots_then_runs_on(port: int) -> list[httpx.Response]:
+    """Five list answers: instance 77 (host 10) loading, then running with its port on ``port``."""
+    running = {
+        **row(77, 10, 100, status="running"),
+        "public_ipaddr": "127.0.0.1",
+        "ports": {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]},
+    }
+    listed = [row(77, 10, 100), running, running, running, running]
+    return [httpx.Response(200, json={"instances": [r], "next_token": None}) for r in listed]
+
+
 async def test_time_to_ready_and_health_failures_are_recorded_once(
     env: pytest.MonkeyPatch, client: Any, clock: Clock
 ) -> None:
@@ -490,16 +501,8 @@ async def test_time_to_ready_and_health_failures_are_recorded_once(
     health checks records one health-fail, however many ticks it lasts."""
     server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    running = {
-        **row(77, 10, 100, status="running"),
-        "public_ipaddr": "127.0.0.1",
-        "ports": {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]},
-    }
-    listed = [row(77, 10, 100), running, running, running, running]
     with respx.mock(base_url=BASE) as mock:
-        mock.get("/api/v1/instances/").mock(
-            side_effect=[httpx.Response(200, json={"instances": [r], "next_token": None}) for r in listed]
-        )
+        mock.get("/api/v1/instances/").mock(side_effect=_boots_then_runs_on(port))
         async with httpx.AsyncClient() as http:
             rec = build_reconciler(
                 env, http, Guarded(make(client, clock)), clock, VAST_ALLOW_PRIVATE_UPSTREAMS="true"
@@ -528,16 +531,8 @@ async def test_an_app_still_loading_records_no_health_failure(
     port = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
-    running = {
-        **row(77, 10, 100, status="running"),
-        "public_ipaddr": "127.0.0.1",
-        "ports": {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]},
-    }
-    listed = [row(77, 10, 100), running, running, running, running]
     with respx.mock(base_url=BASE) as mock:
-        mock.get("/api/v1/instances/").mock(
-            side_effect=[httpx.Response(200, json={"instances": [r], "next_token": None}) for r in listed]
-        )
+        mock.get("/api/v1/instances/").mock(side_effect=_boots_then_runs_on(port))
         async with httpx.AsyncClient() as http:
             rec = build_reconciler(
                 env, http, Guarded(make(client, clock)), clock, VAST_ALLOW_PRIVATE_UPSTREAMS="true"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +15,6 @@ from pydantic import SecretStr
 from provisioner import logs, model, planning, rendering, renting, upstream_health
 from provisioner.reconciler import Adapters, Reconciler, ReconcilerConfig
 from provisioner.vast.client import VastClient
-
-
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    """Restore the root logger's handlers and level after the test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
 
 
 def capture(fmt: str = "json", *, debug: bool = False, secrets: tuple[str, ...] = ()) -> io.StringIO:
