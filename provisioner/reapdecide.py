@@ -12,7 +12,7 @@ inputs, logs the decisions and destroys the orphans; its module docstring states
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -26,6 +26,9 @@ class Beat(Protocol):
 
     @property
     def pod(self) -> str: ...
+
+    @property
+    def at(self) -> float: ...
 
     def age_s(self, now: float) -> float: ...
 
@@ -82,13 +85,14 @@ def decide(
     tracked_since: float | None = None,
     reaped: Mapping[str, LastReap] | None = None,
     live: Mapping[str, str] | None = None,
+    gone: Collection[str] = (),
 ) -> list[Decision]:
     """One decision per managed instance, in id order (see the module docstring for the rules).
 
     ``heartbeats`` maps labels to their latest heartbeat; ``tracked_since`` is when the heartbeat
     record was started in this Redis (None: unknown, the rule is then not applied); ``reaped``, the
     reaper's last destroy per label; ``live``, why a label's pod is known to be alive (it exists in
-    Kubernetes: ``REAP_CHECK_PODS``).
+    Kubernetes: ``REAP_CHECK_PODS``), and ``gone``, the labels whose pods Kubernetes says are gone.
     """
     ours = sorted((i for i in instances if is_managed(i, policy.label_prefix)), key=lambda i: i.id)
     decisions: list[Decision] = []
@@ -97,7 +101,7 @@ def decide(
         beat = heartbeats.get(label)
         beat_age = beat.age_s(now) if beat is not None else None
         age = max(now - inst.start_date, 0.0) if inst.start_date is not None else None
-        again = _rented_again(inst, (reaped or {}).get(label))
+        again = None if label in gone else _rented_again(inst, (reaped or {}).get(label), beat)
         if beat_age is not None and beat_age <= policy.grace_s:
             verdict: Verdict = "keep"
             reason = f"its pod {beat.pod if beat else '?'} sent a heartbeat {beat_age:.0f}s ago"
@@ -130,9 +134,14 @@ def refuse_orphans(decisions: list[Decision], why: str) -> list[Decision]:
     ]
 
 
-def _rented_again(inst: model.Instance, last: LastReap | None) -> str | None:
-    """Why ``inst`` says its pod is alive: rented after the reaper destroyed the label's last one."""
+def _rented_again(inst: model.Instance, last: LastReap | None, beat: Beat | None) -> str | None:
+    """Why ``inst`` says its pod is alive: rented after the reaper destroyed the label's last one.
+    Not when the label has a heartbeat from after that destroy: its pod reached Redis since, so its
+    heartbeats tell (a pod scaled away, back, and away again is gone; else its instance would be kept
+    for as long as the reaper remembers the first destroy, a week)."""
     if last is None or inst.id == last.instance_id or inst.start_date is None:
+        return None
+    if beat is not None and beat.at > last.at:
         return None
     if inst.start_date < last.at - REAPED_SLACK_S:
         return None

@@ -15,7 +15,9 @@ destroys those whose label carries ``REAP_LABEL_PREFIX`` but whose pod has been 
   before and this one was rented since (``reapmarks``): only a live pod rents, so that pod is
   alive without heartbeats (it cannot reach Redis), and reaping again would only loop; or, with
   ``REAP_CHECK_PODS``, its pod still exists in Kubernetes (``kube.py``: asked for every orphan,
-  refused or not, before anything is destroyed; when the API does not say, every orphan is refused);
+  refused or not, and every instance kept as rented after a reap, before anything is destroyed; when
+  the API does not say, every orphan is refused). "Rented after a reap" does not hold once the label
+  has a heartbeat from after the reap, or once Kubernetes says the pod is gone;
 * ``orphan`` - no heartbeat that fresh, and the instance is older than the grace;
 * ``refused`` - an orphan left alone because the whole picture looks wrong: there is no
   heartbeat under the label prefix in Redis (wrong Redis or prefix, another deployment's
@@ -41,7 +43,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,8 +117,10 @@ async def reap(
         return _refuse(f"{exc}; without the reaper's own record a live pod's instance could be reaped again")
     now = clock()
 
-    def decided(live: Mapping[str, str] | None = None) -> list[Decision]:
-        return decide(instances, heartbeats, now, policy, tracked_since=tracked_since, reaped=last, live=live)
+    def decided(live: Mapping[str, str] | None = None, gone: Collection[str] = ()) -> list[Decision]:
+        return decide(
+            instances, heartbeats, now, policy, tracked_since=tracked_since, reaped=last, live=live, gone=gone
+        )
 
     decisions, unasked = decided(), None
     if pods is not None:
@@ -154,16 +158,19 @@ def _log_summary(outcome: Outcome, *, apply: bool, foreign: int, prefix: str) ->
 
 
 async def _ask_pods(
-    pods: kube.Pods, decisions: list[Decision], decided: Callable[[Mapping[str, str]], list[Decision]]
+    pods: kube.Pods,
+    decisions: list[Decision],
+    decided: Callable[[Mapping[str, str], Collection[str]], list[Decision]],
 ) -> tuple[list[Decision], str | None]:
-    """The decisions once Kubernetes was asked about every orphan's pod (``decided`` with the live
-    ones); when it did not say, every orphan refused, and why."""
+    """The decisions once Kubernetes was asked about the pod of every orphan, and of every instance
+    kept only because it was rented after a reap (``decided`` with the pods that exist and those that
+    are gone); when it did not say, every orphan refused, and why."""
     try:
-        live = await _live_pods(pods, decisions)
+        live, gone = await _look_up_pods(pods, decisions)
     except errors.KubeError as exc:
         unasked = f"{exc}; an orphan goes only once Kubernetes says its pod is gone"
         return refuse_orphans(decisions, unasked), unasked
-    return decided(live), None
+    return decided(live, gone), None
 
 
 async def _read_beats(
@@ -179,12 +186,14 @@ async def _read_beats(
     return heartbeats, (since - lead if since is not None else None), lead
 
 
-async def _live_pods(pods: kube.Pods, decisions: Iterable[Decision]) -> dict[str, str]:
-    """Why each orphan (refused or not) is kept after all: its pod still exists in Kubernetes.
-    ``KubeError`` when the API does not say, or a label names no pod."""
+async def _look_up_pods(pods: kube.Pods, decisions: Iterable[Decision]) -> tuple[dict[str, str], set[str]]:
+    """Which pods of the orphans (refused or not) and of the instances kept unseen (rented after a
+    reap) still exist in Kubernetes, with why that keeps them, and which are gone. ``KubeError`` when
+    the API does not say, or a label names no pod."""
     live: dict[str, str] = {}
+    gone: set[str] = set()
     for d in decisions:
-        if d.verdict == "keep":
+        if d.verdict == "keep" and not d.alive_unseen:
             continue
         pod = kube.pod_ref(d.label, pods.namespace)
         if pod is None:
@@ -195,7 +204,9 @@ async def _live_pods(pods: kube.Pods, decisions: Iterable[Decision]) -> dict[str
             live[d.label] = (
                 f"its pod {pod} exists in Kubernetes: it is alive without heartbeats (can it reach Redis?)"
             )
-    return live
+        else:
+            gone.add(d.label)
+    return live, gone
 
 
 async def _last_reaps(

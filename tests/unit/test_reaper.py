@@ -187,6 +187,19 @@ def test_a_label_rented_again_after_a_reap_is_a_live_pod(instance: model.Instanc
         assert decisions[0].reason.startswith("its pod rented it after instance 1 was reaped")
 
 
+def test_a_label_whose_pod_wrote_heartbeats_after_the_reap_is_judged_by_them() -> None:
+    """A was reaped, its pod came back (scaled up again), rented, wrote heartbeats (it reaches Redis),
+    and went away again: its instance is an orphan by its stale heartbeat, not kept for the week the
+    reaper remembers the first destroy. The same instance whose pod Kubernetes says is gone, too."""
+    last = {A: reapmarks.Reaped(at=NOW - 2 * GRACE, instance_id=1)}
+    later = inst(2, A, age_s=GRACE + 60)
+    stale = {A: beat(A, GRACE + 30), **LIVE}
+    decisions = decide([later, LIVE_INSTANCE, inst(5, D)], stale, NOW, POLICY, reaped=last)
+    assert decisions[0].verdict == "orphan" and "last heartbeat" in decisions[0].reason
+    silent = decide([later, LIVE_INSTANCE, inst(5, D)], LIVE, NOW, POLICY, reaped=last, gone={A})
+    assert silent[0].verdict == "orphan" and not silent[0].alive_unseen
+
+
 def test_empty_prefix_manages_nothing() -> None:
     """An empty prefix would match every label: it manages nothing instead."""
     assert decide([inst(1, A)], LIVE, NOW, Policy(label_prefix="", grace_s=GRACE)) == []

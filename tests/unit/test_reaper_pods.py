@@ -17,7 +17,7 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from provisioner import errors, fleet, kube, reaper
+from provisioner import errors, fleet, kube, reaper, reapmarks
 from provisioner.kube import PodRef
 from provisioner.reaper import Policy, decide
 from provisioner.settings import load_reaper_settings
@@ -292,6 +292,31 @@ async def test_a_pod_cut_off_from_redis_keeps_its_instance(
     assert kept.alive_unseen and "gpu/vast-pod-0 exists in Kubernetes" in kept.reason
     paths = sorted(c.request.url.path for c in asked.calls)
     assert paths == [f"/api/v1/namespaces/gpu/pods/vast-pod-{n}" for n in (0, 1, 1, 5, 5)]
+
+
+async def test_an_instance_kept_as_rented_after_a_reap_goes_once_its_pod_is_gone(
+    record: fleet.Fleet, pods: kube.Pods, server: fakeredis.FakeServer
+) -> None:
+    """B's instance 1 was reaped; instance 2 of B was rented after it, and B never wrote a heartbeat
+    (cut off from Redis): kept as alive unseen, unless Kubernetes says B's pod is gone. The pod check
+    asks about it too, and then it goes."""
+    await seed(record, beat(D, 5), beat(C, 5))
+    client = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
+    marks = reapmarks.ReapRecord(client, record.keys)
+    await marks.mark(B, reapmarks.Reaped(at=NOW - 2 * GRACE, instance_id=1))
+    with vast_mock(row(2, B, age_s=GRACE + 60), row(3, D), row(5, C)) as mock:
+        asked = mock.get(f"{API}/api/v1/namespaces/gpu/pods/vast-pod-1").mock(
+            return_value=pod("vast-pod-1", 404)
+        )
+        async with httpx.AsyncClient() as http:
+            retry = vast_client.RetryPolicy(attempts=2, initial_backoff_s=0)
+            vast = vast_client.VastClient(http, SecretStr("k"), base_url=BASE, retry=retry)
+            outcome = await reaper.reap(
+                vast, record, POLICY, apply=True, clock=Clock(), pods=pods, reaped=marks
+            )
+    await client.aclose()
+    assert asked.call_count == 2, "asked when deciding and again right before the destroy"
+    assert outcome.destroyed == [2] and outcome.problem is None
 
 
 async def test_a_pod_back_before_the_destroy_keeps_its_instance(
