@@ -349,15 +349,20 @@ class Pacer:
 
     async def acquire(self, endpoint: Endpoint) -> Slot:
         """Reserve the endpoint's next slot and sleep until it: the call may be sent on return. A slot
-        woken up for more than ``LATE_S`` late is given up for the next one (``LATE_RETRIES``)."""
+        reached more than ``LATE_S`` late (a slow reply or a late wake-up) is given up for the next one
+        (``LATE_RETRIES``)."""
         retries = 0
         while True:
+            # the slot's wait counts from when it was asked for: a reply that took long to come back
+            # (a loaded Redis, a busy loop) already used part of it, or made the slot late
+            asked_at = self._clock()
             slot = await self.reserve(endpoint)
-            due = self._clock() + slot.wait_s
-            if slot.wait_s > 0:
+            due = asked_at + slot.wait_s
+            left_s = due - self._clock()
+            if left_s > 0:
                 if self.on_wait is not None:
-                    self.on_wait(slot.wait_s)
-                await self._sleep(slot.wait_s)
+                    self.on_wait(left_s)
+                await self._sleep(left_s)
             late_s = self._clock() - due
             if late_s <= LATE_S or retries == LATE_RETRIES:
                 return slot

@@ -278,6 +278,25 @@ async def test_a_slot_woken_up_late_is_given_up_for_the_next_one(clock: Clock) -
     assert sleeper.waits == [pytest.approx(1.0), pytest.approx(0.7)]
 
 
+async def test_a_slot_whose_reply_came_back_late_is_given_up_too(clock: Clock) -> None:
+    """The slot's wait counts from when it was asked for: a reply that took 0.35 s to come back (a
+    loaded Redis, a busy loop) makes a free slot late, so it is given up for the next one rather than
+    sent 0.35 s after its slot, near the call of the pod holding the next one."""
+
+    class SlowReply(pacer.Pacer):
+        async def reserve(self, endpoint: pacer.Endpoint) -> pacer.Slot:
+            slot = await super().reserve(endpoint)
+            clock.now += 0.35
+            return slot
+
+    sleeper = Sleeper(clock)
+    p = SlowReply(None, pacer.Keys("b"), clock=clock, sleep=sleeper, margin_s=0.0)
+    start = clock.now
+    await p.acquire(E.LIST_INSTANCES)  # slot 0, its reply at 0.35: late; slot 1.0 taken instead
+    assert clock.now - start == pytest.approx(1.0)
+    assert sleeper.waits == [pytest.approx(0.3)], "the wait left after the slow reply, not the whole wait"
+
+
 async def test_a_call_late_every_time_still_goes_after_the_retries(clock: Clock) -> None:
     """A process starved for good does not wait forever: after LATE_RETRIES it sends anyway."""
     sleeper = Oversleeper(clock, late_s=0.3, times=99)
