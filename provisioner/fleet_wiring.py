@@ -107,10 +107,12 @@ def build_pacer(
 ) -> pacer.Pacer:
     """The pacer of this API key: fleet-wide in ``redis`` (keys from a hash of the key), else per process.
 
+    Its keys take the default prefix whatever ``BLACKLIST_KEY_PREFIX`` says: Vast limits the key, so
+    deployments that share one Redis under their own prefixes, and one API key, share one budget.
     Intervals: Vast's published ones, ``VAST_PACE_INTERVALS`` applied (a bad one is ``ConfigError``: exit 2).
     """
     limits = pacer.limits_with(pacer.parse_intervals(access.vast_pace_intervals))
-    keys = pacer.Keys(pacer.budget_id(access.vast_api_key.get_secret_value()), access.blacklist_key_prefix)
+    keys = pacer.Keys(pacer.budget_id(access.vast_api_key.get_secret_value()))
     return pacer.Pacer(redis, keys, limits=limits, margin_s=PACE_MARGIN_S, failover=failover)
 
 

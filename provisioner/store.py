@@ -24,8 +24,10 @@ key                        type        holds                                    
 ``P cleanstop:<instance>`` string      the pod that stopped cleanly while it ran   the restart window
 ``P reaped:<label>``       string      JSON: at, instance_id: the reaper's last    ``REAPED_TTL_S``
                                        destroy for the label (``reapmarks.py``)
-``P pace:<B>:<endpoint>``  string      the endpoint's next free slot, unix ms on   the slot + ``pacer.
-                                       the Redis clock (``pacer.py``)              SLOT_KEY_SLACK_MS``
+``D pace:<B>:<endpoint>``  string      the endpoint's next free slot, unix ms on   the slot + ``pacer.
+                                       the Redis clock (``pacer.py``); ``D`` is    SLOT_KEY_SLACK_MS``
+                                       the default prefix ``vastprov:``, whatever
+                                       ``P`` is: the budget is the API key's
 ``P view:<B>:<F>``         hash        ``at`` (ms, Redis clock: when the list was  ``fleetview.VIEW_TTL
                                        requested), ``items`` (JSON rows)           _MS``
 ``P view:<B>:<F>:lock``    string      the token of the pod listing now            the view's lock TTL

@@ -134,6 +134,31 @@ def test_pace_intervals_are_read_from_the_environment(env: pytest.MonkeyPatch) -
     assert pace.keys.budget == pacer.budget_id(load_settings().vast_api_key.get_secret_value())
 
 
+async def test_deployments_on_one_key_share_one_pace_whatever_their_prefix(env: pytest.MonkeyPatch) -> None:
+    """Two deployments on one Redis, each under its own BLACKLIST_KEY_PREFIX (as the README asks), on
+    one API key: Vast limits the key, so their slots come from one budget (one key in Redis), and the
+    second deployment's call waits for the first's."""
+    server = fakeredis.FakeServer()
+    clients = [fakeredis.FakeAsyncRedis(server=server, decode_responses=True) for _ in range(2)]
+    paces = []
+    for prefix, client in zip(["team-a:", "team-b:"], clients, strict=True):
+        env.setenv("BLACKLIST_KEY_PREFIX", prefix)
+        paces.append(fleet_wiring.build_pacer(load_settings(), client))
+    try:
+        first = await paces[0].reserve(pacer.Endpoint.CREATE_INSTANCE)
+        second = await paces[1].reserve(pacer.Endpoint.CREATE_INSTANCE)
+        assert paces[0].keys.slot(pacer.Endpoint.CREATE_INSTANCE) == paces[1].keys.slot(
+            pacer.Endpoint.CREATE_INSTANCE
+        )
+        assert (first.wait_s, second.wait_s) == (
+            0.0,
+            pytest.approx(paces[1].interval_s(pacer.Endpoint.CREATE_INSTANCE), abs=0.05),
+        )
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
 @pytest.mark.parametrize("text", ["list=1", "list_instances=-1", "list_instances", "rent=fast"])
 def test_bad_pace_intervals_are_a_config_error_naming_the_variable(
     env: pytest.MonkeyPatch, text: str
