@@ -111,7 +111,8 @@ _TRY_LUA: Final = (
     store.LUA_NOW_MS
     + """
 local at = tonumber(redis.call('HGET', KEYS[1], 'at'))
-if at and now - at <= tonumber(ARGV[1]) and at > tonumber(ARGV[4]) then
+-- a view stamped in the future (a Redis restored on a clock behind, a clock stepped back) is stale
+if at and at <= now and now - at <= tonumber(ARGV[1]) and at > tonumber(ARGV[4]) then
   return {1, now, at, redis.call('HGET', KEYS[1], 'items')}
 end
 if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
@@ -121,9 +122,13 @@ return {0, now}
 """
 )
 
-# KEYS: view, lock · ARGV: token, at ms, items JSON, view ttl ms. A newer view is never overwritten.
-_PUBLISH_LUA: Final = """
+# KEYS: view, lock · ARGV: token, at ms, items JSON, view ttl ms. A newer view is never overwritten,
+# but one stamped in the Redis clock's future is (it would otherwise stand until the clock got there).
+_PUBLISH_LUA: Final = (
+    store.LUA_NOW_MS
+    + """
 local stored = tonumber(redis.call('HGET', KEYS[1], 'at')) or -1
+if stored > now then stored = -1 end
 if tonumber(ARGV[2]) > stored then
   redis.call('HSET', KEYS[1], 'at', ARGV[2], 'items', ARGV[3])
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -131,6 +136,7 @@ end
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return 1
 """
+)
 
 # KEYS: lock · ARGV: token
 _RELEASE_LUA: Final = """

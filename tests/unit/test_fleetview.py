@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -174,9 +175,25 @@ async def test_a_late_publisher_never_overwrites_a_newer_view(
     assert [i["id"] for i in stored] == [2]
 
 
+async def test_a_view_stamped_in_the_future_is_stale_and_replaced(
+    clients: list[fakeredis.FakeAsyncRedis],
+) -> None:
+    """A view whose time lies ahead of the Redis clock (a Redis restored on a node whose clock is
+    behind, a clock stepped back) is not fresh however young it looks, and the next list replaces it:
+    otherwise every pod would read it, and miss a new instance, until the clock got there."""
+    ahead_ms = int(time.time() * 1000) + 600_000
+    await clients[0].hset(KEYS.view, mapping={"at": ahead_ms, "items": "[]"})
+    lister = Lister([{"id": 42, "label": "k8s_pod=web-0"}])
+    snap = await view(lister, clients[0]).get(30.0)
+    assert snap.fetched and [i["id"] for i in snap.items] == [42]
+    assert int(await clients[0].hget(KEYS.view, "at")) < ahead_ms, "the next list replaced it"
+    again = await view(Lister(), clients[1]).get(30.0)
+    assert again.shared and not again.fetched and [i["id"] for i in again.items] == [42]
+
+
 async def test_a_corrupt_view_is_listed_around(clients: list[fakeredis.FakeAsyncRedis]) -> None:
     """A foreign value under the view's key makes the pod list itself, not crash."""
-    await clients[0].hset(KEYS.view, mapping={"at": "9999999999999", "items": "[1, 2]"})
+    await clients[0].hset(KEYS.view, mapping={"at": str(int(time.time() * 1000)), "items": "[1, 2]"})
     lister = Lister()
     snap = await view(lister, clients[0]).get(30.0)
     assert snap.fetched and not snap.shared
