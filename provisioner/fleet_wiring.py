@@ -124,6 +124,11 @@ class FleetKit:
     redis: store.Client | None
     failover: pacer.Failover
 
+    def note_wait(self, seconds: float) -> None:
+        """Tell the pacer's ``on_wait`` (the daemon's liveness) of a wait for the fleet's turn."""
+        if self.pace.on_wait is not None:
+            self.pace.on_wait(seconds)
+
     def account(self, vast: vast_client.VastClient, prefix: str) -> fleetshared.SharedAccount | None:
         """whoami once for the fleet when the pods share a Redis; None: each process asks itself."""
         budget = self.pace.keys.budget
@@ -160,6 +165,7 @@ def build_fleet_parts(
     # while Redis is away: this pod's own page at the pace of a pod without Redis (BOOT_POLL_SECONDS)
     lister = fleetview.OwnInstances(view, local_poll_s=settings.boot_poll_seconds)
     queue = rentqueue.RentQueue(kit.redis, rentqueue.Keys(budget, prefix), failover=failover)
+    queue.on_wait = kit.note_wait  # a turn waited for is a deliberate wait, like a pacer slot
     search = fleetshared.SharedSearch(vast.search_rows, kit.redis, budget, prefix=prefix, failover=failover)
     checks = fleetshared.SharedChecks(kit.redis, budget, prefix=prefix, failover=failover)
     return lister, checks, renting.Turns(queue, settings.pod_name, search)

@@ -193,6 +193,9 @@ class RentQueue:
         self.failover = failover or pacer.Failover(clock=clock)
         self._sleep = sleep
         self.local = LocalQueue(member_ttl_s=member_ttl_s, clock=clock)
+        #: told each poll's wait before it is slept: waiting for the turn is no stall (the daemon's
+        #: liveness allows for it, as for a pacer slot; the back of a long queue waits minutes)
+        self.on_wait: Callable[[float], None] | None = None
 
     async def _script(self, op: str, source: str, keys: Sequence[str], *args: str | int) -> Any:
         return await self.failover.script(self._redis, op, source, keys, *args)
@@ -234,6 +237,8 @@ class RentQueue:
                 last = position
             if position.k == 1:
                 return position
+            if self.on_wait is not None:
+                self.on_wait(self._poll_s)
             await self._sleep(self._poll_s)
 
     async def _keep_beating(self, pod: str) -> None:

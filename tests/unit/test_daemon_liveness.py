@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from provisioner import daemon, errors, pacer, planning, runtime
+from provisioner import daemon, errors, fleet_wiring, pacer, planning, rentqueue, runtime
 from provisioner.settings import load_settings
 from tests.unit.test_daemon import PLAN, Account, Edge, FakeRec
 from tests.unit.views import FakeNginx
@@ -169,3 +169,57 @@ async def test_a_pacer_wait_outside_the_reconcile_loop_does_not_hide_a_wedged_lo
     assert not ok and reason.startswith("the reconcile loop has not run for")
     await pace.acquire(pacer.Endpoint.LOGS)  # the same kind of wait in the loop's own task
     assert runtime.health(d.runtime, NOW + runtime.STALL_AFTER_S + 1.0)[0]
+
+
+class QueuedRec(FakeRec):
+    """A tick that waits for its turn in the rental queue before renting."""
+
+    def __init__(self, queue: rentqueue.RentQueue) -> None:
+        super().__init__()
+        self.queue = queue
+
+    async def tick(self) -> planning.Plan:
+        async with self.queue.turn("vast-pod-9"):
+            return PLAN
+
+
+async def test_liveness_stays_200_while_a_tick_waits_minutes_in_the_rental_queue(
+    env: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the back of a long rental queue (75 pods cold-starting, one rental every ~4.7 s) a tick waits
+    longer than the stall limit: each poll is a deliberate wait, so /healthz stays 200 (else the pod
+    would be restarted and join the queue at its back again)."""
+    now = [NOW]
+    healthy: list[bool] = []
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+        ahead.local.position("vast-pod-0", join=True)  # the pod ahead is still renting
+        if now[0] - NOW > runtime.STALL_AFTER_S + 100:
+            ahead.local.leave("vast-pod-0")
+        healthy.append(runtime.health(d.runtime, now[0])[0])
+
+    async def pause(seconds: float, wakeable: bool) -> None:
+        d.stop.set()
+
+    ahead = rentqueue.RentQueue(None, rentqueue.Keys("b"), clock=lambda: now[0], sleep=sleep, poll_s=2.0)
+    ahead.local.position("vast-pod-0", join=True)
+    pace = pacer.Pacer(None, pacer.Keys("b"), clock=lambda: now[0])
+    kit = fleet_wiring.FleetKit(pace, None, pacer.Failover())
+    ahead.on_wait = kit.note_wait  # as fleet_wiring.build_fleet_parts wires it
+    rec = QueuedRec(ahead)
+
+    async def open_clients(*_: Any) -> Any:
+        return types.SimpleNamespace(vast=Account()), kit
+
+    monkeypatch.setattr(daemon.wiring, "open_clients", open_clients)
+    monkeypatch.setattr(daemon.wiring, "build_reconciler", lambda *_, **__: rec)
+    monkeypatch.setattr(daemon.admin, "AdminPort", NoAdmin)
+    monkeypatch.setattr(fleet_wiring.FleetKit, "account", lambda *_: Account())
+    d = daemon.Daemon(load_settings(), clock=lambda: now[0], rng=Edge(), pause=pause)
+    d.runtime.nginx = FakeNginx()
+    async with contextlib.AsyncExitStack() as stack:
+        await d._open(stack, None, None)  # type: ignore[arg-type]
+    await d._reconcile_loop(Account(), rec)
+    assert now[0] - NOW > runtime.STALL_AFTER_S + 100, "the tick waited longer than the stall limit"
+    assert healthy and all(healthy), "200 all along while the queue moves"
