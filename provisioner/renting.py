@@ -295,6 +295,11 @@ class Renter:
                 text = f"offer {offer.id}: {exc.reason}; listing by label before any new rental"
                 notes.append(_note(ask, events.EventKind.RENT_UNKNOWN, text))
                 return Outcome(Result.UNKNOWN, notes=tuple(notes))
+            except errors.VastError:
+                # a 429 or a refused key: not rented, and still rentable for the other pods
+                if self.turns is not None:
+                    await self.turns.queue.release(self.turns.pod, offer.id)
+                raise
             self._rented_now = dataclasses.replace(_rented(ask, choice, new_id, notes), reserved=reserved)
             await self._retire(offer.id)
             return self._rented_now

@@ -328,6 +328,27 @@ async def test_pods_in_the_queue_rent_different_offers(
     assert a.queue_line is None and b.queue_line is None, "nobody is queued once both rented"
 
 
+@respx.mock
+async def test_a_rent_refused_with_429_gives_its_offer_claim_back(
+    http: httpx.AsyncClient, pods: list[fakeredis.FakeAsyncRedis]
+) -> None:
+    """web-0's rent of the best offer meets a 429: nothing was rented, so its claim on the offer goes
+    back at once and web-1 rents that offer, rather than the second best while the claim lives."""
+    respx.post(f"{BASE}/api/v0/bundles/").mock(
+        return_value=httpx.Response(200, json={"offers": [offer(1, 0.1), offer(2, 0.2)]})
+    )
+    respx.get(LIST).mock(return_value=httpx.Response(200, json=rows()))
+    asks = respx.put(f"{BASE}/api/v0/asks/1/")
+    asks.side_effect = [
+        httpx.Response(429, text="API requests too frequent"),
+        httpx.Response(200, json={"success": True, "new_contract": 101}),
+    ]
+    with pytest.raises(errors.RateLimited):
+        await queue_renter(http, pods[0], "web-0").rent(make_ask(label="k8s_pod=web-0"))
+    out = await queue_renter(http, pods[1], "web-1").rent(make_ask(label="k8s_pod=web-1"))
+    assert out.instance_id == 101 and asks.call_count == 2
+
+
 async def queued_behind_web_0(
     redis: fakeredis.FakeAsyncRedis, renter: renting.Renter
 ) -> tuple[rentqueue.RentQueue, asyncio.Task[renting.Outcome]]:
