@@ -95,7 +95,7 @@ class NginxProcess:
 
     @property
     def config(self) -> str | None:
-        """The config text nginx runs (or will run at its next start)."""
+        """The config nginx runs (or will at its next start); None after a failed reload: unknown."""
         return self._config
 
     # ------------------------------------------------------------ config
@@ -148,12 +148,14 @@ class NginxProcess:
                 try:
                     await self._reload()
                 except errors.NginxError:
-                    # nginx keeps running the old config: put its file back so that a restart uses it
-                    # (unknown until that is done: should the write fail, the next apply redoes all)
+                    # the old file back, for a restart. What nginx runs is unknown (a fork that failed
+                    # mid-reload leaves no worker): the next apply reloads, a workerless nginx restarts
                     self._config = None
                     if previous is not None:
                         await asyncio.to_thread(config_file.write_atomic, self.config_path, previous)
-                    self._config = previous
+                    if (proc := self._proc) is not None and await _left_workerless(proc.pid):
+                        log.error("nginx has no worker after the failed reload; restarting it")
+                        await self._kill(proc)  # ``supervise`` starts it again, on the old file
                     raise
                 self.reloads += 1
             return True
@@ -365,6 +367,16 @@ class NginxProcess:
             return self.pid_path.read_text().strip() == str(pid)
         except OSError:
             return False
+
+
+async def _left_workerless(master_pid: int, watch_s: float = 1.0) -> bool:
+    """After a failed reload: nginx has no worker accepting (the old ones told to quit, no new one
+    forked), seen within ``watch_s`` while the old ones retitle; False where ``/proc`` cannot tell."""
+    for _ in range(round(watch_s / _POLL_S)):
+        if _accepting_workers(master_pid) == set():
+            return True
+        await asyncio.sleep(_POLL_S)
+    return False
 
 
 def _accepting_workers(master_pid: int) -> set[int] | None:

@@ -412,9 +412,47 @@ async def test_failed_reload_is_reported_and_old_config_restored(
             await proc.apply(rendering.render_nginx_conf(wider, to(port, backend)))
     assert proc.is_running
     assert proc.reloads == 0
-    assert proc.config == good
+    assert proc.config is None, "unknown after a failed reload: the next apply reloads whatever it says"
     assert proc.config_path.read_text() == good
     assert (await get(port)).json()["backend"] == "a"
+    assert await proc.apply(good) and proc.reloads == 1 and proc.config == good
+
+
+async def test_a_failed_reload_that_left_no_worker_restarts_nginx(
+    make_nginx: NginxFactory, tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload can fail half-way: the master could not fork the new worker (a pids limit) after it
+    told the old ones to quit, and nothing accepts while the master looks alive. Here the reload
+    fails for real (a port taken) and /proc is made to show no accepting worker after it, as such a
+    fork failure leaves it (root ignores RLIMIT_NPROC, so the fork itself cannot be made to fail):
+    the master is stopped, ``supervise`` starts nginx again on the old file, and it serves."""
+    port = free_port()
+    cfg = proxy_config(tmp_path / "state", port)
+    proc = await started(make_nginx, tmp_path, cfg, to(port, backend))
+    stop = asyncio.Event()
+    supervisor = asyncio.create_task(proc.supervise(stop))
+    first_pid = proc.pid
+    monkeypatch.setattr(nginx, "_accepting_workers", lambda master: set())
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        wider = proxy_config(tmp_path / "state", port, blocker.getsockname()[1])
+        with pytest.raises(errors.NginxError, match="did not reload"):
+            await proc.apply(rendering.render_nginx_conf(wider, to(port, backend)))
+    monkeypatch.undo()
+
+    async def back() -> bool:
+        if proc.pid in (None, first_pid):
+            return False
+        with contextlib.suppress(httpx.TransportError):
+            return (await get(port)).json()["backend"] == "a"
+        return False
+
+    await eventually(back)
+    assert proc.restarts == 1
+    stop.set()
+    async with asyncio.timeout(10):
+        await supervisor
 
 
 async def test_a_reload_under_worker_alerts_succeeds(make_nginx: NginxFactory, tmp_path: Path) -> None:
