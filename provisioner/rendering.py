@@ -255,6 +255,8 @@ def _listen_host(address: str) -> str:
         addr = ipaddress.ip_address(address)
     except ValueError:
         raise problem from None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)  # nginx cannot bind ::ffff:a.b.c.d (EINVAL); the IPv4 form binds
     return f"[{addr}]" if addr.version == 6 else str(addr)
 
 

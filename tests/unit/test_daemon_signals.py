@@ -8,11 +8,12 @@ import contextlib
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from provisioner import daemon, errors, launch
+from provisioner import daemon, errors, launch, wiring
 from provisioner.settings import load_settings
 from tests.unit.test_daemon import Account, Edge, FakeRec
 
@@ -136,3 +137,23 @@ async def test_a_forced_exit_kills_nginx_workers_with_the_master(
         await asyncio.wait_for(_until_dead(worker_pid), 5)  # a worker left alive keeps the port
     finally:
         await _kill_group(master)
+
+
+async def test_a_symlinked_nginx_conf_keeps_nginx_beside_the_rendered_paths(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """NGINX_CONFIG_PATH naming a symlink into another directory: nginx's config path is taken in the
+    resolved state directory, where the rendered pid and temp paths are, not at the link's target
+    (there nginx's pid file would never appear, and the start would time out)."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "real" / "nginx.conf").write_text("")
+    (tmp_path / "state" / "nginx.conf").symlink_to(tmp_path / "real" / "nginx.conf")
+    env.setenv("NGINX_CONFIG_PATH", str(tmp_path / "state" / "nginx.conf"))
+    env.setenv("NGINX_BIN", "/bin/true")
+    d = daemon.Daemon(load_settings())
+    async with contextlib.AsyncExitStack() as stack:
+        nginx = d._nginx_process(stack)
+        assert nginx.config_path == (tmp_path / "state").resolve() / "nginx.conf"
+        assert nginx.config_path.parent == wiring.proxy_config(d.settings).state_dir
+        d.nginx = None  # nothing was started: nothing to stop

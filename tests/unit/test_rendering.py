@@ -222,6 +222,13 @@ def test_ipv6_listen_address_is_bracketed() -> None:
     assert "listen [::]:3000;" in text
 
 
+def test_an_ipv4_mapped_listen_address_renders_as_ipv4() -> None:
+    """``::ffff:127.0.0.1`` is a valid address, but nginx cannot bind it (EINVAL, even under -t): it
+    renders in its IPv4 form, which binds the same socket address."""
+    text = rendering.render_nginx_conf(config(listen_address="::ffff:127.0.0.1"), None)
+    assert "listen 127.0.0.1:3000;" in text and "ffff" not in text
+
+
 def test_upstream_headers_are_set_sorted_and_quoted() -> None:
     """upstream_headers become quoted proxy_set_header lines, in name order."""
     headers = {"X-Shared-Secret": "s3cr3t value", "Authorization": "Bearer abc.def"}
