@@ -14,8 +14,9 @@ endpoint's next slot for everyone (:meth:`Pacer.penalize`, or automatically when
 Redis keys: ``store.py``'s one key table (``P pace:<B>:<endpoint>``, ``P view:<B>:<F>``, ``P rentq:<B>``,
 ``P claim:<B>:<offer_id>``); ``B`` is the budget id (:func:`pacer.budget_id`), never the API key.
 
-:class:`Failover` is the outage guard the fleet modules share (``fleetview``, ``rentqueue``): pass
-one instance to all of them and an outage is logged once when it starts and once when it ends.
+``Failover`` (``failover.py``) is the outage guard the fleet modules share (``fleetview``,
+``rentqueue``): pass one instance to all of them and an outage is logged once when it starts and
+once when it ends.
 """
 
 from __future__ import annotations
@@ -31,10 +32,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final, TypeAlias, TypeVar
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
-from provisioner import errors, store
+from provisioner import errors, failover, store
 
 log = logging.getLogger("provisioner.pacer")
 
@@ -42,7 +40,7 @@ T = TypeVar("T")
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 #: the Redis client the fleet modules talk through (decode_responses=True; tests pass fakeredis)
-Client: TypeAlias = aioredis.Redis
+Client: TypeAlias = failover.Client
 
 DEFAULT_KEY_PREFIX: Final = store.DEFAULT_KEY_PREFIX
 #: a slot key outlives its next free slot by this much, then expires (nothing to clean up)
@@ -53,10 +51,10 @@ DEFAULT_MARGIN_S: Final = 0.05
 #: most twice in a row: sent late, the call would reach Vast too close to the one in the next slot
 LATE_S: Final = 0.05
 LATE_RETRIES: Final = 2
-#: a Redis exchange slower than this counts as a failure (the call is paced locally instead)
-DEFAULT_DEADLINE_S: Final = 0.5
-#: while Redis is down, try it again at most this often
-DEFAULT_RETRY_S: Final = 2.0
+DEFAULT_DEADLINE_S: Final = failover.DEFAULT_DEADLINE_S
+DEFAULT_RETRY_S: Final = failover.DEFAULT_RETRY_S
+#: the outage guard the fleet modules share (``failover.py``; named here too, where they import it)
+Failover = failover.Failover
 
 
 class Endpoint(StrEnum):
@@ -148,6 +146,11 @@ class Keys:
     def slot(self, endpoint: Endpoint) -> str:
         return store.Keys(self.prefix).pace(self.budget, endpoint.value)
 
+    def penalty(self, endpoint: Endpoint) -> str:
+        """Until when a 429 holds the endpoint (unix ms, Redis clock): slots handed out before it came
+        and falling inside it are taken again after it (``Pacer.acquire``)."""
+        return self.slot(endpoint) + ":penalty"
+
 
 @dataclass(frozen=True, slots=True)
 class Slot:
@@ -157,74 +160,6 @@ class Slot:
     wait_s: float
     at_s: float
     fleet: bool
-
-
-class Failover:
-    """Runs Redis exchanges under a deadline; during an outage fails fast and logs it once.
-
-    Every failure (redis-py, socket, timeout) becomes ``errors.StoreError``. After one, Redis is
-    skipped (the call raises at once) for ``retry_s``, then tried again.
-    """
-
-    def __init__(
-        self,
-        *,
-        deadline_s: float = DEFAULT_DEADLINE_S,
-        retry_s: float = DEFAULT_RETRY_S,
-        clock: Clock = time.monotonic,
-    ) -> None:
-        self.deadline_s = deadline_s
-        self.retry_s = retry_s
-        self._clock = clock
-        self._down_since: float | None = None
-        self._retry_at = 0.0
-
-    @property
-    def available(self) -> bool:
-        """False during an outage."""
-        return self._down_since is None
-
-    async def call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """``await fn()`` within the deadline, or ``StoreError`` (at once while Redis is known down)."""
-        now = self._clock()
-        if self._down_since is not None and now < self._retry_at:
-            raise errors.StoreError(f"redis {op}: skipped while Redis is down")
-        try:
-            async with asyncio.timeout(self.deadline_s):
-                result = await fn()
-        except (TimeoutError, RedisError, OSError) as exc:
-            self._retry_at = now + self.retry_s
-            if self._down_since is None:
-                self._down_since = now
-                log.warning(
-                    "Redis failed (%s: %s); pacing, the instance view and the rent queue are per pod"
-                    " until it returns",
-                    op,
-                    type(exc).__name__ if isinstance(exc, TimeoutError) else _first_line(exc),
-                    extra={"event": "fleet-store-unavailable"},
-                )
-            raise errors.StoreError(f"redis {op}: {type(exc).__name__}") from exc
-        if self._down_since is not None:
-            log.warning(
-                "Redis is back after %.0fs; pacing, the instance view and the rent queue are fleet-wide",
-                now - self._down_since,
-                extra={"event": "fleet-store-recovered"},
-            )
-            self._down_since = None
-        return result
-
-    async def script(
-        self, redis: Client | None, op: str, source: str, keys: Sequence[str], *args: str | int
-    ) -> Any:
-        """Run one Lua script (EVAL) through :meth:`call`; ``StoreError`` when there is no Redis."""
-        if redis is None:
-            raise errors.StoreError(f"redis {op}: no redis")
-        return await self.call(op, lambda: redis.eval(source, len(keys), *keys, *args))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class LocalPacer:
@@ -283,14 +218,20 @@ _PENALIZE_LUA: Final = (
     + """
 local stored = tonumber(redis.call('GET', KEYS[1])) or 0
 local target = now + tonumber(ARGV[1])
+local ttl = string.format('%.0f', target - now + tonumber(ARGV[2]))
 if target > stored then
-  local ttl = target - now + tonumber(ARGV[2])
-  redis.call('SET', KEYS[1], string.format('%.0f', target), 'PX', string.format('%.0f', ttl))
+  redis.call('SET', KEYS[1], string.format('%.0f', target), 'PX', ttl)
   stored = target
+end
+if target > (tonumber(redis.call('GET', KEYS[2])) or 0) then
+  redis.call('SET', KEYS[2], string.format('%.0f', target), 'PX', ttl)
 end
 return {stored - now}
 """
 )
+
+# KEYS[1] a key holding unix ms -> {its value, 0 when absent}
+_GET_LUA: Final = "return {tonumber(redis.call('GET', KEYS[1])) or 0}"
 
 # KEYS[1] slot key -> {ms until the next free slot (may be negative: free now)}
 _PEEK_LUA: Final = (
@@ -332,15 +273,15 @@ class Pacer:
         """The spacing the pacer keeps on this endpoint (the limit plus the margin)."""
         return self.local.interval_s(endpoint)
 
-    async def _script(self, op: str, source: str, key: str, *args: int) -> list[Any]:
-        return list(await self.failover.script(self._redis, op, source, (key,), *args))
+    async def _script(self, op: str, source: str, keys: Sequence[str], *args: int) -> list[Any]:
+        return list(await self.failover.script(self._redis, op, source, keys, *args))
 
     async def reserve(self, endpoint: Endpoint) -> Slot:
         """Take the endpoint's next slot without waiting for it (fleet-wide when Redis answers)."""
         floor_ms = _ms(self.local.remaining_s(endpoint))
         args = (_ms(self.interval_s(endpoint)), floor_ms, SLOT_KEY_SLACK_MS)
         try:
-            wait_ms, slot_ms = await self._script("pace", _ACQUIRE_LUA, self.keys.slot(endpoint), *args)
+            wait_ms, slot_ms = await self._script("pace", _ACQUIRE_LUA, [self.keys.slot(endpoint)], *args)
         except errors.StoreError:
             return self.local.reserve(endpoint)
         wait_s = int(wait_ms) / 1000
@@ -351,7 +292,7 @@ class Pacer:
         """Reserve the endpoint's next slot and sleep until it: the call may be sent on return. A slot
         reached more than ``LATE_S`` late (a slow reply or a late wake-up) is given up for the next one
         (``LATE_RETRIES``)."""
-        retries = 0
+        retries = penalized = 0
         while True:
             # the slot's wait counts from when it was asked for: a reply that took long to come back
             # (a loaded Redis, a busy loop) already used part of it, or made the slot late
@@ -363,6 +304,9 @@ class Pacer:
                 if self.on_wait is not None:
                     self.on_wait(left_s)
                 await self._sleep(left_s)
+                if slot.fleet and penalized < LATE_RETRIES and await self._penalized(slot):
+                    penalized += 1  # a 429 came while this pod slept towards its slot
+                    continue
             late_s = self._clock() - due
             if late_s <= LATE_S or retries == LATE_RETRIES:
                 return slot
@@ -383,18 +327,26 @@ class Pacer:
         """A 429 arrived: no slot for anyone before ``max(retry_after_s, penalty)``; returns the wait."""
         wait_s = self.local.penalty_s(endpoint, retry_after_s)
         self.local.push(endpoint, wait_s)
-        key = self.keys.slot(endpoint)
         try:
-            (left_ms,) = await self._script("penalize", _PENALIZE_LUA, key, _ms(wait_s), SLOT_KEY_SLACK_MS)
+            keys = [self.keys.slot(endpoint), self.keys.penalty(endpoint)]
+            (left_ms,) = await self._script("penalize", _PENALIZE_LUA, keys, _ms(wait_s), SLOT_KEY_SLACK_MS)
         except errors.StoreError:
             return self.local.remaining_s(endpoint)
         return max(int(left_ms) / 1000, self.local.remaining_s(endpoint))
+
+    async def _penalized(self, slot: Slot) -> bool:
+        """Whether a 429's penalty, come while this pod slept, covers its slot (then it takes another)."""
+        try:
+            (until_ms,) = await self._script("penalty", _GET_LUA, [self.keys.penalty(slot.endpoint)])
+        except errors.StoreError:
+            return False
+        return int(until_ms) > round(slot.at_s * 1000)
 
     async def free_in_s(self, endpoint: Endpoint) -> float:
         """Seconds until the endpoint's next free slot, without taking it (for "wait, don't back off")."""
         local_s = self.local.remaining_s(endpoint)
         try:
-            (left_ms,) = await self._script("peek", _PEEK_LUA, self.keys.slot(endpoint))
+            (left_ms,) = await self._script("peek", _PEEK_LUA, [self.keys.slot(endpoint)])
         except errors.StoreError:
             return local_s
         return max(int(left_ms) / 1000, local_s, 0.0)

@@ -28,6 +28,9 @@ key                        type        holds                                    
                                        the Redis clock (``pacer.py``); ``D`` is    SLOT_KEY_SLACK_MS``
                                        the default prefix ``vastprov:``, whatever
                                        ``P`` is: the budget is the API key's
+``D pace:<B>:<endpoint>:`` string      until when a 429 holds the endpoint (unix   as its slot key
+``penalty``                            ms, Redis clock): a slot inside it, given
+                                       before it came, is taken again after it
 ``P view:<B>:<F>``         hash        ``at`` (ms, Redis clock: when the list was  ``fleetview.VIEW_TTL
                                        requested), ``items`` (JSON rows)           _MS``
 ``P view:<B>:<F>:lock``    string      the token of the pod listing now            the view's lock TTL

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator
@@ -316,3 +317,31 @@ async def test_each_wait_for_a_slot_is_told_before_it_is_slept(clock: Clock) -> 
     await p.acquire(E.SEARCH_OFFERS)
     await p.acquire(E.LIST_INSTANCES)
     assert told == [(7200.0, 0)], "told before the sleep, not after; nothing for a free slot"
+
+
+async def test_a_penalty_also_holds_slots_given_out_before_it(server: fakeredis.FakeServer) -> None:
+    """Five pods took their slots 0.2 s apart; the first call is answered 429 with Retry-After: 1.
+    The pods already sleeping towards slots inside that second take new ones after it, instead of
+    each earning another 429 (real time, scaled down: Vast's show_instance interval is 2 s)."""
+    endpoint = E.SHOW_INSTANCE
+    limits = pacer.limits_with({"show_instance": 0.2})
+    clients = [fakeredis.FakeAsyncRedis(server=server, decode_responses=True) for _ in range(5)]
+    pods = [pacer.Pacer(c, pacer.Keys("b"), limits=limits, margin_s=0.0) for c in clients]
+    sent: list[tuple[int, float]] = []
+    started = asyncio.get_running_loop().time()
+
+    async def call(i: int, pod: pacer.Pacer) -> None:
+        with contextlib.suppress(errors.RateLimited):
+            async with pod.slot(endpoint):
+                sent.append((i, asyncio.get_running_loop().time() - started))
+                if i == 0:
+                    raise errors.RateLimited("show instance", "rate limited", retry_after_s=1.0)
+
+    try:
+        await asyncio.gather(*(call(i, pod) for i, pod in enumerate(pods)))
+    finally:
+        for c in clients:
+            await c.aclose()
+    first = dict(sent)[0]
+    assert len(sent) == 5
+    assert all(at >= first + 0.95 for i, at in sent if i != 0), sent
