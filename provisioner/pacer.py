@@ -11,7 +11,7 @@ sends two calls of this process closer than the interval. A 429 that still arriv
 endpoint's next slot for everyone (:meth:`Pacer.penalize`, or automatically when
 ``errors.RateLimited`` leaves ``async with pacer.slot(endpoint)``).
 
-Redis keys: ``store.py``'s one key table (``P pace:<B>:<endpoint>``, ``P view:<B>:<F>``, ``P rentq:<B>``,
+Redis keys: ``store.py``'s one key table (``D pace:<B>:<endpoint>[:penalty]``, ``P view:<B>:<F>``, ``P rentq:<B>``,
 ``P claim:<B>:<offer_id>``); ``B`` is the budget id (:func:`pacer.budget_id`), never the API key.
 
 ``Failover`` (``failover.py``) is the outage guard the fleet modules share (``fleetview``,
@@ -294,20 +294,21 @@ class Pacer:
         (``LATE_RETRIES``)."""
         retries = penalized = 0
         while True:
-            # the slot's wait counts from when it was asked for: a reply that took long to come back
-            # (a loaded Redis, a busy loop) already used part of it, or made the slot late
+            # never early: the wait counts from the reply (Redis may have run the script late). But
+            # the reply may have come late too (a loaded Redis, a busy loop): the slot may be that
+            # much behind, which counts as lateness
             asked_at = self._clock()
             slot = await self.reserve(endpoint)
-            due = asked_at + slot.wait_s
-            left_s = due - self._clock()
-            if left_s > 0:
+            replied_at = self._clock()
+            due = replied_at + slot.wait_s
+            if slot.wait_s > 0:
                 if self.on_wait is not None:
-                    self.on_wait(left_s)
-                await self._sleep(left_s)
+                    self.on_wait(slot.wait_s)
+                await self._sleep(slot.wait_s)
                 if slot.fleet and penalized < LATE_RETRIES and await self._penalized(slot):
                     penalized += 1  # a 429 came while this pod slept towards its slot
                     continue
-            late_s = self._clock() - due
+            late_s = self._clock() - due + (replied_at - asked_at)
             if late_s <= LATE_S or retries == LATE_RETRIES:
                 return slot
             retries += 1

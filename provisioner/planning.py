@@ -315,21 +315,20 @@ def _bridge_and_replace(
     """Make-before-break: a healthy drifted or condemned instance serves until a matching one is healthy.
 
     Returns that bridge (the served one first) and appends a destroy for every other one to replace,
-    except one that may wait (briefly failing: it may answer again) while no matching one is healthy.
+    except, while nothing serves, one that may wait (briefly failing: it may answer again).
     """
     replaced = sorted(
         (by_id[i] for i, v in verdicts.items() if v.kind in _REPLACED),
         key=lambda inst: (0 if inst.id == obs.serving_id else 1, inst.id),
     )
-    bridge: model.Instance | None = None
-    for inst in replaced:
-        verdict = verdicts[inst.id]
-        if keep_kind is not VerdictKind.HEALTHY and verdict.can_bridge and bridge is None:
-            bridge = inst
-            continue
-        if keep_kind is not VerdictKind.HEALTHY and verdict.may_wait:
-            continue
-        destroys.append(Destroy(inst, verdict.detail))
+    bridge = waiting = None
+    if keep_kind is not VerdictKind.HEALTHY:
+        bridge = next((inst for inst in replaced if verdicts[inst.id].can_bridge), None)
+        if bridge is None:  # only while nothing serves: one briefly failing instance may answer again
+            waiting = next((inst for inst in replaced if verdicts[inst.id].may_wait), None)
+    destroys.extend(
+        Destroy(inst, verdicts[inst.id].detail) for inst in replaced if inst not in (bridge, waiting)
+    )
     return bridge
 
 

@@ -142,9 +142,10 @@ async def test_a_forced_exit_kills_nginx_workers_with_the_master(
 async def test_a_symlinked_nginx_conf_keeps_nginx_beside_the_rendered_paths(
     env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """NGINX_CONFIG_PATH naming a symlink into another directory: nginx's config path is taken in the
-    resolved state directory, where the rendered pid and temp paths are, not at the link's target
-    (there nginx's pid file would never appear, and the start would time out)."""
+    """NGINX_CONFIG_PATH naming a symlink into another directory: the daemon gives nginx the config
+    path in the resolved state directory, the one the rendered pid and temp paths are in, not the
+    link's target (where nginx's pid file would never appear, and the start would time out). The
+    paths only; nginx itself is not started here."""
     (tmp_path / "real").mkdir()
     (tmp_path / "state").mkdir()
     (tmp_path / "real" / "nginx.conf").write_text("")

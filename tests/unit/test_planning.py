@@ -254,6 +254,19 @@ CASES = [
     pytest.param(
         obs(
             inst(1, template_hash_id="b" * 32),
+            inst(3, image_uuid="ghcr.io/acme/whisper:1.1"),
+            inst(2, "loading"),
+            healthy={1: False, 3: True},
+            unhealthy_since={1: NOW - 10},
+            answered=frozenset({1, 3}),
+        ),
+        ["serve:3", "destroy:1:template-drift"],
+        Phase.BOOTING,
+        id="a-briefly-failing-one-goes-while-another-bridges",
+    ),
+    pytest.param(
+        obs(
+            inst(1, template_hash_id="b" * 32),
             inst(2),
             healthy={1: False, 2: True},
             unhealthy_since={1: NOW - 10},
