@@ -21,8 +21,9 @@ the reconciler to poll no faster than a pod without Redis would (``local_poll_s`
 its own: an outage costs the key what pods without Redis spend, not every pod listing at the shared
 view's pace.
 
-Redis keys: ``store.py``'s one key table (``D pace:<B>:<endpoint>[:penalty]``, ``P view:<B>:<F>``, ``P rentq:<B>``,
-``P claim:<B>:<offer_id>``); ``B`` is the budget id (:func:`pacer.budget_id`), never the API key.
+Redis keys: ``store.py``'s one key table (``D pace:<B>:<endpoint>[:penalty]``, ``P view:<B>:<F>``,
+``P rentq:<B>``, ``P claim:<B>:<offer_id>``); ``B`` is the budget id (:func:`pacer.budget_id`), never
+the API key.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ sends two calls of this process closer than the interval. A 429 that still arriv
 endpoint's next slot for everyone (:meth:`Pacer.penalize`, or automatically when
 ``errors.RateLimited`` leaves ``async with pacer.slot(endpoint)``).
 
-Redis keys: ``store.py``'s one key table (``D pace:<B>:<endpoint>[:penalty]``, ``P view:<B>:<F>``, ``P rentq:<B>``,
-``P claim:<B>:<offer_id>``); ``B`` is the budget id (:func:`pacer.budget_id`), never the API key.
+Redis keys: ``store.py``'s one key table (``D pace:<B>:<endpoint>[:penalty]``, ``P view:<B>:<F>``,
+``P rentq:<B>``, ``P claim:<B>:<offer_id>``); ``B`` is the budget id (:func:`pacer.budget_id`), never
+the API key.
 
 ``Failover`` (``failover.py``) is the outage guard the fleet modules share (``fleetview``,
 ``rentqueue``): pass one instance to all of them and an outage is logged once when it starts and

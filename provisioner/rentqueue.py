@@ -13,8 +13,9 @@ holds its turn (:meth:`RentQueue.turn`) a background task keeps beating. Claims 
 ``claim_ttl_s``. Without Redis, or while it fails, the queue and the claims are per process
 (the pod is alone in its own queue).
 
-Redis keys: ``store.py``'s one key table (``D pace:<B>:<endpoint>[:penalty]``, ``P view:<B>:<F>``, ``P rentq:<B>``,
-``P claim:<B>:<offer_id>``); ``B`` is the budget id (:func:`pacer.budget_id`), never the API key.
+Redis keys: ``store.py``'s one key table (``D pace:<B>:<endpoint>[:penalty]``, ``P view:<B>:<F>``,
+``P rentq:<B>``, ``P claim:<B>:<offer_id>``); ``B`` is the budget id (:func:`pacer.budget_id`), never
+the API key.
 """
 
 from __future__ import annotations
