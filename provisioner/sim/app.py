@@ -65,12 +65,13 @@ def _api_key(request: Request) -> str | None:
 
 
 def _no_route(request: Request, allowed: set[str]) -> Response:
-    """404 for an unknown path, 405 (with Allow) for a known path and another method."""
+    """404 (an HTML page) for an unknown path, 405 (with Allow) for a known path and another method."""
     if allowed:
         body = {"success": False, "error": "method_not_allowed", "msg": "Method Not Allowed"}
         return json_response(body, 405, {"Allow": ", ".join(sorted(allowed))})
-    body = {"success": False, "error": "not_found", "msg": f"Not Found: {request.url.path}"}
-    return json_response(body, 404)
+    # a web server's page, not an API answer: a client path gone wrong must fail, not read as "this
+    # instance is gone" (a JSON 404 is one of the ways Vast says that)
+    return Response(f"<h1>Not Found</h1><p>{request.url.path}</p>", 404, media_type="text/html")
 
 
 class Dispatcher:

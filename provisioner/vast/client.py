@@ -230,7 +230,7 @@ class VastClient(transport.Transport):
         """``GET /api/v0/instances/{id}/?owner=me``; None when it is gone (``instances: null`` or 404)."""
         call = "show instance"
         path = f"/api/v0/instances/{_positive_id(instance_id, 'instance_id')}/"
-        response = await self._request(call, "GET", path, params={"owner": "me"}, accept=wire.is_gone)
+        response = await self._request(call, "GET", path, params={"owner": "me"}, accept=wire.is_not_found)
         if response.status_code == 404:
             return None
         data = self._json(call, response)

@@ -107,14 +107,15 @@ def map_failure(
     body = _json_or_none(failure)
     code = body.get("error") if isinstance(body, Mapping) else None
     code = code if isinstance(code, str) else ""
-    detail = _short(scrub(_detail(failure, body), *secrets))
+    raw = _detail(failure, body)
+    detail = _short(scrub(raw, *secrets))  # for the message; the classification reads the raw text
     if failure.is_success:
         if body is None:
             return errors.VastBadResponse(call, f"answer is not JSON: {detail}", status=status)
         if isinstance(body, Mapping) and body.get("success") is False:
             return errors.VastRejected(call, detail, status=status)
         return errors.VastBadResponse(call, f"unexpected answer: {detail}", status=status)
-    lowered = detail.lower()
+    lowered = raw.lower()
     # A 403 that names a bad argument (rent: "Offer … is not your own") is about the request, not the key.
     if (status == 401 or (status == 403 and code != "invalid_args")) or (
         status == 404
@@ -131,11 +132,12 @@ def map_failure(
         if wait is None:
             # Vast's 429s rarely carry Retry-After but often name the endpoint's minimum interval:
             # "API requests too frequent endpoint threshold=3.0" -> wait that long before retrying
-            threshold = _THRESHOLD_RE.search(detail)
+            threshold = _THRESHOLD_RE.search(raw)
             wait = float(threshold.group(1)) if threshold else None
         wait = None if wait is None else min(wait, MAX_SERVER_WAIT_S)
         return errors.RateLimited(call, f"rate limited: {detail}", retry_after_s=wait)
-    if call == CALL_RENT and (status == 410 or (status == 404 and "no_such_ask" in f"{code} {lowered}")):
+    # vast-api.md §11.1: a 404 or 410 on a rent is the offer gone, whatever its body says
+    if call == CALL_RENT and status in (404, 410):
         return errors.OfferGone(call, f"offer gone: {detail}", status=status)
     if status >= 500:
         return errors.VastUnavailable(call, detail, status=status)
@@ -221,6 +223,15 @@ def result_url(call: str, answer: Any) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise errors.VastBadResponse(call, "answer has no http(s) 'result_url'")
     return url
+
+
+def is_not_found(response: httpx.Response) -> bool:
+    """A JSON 404 but the API's "key refused" one: for showing one instance, whose 404 may come in any
+    JSON form once it is destroyed (vast-api.md §12: ``{"detail": ...}``, ``{"msg": ...}``; the caller
+    confirms "gone" before acting on it). A 404 that is not JSON is a wrong URL, not an answer."""
+    if response.status_code != 404 or _json_or_none(response) is None:
+        return False
+    return not isinstance(map_failure("show", response), errors.AuthError)
 
 
 def is_gone(response: httpx.Response) -> bool:

@@ -356,22 +356,29 @@ async def test_show_instance_wire_and_parse(router: respx.MockRouter, vast: Vast
         httpx.Response(
             404, json={"success": False, "error": "no_such_instance", "msg": "Instance 5 not found."}
         ),
+        httpx.Response(404, json={"detail": "Not found."}),
+        httpx.Response(404, json={"success": False, "msg": "Instance 5 not found."}),
     ],
-    ids=["instances-null", "404-no_such_instance"],
+    ids=["instances-null", "404-no_such_instance", "404-detail", "404-msg-only"],
 )
 async def test_show_instance_gone_is_none(
     router: respx.MockRouter, vast: VastClient, answer: httpx.Response
 ) -> None:
-    """A gone instance ({"instances": null} or 404 no_such_instance) shows as None."""
+    """A gone instance shows as None: {"instances": null}, or a JSON 404 in any of the forms Vast
+    uses (vast-api.md §12 leaves the form open; a form not recognised stalled every tick before)."""
     router.get("/api/v0/instances/5/").mock(return_value=answer)
     assert await vast.show_instance(5) is None
 
 
 async def test_show_instance_plain_404_is_not_gone(router: respx.MockRouter, vast: VastClient) -> None:
-    """A 404 without a 'no such instance' code (e.g. a wrong base URL) is VastRejected, not 'gone'."""
+    """A 404 that is not JSON (a wrong base URL, a proxy's page) is VastRejected, not 'gone'; the
+    API's own key-refused 404 is an AuthError."""
     router.get("/api/v0/instances/5/").respond(404, text="<h1>Not Found</h1>")
     with pytest.raises(errors.VastRejected, match="Not Found"):
         await vast.show_instance(5)
+    router.get("/api/v0/instances/6/").respond(404, json={"success": False, "msg": "Invalid user key"})
+    with pytest.raises(errors.AuthError):
+        await vast.show_instance(6)
 
 
 async def test_destroy_instance_wire(router: respx.MockRouter, vast: VastClient) -> None:
@@ -683,11 +690,14 @@ async def test_error_mapping(
             404, json={"success": False, "error": "invalid_args", "msg": "error 404/3603: no_such_ask"}
         ),
         httpx.Response(410, json={"success": False, "error": "no_such_ask", "msg": "no longer available"}),
+        httpx.Response(404, json={"detail": "Not found."}),
+        httpx.Response(404, json={"success": False, "msg": "ask 123 is not available"}),
     ],
-    ids=["404-no_such_ask", "410"],
+    ids=["404-no_such_ask", "410", "404-detail", "404-other-words"],
 )
 async def test_rent_offer_gone(router: respx.MockRouter, vast: VastClient, answer: httpx.Response) -> None:
-    """404 no_such_ask and 410 on rent are OfferGone, after one request."""
+    """404 and 410 on rent are OfferGone (try the next offer), whatever the body says (vast-api.md
+    §11.1), after one request; a refusal would count towards the rental's two."""
     route = router.put("/api/v0/asks/123/").mock(return_value=answer)
     with pytest.raises(errors.OfferGone):
         await vast.rent(123, rent_request())

@@ -137,3 +137,16 @@ def test_scrub_replaces_the_longest_secret_first_and_escaped_forms() -> None:
     """A secret inside another goes with the longer one; JSON-escaped and URL-encoded forms are replaced."""
     text = f"login {LOGIN} json {json.dumps(PASSWORD)} url token%3D{TOKEN}"
     assert wire.scrub(text, PASSWORD, LOGIN, TOKEN) == 'login *** json "***" url token%3D***'
+
+
+def test_errors_are_classified_on_the_raw_answer_not_the_scrubbed_one() -> None:
+    """Secrets are removed from the message only: a short registry password that happens to occur in
+    "no_such_ask" or "Invalid user key" does not change what the answer means."""
+    gone = httpx.Response(404, json={"success": False, "error": "no_such_ask", "msg": "no_such_ask"})
+    refused = httpx.Response(404, json={"success": False, "msg": "Invalid user key"})
+    limited = httpx.Response(429, text="API requests too frequent endpoint threshold=3.0")
+    assert isinstance(wire.map_failure(wire.CALL_RENT, gone, secrets=["a"]), errors.OfferGone)
+    assert isinstance(wire.map_failure("show instance", refused, secrets=["e"]), errors.AuthError)
+    rate = wire.map_failure("search offers", limited, secrets=["3"])
+    assert isinstance(rate, errors.RateLimited) and rate.retry_after_s == 3.0
+    assert "3" not in str(rate).split(":", 1)[1], "the message is still scrubbed"

@@ -13,6 +13,7 @@ import pytest
 from starlette.applications import Starlette
 
 from provisioner.sim.app import SimConfig, SimRuntime, running_sim
+from provisioner.vast import wire
 from tests.unit.simkit import (  # noqa: F401 (sim, client, runtime: fixtures)
     BASE,
     KEY,
@@ -300,11 +301,13 @@ async def test_malformed_json_is_400(client: httpx.AsyncClient, raw: bytes) -> N
 
 
 async def test_unknown_route_and_wrong_method(client: httpx.AsyncClient) -> None:
-    """Unknown routes are 404 JSON; known routes with the wrong method are 405 JSON with Allow."""
-    missing = await client.get("/api/v0/nothing/here/")
+    """Unknown routes are a web server's HTML 404 (a client path gone wrong, ``/instance/`` for
+    ``/instances/``, must fail, never read as the JSON 404 that says an instance is gone); known
+    routes with the wrong method are 405 JSON with Allow."""
+    missing = await client.delete("/api/v0/instance/5/")
     assert missing.status_code == 404
-    assert missing.headers["content-type"] == "application/json"
-    assert missing.json()["success"] is False
+    assert missing.headers["content-type"].startswith("text/html")
+    assert not wire.is_gone(missing) and not wire.is_not_found(missing)
     wrong = await client.delete("/api/v0/bundles/")
     assert wrong.status_code == 405
     assert wrong.headers["content-type"] == "application/json"
