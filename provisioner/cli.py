@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 import typer
 
-from provisioner import errors, launch
+from provisioner import errors, launch, model
 from provisioner.launch import EXIT_CONFIG, EXIT_FAILURE, arun, fail, guard
 
 if TYPE_CHECKING:
@@ -244,7 +244,9 @@ blacklist_app = typer.Typer(
 app.add_typer(blacklist_app, name="blacklist")
 
 #: host and machine ids are positive integers (``blacklist ban -- -5`` is refused)
-_Ident = Annotated[int, typer.Argument(metavar="HOST", min=1, help="Host id (a machine id with --machine).")]
+_Ident = Annotated[
+    int, typer.Argument(metavar="HOST", min=1, max=2**53, help="Host id (a machine id with --machine).")
+]
 
 
 def _with_blacklist(owner: str, action: Callable[[blacklist.Blacklist], Awaitable[T]]) -> T:
@@ -293,7 +295,9 @@ def operator_name(given: str | None) -> str:
 @blacklist_app.command("ban")
 def blacklist_ban(
     ident: _Ident,
-    ttl: Annotated[int | None, typer.Option(min=1, help="Seconds (BLACKLIST_BAN_TTL_SECONDS).")] = None,
+    ttl: Annotated[
+        int | None, typer.Option(min=1, max=model.MAX_BAN_TTL_S, help="Seconds (BLACKLIST_BAN_TTL_SECONDS).")
+    ] = None,
     reason: Annotated[str, typer.Option(help="Why (shown by `blacklist list`).")] = "manual",
     machine: Annotated[bool, typer.Option("--machine", help="Ban one machine instead of a host.")] = False,
     operator: Annotated[

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
+import redis.connection
 from pydantic import AliasChoices, SecretStr, ValidationError
 
 from provisioner import errors, imageref, model, rendering, selection
@@ -25,7 +26,6 @@ from provisioner.vast import query
 _T = TypeVar("_T")
 
 #: env vars named ``VAST_ENV_<NAME>`` become env ``NAME`` in the remote container.
-REMOTE_ENV_PREFIX: Final = "VAST_ENV_"
 #: Vast accepts a label of at most 256 characters at create time (docs/vast-api.md §6.1).
 MAX_LABEL_LEN: Final = 256
 _HEALTH_PATH_RE: Final = re.compile(r"^/[A-Za-z0-9._~/\-%]*$")
@@ -176,12 +176,16 @@ def check_api_key(value: SecretStr) -> SecretStr:
         raise ValueError("is empty")
     if any(c.isspace() or not c.isprintable() for c in key):
         raise ValueError("contains white space or control characters")
+    if not key.isascii():  # it goes in an HTTP header, which carries ASCII only
+        raise ValueError("contains characters outside ASCII")
     return value
 
 
 def check_api_url(value: str) -> str:
     """An http(s) URL (its port a number in range) without credentials, query or fragment; the trailing
     slash removed."""
+    if value != value.strip():
+        raise ValueError("has white space around it")
     try:
         parts = urlsplit(value)
         _ = parts.port  # parsed only when read: "host:abc" or a port above 65535 raises here
@@ -202,6 +206,14 @@ def check_redis_url(value: SecretStr) -> SecretStr:
         raise ValueError("must be a redis://, rediss:// or unix:// URL such as redis://redis:6379/10")
     if parts.scheme != "unix" and not parts.hostname:
         raise ValueError("names no host")
+    try:
+        redis.connection.parse_url(text)  # type: ignore[no-untyped-call]  # options, database
+        _ = parts.port
+    except ValueError as exc:  # redis-py's words, without the URL (it may hold a password)
+        raise ValueError(f"does not parse: {str(exc).replace(text, '<url>')}") from None
+    db = parts.path.strip("/")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        raise ValueError(f"names database {db!r}: it must be a number, as in redis://redis:6379/10")
     return SecretStr(text)
 
 
@@ -337,34 +349,6 @@ def check_label_prefix(value: str) -> str:
 
 
 # ---------------------------------------------------------------- the one error mapping (settings.py)
-
-
-def check_required(names: tuple[str, ...], overrides: Mapping[str, Any], env: Mapping[str, str]) -> None:
-    """Every required variable that is unset or blank, named in one ``ConfigError``."""
-    unset = [n for n in names if n.lower() not in overrides and n not in env]
-    empty = [n for n in names if n.lower() not in overrides and n in env and not env[n].strip()]
-    if len(unset) + len(empty) == 1:
-        name = (unset or empty)[0]
-        raise errors.ConfigError(name, "is required and not set" if unset else "is empty")
-    if unset and not empty:
-        raise errors.ConfigError(", ".join(unset), "are required and not set")
-    if unset or empty:
-        problems = [f"{n} is not set" for n in unset] + [f"{n} is empty" for n in empty]
-        raise errors.ConfigError(", ".join(unset + empty), "are required: " + "; ".join(problems))
-
-
-def remote_env(environ: Mapping[str, str]) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for key, value in environ.items():
-        if not key.startswith(REMOTE_ENV_PREFIX):
-            continue
-        name = key[len(REMOTE_ENV_PREFIX) :]
-        if not is_env_name(name):
-            raise errors.ConfigError(key, "the part after VAST_ENV_ is not a valid env var name")
-        if len(value) > 256 or len(name) > 256:
-            raise errors.ConfigError(key, "Vast allows at most 256 characters per env key and value")
-        result[name] = value
-    return result
 
 
 def config_error(exc: ValidationError, fields: Mapping[str, Any]) -> errors.ConfigError:

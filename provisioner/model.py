@@ -19,6 +19,9 @@ from typing import Any
 
 from provisioner import errors
 
+#: the longest ban (10 years, seconds): Redis keeps expiries in ms below 2**63; a longer one failed half-way
+MAX_BAN_TTL_S = 10 * 365 * 24 * 3600
+
 # ---------------------------------------------------------------- coercion
 
 

@@ -32,8 +32,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from provisioner import config_env, model, rendering, selection
 from provisioner import config_parsing as cp
-from provisioner import model, rendering, selection
 from provisioner.config_parsing import DockerLogin, SearchQuery, parse_proxy_ports, split_image
 
 __all__ = [
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 #: env vars named ``VAST_ENV_<NAME>`` become env ``NAME`` in the remote container.
-REMOTE_ENV_PREFIX = cp.REMOTE_ENV_PREFIX
+REMOTE_ENV_PREFIX = config_env.REMOTE_ENV_PREFIX
 _blank_is_none = cp.blank_is_none
 _parsed = cp.parsed
 
@@ -98,7 +98,7 @@ class RedisAccess(BaseSettings):
     )
     debug: bool = Field(False, description="Debug logging.")
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
-    blacklist_ban_ttl_seconds: int = Field(604800, ge=1, description="How long a ban lasts.")
+    blacklist_ban_ttl_seconds: int = Field(604800, ge=1, le=model.MAX_BAN_TTL_S, description="Ban length.")
     blacklist_restart_ttl_seconds: int = Field(
         3600, ge=1, description="Sliding window in which adopting restarts are counted."
     )
@@ -115,7 +115,7 @@ class RedisAccess(BaseSettings):
 
         ``overrides`` (field name -> value) take precedence over the environment (the demo uses them).
         """
-        cp.check_required(cls.REQUIRED, overrides, os.environ)
+        config_env.check_required(cls.REQUIRED, overrides, os.environ)
         try:
             return cls(**overrides)
         except ValidationError as exc:
@@ -366,7 +366,7 @@ class ReaperSettings(VastAccess):
 
 def load_settings(**overrides: Any) -> Settings:
     """``Settings`` from the environment (plus ``VAST_ENV_*``); ``ConfigError`` naming the variable(s)."""
-    remote_env = cp.remote_env(os.environ)
+    remote_env = config_env.remote_env(os.environ)
     settings = Settings.load(**overrides)
     settings.remote_env = remote_env
     return settings

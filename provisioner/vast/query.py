@@ -76,6 +76,8 @@ _OPERATORS: dict[str, str] = {
     "in": "in",
 }
 _LIST_OPERATORS = frozenset({"in", "notin"})
+#: the operators of the JSON form, as the API spells them
+_WIRE_OPERATORS = frozenset(_OPERATORS.values())
 _WILDCARDS = frozenset({"?", "*", "any"})
 
 _KNOWN_FIELDS = fields.OFFER_FIELDS | fields.EXTRA_FIELDS
@@ -255,7 +257,7 @@ def load_filter(value: str) -> dict[str, Any]:
     if not value.strip().startswith("{"):
         return parse_query(value)
     try:
-        loaded = json.loads(value)
+        loaded = json.loads(value, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise errors.QueryError(f"invalid JSON filter: {exc}") from None
     if not isinstance(loaded, dict):
@@ -267,11 +269,22 @@ def load_filter(value: str) -> dict[str, Any]:
             )
         if field in _BODY_KEYS:
             raise errors.QueryError(f"{field!r} is not a filter field; it is set separately")
-        for operand in constraint.values():
+        if field not in _KNOWN_FIELDS:  # a typo would drop the constraint without a word
+            raise errors.QueryError(_unknown_field_message(field))
+        for op, operand in constraint.items():
+            if op not in _WIRE_OPERATORS:
+                raise errors.QueryError(
+                    f"unknown operator {op!r} for {field!r} (one of {sorted(_WIRE_OPERATORS)})"
+                )
             _check_type(field, operand, json.dumps({field: constraint}))
     if not loaded.keys() & {"rentable", "rented"}:
         loaded["rentable"] = {"eq": True}
     return loaded
+
+
+def _no_constant(name: str) -> Any:
+    """``json.loads`` would read NaN and Infinity, which the request body cannot carry."""
+    raise errors.QueryError(f"invalid JSON filter: {name} is not a number a search can use")
 
 
 def search_body(

@@ -95,6 +95,24 @@ def test_blacklist_ids_must_be_positive(tmp_path: Path, args: list[str]) -> None
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["ban", "5", "--ttl", "10000000000000000"], "Invalid value for '--ttl'"),
+        (["ban", "99999999999999999999999"], "Invalid value for 'HOST'"),
+    ],
+)
+def test_blacklist_numbers_past_what_redis_holds_are_refused(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    """A TTL Redis cannot store (it failed half-way, leaving a ban in the index for good) or a host
+    id past any real one is refused before Redis is asked: exit 2, no traceback."""
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    result = cli(bare_env(tmp_path, BLACKLIST_REDIS_URL=closed), "blacklist", *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr
+
+
 def test_blacklist_needs_only_redis_and_records_the_operator(tmp_path: Path) -> None:
     """With only BLACKLIST_REDIS_URL set, bans work; each is recorded as operator:<--operator or $USER>,
     and `query --as-run` with the blacklist on leaves the banned host out of the search."""

@@ -582,6 +582,22 @@ def test_json_filter_wrong_type_is_rejected(text: str, field: str) -> None:
     assert caught.value.problem.startswith(f"{field} needs ")
 
 
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        pytest.param('{"gpu_name": {"eq": NaN}}', "NaN is not a number", id="nan"),
+        pytest.param('{"dph_total": {"lt": Infinity}}', "Infinity is not a number", id="infinity"),
+        pytest.param('{"gpu_nmae": {"eq": "RTX 4090"}}', "unknown field 'gpu_nmae'", id="field-typo"),
+        pytest.param('{"num_gpus": {"bogus": 2}}', "unknown operator 'bogus'", id="operator-typo"),
+    ],
+)
+def test_json_filter_that_would_be_silently_wrong_is_rejected(text: str, says: str) -> None:
+    """The JSON form is checked like the query form: a misspelt field or operator would drop the
+    constraint without a word, and NaN or Infinity cannot be sent (exit 2, not a crash later)."""
+    with pytest.raises(errors.QueryError, match=says):
+        query.load_filter(text)
+
+
 def test_json_filter_right_types_pass() -> None:
     """Numbers as JSON numbers or numeric strings, and JSON booleans, are accepted as given."""
     text = '{"num_gpus": {"gte": 1, "lte": "8"}, "reliability": {"gt": 0.9}, "verified": {"eq": true}}'

@@ -81,6 +81,30 @@ BAD = [
     pytest.param({"VAST_API_URL": "https://u:p@x"}, "VAST_API_URL", id="url-credentials"),
     pytest.param({"VAST_API_URL": "https://console.vast.ai:abc"}, "VAST_API_URL", id="url-port-text"),
     pytest.param({"VAST_API_URL": "https://console.vast.ai:70000"}, "VAST_API_URL", id="url-port-big"),
+    pytest.param({"VAST_API_URL": " https://console.vast.ai"}, "VAST_API_URL", id="url-leading-space"),
+    pytest.param({"VAST_API_KEY": "sekr\u00e9t-key-0123"}, "VAST_API_KEY", id="api-key-not-ascii"),
+    pytest.param(
+        {"VAST_ENV_UPSTREAM_AUTH_TAG": "x"}, "VAST_ENV_UPSTREAM_AUTH_TAG", id="remote-env-reserved-tag"
+    ),
+    pytest.param(
+        {"VAST_ENV_UPSTREAM_AUTH_TOKEN": "x"}, "VAST_ENV_UPSTREAM_AUTH_TOKEN", id="remote-env-reserved-token"
+    ),
+    pytest.param(
+        {"BLACKLIST_ENABLED": "true", "BLACKLIST_REDIS_URL": "redis://:pw@h:99999/0"},
+        "BLACKLIST_REDIS_URL",
+        id="redis-port-big",
+    ),
+    pytest.param(
+        {"BLACKLIST_ENABLED": "true", "BLACKLIST_REDIS_URL": "redis://h:6379/0?socket_timeout=abc"},
+        "BLACKLIST_REDIS_URL",
+        id="redis-bad-option",
+    ),
+    pytest.param(
+        {"BLACKLIST_ENABLED": "true", "BLACKLIST_REDIS_URL": "redis://h:6379/abc"},
+        "BLACKLIST_REDIS_URL",
+        id="redis-db-not-a-number",
+    ),
+    pytest.param({"BLACKLIST_BAN_TTL_SECONDS": "1e16"}, "BLACKLIST_BAN_TTL_SECONDS", id="ban-ttl-huge"),
     pytest.param({"VAST_API_URL": "http://[::1"}, "VAST_API_URL", id="url-broken-ipv6"),
     pytest.param({"VAST_MIN_INET_DOWN": "inf"}, "VAST_MIN_INET_DOWN", id="inet-down-inf"),
     pytest.param({"BLACKLIST_BAN_AFTER_SECONDS": "inf"}, "BLACKLIST_BAN_AFTER_SECONDS", id="ban-after-inf"),
