@@ -56,6 +56,8 @@ def status(
     """Show this pod's instance, upstream, health, bans and recent events (same env as `run`)."""
     from provisioner import status as status_mod  # noqa: PLC0415
 
+    if admin_url is not None and (why := _bad_url(admin_url)) is not None:
+        raise fail(f"--admin-url: {why}", EXIT_CONFIG)
     cfg, problem = status_mod.settings_or_problem()
     if problem is not None and admin_url is None:
         raise fail(str(problem), EXIT_CONFIG)
@@ -66,10 +68,22 @@ def status(
         print(status_mod.render_table(report), end="")
 
 
+def _bad_url(url: str) -> str | None:
+    """Why ``url`` is no http(s) URL with a valid port, or None."""
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError as exc:
+        return f"{url!r} is not a valid URL ({exc})"
+    return None if parts.scheme in ("http", "https") and parts.hostname else f"{url!r} is not an http(s) URL"
+
+
 @app.command()
 def demo(
     check: Annotated[bool, typer.Option(help="Exit 0 once one request reaches the simulated GPU.")] = False,
-    port: Annotated[int, typer.Option(help="Proxy port (a free one if taken).")] = 3000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Proxy port (a free one if taken).")] = 3000,
     boot_delay: Annotated[float, typer.Option(help="Simulated instance boot time, seconds.")] = 3.0,
     timeout: Annotated[float, typer.Option(help="With --check: give up after this many seconds.")] = 90.0,
 ) -> None:

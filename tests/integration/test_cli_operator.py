@@ -164,3 +164,19 @@ def test_query_as_run_needs_the_pod_settings(tmp_path: Path) -> None:
     result = cli(bare_env(tmp_path), "query", "--as-run")
     assert result.returncode == 2
     assert result.stderr.startswith("provisioner: POD_NAME, VAST_API_KEY") and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["status", "--admin-url", "http://[::1"], "--admin-url: 'http://[::1' is not a valid URL"),
+        (["status", "--admin-url", "http://127.0.0.1:99999"], "Port out of range"),
+        (["status", "--admin-url", "ftp://x"], "is not an http(s) URL"),
+        (["demo", "--port", "70000"], "Invalid value for '--port'"),
+    ],
+)
+def test_operator_arguments_that_cannot_work_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
+    """An admin URL that does not parse or a port out of range is one line and exit 2, not a traceback."""
+    result = cli(bare_env(tmp_path), *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr + result.stdout
