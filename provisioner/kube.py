@@ -134,6 +134,16 @@ class Pods:
         #: the namespace of a label that names none (the reaper's own)
         self.namespace = namespace
 
+    async def labelled(self, label: str) -> tuple[PodRef, bool]:
+        """The pod an instance label names (:func:`pod_ref`) and whether it exists; ``KubeError`` when
+        the label names no pod, or the API does not say."""
+        pod = pod_ref(label, self.namespace)
+        if pod is None:
+            raise errors.KubeError(
+                f"the label {label!r} names no pod (<key>=<namespace>/<pod> or <key>=<pod>)"
+            )
+        return pod, await self.exists(pod)
+
     async def exists(self, pod: PodRef) -> bool:
         """Whether ``pod`` exists (terminating included); ``KubeError`` when the API does not say."""
         try:

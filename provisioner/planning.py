@@ -207,22 +207,19 @@ def classify(
         return _replaced(VerdictKind.DRIFTED, drift, instance, desired, obs, policy)
     unknown = f"status {instance.actual_status!r} unknown" if instance.status_unknown else None
     started = obs.first_seen.get(instance.id, instance.start_date or obs.now)
-    if has_endpoints(instance, desired):
-        if obs.healthy.get(instance.id):
-            return Verdict(VerdictKind.HEALTHY, f"{unknown}; answering" if unknown else "ok")
-        since = obs.unhealthy_since.get(instance.id)
-        if instance.id not in obs.answered:  # not up yet since its boot: the boot timeout applies
-            if obs.now - started > policy.boot_timeout_s:
-                return Verdict(VerdictKind.TIMED_OUT, f"not ready after {obs.now - started:.0f}s")
-        elif since is not None and obs.now - since > policy.unhealthy_timeout_s:
+    up = has_endpoints(instance, desired)
+    if up and obs.healthy.get(instance.id):
+        return Verdict(VerdictKind.HEALTHY, f"{unknown}; answering" if unknown else "ok")
+    since = obs.unhealthy_since.get(instance.id)
+    if up and instance.id in obs.answered:  # it answered since its boot: a failing check counts
+        if since is not None and obs.now - since > policy.unhealthy_timeout_s:
             return Verdict(VerdictKind.UNHEALTHY, f"health failing for {obs.now - since:.0f}s")
-        if unknown:
-            return Verdict(VerdictKind.UNKNOWN, unknown)
-        return Verdict(VerdictKind.READY, "waiting for health check")
-    if obs.now - started > policy.boot_timeout_s:
+    elif obs.now - started > policy.boot_timeout_s:  # not up yet since its boot (maybe loading)
         return Verdict(VerdictKind.TIMED_OUT, f"not ready after {obs.now - started:.0f}s")
     if unknown:
         return Verdict(VerdictKind.UNKNOWN, unknown)
+    if up:
+        return Verdict(VerdictKind.READY, "waiting for health check")
     return Verdict(VerdictKind.BOOTING, instance.actual_status or "provisioning")
 
 

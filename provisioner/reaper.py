@@ -195,12 +195,8 @@ async def _look_up_pods(pods: kube.Pods, decisions: Iterable[Decision]) -> tuple
     for d in decisions:
         if d.verdict == "keep" and not d.alive_unseen:
             continue
-        pod = kube.pod_ref(d.label, pods.namespace)
-        if pod is None:
-            raise errors.KubeError(
-                f"the label {d.label!r} names no pod (<key>=<namespace>/<pod> or <key>=<pod>)"
-            )
-        if await pods.exists(pod):
+        pod, exists = await pods.labelled(d.label)
+        if exists:
             live[d.label] = (
                 f"its pod {pod} exists in Kubernetes: it is alive without heartbeats (can it reach Redis?)"
             )
@@ -240,8 +236,8 @@ class _SecondLook:
         beat = _moved(beat, self.lead) if beat is not None else None
         why = _revived(beat, self.first.get(label), self.clock(), self.grace_s)
         if why is None and self.pods is not None:
-            pod = kube.pod_ref(label, self.pods.namespace)
-            if pod is None or await self.pods.exists(pod):
+            pod, exists = await self.pods.labelled(label)
+            if exists:
                 why = f"its pod {pod} exists in Kubernetes by now"
         return why
 

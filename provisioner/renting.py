@@ -229,11 +229,10 @@ class Renter:
             if fit.reserved and self.fleet is not None:
                 await self.fleet.release_reservation(ask.label)
             raise
-        if fit.reserved and self.fleet is not None:
-            if outcome.result is Result.RENTED:
-                return dataclasses.replace(outcome, reserved=True)
-            if outcome.result is not Result.UNKNOWN:  # an unknown rent keeps its reservation (TTL)
-                await self.fleet.release_reservation(ask.label)
+        # a rental's reservation stays until its heartbeat counts it (``outcome.reserved``), an unknown
+        # rent's until its TTL; any other outcome rented nothing
+        if fit.reserved and self.fleet is not None and outcome.result not in (Result.RENTED, Result.UNKNOWN):
+            await self.fleet.release_reservation(ask.label)
         return outcome
 
     def _no_offers(self, ask: Ask, text: str) -> Outcome:

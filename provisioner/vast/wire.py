@@ -116,11 +116,7 @@ def map_failure(
             return errors.VastRejected(call, detail, status=status)
         return errors.VastBadResponse(call, f"unexpected answer: {detail}", status=status)
     lowered = raw.lower()
-    # A 403 that names a bad argument (rent: "Offer … is not your own") is about the request, not the key.
-    if (status == 401 or (status == 403 and code != "invalid_args")) or (
-        status == 404
-        and (code == "auth_error" or "invalid user key" in lowered or "session expired" in lowered)
-    ):
+    if _refuses_key(status, code, lowered):
         return errors.AuthError(call, f"API key refused: {detail}", status=status)
     if status == 429:
         if code == "search_quota_exceeded":
@@ -225,13 +221,24 @@ def result_url(call: str, answer: Any) -> str:
     return url
 
 
+def _refuses_key(status: int, code: str, lowered: str) -> bool:
+    """The answer refuses the API key. A 403 that names a bad argument (rent: "Offer … is not your
+    own") is about the request, not the key; a 404 refuses it only in so many words."""
+    if status == 401 or (status == 403 and code != "invalid_args"):
+        return True
+    words = code == "auth_error" or "invalid user key" in lowered or "session expired" in lowered
+    return status == 404 and words
+
+
 def is_not_found(response: httpx.Response) -> bool:
     """A JSON 404 but the API's "key refused" one: for showing one instance, whose 404 may come in any
     JSON form once it is destroyed (vast-api.md §12: ``{"detail": ...}``, ``{"msg": ...}``; the caller
     confirms "gone" before acting on it). A 404 that is not JSON is a wrong URL, not an answer."""
-    if response.status_code != 404 or _json_or_none(response) is None:
+    body = _json_or_none(response)
+    if response.status_code != 404 or body is None:
         return False
-    return not isinstance(map_failure("show", response), errors.AuthError)
+    code = body.get("error") if isinstance(body, Mapping) else None
+    return not _refuses_key(404, code if isinstance(code, str) else "", _detail(response, body).lower())
 
 
 def is_gone(response: httpx.Response) -> bool:
